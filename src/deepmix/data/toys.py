@@ -1,0 +1,102 @@
+"""2-D toy densities of the flow / score-matching literature, for quick density figures.
+
+All generators return float32 (n, 2) arrays roughly inside [-4, 4]^2, drawn with
+``numpy.random.default_rng(seed)`` so that a seed reproduces them exactly. ``noise`` is the
+standard deviation of isotropic Gaussian noise added to the points (``None``: the toy's default).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from deepmix.errors import DataError
+
+__all__ = ["TOYS", "SIERPINSKI_VERTICES", "make_toy"]
+
+TOYS: tuple[str, ...] = ("halfmoons", "spirals", "board", "swissroll", "sierpinski")
+
+#: Corners of the Sierpinski triangle: equilateral, side 4, centroid at the origin.
+SIERPINSKI_VERTICES = np.array(
+    [[-2.0, -2.0 / np.sqrt(3.0)], [2.0, -2.0 / np.sqrt(3.0)], [0.0, 4.0 / np.sqrt(3.0)]]
+)
+
+
+def _halfmoons(n: int, rng: np.random.Generator) -> np.ndarray:
+    # sklearn's make_moons geometry, centred and scaled by 2; the moon of each point is random
+    # so that the two moons interleave in the array.
+    t = rng.uniform(0.0, np.pi, n)
+    upper = rng.random(n) < 0.5
+    x = np.where(upper, np.cos(t), 1.0 - np.cos(t))
+    y = np.where(upper, np.sin(t), 0.5 - np.sin(t))
+    return 2.0 * np.stack([x - 0.5, y - 0.25], axis=1)
+
+
+def _spirals(n: int, rng: np.random.Generator) -> np.ndarray:
+    # Two arms, each 1.5 turns; sqrt keeps the density along the arc roughly uniform.
+    t = np.sqrt(rng.random(n)) * 3.0 * np.pi
+    sign = np.where(rng.random(n) < 0.5, 1.0, -1.0)
+    return sign[:, None] * np.stack([-np.cos(t) * t, np.sin(t) * t], axis=1) / 3.0
+
+
+def _board(n: int, rng: np.random.Generator) -> np.ndarray:
+    # 4x4 checkerboard on [-2, 2]^2: uniform over the 8 unit squares with floor(x)+floor(y) even.
+    x = rng.uniform(-2.0, 2.0, n)
+    y = rng.uniform(0.0, 1.0, n) + 2.0 * rng.integers(0, 2, n) - 2.0  # in [-2,-1) or [0,1)
+    y = y + np.floor(x) % 2  # shift by one row under odd columns
+    return np.stack([x, y], axis=1)
+
+
+def _swissroll(n: int, rng: np.random.Generator) -> np.ndarray:
+    # sklearn's make_swiss_roll (x, z) coordinates, t in [1.5 pi, 4.5 pi], scaled by 1/5.
+    t = 1.5 * np.pi * (1.0 + 2.0 * rng.random(n))
+    return np.stack([t * np.cos(t), t * np.sin(t)], axis=1) / 5.0
+
+
+def _sierpinski(n: int, rng: np.random.Generator) -> np.ndarray:
+    # Chaos game run as n independent chains from uniform points in the triangle; each step
+    # halves the distance to the attractor, so after 40 steps it is below 4 * 2^-40.
+    a, b = rng.random(n), rng.random(n)
+    flip = a + b > 1.0
+    a, b = np.where(flip, 1.0 - a, a), np.where(flip, 1.0 - b, b)
+    v = SIERPINSKI_VERTICES
+    p = v[0] + a[:, None] * (v[1] - v[0]) + b[:, None] * (v[2] - v[0])
+    for _ in range(40):
+        p = 0.5 * (p + v[rng.integers(0, 3, n)])
+    return p
+
+
+_GENERATORS: dict[str, tuple[Callable[[int, np.random.Generator], np.ndarray], float]] = {
+    # name: (generator, default noise std)
+    "halfmoons": (_halfmoons, 0.1),
+    "spirals": (_spirals, 0.1),
+    "board": (_board, 0.0),
+    "swissroll": (_swissroll, 0.1),
+    "sierpinski": (_sierpinski, 0.0),
+}
+
+
+def make_toy(name: str, n: int, *, seed: int | None = None, noise: float | None = None) -> np.ndarray:
+    """Draw ``n`` points of the 2-D toy ``name`` (one of :data:`TOYS`) as float32 (n, 2).
+
+    Arguments:
+        name: halfmoons, spirals, board (4x4 checkerboard on [-2, 2]^2), swissroll or sierpinski.
+        n: Number of points, at least 1.
+        seed: Seed of the random generator; the same seed gives the same points.
+        noise: Std of added Gaussian noise; None uses the toy's default (0 for board and
+            sierpinski, whose points then lie exactly on their support).
+    """
+    if name not in _GENERATORS:
+        raise DataError(f"Unknown toy data set '{name}'; known: {', '.join(TOYS)}.")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise DataError(f"Toy data set '{name}': n must be an integer >= 1, got {n!r}.")
+    generate, default_noise = _GENERATORS[name]
+    std = default_noise if noise is None else float(noise)
+    if not np.isfinite(std) or std < 0:
+        raise DataError(f"Toy data set '{name}': noise must be a finite std >= 0, got {noise!r}.")
+    rng = np.random.default_rng(seed)
+    points = generate(int(n), rng)
+    if std > 0:
+        points = points + std * rng.standard_normal(points.shape)
+    return points.astype(np.float32)

@@ -1,0 +1,239 @@
+r"""Convolutional GMM layer G(K): a diagonal Gaussian mixture over the channel vector at every position.
+
+Parameters (shared over positions by default, one set per position in *independent* mode): raw
+weights :math:`\xi` (K), centroids :math:`\mu` (K x D) and :math:`d` (K x D), the square root of the
+diagonal precision (precision :math:`d^2`, std :math:`1/d`). With :math:`\pi = \mathrm{softmax}(\xi)`
+the log-score of component k at an input vector x (without the :math:`2\pi` constant) is
+
+.. math:: s_k(x) = \log\pi_k + \sum_i \log d_{ki} - \tfrac12 \sum_i d_{ki}^2 (x_i - \mu_{ki})^2,
+
+computed as one matrix product of :math:`[x, x^2]` with :math:`[d^2\mu, -\tfrac12 d^2]^T` (never
+an N x H x W x K x D tensor). The layer outputs the responsibilities
+:math:`r = \mathrm{softmax}_k(s_k)`, its true log-likelihood is
+:math:`\log\sum_k e^{s_k} - \tfrac D2\log 2\pi`, and it trains by SGD *ascent* on the annealed
+max-component loss of :mod:`deepmix.training.annealing` with closed-form gradients (see
+:meth:`GMM.train_step`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import SpecError
+from ..training.annealing import annealing_matrix, initial_sigma
+from .base import Layer, Shape
+
+__all__ = ["GMM"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+class GMM(Layer):
+    """G(K) or G(K, independent).
+
+    Arguments:
+        input_shape: (H, W, D) of the input activities.
+        K: number of components.
+        independent: one parameter set per position instead of one shared set.
+        mu_init: centroids start uniform in [-mu_init, mu_init].
+        d_init: start value of d (reference sqrt(20)).
+        d_min, d_max: d is clamped to [d_min, d_max] after each step (reference d_max sqrt(20)).
+        sigma: start value of the annealing radius (default :math:`\\sqrt{2K}/4`).
+        generator: random generator for the centroid initialisation.
+    """
+
+    code = "G"
+
+    def __init__(self, input_shape: Shape, K: int, independent: bool = False, *,
+                 mu_init: float = 0.1, d_init: float = math.sqrt(20.0), d_min: float = 0.1,
+                 d_max: float = math.sqrt(20.0), sigma: float | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(input_shape)
+        H, W, D = self.input_shape
+        self.K, self.D, self.independent = int(K), int(D), bool(independent)
+        if self.K < 1:
+            raise SpecError(f"{self.spec()}: K must be >= 1")
+        if not 0 < d_min <= d_max:
+            raise SpecError(f"{self.spec()}: need 0 < d_min <= d_max, got {d_min}, {d_max}")
+        self.d_min, self.d_max = float(d_min), float(d_max)
+        self.output_shape = (H, W, self.K)
+        P = H * W if self.independent else 1
+        self.xi = nn.Parameter(torch.zeros(P, self.K))
+        mu = (torch.rand(P, self.K, self.D, generator=generator) * 2.0 - 1.0) * mu_init
+        self.mu = nn.Parameter(mu)
+        self.d = nn.Parameter(torch.full((P, self.K, self.D), float(min(d_init, d_max))))
+        sigma0 = initial_sigma(self.K) if sigma is None else float(sigma)
+        self.register_buffer("sigma", torch.tensor(sigma0, dtype=torch.float64))
+        self._g_cache: tuple[float, torch.dtype, torch.device, torch.Tensor | None] | None = None
+
+    def spec(self) -> str:
+        return f"G({self.K},independent)" if self.independent else f"G({self.K})"
+
+    # ----------------------------------------------------------------------------------- scores
+    @property
+    def pi(self) -> torch.Tensor:
+        """Mixture weights (P, K), normalised per position."""
+        return torch.softmax(self.xi, dim=-1)
+
+    def _linear_form(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, 2D, K) weights and (P, K) offsets with s = [x, x^2] @ W + c."""
+        prec = self.d * self.d
+        W = torch.cat([prec * self.mu, -0.5 * prec], dim=2).transpose(1, 2)
+        c = (torch.log_softmax(self.xi, dim=-1) + torch.log(self.d).sum(-1)
+             - 0.5 * (prec * self.mu * self.mu).sum(-1))
+        return W, c
+
+    def _scores_flat(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-scores and the [x, x^2] design matrix.
+
+        Shared mode: (M, K) and (M, 2D) with M = N*H*W. Independent: (P, N, K) and (P, N, 2D).
+        """
+        W, c = self._linear_form()
+        if self.independent:
+            N = x.shape[0]
+            xf = x.reshape(N, -1, self.D).transpose(0, 1)
+            Z = torch.cat([xf, xf * xf], dim=2)
+            return torch.baddbmm(c.unsqueeze(1), Z, W), Z
+        xf = x.reshape(-1, self.D)
+        Z = torch.cat([xf, xf * xf], dim=1)
+        return torch.addmm(c[0], Z, W[0]), Z
+
+    def _to_nhwk(self, s: torch.Tensor, N: int) -> torch.Tensor:
+        H, W, _ = self.input_shape
+        if self.independent:
+            s = s.transpose(0, 1)
+        return s.reshape(N, H, W, s.shape[-1])
+
+    def log_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """:math:`s_k(x)` for every position, (N, H, W, K); differentiable."""
+        s, _ = self._scores_flat(x)
+        return self._to_nhwk(s, x.shape[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Responsibilities :math:`\\mathrm{softmax}_k s_k(x)`, (N, H, W, K)."""
+        return torch.softmax(self.log_scores(x), dim=-1)
+
+    def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
+        """True log-likelihood :math:`\\log\\sum_k \\pi_k \\mathcal N_k(x)` in nats, (N, H, W)."""
+        return torch.logsumexp(self.log_scores(x), dim=-1) - 0.5 * self.D * _LOG_2PI
+
+    def annealing_matrix(self, sigma: float | None = None) -> torch.Tensor | None:
+        """g(sigma) for this layer (None when it is the identity to float precision)."""
+        sigma = float(self.sigma) if sigma is None else float(sigma)
+        key = (sigma, self.d.dtype, self.d.device)
+        if self._g_cache is None or self._g_cache[:3] != key:
+            g = annealing_matrix(self.K, sigma, dtype=self.d.dtype, device=self.d.device)
+            eye = torch.eye(self.K, dtype=g.dtype, device=g.device)
+            # Once sigma is small the off-diagonal weights underflow: skip the K x K product.
+            is_eye = bool(torch.equal(g, eye))
+            self._g_cache = (*key, None if is_eye else g)
+        return self._g_cache[3]
+
+    def annealed_loss(self, x: torch.Tensor, sigma: float | None = None) -> torch.Tensor:
+        """:math:`\\ell_\\sigma(x) = \\max_k \\sum_j g_{kj} s_j(x) - \\tfrac D2 \\log 2\\pi`, (N, H, W)."""
+        s = self.log_scores(x)
+        g = self.annealing_matrix(sigma)
+        a = s if g is None else s @ g.T
+        return a.max(dim=-1).values - 0.5 * self.D * _LOG_2PI
+
+    # --------------------------------------------------------------------------------- training
+    @torch.no_grad()
+    def train_step(self, x: torch.Tensor, lr: float, lr_mu: float = 1.0, lr_d: float = 0.1,
+                   lr_xi: float = 0.2, update_d: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD ascent step on the mean annealed loss; returns (loss sum, responsibilities).
+
+        The loss sum is over all N*H*W positions (a 0-dim tensor, no host synchronisation). The
+        gradient of :math:`\\ell_\\sigma` w.r.t. the scores of a sample is row :math:`k^*` of g, so
+        with :math:`n_j = \\sum_{k} c_k g_{kj}` (c: counts of winners k*) and the g-weighted sums
+        :math:`S^x_j, S^{xx}_j` of x and x^2 over the samples, per parameter
+        :math:`\\partial\\mu = d^2 (S^x - n\\mu)`,
+        :math:`\\partial d = n/d - d (S^{xx} - 2\\mu S^x + n\\mu^2)`,
+        :math:`\\partial\\xi = n - \\pi \\sum_j n_j`, all divided by the number of averaged terms
+        (N*H*W shared; N per position in independent mode). This costs O(M D) beyond the score
+        product instead of autograd's second O(M D K) product.
+        """
+        N = x.shape[0]
+        P, K, D = self.mu.shape
+        s, Z = self._scores_flat(x)
+        g = self.annealing_matrix()
+        a = s if g is None else s @ g.T
+        best, kstar = a.max(dim=-1)
+        loss_sum = best.sum() - best.numel() * 0.5 * D * _LOG_2PI
+        resp = torch.softmax(s, dim=-1)
+
+        if self.independent:
+            index = (kstar + torch.arange(P, device=x.device).unsqueeze(1) * K).reshape(-1)
+            Zf = Z.reshape(-1, 2 * D)
+            count_div = float(N)
+        else:
+            index, Zf = kstar, Z
+            count_div = float(Z.shape[0])
+        sums = torch.zeros(P * K, 2 * D, dtype=Z.dtype, device=Z.device).index_add_(0, index, Zf)
+        counts = torch.bincount(index, minlength=P * K).to(Z.dtype)
+        sums, counts = sums.view(P, K, 2 * D), counts.view(P, K)
+        if g is not None:
+            sums = torch.matmul(g.T, sums)
+            counts = counts @ g
+        Sx, Sxx = sums[..., :D], sums[..., D:]
+        n = counts.unsqueeze(-1)
+        mu, d = self.mu, self.d
+        step = lr / count_div
+        grad_xi = counts - self.pi * counts.sum(-1, keepdim=True)
+        grad_mu = d * d * (Sx - n * mu)
+        if update_d:
+            grad_d = n / d - d * (Sxx - 2.0 * mu * Sx + n * mu * mu)
+            d.add_(grad_d, alpha=step * lr_d).clamp_(self.d_min, self.d_max)
+        mu.add_(grad_mu, alpha=step * lr_mu)
+        self.xi.add_(grad_xi, alpha=step * lr_xi)
+        return loss_sum, self._to_nhwk(resp, N)
+
+    # --------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def backwards(self, control: torch.Tensor | None, *, generator: torch.Generator | None = None,
+                  n: int | None = None, top_s: int = 1, divisor: float = 10.0,
+                  use_pi: bool = False, **options: Any) -> torch.Tensor:
+        """Sample one component per position and emit its centroid plus noise, (N, H, W, D).
+
+        ``control`` (N, H, W, K) comes from the layer above; it is clipped to [1e-6, inf), only its
+        ``top_s`` largest entries are kept and, renormalised, give the component probabilities.
+        Without a control signal (top layer, ``n`` samples) components are uniform, or follow pi
+        with ``use_pi``. Noise is Gaussian with std :math:`1/(d \\cdot \\text{divisor})`, zero
+        where d still sits at its upper clamp; ``divisor=inf`` (or 0) gives no noise.
+        """
+        H, W, _ = self.input_shape
+        P, K, D = self.mu.shape
+        dev = self.mu.device
+        if control is None:
+            if n is None:
+                raise ValueError("backwards() of the top GMM needs n when there is no control signal")
+            probs = self.pi if use_pi else torch.full((P, K), 1.0 / K, device=dev)
+            probs = probs.unsqueeze(0).expand(n, P, K)
+            if P == 1:
+                probs = probs.expand(n, H * W, K)
+            probs = probs.reshape(n * H * W, K)
+            idx = None
+        else:
+            n = control.shape[0]
+            t = control.reshape(n * H * W, K).clamp_min(1e-6)
+            s = max(1, min(int(top_s), K))
+            probs, idx = t.topk(s, dim=-1) if s < K else (t, None)
+        cdf = probs.cumsum(-1)
+        u = torch.rand(cdf.shape[0], 1, generator=generator, device=dev) * cdf[:, -1:]
+        pick = (cdf < u).sum(-1).clamp_max(cdf.shape[1] - 1)
+        k = pick if idx is None else idx.gather(1, pick.unsqueeze(1)).squeeze(1)
+        k = k.view(n, H * W)
+        if P == 1:
+            mu, d = self.mu[0][k], self.d[0][k]
+        else:
+            pos = torch.arange(P, device=dev).unsqueeze(0)
+            mu, d = self.mu[pos, k], self.d[pos, k]
+        out = mu
+        if divisor and math.isfinite(divisor):
+            noise = torch.randn(mu.shape, generator=generator, device=dev, dtype=mu.dtype)
+            std = torch.where(d >= self.d_max * (1 - 1e-6), torch.zeros_like(d), 1.0 / (d * divisor))
+            out = mu + noise * std
+        return out.reshape(n, H, W, D)

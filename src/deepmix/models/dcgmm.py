@@ -1,0 +1,308 @@
+r"""Deep convolutional Gaussian mixture model (DCGMM), Gepperth & Pfülb.
+
+A stack of Folding (F), Pooling (P), convolutional GMM (G) and linear classifier (C) layers built
+from a spec string (:mod:`deepmix.models.spec`). Every GMM layer is a density model of its own
+input: layer L scores the channel vector :math:`a_{hw}` at every position by
+:math:`\log p_L(a_{hw}) = \log\sum_k \pi_k \mathcal N(a_{hw}; \mu_k, \mathrm{diag}(d_k^{-2}))`, and
+passes the responsibilities up. Sampling runs the layers in reverse, each turning the control
+signal from above into one for the layer below (top-S sampling through the chain of priors).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError, SpecError
+from ..layers import GMM, Classifier, Folding, Layer, Pooling
+from .spec import LayerSpec, format_spec, parse_spec, resolve_architecture
+
+__all__ = ["ModelConfig", "DCGMM", "as_images"]
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a DCGMM (serialised to ``config.json``).
+
+    Arguments:
+        spec: the layers in long notation (or an architecture name).
+        input_shape: (H, W, C) of the images.
+        mu_init: centroids start uniform in [-mu_init, mu_init] (reference 0.1).
+        d_init: start value of d, the square root of the precision (reference sqrt(20)).
+        d_min, d_max: clamp of d after every step (reference upper clamp sqrt(20)).
+        seed: seed of the initialisation.
+    """
+
+    spec: str
+    input_shape: tuple[int, ...] = (28, 28, 1)
+    mu_init: float = 0.1
+    d_init: float = math.sqrt(20.0)
+    d_min: float = 0.1
+    d_max: float = math.sqrt(20.0)
+    seed: int = 0
+    name: str | None = field(default=None)
+
+
+def as_images(x: Any, shape: Sequence[int], *, dtype: torch.dtype = torch.float32,
+              device: torch.device | str | None = None, what: str = "images") -> torch.Tensor:
+    """Validate and convert images to an (N, H, W, C) float tensor.
+
+    Accepts (N, H, W, C), (N, C, H, W), or (N, H, W) when C = 1, as a tensor or numpy array of
+    floating point values (scaled to [0, 1]). Anything else raises :class:`InputError` naming the
+    problem: wrong shape, integer dtype (scale first), non-finite values.
+    """
+    H, W, C = (int(v) for v in shape)
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise InputError(f"{what} must be a torch tensor or numpy array, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise InputError(f"{what} have dtype {x.dtype}; expected floating point values in [0, 1] "
+                         f"(divide integer pixels by 255)")
+    s = tuple(x.shape)
+    if len(s) == 4 and s[1:] == (H, W, C):
+        pass
+    elif len(s) == 4 and s[1:] == (C, H, W):
+        x = x.permute(0, 2, 3, 1)
+    elif len(s) == 3 and C == 1 and s[1:] == (H, W):
+        x = x.unsqueeze(-1)
+    else:
+        raise InputError(f"{what} have shape {s}; expected (N, {H}, {W}, {C}) or (N, {C}, {H}, {W})"
+                         + (f" or (N, {H}, {W})" if C == 1 else ""))
+    x = x.to(device=device, dtype=dtype)
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise InputError(f"{what} contain NaN or infinite values")
+    return x.contiguous()
+
+
+class DCGMM(nn.Module):
+    """A DCGMM built from a spec string or architecture name.
+
+    Arguments:
+        spec: e.g. ``"F(8,2)-G(25)-F(11,1)-G(36)"`` or ``"2L-c"``.
+        input_shape: (H, W, C) of the images; default the architecture's own (28x28x1).
+        mu_init, d_init, d_min, d_max: GMM initialisation and clamp (see :class:`ModelConfig`).
+        seed: seed of the initialisation.
+    """
+
+    def __init__(self, spec: str, input_shape: Sequence[int] | None = None, *,
+                 mu_init: float = 0.1, d_init: float = math.sqrt(20.0), d_min: float = 0.1,
+                 d_max: float = math.sqrt(20.0), seed: int = 0) -> None:
+        super().__init__()
+        text, native = resolve_architecture(spec)
+        shape = tuple(int(v) for v in (input_shape or native or (28, 28, 1)))
+        if len(shape) != 3 or min(shape) < 1:
+            raise SpecError(f"input_shape must be (H, W, C) with positive sizes, got {shape}")
+        layer_specs = parse_spec(text)
+        self.config = ModelConfig(spec=format_spec(layer_specs), input_shape=shape,
+                                  mu_init=mu_init, d_init=d_init, d_min=d_min, d_max=d_max,
+                                  seed=seed, name=spec.strip() if "(" not in spec else None)
+        gen = torch.Generator().manual_seed(int(seed))
+        layers: list[Layer] = []
+        current = shape
+        for i, ls in enumerate(layer_specs):
+            try:
+                layer = self._make_layer(ls, current, gen)
+            except SpecError as exc:
+                raise SpecError(f"layer {i + 1} ({ls}) of '{self.config.spec}' on input "
+                                f"{current[0]}x{current[1]}x{current[2]}: "
+                                f"{str(exc).split(': ', 1)[-1]}") from None
+            layers.append(layer)
+            current = layer.output_shape
+        self.layers = nn.ModuleList(layers)
+        self.gmm_indices = [i for i, l in enumerate(layers) if isinstance(l, GMM)]
+
+    def _make_layer(self, ls: LayerSpec, shape: tuple[int, int, int], gen: torch.Generator) -> Layer:
+        c = self.config
+        if ls.kind == "F":
+            return Folding(shape, *ls.args)
+        if ls.kind == "P":
+            return Pooling(shape, *ls.args)
+        if ls.kind == "G":
+            return GMM(shape, ls.args[0], ls.independent, mu_init=c.mu_init, d_init=c.d_init,
+                       d_min=c.d_min, d_max=c.d_max, generator=gen)
+        return Classifier(shape, ls.args[0])
+
+    @classmethod
+    def from_config(cls, config: ModelConfig) -> "DCGMM":
+        model = cls(config.spec, config.input_shape, mu_init=config.mu_init,
+                    d_init=config.d_init, d_min=config.d_min, d_max=config.d_max, seed=config.seed)
+        model.config.name = config.name
+        return model
+
+    # ------------------------------------------------------------------------------ structure
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.config.input_shape)  # type: ignore[return-value]
+
+    @property
+    def gmm_layers(self) -> list[GMM]:
+        return [self.layers[i] for i in self.gmm_indices]  # type: ignore[misc]
+
+    @property
+    def classifier(self) -> Classifier | None:
+        last = self.layers[-1]
+        return last if isinstance(last, Classifier) else None
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def spec(self) -> str:
+        return self.config.spec
+
+    def _gmm_layer_index(self, layer: int | None) -> int:
+        """Index into ``self.layers`` of GMM number ``layer`` (0-based; negative from the top)."""
+        n = len(self.gmm_indices)
+        if layer is None:
+            layer = -1
+        if not -n <= layer < n:
+            raise InputError(f"GMM layer {layer} does not exist: this model has {n} GMM layers "
+                             f"(0..{n - 1})")
+        return self.gmm_indices[layer]
+
+    def check_images(self, x: Any) -> torch.Tensor:
+        """Validate and convert images to (N, H, W, C) on the model's device."""
+        return as_images(x, self.input_shape, dtype=self.layers[self.gmm_indices[0]].mu.dtype,
+                         device=self.device)
+
+    # ----------------------------------------------------------------------------- estimation
+    def activations(self, x: Any, upto: int | None = None) -> list[torch.Tensor]:
+        """Outputs of every layer (or of layers 0..upto), bottom-up."""
+        h = self.check_images(x)
+        outs = []
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            outs.append(h)
+            if upto is not None and i >= upto:
+                break
+        return outs
+
+    def forward(self, x: Any) -> torch.Tensor:
+        """Output of the last layer: top responsibilities (N, H, W, K) or logits (N, 1, 1, S)."""
+        return self.activations(x)[-1]
+
+    def _layer_input(self, x: Any, index: int) -> torch.Tensor:
+        h = self.check_images(x)
+        for layer in self.layers[:index]:
+            h = layer(h)
+        return h
+
+    def log_likelihood(self, x: Any, layer: int | None = None, *,
+                       per_position: bool = False) -> torch.Tensor:
+        """True log-likelihood in nats of GMM layer ``layer``'s input (default: the top GMM).
+
+        Per sample the mean over positions (N,), or (N, H, W) with ``per_position``. For the first
+        GMM layer with non-overlapping patches the *sum* over positions is a normalised density of
+        the image: see :meth:`log_prob`.
+        """
+        idx = self._gmm_layer_index(layer)
+        ll = self.layers[idx].log_likelihood(self._layer_input(x, idx))
+        return ll if per_position else ll.flatten(1).mean(1)
+
+    def annealed_loss(self, x: Any, layer: int | None = None, *,
+                      per_position: bool = False) -> torch.Tensor:
+        """The training loss :math:`\\ell_\\sigma` of a GMM layer at its current sigma."""
+        idx = self._gmm_layer_index(layer)
+        loss = self.layers[idx].annealed_loss(self._layer_input(x, idx))
+        return loss if per_position else loss.flatten(1).mean(1)
+
+    def log_prob(self, x: Any) -> torch.Tensor:
+        """Exact log-density of images in nats, (N,), where the model defines one.
+
+        That is the case when the first GMM layer sees non-overlapping patches that tile the image
+        (e.g. 1L, 2L-a, 2L-b, A): :math:`\\log p(x) = \\sum_{hw} \\log p_1(x_{hw})`. Deeper
+        layers model responsibilities, not pixels, and overlapping patches are not a normalised
+        density of the image, so other models raise an error: use :meth:`log_likelihood`.
+        """
+        idx = self.gmm_indices[0]
+        if not self._first_layer_is_density():
+            raise InputError(f"model {self.spec()} has no normalised image density (its first GMM "
+                             f"layer sees overlapping patches or pooled values); use "
+                             f"log_likelihood(x, layer) for per-layer scores")
+        return self.layers[idx].log_likelihood(self._layer_input(x, idx)).flatten(1).sum(1)
+
+    def _first_layer_is_density(self) -> bool:
+        for layer in self.layers[: self.gmm_indices[0]]:
+            if not isinstance(layer, Folding) or layer.sy != layer.fy or layer.sx != layer.fx:
+                return False
+            if (layer.input_shape[0] % layer.fy) or (layer.input_shape[1] % layer.fx):
+                return False
+        return True
+
+    def predict(self, x: Any) -> torch.Tensor:
+        """Class predictions of the classifier layer, (N,)."""
+        if self.classifier is None:
+            raise InputError(f"model {self.spec()} has no classifier layer C(S)")
+        return self.forward(x).flatten(1).argmax(1)
+
+    # ------------------------------------------------------------------------------- sampling
+    @torch.no_grad()
+    def sample(self, n: int, *, top_s: int = 1, divisor: float = 10.0, use_pi: bool = False,
+               labels: Sequence[int] | torch.Tensor | None = None, pooling: str = "dense",
+               generator: torch.Generator | None = None, seed: int | None = None,
+               clip: bool = True) -> torch.Tensor:
+        """Draw ``n`` images (n, H, W, C) by top-S sampling through the chain of priors.
+
+        Arguments:
+            n: number of samples.
+            top_s: S, the number of largest control-signal entries kept per position.
+            divisor: noise std is 1/(d * divisor); ``inf`` disables noise.
+            use_pi: the top GMM draws components by pi instead of uniformly.
+            labels: class per sample for class-conditional sampling through the classifier.
+            pooling: up-sampling of Pooling layers, "dense" or "sparse".
+            generator, seed: randomness (a seed makes a fresh generator).
+            clip: clamp the images to [0, 1].
+        """
+        if n < 1:
+            raise InputError(f"number of samples must be >= 1, got {n}")
+        if top_s < 1:
+            raise InputError(f"top_s must be >= 1, got {top_s}")
+        if generator is None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        control: torch.Tensor | None = None
+        layers = list(self.layers)
+        if self.classifier is not None:
+            if labels is not None:
+                lab = torch.as_tensor(labels, device=self.device).long().reshape(-1)
+                if lab.numel() == 1:
+                    lab = lab.expand(n)
+                if lab.numel() != n:
+                    raise InputError(f"got {lab.numel()} labels for {n} samples")
+                control = self.classifier.backwards(lab)
+            layers = layers[:-1]
+        elif labels is not None:
+            raise InputError(f"model {self.spec()} has no classifier layer: cannot sample by class")
+        top = max(self.gmm_indices)
+        for i in range(len(layers) - 1, -1, -1):
+            layer = layers[i]
+            if i > top:
+                continue
+            if isinstance(layer, GMM):
+                control = layer.backwards(control, generator=generator, n=n, top_s=top_s,
+                                          divisor=divisor, use_pi=use_pi)
+            elif isinstance(layer, Pooling):
+                control = layer.backwards(control, generator=generator, mode=pooling)
+            else:
+                control = layer.backwards(control, generator=generator)
+        assert control is not None
+        return control.clamp(0.0, 1.0) if clip else control
+
+    # ---------------------------------------------------------------------------- convenience
+    def fit(self, images: Any, labels: Any = None, **options: Any) -> list[dict]:
+        """Train in place (see :func:`deepmix.training.train` for options); returns the history."""
+        from ..training.trainer import train
+
+        return train(self, images, labels, **options)
+
+    def save(self, directory: Any) -> None:
+        """Write ``config.json`` + ``weights.safetensors`` into ``directory`` (atomically)."""
+        from ..training.checkpoint import save_model
+
+        save_model(self, directory)

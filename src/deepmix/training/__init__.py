@@ -1,0 +1,9 @@
+"""Training: the loop, its configuration, annealing and checkpoints."""
+
+from .annealing import SigmaController, annealing_matrix, initial_sigma
+from .checkpoint import load_model, save_model
+from .config import TrainConfig
+from .trainer import train
+
+__all__ = ["SigmaController", "annealing_matrix", "initial_sigma", "load_model", "save_model",
+           "TrainConfig", "train"]

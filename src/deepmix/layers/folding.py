@@ -65,6 +65,25 @@ class Folding(Layer):
         patches = x.unfold(1, self.fy, self.sy).unfold(2, self.fx, self.sx)
         return patches.permute(0, 1, 2, 4, 5, 3).reshape(N, Ho, Wo, Co)
 
+    def forward_design(self, x: torch.Tensor) -> torch.Tensor:
+        """The GMM design matrix :math:`[p, p^2]` of all patches p, (N*H'*W', 2*D), in one buffer.
+
+        Writing the patches straight into the left half saves the GMM layer above a copy and a
+        concatenation of the largest tensor of a training step.
+        """
+        N = x.shape[0]
+        Ho, Wo, Co = self.output_shape
+        Z = torch.empty(N * Ho * Wo, 2 * Co, dtype=x.dtype, device=x.device)
+        left = Z[:, :Co]
+        if self._is_reshape:
+            left.copy_(x.reshape(N, Co))
+        else:
+            patches = x.unfold(1, self.fy, self.sy).unfold(2, self.fx, self.sx)
+            C = self.input_shape[2]
+            left.view(N, Ho, Wo, self.fy, self.fx, C).copy_(patches.permute(0, 1, 2, 4, 5, 3))
+        torch.mul(left, left, out=Z[:, Co:])
+        return Z
+
     def backwards(self, control: torch.Tensor, *, generator: torch.Generator | None = None,
                   **options: Any) -> torch.Tensor:
         """Overlap averaging: scatter patch vectors back and divide by the cover count."""

@@ -82,24 +82,31 @@ class GMM(Layer):
     def _linear_form(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(P, 2D, K) weights and (P, K) offsets with s = [x, x^2] @ W + c."""
         prec = self.d * self.d
-        W = torch.cat([prec * self.mu, -0.5 * prec], dim=2).transpose(1, 2)
+        pm = prec * self.mu
+        W = torch.cat([pm, prec * -0.5], dim=2).transpose(1, 2)
         c = (torch.log_softmax(self.xi, dim=-1) + torch.log(self.d).sum(-1)
-             - 0.5 * (prec * self.mu * self.mu).sum(-1))
+             - 0.5 * torch.linalg.vecdot(pm, self.mu))
         return W, c
 
-    def _scores_flat(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-scores and the [x, x^2] design matrix.
+    @staticmethod
+    def design(x: torch.Tensor) -> torch.Tensor:
+        """:math:`[x, x^2]` of the channel vectors of ``x`` (N, H, W, D), as (N*H*W, 2D)."""
+        xf = x.reshape(-1, x.shape[-1])
+        return torch.cat([xf, xf * xf], dim=1)
+
+    def _scores_flat(self, x: torch.Tensor | None, Z: torch.Tensor | None = None,
+                     n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-scores and the [x, x^2] design matrix (pass ``x``, or ``Z`` and the batch ``n``).
 
         Shared mode: (M, K) and (M, 2D) with M = N*H*W. Independent: (P, N, K) and (P, N, 2D).
         """
         W, c = self._linear_form()
+        if Z is None:
+            Z = self.design(x)
+            n = x.shape[0]
         if self.independent:
-            N = x.shape[0]
-            xf = x.reshape(N, -1, self.D).transpose(0, 1)
-            Z = torch.cat([xf, xf * xf], dim=2)
-            return torch.baddbmm(c.unsqueeze(1), Z, W), Z
-        xf = x.reshape(-1, self.D)
-        Z = torch.cat([xf, xf * xf], dim=1)
+            Zp = Z.view(n, -1, 2 * self.D).transpose(0, 1)
+            return torch.baddbmm(c.unsqueeze(1), Zp, W), Zp
         return torch.addmm(c[0], Z, W[0]), Z
 
     def _to_nhwk(self, s: torch.Tensor, N: int) -> torch.Tensor:
@@ -142,23 +149,27 @@ class GMM(Layer):
 
     # --------------------------------------------------------------------------------- training
     @torch.no_grad()
-    def train_step(self, x: torch.Tensor, lr: float, lr_mu: float = 1.0, lr_d: float = 0.1,
-                   lr_xi: float = 0.2, update_d: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """One SGD ascent step on the mean annealed loss; returns (loss sum, responsibilities).
+    def train_step(self, x: torch.Tensor | None, lr: float, lr_mu: float = 1.0, lr_d: float = 0.1,
+                   lr_xi: float = 0.2, update_d: bool = True, *, design: torch.Tensor | None = None,
+                   n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""One SGD ascent step on the mean annealed loss; returns (loss sum, responsibilities).
 
-        The loss sum is over all N*H*W positions (a 0-dim tensor, no host synchronisation). The
-        gradient of :math:`\\ell_\\sigma` w.r.t. the scores of a sample is row :math:`k^*` of g, so
-        with :math:`n_j = \\sum_{k} c_k g_{kj}` (c: counts of winners k*) and the g-weighted sums
-        :math:`S^x_j, S^{xx}_j` of x and x^2 over the samples, per parameter
-        :math:`\\partial\\mu = d^2 (S^x - n\\mu)`,
-        :math:`\\partial d = n/d - d (S^{xx} - 2\\mu S^x + n\\mu^2)`,
-        :math:`\\partial\\xi = n - \\pi \\sum_j n_j`, all divided by the number of averaged terms
-        (N*H*W shared; N per position in independent mode). This costs O(M D) beyond the score
-        product instead of autograd's second O(M D K) product.
+        Pass the input ``x`` (N, H, W, D), or its ``design`` matrix [x, x^2] (from
+        :meth:`design` or :meth:`Folding.forward_design`) and the batch size ``n``. The loss sum
+        is over all N*H*W positions (a 0-dim tensor: no host synchronisation).
+
+        The gradient of :math:`\ell_\sigma` w.r.t. the scores of a sample is row :math:`k^*` of
+        g, so with :math:`n_j = \sum_k c_k g_{kj}` (c: counts of winners k*) and the g-weighted
+        sums :math:`S^x_j, S^{xx}_j` of x and x^2, per parameter
+        :math:`\partial\mu = d^2 (S^x - n\mu)`,
+        :math:`\partial d = n/d - d (S^{xx} - 2\mu S^x + n\mu^2)`,
+        :math:`\partial\xi = n - \pi \sum_j n_j`, divided by the number of averaged terms
+        (N*H*W shared; N per position in independent mode). The sums cost O(M D) (a scatter-add
+        of the winners' rows) instead of autograd's second O(M D K) product.
         """
-        N = x.shape[0]
+        s, Z = self._scores_flat(x, design, n)
+        N = x.shape[0] if x is not None else int(n)  # type: ignore[arg-type]
         P, K, D = self.mu.shape
-        s, Z = self._scores_flat(x)
         g = self.annealing_matrix()
         a = s if g is None else s @ g.T
         best, kstar = a.max(dim=-1)
@@ -166,7 +177,7 @@ class GMM(Layer):
         resp = torch.softmax(s, dim=-1)
 
         if self.independent:
-            index = (kstar + torch.arange(P, device=x.device).unsqueeze(1) * K).reshape(-1)
+            index = (kstar + torch.arange(P, device=kstar.device).unsqueeze(1) * K).reshape(-1)
             Zf = Z.reshape(-1, 2 * D)
             count_div = float(N)
         else:
@@ -179,15 +190,18 @@ class GMM(Layer):
             sums = torch.matmul(g.T, sums)
             counts = counts @ g
         Sx, Sxx = sums[..., :D], sums[..., D:]
-        n = counts.unsqueeze(-1)
+        nn_ = counts.unsqueeze(-1)
         mu, d = self.mu, self.d
         step = lr / count_div
-        grad_xi = counts - self.pi * counts.sum(-1, keepdim=True)
-        grad_mu = d * d * (Sx - n * mu)
+        # Fused in-place forms of the gradients in the docstring (fewer passes over K x D).
+        t = torch.addcmul(Sx, nn_, mu, value=-1.0)                # S^x - n mu
         if update_d:
-            grad_d = n / d - d * (Sxx - 2.0 * mu * Sx + n * mu * mu)
-            d.add_(grad_d, alpha=step * lr_d).clamp_(self.d_min, self.d_max)
-        mu.add_(grad_mu, alpha=step * lr_mu)
+            e = torch.addcmul(Sxx, mu, Sx + t, value=-1.0)        # S^xx - 2 mu S^x + n mu^2
+            dd = (nn_ / d).sub_(d * e)                            # n/d - d e
+        grad_xi = counts - self.pi * counts.sum(-1, keepdim=True)
+        mu.addcmul_(d * d, t, value=step * lr_mu)
+        if update_d:
+            d.add_(dd, alpha=step * lr_d).clamp_(self.d_min, self.d_max)
         self.xi.add_(grad_xi, alpha=step * lr_xi)
         return loss_sum, self._to_nhwk(resp, N)
 

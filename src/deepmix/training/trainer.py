@@ -67,7 +67,7 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
         data_info: description of the data stored in config.json (name, split, classes, N).
         stop_after_steps: stop (with a checkpoint) after this global step, as an interruption.
     """
-    from ..layers import GMM, Classifier  # here: layers import training.annealing
+    from ..layers import GMM, Classifier, Folding  # here: layers import training.annealing
 
     cfg = config or TrainConfig()
     if overrides:
@@ -162,6 +162,11 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
                    dynamic_ncols=True, leave=True)
     t_window, step_window = time.perf_counter(), step
     positions = [g.input_shape[0] * g.input_shape[1] for g in gmms]
+    gmm_pos = {li: L for L, li in enumerate(model.gmm_indices)}
+
+    def active_after(step: int) -> set[int]:
+        return {li for li, L in gmm_pos.items() if step >= starts[L]}
+
     order, order_epoch = None, -1
     stop_at = total if stop_after_steps is None else min(total, stop_after_steps)
     try:
@@ -171,19 +176,25 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
                 order, order_epoch = _epoch_order(N, cfg.seed, epoch).to(device), epoch
             idx = order[b * B:(b + 1) * B]
             h = x[idx]
+            nb = h.shape[0]
             if cfg.dequantize:
                 levels = int(data_info.get("levels", 256))
                 gen = torch.Generator(device=device).manual_seed(cfg.seed * 7_919 + step)
                 noise = torch.rand(h.shape, generator=gen, device=device, dtype=h.dtype)
                 h = (h * (levels - 1) + noise) / levels
             gi = 0
-            for layer in model.layers:
+            design = None
+            for li, layer in enumerate(model.layers):
                 if isinstance(layer, GMM):
                     if step >= starts[gi]:
-                        update_d = cfg.centroids_first is None or float(layer.sigma) <= cfg.centroids_first
-                        loss_sum, h = layer.train_step(h, cfg.lr, cfg.lr_mu, cfg.lr_d, cfg.lr_xi,
-                                                       update_d=update_d)
-                        acc[gi] += loss_sum / (h.shape[0] * positions[gi])
+                        update_d = (cfg.centroids_first is None
+                                    or float(layer.sigma) <= cfg.centroids_first)
+                        loss_sum, h = layer.train_step(h if design is None else None, cfg.lr,
+                                                       cfg.lr_mu, cfg.lr_d, cfg.lr_xi,
+                                                       update_d=update_d, design=design,
+                                                       n=nb)
+                        design = None
+                        acc[gi] += loss_sum / (nb * positions[gi])
                         acc_n[gi] += 1
                         if acc_n[gi] == cfg.window:
                             c = controllers[gi]
@@ -206,6 +217,9 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
                             opt.step()
                         clf_acc += loss.detach()
                         clf_n += 1
+                elif isinstance(layer, Folding) and li + 1 in active_after(step):
+                    # The GMM above consumes [patches, patches^2] built in one buffer.
+                    design = layer.forward_design(h)
                 else:
                     with torch.no_grad():
                         h = layer(h)

@@ -193,6 +193,7 @@ class DCGMM(nn.Module):
             h = layer(h)
         return h
 
+    @torch.no_grad()
     def log_likelihood(self, x: Any, layer: int | None = None, *,
                        per_position: bool = False) -> torch.Tensor:
         """True log-likelihood in nats of GMM layer ``layer``'s input (default: the top GMM).
@@ -205,6 +206,7 @@ class DCGMM(nn.Module):
         ll = self.layers[idx].log_likelihood(self._layer_input(x, idx))
         return ll if per_position else ll.flatten(1).mean(1)
 
+    @torch.no_grad()
     def annealed_loss(self, x: Any, layer: int | None = None, *,
                       per_position: bool = False) -> torch.Tensor:
         """The training loss :math:`\\ell_\\sigma` of a GMM layer at its current sigma."""
@@ -212,6 +214,7 @@ class DCGMM(nn.Module):
         loss = self.layers[idx].annealed_loss(self._layer_input(x, idx))
         return loss if per_position else loss.flatten(1).mean(1)
 
+    @torch.no_grad()
     def log_prob(self, x: Any) -> torch.Tensor:
         """Exact log-density of images in nats, (N,), where the model defines one.
 
@@ -235,6 +238,7 @@ class DCGMM(nn.Module):
                 return False
         return True
 
+    @torch.no_grad()
     def predict(self, x: Any) -> torch.Tensor:
         """Class predictions of the classifier layer, (N,)."""
         if self.classifier is None:

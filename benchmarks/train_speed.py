@@ -1,0 +1,92 @@
+"""Training speed of DCGMM architectures: seconds per epoch on the 60 000 MNIST training images.
+
+usage: .venv/bin/python benchmarks/train_speed.py [--archs 1L 2L-c B E F] [--batch-size 100]
+       [--yardstick] [--json benchmarks/results/train_speed.json]
+
+Every GMM layer is active for the whole timed epoch (delay 0: the most work an epoch can hold),
+after one untimed warm-up of 20 steps. With --yardstick the project's speed yardstick
+(../shared/bench/naive_layer_epoch.py, a plainly written F(8,2)-G(25) torch epoch) runs in the
+same process session, and each figure is also given as a ratio to it (machines differ; ratios
+measured in one run are what to compare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import deepmix
+from deepmix.data import load_images
+
+HERE = Path(__file__).resolve().parent
+YARDSTICK = HERE.parent.parent / "shared" / "bench" / "naive_layer_epoch.py"
+
+
+def time_epoch(arch: str, x: torch.Tensor, batch_size: int, seed: int = 0) -> float:
+    model = deepmix.DCGMM(arch, seed=seed)
+    deepmix.train(model, x[: 20 * batch_size], config=deepmix.TrainConfig(
+        epochs=1, batch_size=batch_size, delay=0.0), progress=False)  # warm-up
+    model = deepmix.DCGMM(arch, seed=seed)
+    t = time.perf_counter()
+    deepmix.train(model, x, config=deepmix.TrainConfig(epochs=1, batch_size=batch_size,
+                                                       delay=0.0), progress=False)
+    return time.perf_counter() - t
+
+
+def yardstick() -> float | None:
+    if not YARDSTICK.is_file():
+        return None
+    res = subprocess.run([sys.executable, str(YARDSTICK)], capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"yardstick failed: {res.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return None
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--archs", nargs="+", default=["1L", "2L-c", "B", "E", "F"])
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--yardstick", action="store_true", help="also time the shared yardstick")
+    ap.add_argument("--json", default=str(HERE / "results" / "train_speed.json"))
+    args = ap.parse_args()
+
+    x = load_images("mnist", "train").to_tensor()
+    results = {"batch_size": args.batch_size, "n_images": int(x.shape[0]),
+               "torch": torch.__version__, "threads": torch.get_num_threads(),
+               "machine": platform.processor() or platform.machine(), "archs": {}}
+    ys = yardstick() if args.yardstick else None
+    if ys is not None:
+        results["yardstick_s"] = ys
+        print(f"yardstick (naive F(8,2)-G(25) epoch): {ys:.2f} s")
+    for arch in args.archs:
+        s = time_epoch(arch, x, args.batch_size)
+        row = {"seconds_per_epoch": s, "images_per_second": x.shape[0] / s}
+        if ys:
+            row["ratio_to_yardstick"] = s / ys
+        results["archs"][arch] = row
+        print(f"{arch:>5}: {s:6.2f} s/epoch  {x.shape[0] / s:8.0f} images/s"
+              + (f"  {s / ys:.2f}x yardstick" if ys else ""))
+    if ys is not None:  # timed again after, since the machine may drift
+        ys2 = yardstick()
+        if ys2 is not None:
+            results["yardstick_after_s"] = ys2
+            print(f"yardstick again: {ys2:.2f} s")
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from deepmix.utils.io import write_json_atomic
+
+    write_json_atomic(path, results)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The ``deepmix`` command line: a thin layer over the Python API."""

@@ -1,0 +1,50 @@
+"""``deepmix evaluate DIR``: per-layer annealed loss and true log-likelihood on a data split."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .common import parse_classes, positive_int
+
+HELP = "per-GMM-layer log-likelihood (nats, bits/dim) of a trained run on a data split"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", metavar="DIR", help="run folder")
+    p.add_argument("--data", help="data set (default: the run's own)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--classes", help="evaluate on these classes only, e.g. 0 or 1-9")
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    p.add_argument("--per-sample", metavar="FILE.npz",
+                   help="write per-sample (and per-position) log-likelihoods to an .npz")
+    p.add_argument("--batch-size", type=positive_int, default=500)
+    p.add_argument("--device", default="cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..data import load_images
+    from ..inference import evaluate
+    from ..plots.report import metrics_table
+    from ..training.checkpoint import load_model, read_config
+    from ..utils.io import atomic_path, write_json_atomic
+
+    config = read_config(args.run_dir)
+    data_name = args.data or config.get("data", {}).get("name", "mnist")
+    model = load_model(args.run_dir, device=args.device)
+    ds = load_images(data_name, args.split, classes=parse_classes(args.classes))
+    summary, per = evaluate(model, ds.to_tensor(), batch_size=args.batch_size, levels=ds.levels,
+                            per_position=args.per_sample is not None)
+    summary.update({"data": str(data_name), "split": args.split, "run": str(args.run_dir)})
+    print(f"{model.spec()} on {data_name}/{args.split} ({summary['n']} images)")
+    print(metrics_table(summary))
+    if args.json:
+        write_json_atomic(args.json, summary)
+        print(f"wrote {args.json}")
+    if args.per_sample:
+        with atomic_path(Path(args.per_sample), suffix=".npz") as tmp:
+            np.savez_compressed(tmp, **{k.replace("/", "_"): v.numpy() for k, v in per.items()})
+        print(f"wrote {args.per_sample}")
+    return 0

@@ -1,10 +1,11 @@
 """Max-pooling layer P(ky, kx, sy, sx): CNN max-pooling over windows, no padding.
 
-Out-of-range cells are never read: windows that would leave the input are dropped (floor), so the
-output is (1 + (H - ky)//sy, 1 + (W - kx)//sx, C). Backwards (sampling) up-samples the control
-signal: *dense* writes each value to every cell of its window (averaging where windows overlap),
-*sparse* writes it to one random cell per window. Cells no window covers copy their nearest
-covered neighbour.
+Like the reference, a last partial window is kept where the input does not divide evenly
+(output (1 + ceil((H - ky)/sy), 1 + ceil((W - kx)/sx), C)), so that the papers' architectures C
+and G fit 28x28 images; unlike the reference, a partial window takes the max over its in-range
+cells only (the reference reads pixel (0, 0) for the missing ones). Backwards (sampling)
+up-samples the control signal: *dense* writes each value to every cell of its window (averaging
+where windows overlap), *sparse* writes it to one random cell per window.
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ class Pooling(Layer):
         if self.ky > H or self.kx > W:
             raise SpecError(f"{self.spec()}: window {self.ky}x{self.kx} is larger than its input "
                             f"{H}x{W}")
-        self.output_shape = (1 + (H - self.ky) // self.sy, 1 + (W - self.kx) // self.sx, C)
+        self.output_shape = (1 + -(-(H - self.ky) // self.sy), 1 + -(-(W - self.kx) // self.sx), C)
         Ho, Wo, _ = self.output_shape
+        # The windows span this (possibly larger than the input) area; backwards crops it.
         self._covered = ((Ho - 1) * self.sy + self.ky, (Wo - 1) * self.sx + self.kx)
         ones = torch.ones(1, self.ky * self.kx, Ho * Wo)
         counts = F.fold(ones, self._covered, (self.ky, self.kx), stride=(self.sy, self.sx))
@@ -51,7 +53,8 @@ class Pooling(Layer):
         return f"P({self.ky},{self.kx},{self.sy},{self.sx})"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = F.max_pool2d(x.permute(0, 3, 1, 2), (self.ky, self.kx), (self.sy, self.sx))
+        y = F.max_pool2d(x.permute(0, 3, 1, 2), (self.ky, self.kx), (self.sy, self.sx),
+                         ceil_mode=True)
         return y.permute(0, 2, 3, 1).contiguous()
 
     def backwards(self, control: torch.Tensor, *, generator: torch.Generator | None = None,
@@ -73,7 +76,8 @@ class Pooling(Layer):
         img = F.fold(cols, self._covered, (self.ky, self.kx), stride=(self.sy, self.sx))
         if mode == "dense":
             img = img * self._inv_counts
-        ph, pw = H - self._covered[0], W - self._covered[1]
-        if ph or pw:
+        img = img[:, :, :H, :W]
+        ph, pw = H - img.shape[2], W - img.shape[3]
+        if ph > 0 or pw > 0:  # strides larger than windows leave cells no window covers
             img = F.pad(img, (0, pw, 0, ph), mode="replicate")
         return img.reshape(N, C, H, W).permute(0, 2, 3, 1).contiguous()

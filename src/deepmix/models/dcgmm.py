@@ -219,7 +219,7 @@ class DCGMM(nn.Module):
         """Exact log-density of images in nats, (N,), where the model defines one.
 
         That is the case when the first GMM layer sees non-overlapping patches that tile the image
-        (e.g. 1L, 2L-a, 2L-b, A): :math:`\\log p(x) = \\sum_{hw} \\log p_1(x_{hw})`. Deeper
+        (e.g. A, 1L, 2L-b, 2L-d, 3L-b): :math:`\\log p(x) = \\sum_{hw} \\log p_1(x_{hw})`. Deeper
         layers model responsibilities, not pixels, and overlapping patches are not a normalised
         density of the image, so other models raise an error: use :meth:`log_likelihood`.
         """
@@ -231,11 +231,17 @@ class DCGMM(nn.Module):
         return self.layers[idx].log_likelihood(self._layer_input(x, idx)).flatten(1).sum(1)
 
     def _first_layer_is_density(self) -> bool:
+        """Only non-overlapping Folding layers that cover every pixel lie below the first GMM."""
         for layer in self.layers[: self.gmm_indices[0]]:
-            if not isinstance(layer, Folding) or layer.sy != layer.fy or layer.sx != layer.fx:
+            if not isinstance(layer, Folding):
                 return False
-            if (layer.input_shape[0] % layer.fy) or (layer.input_shape[1] % layer.fx):
-                return False
+            H, W, _ = layer.input_shape
+            Ho, Wo, _ = layer.output_shape
+            for size, stride, n_in, n_out in ((layer.fy, layer.sy, H, Ho), (layer.fx, layer.sx, W, Wo)):
+                whole = n_out == 1 and size == n_in
+                tiles = stride == size and n_in % size == 0
+                if not (whole or tiles):
+                    return False
         return True
 
     @torch.no_grad()
@@ -283,11 +289,11 @@ class DCGMM(nn.Module):
             layers = layers[:-1]
         elif labels is not None:
             raise InputError(f"model {self.spec()} has no classifier layer: cannot sample by class")
-        top = max(self.gmm_indices)
-        for i in range(len(layers) - 1, -1, -1):
+        # Without a control signal sampling starts at the top GMM; a classifier's signal also
+        # passes the layers between it and the top GMM.
+        first = len(layers) - 1 if control is not None else max(self.gmm_indices)
+        for i in range(first, -1, -1):
             layer = layers[i]
-            if i > top:
-                continue
             if isinstance(layer, GMM):
                 control = layer.backwards(control, generator=generator, n=n, top_s=top_s,
                                           divisor=divisor, use_pi=use_pi)

@@ -65,10 +65,9 @@ class LayerSpec:
 
 
 def _ints(token: str, parts: list[str], spec: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(p) for p in parts)
-    except ValueError:
-        raise SpecError(f"layer '{token}' in spec '{spec}': arguments must be integers") from None
+    if not all(re.fullmatch(r"\d+", p) for p in parts):
+        raise SpecError(f"layer '{token}' in spec '{spec}': arguments must be integers")
+    values = tuple(int(p) for p in parts)
     if any(v < 1 for v in values):
         raise SpecError(f"layer '{token}' in spec '{spec}': arguments must be >= 1")
     return values

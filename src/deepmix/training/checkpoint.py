@@ -71,6 +71,10 @@ def read_config(directory: str | Path) -> dict:
         raise CheckpointError(f"{path} is corrupt: {exc}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
         raise CheckpointError(f"{path} is not a {FORMAT} config (format field missing or wrong)")
+    unknown = sorted(set(config) - {"format", "model", "train", "data"})
+    if unknown:
+        raise CheckpointError(f"{path}: unknown key(s) {', '.join(unknown)}; known: format, "
+                              f"model, train, data")
     return config
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,27 @@ METRICS_FILE = "metrics.jsonl"
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     return torch.randperm(n, generator=gen)
+
+
+def _defer_sigint(flag: list[bool]) -> Any:
+    """Turn Ctrl-C into a flag checked between steps (main thread only; else None)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        flag.append(True)
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        return None
+
+
+def _restore_sigint(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _read_metrics(path: Path, upto_step: int) -> list[dict]:
@@ -83,7 +106,11 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
         saved = read_config(out)
         if "train" not in saved:
             raise CheckpointError(f"{out / CONFIG_FILE} has no training section: nothing to resume")
-        saved_cfg = config_from_dict(TrainConfig, saved["train"], where=f"{CONFIG_FILE} 'train'")
+        try:
+            saved_cfg = config_from_dict(TrainConfig, saved["train"],
+                                         where=f"{out / CONFIG_FILE} 'train'")
+        except ConfigError as exc:
+            raise CheckpointError(str(exc)) from None
         # Only the number of epochs may change on resume; everything else comes from the run.
         epochs = overrides.get("epochs") or (config.epochs if config is not None else None)
         cfg = dataclasses.replace(saved_cfg, epochs=int(epochs or saved_cfg.epochs))
@@ -120,6 +147,7 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
         acc = [torch.tensor(v, dtype=torch.float64, device=device) for v in state["acc"]]
         acc_n = list(state["acc_n"])
         step = int(state["step"])
+        last_losses = list(state.get("last_losses", [None] * len(gmms)))
     else:
         controllers = []
         for g in gmms:
@@ -130,8 +158,9 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
         acc = [torch.zeros((), dtype=torch.float64, device=device) for _ in gmms]
         acc_n = [0 for _ in gmms]
         step = 0
-    clf_acc = torch.zeros((), dtype=torch.float64, device=device)
-    clf_n = 0
+        last_losses = [None] * len(gmms)
+    clf_acc = torch.tensor(float(state.get("clf_acc", 0.0)), dtype=torch.float64, device=device)
+    clf_n = int(state.get("clf_n", 0))
     opt = torch.optim.SGD(clf.parameters(), lr=cfg.classifier_lr) if (clf and y is not None) else None
 
     train_dict = config_to_dict(cfg)
@@ -146,13 +175,13 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
 
     def state_now() -> dict:
         return {"step": step, "controllers": [c.state_dict() for c in controllers],
-                "acc": [float(a) for a in acc], "acc_n": acc_n}
+                "acc": [float(a) for a in acc], "acc_n": acc_n, "last_losses": last_losses,
+                "clf_acc": float(clf_acc), "clf_n": clf_n}
 
     def checkpoint() -> None:
         if out is not None:
             save_model(model, out, train=train_dict, data=data_info, state=state_now())
 
-    last_losses: list[float | None] = [None] * len(gmms)
     metrics_fh = open(out / METRICS_FILE, "a", encoding="utf-8") if out is not None else None
     bar = None
     if progress:
@@ -170,8 +199,10 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
 
     order, order_epoch = None, -1
     stop_at = total if stop_after_steps is None else min(total, stop_after_steps)
+    interrupted: list[bool] = []
+    previous_handler = _defer_sigint(interrupted)
     try:
-        while step < stop_at:
+        while step < stop_at and not interrupted:
             epoch, b = divmod(step, steps_per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = _epoch_order(N, cfg.seed, epoch).to(device), epoch
@@ -227,7 +258,7 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
             step += 1
             if bar is not None:
                 bar.update(1)
-            if step % cfg.window == 0 or step == stop_at:
+            if step % cfg.window == 0 or step == total:
                 now = time.perf_counter()
                 row = {"step": step, "epoch": step / steps_per_epoch,
                        "loss": last_losses[:],
@@ -249,10 +280,12 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
             if step % steps_per_epoch == 0 or step == stop_at or (
                     cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
                 checkpoint()
-    except KeyboardInterrupt:
-        checkpoint()
-        raise
+        if interrupted:
+            # Ctrl-C took effect between two steps, so the checkpoint is a consistent state.
+            checkpoint()
+            raise KeyboardInterrupt
     finally:
+        _restore_sigint(previous_handler)
         if bar is not None:
             bar.close()
         if metrics_fh is not None:

@@ -321,13 +321,17 @@ def test_gmm_train_step_equals_autograd_sgd(independent, sigma):
     assert (layer.mu.detach() - mu0).abs().max() > 1e-3        # the step is not a no-op
 
 
-def test_gmm_train_step_with_design_matrix_equals_plain_input():
+@pytest.mark.parametrize("independent", [False, True])
+@pytest.mark.parametrize("chunk_rows", [16384, 20, 1])
+def test_gmm_train_step_with_fold_and_chunks_equals_plain_input(independent, chunk_rows):
+    # Building the design matrix in the Folding layer, and processing the batch in chunks,
+    # must give the same step as the plain input in one piece.
     fold = Folding((6, 6, 1), 3, 3, 1, 1).to(torch.float64)
-    img = torch.rand(4, 6, 6, 1, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
-    a = _random_gmm((4, 4, 9), 4, False, seed=17, sigma=1.0)
-    b = _random_gmm((4, 4, 9), 4, False, seed=17, sigma=1.0)
+    img = torch.rand(5, 6, 6, 1, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
+    a = _random_gmm((4, 4, 9), 4, independent, seed=17, sigma=1.0)
+    b = _random_gmm((4, 4, 9), 4, independent, seed=17, sigma=1.0)
     la, ra = a.train_step(fold(img), 0.05)
-    lb, rb = b.train_step(None, 0.05, design=fold.forward_design(img), n=4)
+    lb, rb = b.train_step(img, 0.05, fold=fold, chunk_rows=chunk_rows)
     torch.testing.assert_close(la, lb)
     torch.testing.assert_close(ra, rb)
     for p, q in zip(a.parameters(), b.parameters()):

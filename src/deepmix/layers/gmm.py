@@ -30,6 +30,14 @@ from .base import Layer, Shape
 __all__ = ["GMM"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
+#: Responsibilities below this are set to exactly 0: their squares would be denormal floats,
+#: which make CPU arithmetic in the layer above many times slower, for no visible difference.
+RESPONSIBILITY_FLOOR = 1e-18
+
+
+def _responsibilities(s: torch.Tensor) -> torch.Tensor:
+    r = torch.softmax(s, dim=-1)
+    return torch.threshold(r, RESPONSIBILITY_FLOOR, 0.0)
 
 
 class GMM(Layer):
@@ -69,6 +77,9 @@ class GMM(Layer):
         sigma0 = initial_sigma(self.K) if sigma is None else float(sigma)
         self.register_buffer("sigma", torch.tensor(sigma0, dtype=torch.float64))
         self._g_cache: tuple[float, torch.dtype, torch.device, torch.Tensor | None] | None = None
+        self._lf_key: tuple | None = None
+        self._lf: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._lf_buf: torch.Tensor | None = None
 
     def spec(self) -> str:
         return f"G({self.K},independent)" if self.independent else f"G({self.K})"
@@ -80,13 +91,40 @@ class GMM(Layer):
         return torch.softmax(self.xi, dim=-1)
 
     def _linear_form(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(P, 2D, K) weights and (P, K) offsets with s = [x, x^2] @ W + c."""
-        prec = self.d * self.d
-        pm = prec * self.mu
-        W = torch.cat([pm, prec * -0.5], dim=2).transpose(1, 2)
+        """(P, 2D, K) weights and (P, K) offsets with s = [x, x^2] @ W + c.
+
+        Differentiable when gradients w.r.t. the parameters are wanted; otherwise cached in a
+        buffer and recomputed only after the parameters changed (tracked by their versions).
+        """
+        if torch.is_grad_enabled() and any(p.requires_grad for p in (self.mu, self.d, self.xi)):
+            prec = self.d * self.d
+            pm = prec * self.mu
+            W = torch.cat([pm, prec * -0.5], dim=2).transpose(1, 2)
+            c = (torch.log_softmax(self.xi, dim=-1) + torch.log(self.d).sum(-1)
+                 - 0.5 * torch.linalg.vecdot(pm, self.mu))
+            return W, c
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in (self.mu, self.d, self.xi))
+        if self._lf_key != key:
+            with torch.no_grad():
+                self._lf = self._fill_linear_form()
+            self._lf_key = tuple((p._version, p.data_ptr(), p.dtype, p.device)
+                                 for p in (self.mu, self.d, self.xi))
+        return self._lf
+
+    def _fill_linear_form(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write [d^2 mu, -d^2/2] into a reused (P, K, 2D) buffer: three passes, no concatenation."""
+        P, K, D = self.mu.shape
+        buf = self._lf_buf
+        if buf is None or buf.shape != (P, K, 2 * D) or buf.dtype != self.mu.dtype \
+                or buf.device != self.mu.device:
+            buf = self._lf_buf = torch.empty(P, K, 2 * D, dtype=self.mu.dtype, device=self.mu.device)
+        pm, half_prec = buf[..., :D], buf[..., D:]
+        torch.mul(self.d, self.d, out=half_prec)
+        torch.mul(half_prec, self.mu, out=pm)
         c = (torch.log_softmax(self.xi, dim=-1) + torch.log(self.d).sum(-1)
              - 0.5 * torch.linalg.vecdot(pm, self.mu))
-        return W, c
+        half_prec.mul_(-0.5)
+        return buf.transpose(1, 2), c
 
     @staticmethod
     def design(x: torch.Tensor) -> torch.Tensor:
@@ -94,20 +132,14 @@ class GMM(Layer):
         xf = x.reshape(-1, x.shape[-1])
         return torch.cat([xf, xf * xf], dim=1)
 
-    def _scores_flat(self, x: torch.Tensor | None, Z: torch.Tensor | None = None,
-                     n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-scores and the [x, x^2] design matrix (pass ``x``, or ``Z`` and the batch ``n``).
-
-        Shared mode: (M, K) and (M, 2D) with M = N*H*W. Independent: (P, N, K) and (P, N, 2D).
-        """
+    def _scores_flat(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-scores: (M, K) with M = N*H*W in shared mode, (P, N, K) in independent mode."""
         W, c = self._linear_form()
-        if Z is None:
-            Z = self.design(x)
-            n = x.shape[0]
+        Z = self.design(x)
         if self.independent:
-            Zp = Z.view(n, -1, 2 * self.D).transpose(0, 1)
-            return torch.baddbmm(c.unsqueeze(1), Zp, W), Zp
-        return torch.addmm(c[0], Z, W[0]), Z
+            Zp = Z.view(x.shape[0], -1, 2 * self.D).transpose(0, 1)
+            return torch.baddbmm(c.unsqueeze(1), Zp, W)
+        return torch.addmm(c[0], Z, W[0])
 
     def _to_nhwk(self, s: torch.Tensor, N: int) -> torch.Tensor:
         H, W, _ = self.input_shape
@@ -117,12 +149,11 @@ class GMM(Layer):
 
     def log_scores(self, x: torch.Tensor) -> torch.Tensor:
         """:math:`s_k(x)` for every position, (N, H, W, K); differentiable."""
-        s, _ = self._scores_flat(x)
-        return self._to_nhwk(s, x.shape[0])
+        return self._to_nhwk(self._scores_flat(x), x.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Responsibilities :math:`\\mathrm{softmax}_k s_k(x)`, (N, H, W, K)."""
-        return torch.softmax(self.log_scores(x), dim=-1)
+        return _responsibilities(self.log_scores(x))
 
     def log_likelihood(self, x: torch.Tensor) -> torch.Tensor:
         """True log-likelihood :math:`\\log\\sum_k \\pi_k \\mathcal N_k(x)` in nats, (N, H, W)."""
@@ -149,14 +180,16 @@ class GMM(Layer):
 
     # --------------------------------------------------------------------------------- training
     @torch.no_grad()
-    def train_step(self, x: torch.Tensor | None, lr: float, lr_mu: float = 1.0, lr_d: float = 0.1,
-                   lr_xi: float = 0.2, update_d: bool = True, *, design: torch.Tensor | None = None,
-                   n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, x: torch.Tensor, lr: float, lr_mu: float = 1.0, lr_d: float = 0.1,
+                   lr_xi: float = 0.2, update_d: bool = True, *, fold: Any = None,
+                   chunk_rows: int = 16384) -> tuple[torch.Tensor, torch.Tensor]:
         r"""One SGD ascent step on the mean annealed loss; returns (loss sum, responsibilities).
 
-        Pass the input ``x`` (N, H, W, D), or its ``design`` matrix [x, x^2] (from
-        :meth:`design` or :meth:`Folding.forward_design`) and the batch size ``n``. The loss sum
-        is over all N*H*W positions (a 0-dim tensor: no host synchronisation).
+        ``x`` is this layer's input (N, H, W, D) or, with ``fold``, the input of that Folding
+        layer below, which then builds the design matrix [x, x^2] directly (one buffer, no
+        extra copy). The batch is processed in chunks of about ``chunk_rows`` positions so that
+        large batches stay in cache; the step itself is one update for the whole batch. The loss
+        sum is over all N*H*W positions (a 0-dim tensor: no host synchronisation).
 
         The gradient of :math:`\ell_\sigma` w.r.t. the scores of a sample is row :math:`k^*` of
         g, so with :math:`n_j = \sum_k c_k g_{kj}` (c: counts of winners k*) and the g-weighted
@@ -167,43 +200,59 @@ class GMM(Layer):
         (N*H*W shared; N per position in independent mode). The sums cost O(M D) (a scatter-add
         of the winners' rows) instead of autograd's second O(M D K) product.
         """
-        s, Z = self._scores_flat(x, design, n)
-        N = x.shape[0] if x is not None else int(n)  # type: ignore[arg-type]
+        N = x.shape[0]
         P, K, D = self.mu.shape
+        H, W, _ = self.input_shape
+        Wl, c = self._linear_form()
         g = self.annealing_matrix()
-        a = s if g is None else s @ g.T
-        best, kstar = a.max(dim=-1)
-        loss_sum = best.sum() - best.numel() * 0.5 * D * _LOG_2PI
-        resp = torch.softmax(s, dim=-1)
+        per_chunk = max(1, chunk_rows // (H * W))
+        sums = torch.zeros(P * K, 2 * D, dtype=self.mu.dtype, device=self.mu.device)
+        counts = torch.zeros(P * K, dtype=torch.long, device=self.mu.device)
+        offsets = torch.arange(P, device=self.mu.device) * K if self.independent else None
+        best_sum = torch.zeros((), dtype=self.mu.dtype, device=self.mu.device)
+        resp_parts = []
+        for c0 in range(0, N, per_chunk):
+            xc = x[c0:c0 + per_chunk]
+            n = xc.shape[0]
+            Z = fold.forward_design(xc) if fold is not None else self.design(xc)
+            if self.independent:
+                # Z rows are (sample, position); scores are computed per position.
+                s = torch.baddbmm(c.unsqueeze(1), Z.view(n, P, 2 * D).transpose(0, 1), Wl)
+                s = s.transpose(0, 1)                                  # (n, P, K)
+            else:
+                s = torch.addmm(c[0], Z, Wl[0])                        # (n*H*W, K)
+            a = s if g is None else s @ g.T
+            best, kstar = a.max(dim=-1)
+            best_sum += best.sum()
+            resp_parts.append(_responsibilities(s))
+            index = (kstar + offsets).reshape(-1) if self.independent else kstar
+            sums.index_add_(0, index, Z)
+            counts += torch.bincount(index, minlength=P * K)
+        loss_sum = best_sum - N * H * W * 0.5 * D * _LOG_2PI
+        resp = resp_parts[0] if len(resp_parts) == 1 else torch.cat(resp_parts)
 
-        if self.independent:
-            index = (kstar + torch.arange(P, device=kstar.device).unsqueeze(1) * K).reshape(-1)
-            Zf = Z.reshape(-1, 2 * D)
-            count_div = float(N)
-        else:
-            index, Zf = kstar, Z
-            count_div = float(Z.shape[0])
-        sums = torch.zeros(P * K, 2 * D, dtype=Z.dtype, device=Z.device).index_add_(0, index, Zf)
-        counts = torch.bincount(index, minlength=P * K).to(Z.dtype)
-        sums, counts = sums.view(P, K, 2 * D), counts.view(P, K)
+        count_div = float(N) if self.independent else float(N * H * W)
+        counts_f = counts.to(sums.dtype).view(P, K)
+        sums = sums.view(P, K, 2 * D)
         if g is not None:
             sums = torch.matmul(g.T, sums)
-            counts = counts @ g
+            counts_f = counts_f @ g
         Sx, Sxx = sums[..., :D], sums[..., D:]
-        nn_ = counts.unsqueeze(-1)
+        nk = counts_f.unsqueeze(-1)
         mu, d = self.mu, self.d
+        half_prec = Wl.transpose(1, 2)[..., D:]                     # -d^2/2 at the old d
         step = lr / count_div
-        # Fused in-place forms of the gradients in the docstring (fewer passes over K x D).
-        t = torch.addcmul(Sx, nn_, mu, value=-1.0)                # S^x - n mu
+        # Fused in-place forms of the gradients in the docstring (few passes over K x D).
+        t = torch.addcmul(Sx, nk, mu, value=-1.0)                 # S^x - n mu
         if update_d:
-            e = torch.addcmul(Sxx, mu, Sx + t, value=-1.0)        # S^xx - 2 mu S^x + n mu^2
-            dd = (nn_ / d).sub_(d * e)                            # n/d - d e
-        grad_xi = counts - self.pi * counts.sum(-1, keepdim=True)
-        mu.addcmul_(d * d, t, value=step * lr_mu)
+            e = torch.addcmul(Sxx, mu, Sx + t, value=-1.0)         # S^xx - 2 mu S^x + n mu^2
+            dd = (nk / d).sub_(d * e)                              # n/d - d e
+        grad_xi = counts_f - self.pi * counts_f.sum(-1, keepdim=True)
+        mu.addcmul_(half_prec, t, value=-2.0 * step * lr_mu)       # mu += step d^2 (S^x - n mu)
         if update_d:
             d.add_(dd, alpha=step * lr_d).clamp_(self.d_min, self.d_max)
         self.xi.add_(grad_xi, alpha=step * lr_xi)
-        return loss_sum, self._to_nhwk(resp, N)
+        return loss_sum, resp.reshape(N, H, W, K)
 
     # --------------------------------------------------------------------------------- sampling
     @torch.no_grad()

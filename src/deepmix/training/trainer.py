@@ -215,17 +215,15 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
                 noise = torch.rand(h.shape, generator=gen, device=device, dtype=h.dtype)
                 h = (h * (levels - 1) + noise) / levels
             gi = 0
-            design = None
+            fold = None
             for li, layer in enumerate(model.layers):
                 if isinstance(layer, GMM):
                     if step >= starts[gi]:
                         update_d = (cfg.centroids_first is None
                                     or float(layer.sigma) <= cfg.centroids_first)
-                        loss_sum, h = layer.train_step(h if design is None else None, cfg.lr,
-                                                       cfg.lr_mu, cfg.lr_d, cfg.lr_xi,
-                                                       update_d=update_d, design=design,
-                                                       n=nb)
-                        design = None
+                        loss_sum, h = layer.train_step(h, cfg.lr, cfg.lr_mu, cfg.lr_d, cfg.lr_xi,
+                                                       update_d=update_d, fold=fold)
+                        fold = None
                         acc[gi] += loss_sum / (nb * positions[gi])
                         acc_n[gi] += 1
                         if acc_n[gi] == cfg.window:
@@ -250,8 +248,8 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
                         clf_acc += loss.detach()
                         clf_n += 1
                 elif isinstance(layer, Folding) and li + 1 in active_after(step):
-                    # The GMM above consumes [patches, patches^2] built in one buffer.
-                    design = layer.forward_design(h)
+                    # The GMM above builds [patches, patches^2] from this layer's input itself.
+                    fold = layer
                 else:
                     with torch.no_grad():
                         h = layer(h)

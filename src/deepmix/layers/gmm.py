@@ -21,6 +21,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpecError
@@ -33,6 +34,21 @@ _LOG_2PI = math.log(2.0 * math.pi)
 #: Responsibilities below this are set to exactly 0: their squares would be denormal floats,
 #: which make CPU arithmetic in the layer above many times slower, for no visible difference.
 RESPONSIBILITY_FLOOR = 1e-18
+
+
+def _conv_weight(W: torch.Tensor, fold: Any) -> torch.Tensor:
+    """(2D, K) design weights -> (K, 2C, fy, fx) weights of a convolution over [x, x^2]."""
+    K = W.shape[1]
+    C = fold.input_shape[2]
+    return W.T.reshape(K, 2, fold.fy, fold.fx, C).permute(0, 1, 4, 2, 3).reshape(
+        K, 2 * C, fold.fy, fold.fx)
+
+
+def _conv_weight_to_rows(gw: torch.Tensor, fold: Any) -> torch.Tensor:
+    """Inverse layout map of :func:`_conv_weight`: (K, 2C, fy, fx) -> (K, 2D)."""
+    K = gw.shape[0]
+    C = fold.input_shape[2]
+    return gw.view(K, 2, C, fold.fy, fold.fx).permute(0, 1, 3, 4, 2).reshape(K, -1)
 
 
 def _responsibilities(s: torch.Tensor) -> torch.Tensor:
@@ -55,6 +71,11 @@ class GMM(Layer):
     """
 
     code = "G"
+    #: Train with a convolution over [x, x^2] when a Folding layer feeds this (shared) layer,
+    #: instead of materialising the patch matrix (which repeats each input fy*fx/(sy*sx) times).
+    #: Used where it measured faster on a 2-core CPU: many input channels (responsibility maps)
+    #: or small patches (D < 32); large single-channel pixel patches keep the matrix product.
+    use_conv: bool = True
 
     def __init__(self, input_shape: Shape, K: int, independent: bool = False, *,
                  mu_init: float = 0.1, d_init: float = math.sqrt(20.0), d_min: float = 0.1,
@@ -211,22 +232,42 @@ class GMM(Layer):
         offsets = torch.arange(P, device=self.mu.device) * K if self.independent else None
         best_sum = torch.zeros((), dtype=self.mu.dtype, device=self.mu.device)
         resp_parts = []
+        conv = fold is not None and self.use_conv and not self.independent \
+            and not fold._is_reshape and (fold.input_shape[2] > 1 or D < 32)
+        if conv:
+            wconv = _conv_weight(Wl[0], fold)
+            # The convolution needs no design matrix, so the whole batch goes at once.
+            per_chunk = N
         for c0 in range(0, N, per_chunk):
             xc = x[c0:c0 + per_chunk]
             n = xc.shape[0]
-            Z = fold.forward_design(xc) if fold is not None else self.design(xc)
-            if self.independent:
-                # Z rows are (sample, position); scores are computed per position.
-                s = torch.baddbmm(c.unsqueeze(1), Z.view(n, P, 2 * D).transpose(0, 1), Wl)
-                s = s.transpose(0, 1)                                  # (n, P, K)
+            if conv:
+                inp = torch.cat([xc, xc * xc], dim=-1).permute(0, 3, 1, 2)
+                s4 = F.conv2d(inp, wconv, c[0], stride=(fold.sy, fold.sx))
+                s = s4.permute(0, 2, 3, 1).reshape(-1, K)              # (n*H*W, K)
             else:
-                s = torch.addmm(c[0], Z, Wl[0])                        # (n*H*W, K)
+                Z = fold.forward_design(xc) if fold is not None else self.design(xc)
+                if self.independent:
+                    # Z rows are (sample, position); scores are computed per position.
+                    s = torch.baddbmm(c.unsqueeze(1), Z.view(n, P, 2 * D).transpose(0, 1), Wl)
+                    s = s.transpose(0, 1)                              # (n, P, K)
+                else:
+                    s = torch.addmm(c[0], Z, Wl[0])                    # (n*H*W, K)
             a = s if g is None else s @ g.T
             best, kstar = a.max(dim=-1)
             best_sum += best.sum()
             resp_parts.append(_responsibilities(s))
             index = (kstar + offsets).reshape(-1) if self.independent else kstar
-            sums.index_add_(0, index, Z)
+            if conv:
+                # Sums of the winners' patches = the weight gradient of the convolution for a
+                # one-hot output gradient: no (M x 2D) patch matrix is ever built.
+                onehot = torch.zeros_like(s).scatter_(1, kstar.unsqueeze(1), 1.0)
+                onehot = onehot.view(n, H, W, K).permute(0, 3, 1, 2)
+                gw = torch.nn.grad.conv2d_weight(inp, wconv.shape, onehot,
+                                                 stride=(fold.sy, fold.sx))
+                sums += _conv_weight_to_rows(gw, fold)
+            else:
+                sums.index_add_(0, index, Z)
             counts += torch.bincount(index, minlength=P * K)
         loss_sum = best_sum - N * H * W * 0.5 * D * _LOG_2PI
         resp = resp_parts[0] if len(resp_parts) == 1 else torch.cat(resp_parts)

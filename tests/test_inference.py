@@ -57,3 +57,11 @@ def test_image_grid_places_images():
     g = image_grid(imgs, ncol=3, pad=1)
     assert g.shape == (4, 10, 1)
     assert np.all(g[1:3, 4:6] == 1.0) and np.all(g[1:3, 1:3] == 0.0)
+
+
+def test_sampling_in_batches_is_reproducible(trained):
+    model, _ = trained
+    a = model.sample(10, seed=4, batch_size=3, top_s=2)
+    b = model.sample(10, seed=4, batch_size=3, top_s=2)
+    assert a.shape == (10, 8, 8, 1) and torch.equal(a, b)
+    assert not torch.equal(a[:3], a[3:6])

@@ -323,13 +323,17 @@ def test_gmm_train_step_equals_autograd_sgd(independent, sigma):
 
 @pytest.mark.parametrize("independent", [False, True])
 @pytest.mark.parametrize("chunk_rows", [16384, 20, 1])
-def test_gmm_train_step_with_fold_and_chunks_equals_plain_input(independent, chunk_rows):
-    # Building the design matrix in the Folding layer, and processing the batch in chunks,
-    # must give the same step as the plain input in one piece.
-    fold = Folding((6, 6, 1), 3, 3, 1, 1).to(torch.float64)
-    img = torch.rand(5, 6, 6, 1, generator=torch.Generator().manual_seed(16), dtype=torch.float64)
-    a = _random_gmm((4, 4, 9), 4, independent, seed=17, sigma=1.0)
-    b = _random_gmm((4, 4, 9), 4, independent, seed=17, sigma=1.0)
+@pytest.mark.parametrize("channels, f", [(1, 3), (3, 3), (1, 6)])
+def test_gmm_train_step_with_fold_and_chunks_equals_plain_input(independent, chunk_rows,
+                                                                 channels, f):
+    # Training from the Folding layer's input (convolution or patch matrix built in place),
+    # and in chunks, must give the same step as the plain input in one piece.
+    fold = Folding((6, 6, channels), f, f, 1, 1).to(torch.float64)
+    img = torch.rand(5, 6, 6, channels, generator=torch.Generator().manual_seed(16),
+                     dtype=torch.float64)
+    Ho = 7 - f
+    a = _random_gmm((Ho, Ho, f * f * channels), 4, independent, seed=17, sigma=1.0)
+    b = _random_gmm((Ho, Ho, f * f * channels), 4, independent, seed=17, sigma=1.0)
     la, ra = a.train_step(fold(img), 0.05)
     lb, rb = b.train_step(img, 0.05, fold=fold, chunk_rows=chunk_rows)
     torch.testing.assert_close(la, lb)

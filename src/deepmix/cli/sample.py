@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="noise std is 1/(d*divisor); 'inf' for none")
     p.add_argument("--use-pi", action="store_true", help="top layer draws by pi, not uniformly")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=positive_int, default=1000,
+                   help="samples drawn per batch (bounds memory)")
     p.add_argument("--device", default="cpu")
 
 
@@ -28,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_model(args.run_dir, device=args.device)
     png, npz = sample_to_files(model, args.n, args.out, args.npz, top_s=args.top_s,
-                               divisor=args.divisor, use_pi=args.use_pi, seed=args.seed)
+                               divisor=args.divisor, use_pi=args.use_pi, seed=args.seed,
+                               batch_size=args.batch_size)
     print(f"wrote {png} and {npz}")
     return 0

@@ -256,7 +256,7 @@ class DCGMM(nn.Module):
     def sample(self, n: int, *, top_s: int = 1, divisor: float = 10.0, use_pi: bool = False,
                labels: Sequence[int] | torch.Tensor | None = None, pooling: str = "dense",
                generator: torch.Generator | None = None, seed: int | None = None,
-               clip: bool = True) -> torch.Tensor:
+               clip: bool = True, batch_size: int | None = None) -> torch.Tensor:
         """Draw ``n`` images (n, H, W, C) by top-S sampling through the chain of priors.
 
         Arguments:
@@ -268,6 +268,8 @@ class DCGMM(nn.Module):
             pooling: up-sampling of Pooling layers, "dense" or "sparse".
             generator, seed: randomness (a seed makes a fresh generator).
             clip: clamp the images to [0, 1].
+            batch_size: draw in batches of this size to bound memory; the batches share one
+                generator, so a seed fixes the result for a given batch size.
         """
         if n < 1:
             raise InputError(f"number of samples must be >= 1, got {n}")
@@ -276,6 +278,16 @@ class DCGMM(nn.Module):
         if generator is None:
             generator = torch.Generator(device=self.device)
             generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        if batch_size is not None and 0 < batch_size < n:
+            lab = None if labels is None else torch.as_tensor(labels).reshape(-1)
+            parts = []
+            for start in range(0, n, batch_size):
+                m = min(batch_size, n - start)
+                part_labels = None if lab is None else (lab if lab.numel() == 1 else lab[start:start + m])
+                parts.append(self.sample(m, top_s=top_s, divisor=divisor, use_pi=use_pi,
+                                         labels=part_labels, pooling=pooling,
+                                         generator=generator, clip=clip))
+            return torch.cat(parts)
         control: torch.Tensor | None = None
         layers = list(self.layers)
         if self.classifier is not None:

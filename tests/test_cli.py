@@ -112,3 +112,13 @@ def test_demo_on_digits_writes_report(tmp_path, capsys):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(metrics["layers"][0]["log_likelihood"])
+
+
+def test_unavailable_device_is_a_clear_error(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code, _, err = run(capsys, "train", "--arch", SPEC, "--data", "digits", "--epochs", "1",
+                       "--out", str(tmp_path / "r"), "--device", "cuda", "--no-progress")
+    assert code == 2 and "device 'cuda' is not available" in err

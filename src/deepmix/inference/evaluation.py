@@ -36,8 +36,10 @@ def evaluate(model: Any, images: Any, *, batch_size: int = 500, levels: int = 25
              per_position: bool = False) -> tuple[dict, dict[str, torch.Tensor]]:
     """Evaluate every GMM layer on ``images``; returns (summary dict, per-sample tensors).
 
-    The per-sample dict maps ``"layer{L}/log_likelihood"``, ``"layer{L}/annealed_loss"`` to (N,)
-    tensors and, with ``per_position``, ``"layer{L}/log_likelihood_per_position"`` to (N, H, W).
+    The per-sample dict maps ``"layer{L}/log_likelihood"``, ``"layer{L}/log_likelihood_sum"``,
+    ``"layer{L}/annealed_loss"`` to (N,) tensors and, with ``per_position``,
+    ``"layer{L}/log_likelihood_per_position"`` and ``"layer{L}/annealed_loss_per_position"`` to
+    (N, H, W) tensors.
     """
     x = model.check_images(images)
     N = x.shape[0]
@@ -55,6 +57,7 @@ def evaluate(model: Any, images: Any, *, batch_size: int = 500, levels: int = 25
                 per.setdefault(f"layer{L}/annealed_loss", []).append(an.flatten(1).mean(1))
                 if per_position:
                     per.setdefault(f"layer{L}/log_likelihood_per_position", []).append(ll)
+                    per.setdefault(f"layer{L}/annealed_loss_per_position", []).append(an)
             h = layer(h)
     out = {k: torch.cat(v).cpu() for k, v in per.items()}
     layers = []

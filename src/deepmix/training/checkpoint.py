@@ -121,5 +121,8 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu"):
         model = DCGMM.from_config(mc)
     except DeepmixError as exc:
         raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: {exc}") from None
+    from ..utils.device import resolve_device
+
+    target = resolve_device(device)
     load_checkpoint(model, directory)
-    return model.to(device)
+    return model.to(target)

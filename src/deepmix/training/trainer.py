@@ -23,6 +23,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError, InputError
 from ..utils.config import config_from_dict, config_to_dict
+from ..utils.device import resolve_device
 from ..utils.io import write_text_atomic
 from .annealing import SigmaController
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_config, save_model
@@ -117,7 +118,7 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
         state = load_checkpoint(model, out)
         data_info = data_info or saved.get("data")
 
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     model.to(device)
     x = model.check_images(images)
     N = x.shape[0]

@@ -65,3 +65,20 @@ def test_sampling_in_batches_is_reproducible(trained):
     b = model.sample(10, seed=4, batch_size=3, top_s=2)
     assert a.shape == (10, 8, 8, 1) and torch.equal(a, b)
     assert not torch.equal(a[:3], a[3:6])
+
+
+def test_trained_2d_gmm_density_integrates_to_one():
+    from deepmix.data import make_toy
+
+    pts = torch.from_numpy(make_toy("halfmoons", 2000, seed=0)).view(-1, 1, 1, 2)
+    model = deepmix.DCGMM("G(9)", input_shape=(1, 1, 2), seed=0)
+    model.fit(pts, epochs=30, batch_size=50, lr=0.05, progress=False)
+    assert float(model.gmm_layers[0].sigma) < 1.0          # the annealing went somewhere
+    h = 0.01
+    g = torch.arange(-6.0, 7.0, h)
+    xx, yy = torch.meshgrid(g, g, indexing="ij")
+    grid = torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1).view(-1, 1, 1, 2)
+    density = model.log_prob(grid).double().exp()
+    assert float(density.sum() * h * h) == pytest.approx(1.0, abs=1e-2)
+    # ... and it is a density of the data: higher on the moons than far away.
+    assert float(model.log_prob(pts).mean()) > float(model.log_prob(grid[:1000]).mean())

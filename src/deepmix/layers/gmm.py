@@ -207,10 +207,11 @@ class GMM(Layer):
         r"""One SGD ascent step on the mean annealed loss; returns (loss sum, responsibilities).
 
         ``x`` is this layer's input (N, H, W, D) or, with ``fold``, the input of that Folding
-        layer below, which then builds the design matrix [x, x^2] directly (one buffer, no
-        extra copy). The batch is processed in chunks of about ``chunk_rows`` positions so that
-        large batches stay in cache; the step itself is one update for the whole batch. The loss
-        sum is over all N*H*W positions (a 0-dim tensor: no host synchronisation).
+        layer below: the scores are then a convolution over [x, x^2] (see :attr:`use_conv`), or
+        the Folding layer writes the design matrix [x, x^2] straight into one buffer. Design
+        matrices are built in chunks of about ``chunk_rows`` positions; the step itself is one
+        update for the whole batch. The loss sum is over all N*H*W positions (a 0-dim tensor:
+        no host synchronisation).
 
         The gradient of :math:`\ell_\sigma` w.r.t. the scores of a sample is row :math:`k^*` of
         g, so with :math:`n_j = \sum_k c_k g_{kj}` (c: counts of winners k*) and the g-weighted

@@ -19,8 +19,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--data", default="mnist", help="mnist, fashion-mnist or digits")
     p.add_argument("--arch", default="2L-c", help="architecture (default 2L-c)")
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--batch-size", type=positive_int, default=100)
+    p.add_argument("--epochs", type=positive_int, default=None,
+                   help="default 20 (100 on the small digits set)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="default 100 (20 on the small digits set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n-samples", type=positive_int, default=100)
     p.add_argument("--top-s", type=positive_int, default=1)
@@ -57,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
         run_dir.rename(out / f"run-{stamp}")
         notes.append(f"an earlier run in {run_dir} was kept as {out / f'run-{stamp}'}.")
     model = DCGMM(arch, input_shape=train_ds.shape, seed=args.seed)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+    # The annealing needs some thousand steps: the 1 437 digits get more, smaller batches.
+    small = len(train_ds) < 10_000
+    cfg = TrainConfig(epochs=args.epochs or (100 if small else 20),
+                      batch_size=args.batch_size or (20 if small else 100), seed=args.seed,
                       device=args.device)
     print(f"deepmix demo: training {model.spec()} on {data} ({len(train_ds)} images, "
           f"{cfg.epochs} epochs)", file=sys.stderr)

@@ -4,7 +4,8 @@ Maps (N, H, W, C) to (N, 1 + (H - fy)/sy, 1 + (W - fx)/sx, fy*fx*C) with no padd
 vector is ordered patch-row, patch-column, channel (channel fastest), like the reference.
 Backwards (sampling) scatters each position's vector onto its patch and divides every pixel by the
 number of patches that cover it (*overlap averaging*), so folding then unfolding an image whose
-patches cover it is the identity.
+patches cover it is the identity (exactly for tiling patches, up to float rounding where they
+overlap).
 """
 
 from __future__ import annotations

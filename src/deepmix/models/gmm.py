@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError, InputError
 
-__all__ = ["GaussianMixture", "kmeans"]
+__all__ = ["GaussianMixture", "MixtureDensity", "kmeans"]
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 INIT_METHODS = ("kmeans", "k-means++", "random")
@@ -439,3 +439,144 @@ class GaussianMixture(nn.Module):
         gm.converged_ = bool(getattr(sk, "converged_", False))
         gm.n_iter_ = int(getattr(sk, "n_iter_", 0))
         return gm
+
+
+class MixtureDensity(nn.Module):
+    r"""A differentiable Gaussian mixture for gradient objectives (SGD-MLE, SM, SSM).
+
+    Parameters: logits (:math:`\pi = \mathrm{softmax}`), means, and per component either
+    log-variances (``diag``) or an unconstrained lower-triangular matrix whose diagonal passes a
+    softplus (``full``: :math:`\Sigma^{-1} = P = R R^T` with that triangular factor R, so the
+    precision is always positive definite). Besides :meth:`log_prob` it has the closed-form
+    score :math:`s = \nabla_x \log p` and Laplacian :math:`\mathrm{tr}\, \nabla_x^2 \log p`
+    (:meth:`score_and_laplacian`) and Hessian quadratic forms :math:`v^T H v`
+    (:meth:`hessian_quadratic`): with :math:`r_k` the responsibilities and
+    :math:`g_k = -P_k (x - \mu_k)`,
+
+    .. math:: s = \sum_k r_k g_k, \quad H = \sum_k r_k (g_k g_k^T - P_k) - s s^T,
+
+    at the cost of :meth:`log_prob` itself (no second-order autograd).
+
+    Arguments:
+        n_components: K.
+        n_features: D.
+        covariance_type: ``"diag"`` or ``"full"``.
+        generator: random generator for the initial means (N(0, 1)).
+    """
+
+    def __init__(self, n_components: int, n_features: int, covariance_type: str = "diag", *,
+                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        if covariance_type not in ("diag", "full"):
+            raise ConfigError(f"Unknown covariance type '{covariance_type}' for MixtureDensity; "
+                              f"expected diag or full")
+        K, D = int(n_components), int(n_features)
+        if K < 1 or D < 1:
+            raise ConfigError(f"need n_components >= 1 and n_features >= 1, got {K}, {D}")
+        self.covariance_type = covariance_type
+        self.logits = nn.Parameter(torch.zeros(K, dtype=dtype))
+        self.means = nn.Parameter(torch.randn(K, D, generator=generator, dtype=dtype))
+        if covariance_type == "diag":
+            self.log_var = nn.Parameter(torch.zeros(K, D, dtype=dtype))
+        else:
+            # softplus(raw) = 1 on the diagonal: unit precision at the start.
+            raw = torch.zeros(K, D, D, dtype=dtype)
+            raw.diagonal(dim1=-2, dim2=-1).fill_(math.log(math.e - 1.0))
+            self.prec_factor = nn.Parameter(raw)
+
+    @property
+    def n_features(self) -> int:
+        return int(self.means.shape[1])
+
+    def _precision_factor(self) -> torch.Tensor:
+        raw = torch.tril(self.prec_factor, diagonal=-1)
+        diag = torch.nn.functional.softplus(self.prec_factor.diagonal(dim1=-2, dim2=-1)) + 1e-6
+        return raw + torch.diag_embed(diag)
+
+    def _diag_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Diagonal case by matrix products: log joint a (N, K), precisions lam, lam * mu."""
+        lam = torch.exp(-self.log_var)                                            # (K, D)
+        lam_mu = lam * self.means
+        maha = (x * x) @ lam.T - 2.0 * x @ lam_mu.T + (lam_mu * self.means).sum(1)
+        a = (torch.log_softmax(self.logits, 0) - 0.5 * self.log_var.sum(1)
+             - 0.5 * (x.shape[1] * _LOG_2PI + maha))
+        return a, lam, lam_mu
+
+    def _components(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Full case: log joint a (N, K), component scores g (N, K, D) and the precisions."""
+        diff = x[:, None, :] - self.means[None]                                  # (N, K, D)
+        R = self._precision_factor()                                              # P = R R^T
+        y = torch.einsum("nkd,kde->nke", diff, R)                                 # diff^T R
+        maha = (y * y).sum(-1)
+        g = -torch.einsum("nke,kde->nkd", y, R)                                   # -P diff
+        half_logdet = torch.log(R.diagonal(dim1=-2, dim2=-1)).sum(-1)
+        a = (torch.log_softmax(self.logits, 0) + half_logdet
+             - 0.5 * (x.shape[1] * _LOG_2PI + maha))
+        return a, g, R @ R.transpose(-1, -2)
+
+    def _check(self, x: Any) -> torch.Tensor:
+        return _as_matrix(x, self.means.dtype, self.means.device, n_features=self.n_features)
+
+    def log_prob(self, x: Any) -> torch.Tensor:
+        """:math:`\\log p(x)` in nats, (N,); differentiable in x and the parameters."""
+        x = self._check(x)
+        a = self._diag_terms(x)[0] if self.covariance_type == "diag" else self._components(x)[0]
+        return torch.logsumexp(a, 1)
+
+    def forward(self, x: Any) -> torch.Tensor:
+        return self.log_prob(x)
+
+    def score_and_laplacian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Closed-form :math:`s(x)` (N, D) and :math:`\\mathrm{tr} H(x)` (N,)."""
+        if self.covariance_type == "diag":
+            a, lam, lam_mu = self._diag_terms(x)
+            r = torch.softmax(a, 1)
+            s = r @ lam_mu - x * (r @ lam)                         # sum_k r_k (-lam_k (x - mu_k))
+            lam2 = lam * lam
+            g2 = (x * x) @ lam2.T - 2.0 * x @ (lam2 * self.means).T \
+                + (lam2 * self.means * self.means).sum(1)          # ||g_k||^2, (N, K)
+            lap = (r * (g2 - lam.sum(1))).sum(1) - (s * s).sum(1)
+            return s, lap
+        a, g, prec = self._components(x)
+        r = torch.softmax(a, 1)
+        s = torch.einsum("nk,nkd->nd", r, g)
+        tr_prec = prec.diagonal(dim1=-2, dim2=-1).sum(-1)
+        lap = (r * ((g * g).sum(-1) - tr_prec)).sum(1) - (s * s).sum(1)
+        return s, lap
+
+    def hessian_quadratic(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Closed-form :math:`v^T H(x) v` for slices v (M, N, D); returns ((M, N), s (N, D))."""
+        if self.covariance_type == "diag":
+            a, lam, lam_mu = self._diag_terms(x)
+            r = torch.softmax(a, 1)
+            s = r @ lam_mu - x * (r @ lam)
+            vg = v @ lam_mu.T - (v * x) @ lam.T                    # v . g_k, (M, N, K)
+            vpv = (v * v) @ lam.T
+        else:
+            a, g, prec = self._components(x)
+            r = torch.softmax(a, 1)
+            s = torch.einsum("nk,nkd->nd", r, g)
+            vg = torch.einsum("mnd,nkd->mnk", v, g)
+            vpv = torch.einsum("mnd,kde,mne->mnk", v, prec, v)
+        vs = (v * s).sum(-1)
+        return (r * (vg * vg - vpv)).sum(-1) - vs * vs, s
+
+    @classmethod
+    def from_mixture(cls, gm: GaussianMixture, dtype: torch.dtype = torch.float32) -> "MixtureDensity":
+        """Start from a fitted :class:`GaussianMixture` (diag or full)."""
+        gm._check_fitted()
+        if gm.covariance_type not in ("diag", "full"):
+            raise ConfigError("MixtureDensity takes diag or full mixtures")
+        K, D = gm.means_.shape
+        m = cls(K, D, gm.covariance_type, dtype=dtype)
+        with torch.no_grad():
+            m.logits.copy_(torch.log(gm.weights_).to(dtype))
+            m.means.copy_(gm.means_.to(dtype))
+            if gm.covariance_type == "diag":
+                m.log_var.copy_(torch.log(gm.covariances_).to(dtype))
+            else:
+                R = torch.linalg.cholesky(torch.linalg.inv(gm.covariances_)).to(dtype)
+                d = R.diagonal(dim1=-2, dim2=-1)
+                raw = torch.tril(R, -1) + torch.diag_embed(torch.log(torch.expm1(d - 1e-6)))
+                m.prec_factor.copy_(raw)
+        return m

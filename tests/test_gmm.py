@@ -138,3 +138,25 @@ def test_bad_options_and_unfitted_use_are_named(blobs):
     gm = GaussianMixture(2, random_state=0).fit(blobs)
     with pytest.raises(InputError, match="fitted on 3"):
         gm.score_samples(np.zeros((4, 2)))
+
+
+@pytest.mark.parametrize("ct", TYPES)
+def test_stepwise_em_gets_close_to_batch_em(blobs, ct):
+    batch = GaussianMixture(2, covariance_type=ct, random_state=0).fit(blobs)
+    step = GaussianMixture(2, covariance_type=ct, random_state=0, em="stepwise",
+                           stepwise_batch=50, max_iter=30, tol=1e-4).fit(blobs)
+    assert step.score(blobs) == pytest.approx(batch.score(blobs), abs=0.02)
+
+
+def test_partial_fit_over_batches_fits_data_seen_in_pieces(blobs):
+    rng = np.random.default_rng(1)
+    gm = GaussianMixture(2, random_state=0)
+    for _ in range(20):
+        for part in np.array_split(rng.permutation(blobs), 12):
+            gm.partial_fit(part)
+    reference = GaussianMixture(2, random_state=0).fit(blobs)
+    assert gm.score(blobs) == pytest.approx(reference.score(blobs), abs=0.02)
+    with pytest.raises(InputError, match="first batch"):
+        GaussianMixture(5).partial_fit(blobs[:3])
+    with pytest.raises(ConfigError, match="Unknown EM mode"):
+        GaussianMixture(2, em="online")

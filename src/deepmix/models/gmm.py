@@ -104,7 +104,7 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
 
 
 class GaussianMixture(nn.Module):
-    """Gaussian mixture fitted by EM, with scikit-learn's estimator API.
+    r"""Gaussian mixture fitted by EM, with scikit-learn's estimator API.
 
     Arguments:
         n_components: K.
@@ -120,6 +120,10 @@ class GaussianMixture(nn.Module):
         dtype: ``torch.float64`` (default, as scikit-learn) or ``torch.float32`` (faster).
         device: torch device.
         batch_size: rows per chunk of the E-step and the sufficient statistics.
+        em: ``"batch"`` (classical EM over all rows, exact) or ``"stepwise"`` (stepwise EM over
+            minibatches of ``stepwise_batch`` rows, ``max_iter`` epochs; see :meth:`partial_fit`).
+        stepwise_batch: rows per stepwise-EM update.
+        step_decay: stepwise EM step size :math:`\eta_t = (t + 2)^{-\alpha}`, alpha in (0.5, 1].
         verbose: print the lower bound at every iteration.
     """
 
@@ -127,8 +131,18 @@ class GaussianMixture(nn.Module):
                  tol: float = 1e-3, reg_covar: float = 1e-6, max_iter: int = 100,
                  n_init: int = 1, init_params: str = "kmeans", random_state: int | None = None,
                  dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
-                 batch_size: int = 8192, verbose: bool = False) -> None:
+                 batch_size: int = 8192, em: str = "batch", stepwise_batch: int = 1000,
+                 step_decay: float = 0.7, verbose: bool = False) -> None:
         super().__init__()
+        if em not in ("batch", "stepwise"):
+            raise ConfigError(f"Unknown EM mode '{em}'; expected batch or stepwise")
+        if not 0.5 < step_decay <= 1.0:
+            raise ConfigError(f"step_decay must lie in (0.5, 1], got {step_decay}")
+        if stepwise_batch < 1:
+            raise ConfigError(f"stepwise_batch must be >= 1, got {stepwise_batch}")
+        self.em, self.stepwise_batch, self.step_decay = em, int(stepwise_batch), float(step_decay)
+        self._running: tuple[torch.Tensor, ...] | None = None
+        self._steps = 0
         if covariance_type not in COVARIANCE_TYPES:
             raise ConfigError(f"Unknown covariance type '{covariance_type}'; expected one of "
                               f"{', '.join(COVARIANCE_TYPES)}")
@@ -224,11 +238,11 @@ class GaussianMixture(nn.Module):
         return None
 
     # ---------------------------------------------------------------------------------- EM
-    def _m_step(self, X: torch.Tensor, resp: torch.Tensor, XX: torch.Tensor | None) -> None:
-        """Closed-form M-step from sufficient statistics accumulated over row chunks."""
+    def _statistics(self, X: torch.Tensor, resp: torch.Tensor, XX: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sufficient statistics (sum r, sum r x, sum r x^2 or r x x^T), over row chunks."""
         N, D = X.shape
         K = self.n_components
-        eps = 10.0 * torch.finfo(self.dtype).eps
         nk = resp.sum(0)
         sx = torch.zeros(K, D, dtype=self.dtype, device=self.device)
         full = self.covariance_type == "full"
@@ -244,9 +258,14 @@ class GaussianMixture(nn.Module):
                 sxx.addmm_(r.T, XX[rows])
             else:
                 sxx.add_(r.T @ XX[rows])
-        nk = nk + eps
+        return nk, sx, sxx
+
+    def _set_from_statistics(self, nk: torch.Tensor, sx: torch.Tensor, sxx: torch.Tensor) -> None:
+        """Closed-form M-step: parameters from (possibly averaged) sufficient statistics."""
+        D = sx.shape[1]
+        nk = nk + 10.0 * torch.finfo(self.dtype).eps
         means = sx / nk[:, None]
-        if full:
+        if self.covariance_type == "full":
             cov = sxx / nk[:, None, None] - means[:, :, None] * means[:, None, :]
             cov = 0.5 * (cov + cov.transpose(-1, -2))
             cov = cov + self.reg_covar * torch.eye(D, dtype=self.dtype, device=self.device)
@@ -257,6 +276,10 @@ class GaussianMixture(nn.Module):
         self.weights_ = nk / nk.sum()
         self.means_ = means
         self.covariances_ = cov
+
+    def _m_step(self, X: torch.Tensor, resp: torch.Tensor, XX: torch.Tensor | None) -> None:
+        """Closed-form M-step from sufficient statistics accumulated over row chunks."""
+        self._set_from_statistics(*self._statistics(X, resp, XX))
 
     def _e_step(self, X: torch.Tensor, XX: torch.Tensor | None) -> tuple[float, torch.Tensor]:
         """Mean log-likelihood of X and the responsibilities (N, K), in row chunks."""
@@ -310,13 +333,20 @@ class GaussianMixture(nn.Module):
         best: tuple | None = None
         for _ in range(self.n_init):
             self._initialize(X, XX, gen)
+            self._running, self._steps = None, 0
             history: list[float] = []
             converged = False
             lower, resp = self._e_step(X, XX)
             history.append(lower)
             n_iter = 0
             for n_iter in range(1, self.max_iter + 1):
-                self._m_step(X, resp, XX)
+                if self.em == "batch":
+                    self._m_step(X, resp, XX)
+                else:
+                    order = torch.randperm(N, generator=gen, device=self.device)
+                    for rows in _chunks(N, self.stepwise_batch):
+                        idx = order[rows]
+                        self._stepwise_update(X[idx], None if XX is None else XX[idx])
                 new_lower, resp = self._e_step(X, XX)
                 history.append(new_lower)
                 if self.verbose:
@@ -336,6 +366,46 @@ class GaussianMixture(nn.Module):
 
             warnings.warn(f"EM did not converge in {self.max_iter} iterations (last change "
                           f"above tol={self.tol}); raise max_iter or tol", RuntimeWarning)
+        return self
+
+    def _stepwise_update(self, X: torch.Tensor, XX: torch.Tensor | None) -> float:
+        """One stepwise-EM step on a minibatch; returns its mean log-likelihood before it."""
+        lower, resp = self._e_step(X, XX)
+        B = float(X.shape[0])
+        batch_stats = tuple(t / B for t in self._statistics(X, resp, XX))
+        if self._running is None:
+            self._running = batch_stats
+        else:
+            eta = (self._steps + 2) ** (-self.step_decay)
+            self._running = tuple((1.0 - eta) * old + eta * new
+                                  for old, new in zip(self._running, batch_stats))
+        self._steps += 1
+        self._set_from_statistics(*self._running)
+        return lower
+
+    @torch.no_grad()
+    def partial_fit(self, X: Any, y: Any = None) -> "GaussianMixture":
+        r"""One stepwise-EM update (Liang & Klein, 2009) on the minibatch ``X``.
+
+        The running sufficient statistics move towards the batch's by
+        :math:`\eta_t = (t + 2)^{-\alpha}` (``step_decay``), then the M-step runs; call it over
+        the batches of a loader to fit data that do not fit in memory. The first call initialises
+        the model from its batch (``init_params``), which needs at least K rows.
+        """
+        X = _as_matrix(X, self.dtype, self.device,
+                       n_features=None if self.means_ is None else self.n_features_in_)
+        XX = self._squares(X)
+        if self.means_ is None:
+            if X.shape[0] < self.n_components:
+                raise InputError(f"Expected n_samples >= n_components in the first batch but got "
+                                 f"n_components = {self.n_components}, n_samples = {X.shape[0]}")
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(int(self.random_state) if self.random_state is not None
+                            else int(torch.seed() % 2**63))
+            self._initialize(X, XX, gen)
+            self._running, self._steps = None, 0
+        self.lower_bound_ = self._stepwise_update(X, XX)
+        self.n_iter_ += 1
         return self
 
     # ------------------------------------------------------------------------------- scores

@@ -14,8 +14,9 @@ from deepmix.training.objectives import (fit_density, get_objective, nll, score_
                                          sliced_score_matching)
 
 
-def _random_mixture(K, D, ct, seed):
-    m = MixtureDensity(K, D, ct, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+def _random_mixture(K, D, ct, seed, parametrization="covariance"):
+    m = MixtureDensity(K, D, ct, parametrization=parametrization, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(seed))
     gen = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
         for p in m.parameters():
@@ -23,11 +24,12 @@ def _random_mixture(K, D, ct, seed):
     return m
 
 
-@pytest.mark.parametrize("ct", ["diag", "full"])
+@pytest.mark.parametrize("ct, parametrization", [("diag", "covariance"), ("full", "covariance"),
+                                                 ("full", "precision")])
 @pytest.mark.parametrize("D", [1, 2, 5])
 @pytest.mark.parametrize("K", [1, 3])
-def test_closed_form_sm_and_its_gradient_equal_autograd(ct, D, K):
-    m = _random_mixture(K, D, ct, seed=D * 10 + K)
+def test_closed_form_sm_and_its_gradient_equal_autograd(ct, parametrization, D, K):
+    m = _random_mixture(K, D, ct, seed=D * 10 + K, parametrization=parametrization)
     x = torch.randn(16, D, dtype=torch.float64, generator=torch.Generator().manual_seed(7))
     closed = score_matching(m, x)
     auto = score_matching(m, x, method="autograd")
@@ -101,9 +103,9 @@ def test_score_matching_is_blind_to_weights_of_separated_components():
 def test_mixture_density_from_em_fit_has_the_same_density():
     rng = np.random.default_rng(0)
     X = np.concatenate([rng.normal(0, 1, (300, 2)), rng.normal(4, 0.5, (300, 2))])
-    for ct in ("diag", "full"):
+    for ct, par in (("diag", "covariance"), ("full", "covariance"), ("full", "precision")):
         gm = GaussianMixture(2, covariance_type=ct, random_state=0).fit(X)
-        md = MixtureDensity.from_mixture(gm, dtype=torch.float64)
+        md = MixtureDensity.from_mixture(gm, dtype=torch.float64, parametrization=par)
         np.testing.assert_allclose(md.log_prob(X).detach().numpy(), gm.score_samples(X),
                                    rtol=1e-6)
 

@@ -515,9 +515,10 @@ class MixtureDensity(nn.Module):
     r"""A differentiable Gaussian mixture for gradient objectives (SGD-MLE, SM, SSM).
 
     Parameters: logits (:math:`\pi = \mathrm{softmax}`), means, and per component either
-    log-variances (``diag``) or an unconstrained lower-triangular matrix whose diagonal passes a
-    softplus (``full``: :math:`\Sigma^{-1} = P = R R^T` with that triangular factor R, so the
-    precision is always positive definite). Besides :meth:`log_prob` it has the closed-form
+    log-variances (``diag``) or, for ``full``, a lower-triangular matrix L with
+    :math:`\Sigma = L L^T + 10^{-6} I` (``parametrization="covariance"``, the thesis' choice, init
+    L = I) or :math:`\Sigma^{-1} = R R^T` with a softplus on R's diagonal
+    (``parametrization="precision"``). Besides :meth:`log_prob` it has the closed-form
     score :math:`s = \nabla_x \log p` and Laplacian :math:`\mathrm{tr}\, \nabla_x^2 \log p`
     (:meth:`score_and_laplacian`) and Hessian quadratic forms :math:`v^T H v`
     (:meth:`hessian_quadratic`): with :math:`r_k` the responsibilities and
@@ -535,7 +536,8 @@ class MixtureDensity(nn.Module):
     """
 
     def __init__(self, n_components: int, n_features: int, covariance_type: str = "diag", *,
-                 generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> None:
+                 parametrization: str = "covariance", generator: torch.Generator | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         if covariance_type not in ("diag", "full"):
             raise ConfigError(f"Unknown covariance type '{covariance_type}' for MixtureDensity; "
@@ -543,11 +545,17 @@ class MixtureDensity(nn.Module):
         K, D = int(n_components), int(n_features)
         if K < 1 or D < 1:
             raise ConfigError(f"need n_components >= 1 and n_features >= 1, got {K}, {D}")
+        if parametrization not in ("covariance", "precision"):
+            raise ConfigError(f"Unknown parametrization '{parametrization}'; expected covariance "
+                              f"or precision")
         self.covariance_type = covariance_type
+        self.parametrization = parametrization
         self.logits = nn.Parameter(torch.zeros(K, dtype=dtype))
         self.means = nn.Parameter(torch.randn(K, D, generator=generator, dtype=dtype))
         if covariance_type == "diag":
             self.log_var = nn.Parameter(torch.zeros(K, D, dtype=dtype))
+        elif parametrization == "covariance":
+            self.cov_factor = nn.Parameter(torch.eye(D, dtype=dtype).repeat(K, 1, 1))
         else:
             # softplus(raw) = 1 on the diagonal: unit precision at the start.
             raw = torch.zeros(K, D, D, dtype=dtype)
@@ -559,6 +567,14 @@ class MixtureDensity(nn.Module):
         return int(self.means.shape[1])
 
     def _precision_factor(self) -> torch.Tensor:
+        """R with P = R R^T (lower triangular, positive diagonal)."""
+        if self.parametrization == "covariance":
+            L = torch.tril(self.cov_factor)
+            eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device)
+            C = torch.linalg.cholesky(L @ L.transpose(-1, -2) + 1e-6 * eye)     # Sigma = C C^T
+            # P = C^{-T} C^{-1}; its factor R = C^{-T} is upper triangular, which the formulas
+            # below accept (they only use P = R R^T and log|R|).
+            return torch.linalg.solve_triangular(C, eye.expand_as(C), upper=False).transpose(-1, -2)
         raw = torch.tril(self.prec_factor, diagonal=-1)
         diag = torch.nn.functional.softplus(self.prec_factor.diagonal(dim1=-2, dim2=-1)) + 1e-6
         return raw + torch.diag_embed(diag)
@@ -579,7 +595,7 @@ class MixtureDensity(nn.Module):
         y = torch.einsum("nkd,kde->nke", diff, R)                                 # diff^T R
         maha = (y * y).sum(-1)
         g = -torch.einsum("nke,kde->nkd", y, R)                                   # -P diff
-        half_logdet = torch.log(R.diagonal(dim1=-2, dim2=-1)).sum(-1)
+        half_logdet = torch.log(R.diagonal(dim1=-2, dim2=-1).abs()).sum(-1)
         a = (torch.log_softmax(self.logits, 0) + half_logdet
              - 0.5 * (x.shape[1] * _LOG_2PI + maha))
         return a, g, R @ R.transpose(-1, -2)
@@ -632,18 +648,22 @@ class MixtureDensity(nn.Module):
         return (r * (vg * vg - vpv)).sum(-1) - vs * vs, s
 
     @classmethod
-    def from_mixture(cls, gm: GaussianMixture, dtype: torch.dtype = torch.float32) -> "MixtureDensity":
+    def from_mixture(cls, gm: GaussianMixture, dtype: torch.dtype = torch.float32,
+                     parametrization: str = "covariance") -> "MixtureDensity":
         """Start from a fitted :class:`GaussianMixture` (diag or full)."""
         gm._check_fitted()
         if gm.covariance_type not in ("diag", "full"):
             raise ConfigError("MixtureDensity takes diag or full mixtures")
         K, D = gm.means_.shape
-        m = cls(K, D, gm.covariance_type, dtype=dtype)
+        m = cls(K, D, gm.covariance_type, parametrization=parametrization, dtype=dtype)
         with torch.no_grad():
             m.logits.copy_(torch.log(gm.weights_).to(dtype))
             m.means.copy_(gm.means_.to(dtype))
             if gm.covariance_type == "diag":
                 m.log_var.copy_(torch.log(gm.covariances_).to(dtype))
+            elif m.parametrization == "covariance":
+                eye = torch.eye(D, dtype=gm.covariances_.dtype, device=gm.covariances_.device)
+                m.cov_factor.copy_(torch.linalg.cholesky(gm.covariances_ - 1e-6 * eye).to(dtype))
             else:
                 R = torch.linalg.cholesky(torch.linalg.inv(gm.covariances_)).to(dtype)
                 d = R.diagonal(dim1=-2, dim2=-1)

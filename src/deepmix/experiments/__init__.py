@@ -1,0 +1,1 @@
+"""One module per published table or figure, shared by the CLI and ``benchmarks/``."""

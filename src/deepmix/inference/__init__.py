@@ -1,6 +1,12 @@
-"""What trained models are used for: evaluation of per-layer likelihoods and sampling."""
+"""What trained models are used for: evaluation, sampling, sharpening, variants, in-painting."""
 
 from .evaluation import evaluate, layer_sees_pixels
+from .inpainting import (as_observed, flat_gmm_inpaint, inpaint, inpaint_unknown, make_mask,
+                         mask_iou, missing_mse)
 from .sampling import sample_to_files
+from .sharpening import Sharpening, sharpen
+from .variants import variants
 
-__all__ = ["evaluate", "layer_sees_pixels", "sample_to_files"]
+__all__ = ["evaluate", "layer_sees_pixels", "sample_to_files", "Sharpening", "sharpen",
+           "variants", "inpaint", "inpaint_unknown", "make_mask", "as_observed",
+           "flat_gmm_inpaint", "missing_mse", "mask_iou"]

@@ -183,6 +183,38 @@ class GMM(Layer):
         """True log-likelihood :math:`\\log\\sum_k \\pi_k \\mathcal N_k(x)` in nats, (N, H, W)."""
         return torch.logsumexp(self.log_scores(x), dim=-1) - 0.5 * self.D * _LOG_2PI
 
+    def log_scores_observed(self, x: torch.Tensor, observed: torch.Tensor, *,
+                            prior: bool = True) -> torch.Tensor:
+        r"""Log-scores of the observed dimensions only, (N, H, W, K).
+
+        A diagonal Gaussian marginalises a missing dimension by dropping its factor, so with the
+        0/1 mask :math:`m` (same shape as ``x``)
+
+        .. math:: s^{obs}_k(x) = \log\pi_k + \sum_i m_i\left[\log d_{ki}
+                  - \tfrac12 d_{ki}^2 (x_i - \mu_{ki})^2\right] - \tfrac12 \log 2\pi \sum_i m_i,
+
+        i.e. :math:`\log \pi_k p(x_{obs} | k)`; without ``prior`` the :math:`\log\pi_k` term is
+        left out. A position with nothing observed gets :math:`\log\pi_k` (or 0).
+        """
+        P, K, D = self.mu.shape
+        m = observed.to(x.dtype).reshape(-1, D)
+        xm = x.reshape(-1, D) * m
+        prec = self.d * self.d
+        # Stack the four sufficient terms so one (batched) product gives every score.
+        Z = torch.cat([m, xm, xm * xm], dim=1)                            # (M, 3D)
+        Wt = torch.cat([torch.log(self.d) - 0.5 * prec * self.mu * self.mu - 0.5 * _LOG_2PI,
+                        prec * self.mu, -0.5 * prec], dim=2).transpose(1, 2)  # (P, 3D, K)
+        if self.independent:
+            Zp = Z.view(x.shape[0], -1, 3 * D).transpose(0, 1)
+            s = torch.bmm(Zp, Wt)                                          # (P, N, K)
+            if prior:
+                s = s + torch.log_softmax(self.xi, dim=-1).unsqueeze(1)
+        else:
+            s = Z @ Wt[0]
+            if prior:
+                s = s + torch.log_softmax(self.xi[0], dim=-1)
+        return self._to_nhwk(s, x.shape[0])
+
     def annealing_matrix(self, sigma: float | None = None) -> torch.Tensor | None:
         """g(sigma) for this layer (None when it is the identity to float precision)."""
         sigma = float(self.sigma) if sigma is None else float(sigma)
@@ -303,7 +335,7 @@ class GMM(Layer):
     @torch.no_grad()
     def backwards(self, control: torch.Tensor | None, *, generator: torch.Generator | None = None,
                   n: int | None = None, top_s: int = 1, divisor: float = 10.0,
-                  use_pi: bool = False, **options: Any) -> torch.Tensor:
+                  use_pi: bool = False, mode: str = "sample", **options: Any) -> torch.Tensor:
         """Sample one component per position and emit its centroid plus noise, (N, H, W, D).
 
         ``control`` (N, H, W, K) comes from the layer above; it is clipped to [1e-6, inf), only its
@@ -311,7 +343,13 @@ class GMM(Layer):
         Without a control signal (top layer, ``n`` samples) components are uniform, or follow pi
         with ``use_pi``. Noise is Gaussian with std :math:`1/(d \\cdot \\text{divisor})`, zero
         where d still sits at its upper clamp; ``divisor=inf`` (or 0) gives no noise.
+
+        ``mode="mean"`` emits the expectation :math:`\\sum_k p_k \\mu_k` over the (top-S,
+        renormalised) component probabilities instead of one draw, without noise: the
+        least-squares estimate used by in-painting.
         """
+        if mode not in ("sample", "mean"):
+            raise ValueError(f"unknown GMM backwards mode '{mode}' (sample or mean)")
         H, W, _ = self.input_shape
         P, K, D = self.mu.shape
         dev = self.mu.device
@@ -329,6 +367,8 @@ class GMM(Layer):
             t = control.reshape(n * H * W, K).clamp_min(1e-6)
             s = max(1, min(int(top_s), K))
             probs, idx = t.topk(s, dim=-1) if s < K else (t, None)
+        if mode == "mean":
+            return self._expected_centroids(probs, idx, n)
         cdf = probs.cumsum(-1)
         u = torch.rand(cdf.shape[0], 1, generator=generator, device=dev) * cdf[:, -1:]
         pick = (cdf < u).sum(-1).clamp_max(cdf.shape[1] - 1)
@@ -344,4 +384,19 @@ class GMM(Layer):
             noise = torch.randn(mu.shape, generator=generator, device=dev, dtype=mu.dtype)
             std = torch.where(d >= self.d_max * (1 - 1e-6), torch.zeros_like(d), 1.0 / (d * divisor))
             out = mu + noise * std
+        return out.reshape(n, H, W, D)
+
+    def _expected_centroids(self, probs: torch.Tensor, idx: torch.Tensor | None,
+                            n: int) -> torch.Tensor:
+        """:math:`\\sum_k p_k \\mu_k` per position from (M, s) probabilities over indices ``idx``."""
+        H, W, _ = self.input_shape
+        P, K, D = self.mu.shape
+        w = probs / probs.sum(-1, keepdim=True)
+        if idx is not None:
+            w = torch.zeros(w.shape[0], K, dtype=w.dtype, device=w.device).scatter_(1, idx, w)
+        w = w.to(self.mu.dtype)
+        if P == 1:
+            out = w @ self.mu[0]
+        else:
+            out = torch.bmm(w.view(n, P, K).transpose(0, 1), self.mu).transpose(0, 1)
         return out.reshape(n, H, W, D)

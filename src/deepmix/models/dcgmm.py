@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -105,9 +105,13 @@ class DCGMM(nn.Module):
         gen = torch.Generator().manual_seed(int(seed))
         layers: list[Layer] = []
         current = shape
+        self.classifier_sources: list[int] = []
         for i, ls in enumerate(layer_specs):
             try:
-                layer = self._make_layer(ls, current, gen)
+                if ls.kind == "C" and len(ls.args) > 1:
+                    self.classifier_sources = self._classifier_sources(layers, ls.args[1])
+                layer = self._make_layer(ls, current, gen,
+                                         [layers[j].output_shape for j in self.classifier_sources])
             except SpecError as exc:
                 raise SpecError(f"layer {i + 1} ({ls}) of '{self.config.spec}' on input "
                                 f"{current[0]}x{current[1]}x{current[2]}: "
@@ -117,7 +121,18 @@ class DCGMM(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.gmm_indices = [i for i, l in enumerate(layers) if isinstance(l, GMM)]
 
-    def _make_layer(self, ls: LayerSpec, shape: tuple[int, int, int], gen: torch.Generator) -> Layer:
+    @staticmethod
+    def _classifier_sources(layers: list[Layer], n: int) -> list[int]:
+        """Indices of the n - 1 highest GMM layers below the layer that feeds C(S, n)."""
+        below = len(layers) - 1
+        gmms = [j for j, l in enumerate(layers[:below]) if isinstance(l, GMM)]
+        if len(gmms) < n - 1:
+            raise SpecError(f"C(S,{n}) needs {n - 1} GMM layers below the one it sits on, "
+                            f"the model has {len(gmms)}")
+        return gmms[::-1][: n - 1]
+
+    def _make_layer(self, ls: LayerSpec, shape: tuple[int, int, int], gen: torch.Generator,
+                    extra_shapes: Sequence[tuple[int, int, int]] = ()) -> Layer:
         c = self.config
         if ls.kind == "F":
             return Folding(shape, *ls.args)
@@ -126,7 +141,7 @@ class DCGMM(nn.Module):
         if ls.kind == "G":
             return GMM(shape, ls.args[0], ls.independent, mu_init=c.mu_init, d_init=c.d_init,
                        d_min=c.d_min, d_max=c.d_max, generator=gen)
-        return Classifier(shape, ls.args[0])
+        return Classifier(shape, ls.args[0], extra_shapes)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "DCGMM":
@@ -175,9 +190,12 @@ class DCGMM(nn.Module):
     def activations(self, x: Any, upto: int | None = None) -> list[torch.Tensor]:
         """Outputs of every layer (or of layers 0..upto), bottom-up."""
         h = self.check_images(x)
-        outs = []
+        outs: list[torch.Tensor] = []
         for i, layer in enumerate(self.layers):
-            h = layer(h)
+            if isinstance(layer, Classifier):
+                h = layer(h, [outs[j] for j in self.classifier_sources])
+            else:
+                h = layer(h)
             outs.append(h)
             if upto is not None and i >= upto:
                 break
@@ -252,11 +270,60 @@ class DCGMM(nn.Module):
         return self.forward(x).flatten(1).argmax(1)
 
     # ------------------------------------------------------------------------------- sampling
+    def _generator(self, generator: torch.Generator | None, seed: int | None) -> torch.Generator:
+        if generator is not None:
+            return generator
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        return gen
+
+    @torch.no_grad()
+    def top_down(self, control: torch.Tensor | None, start: int, *, n: int | None = None,
+                 top_s: int = 1, divisor: float = 10.0, use_pi: bool = False,
+                 pooling: str = "dense", mode: str = "sample",
+                 generator: torch.Generator | None = None,
+                 fuse: Callable[[int, torch.Tensor | None], torch.Tensor | None] | None = None,
+                 refine: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Run layers ``start``, ``start - 1``, ..., 0 in backwards mode; returns pixel space.
+
+        The one engine behind sampling, variants and in-painting. ``control`` is the signal into
+        layer ``start`` (None for an unconditioned top GMM drawing ``n`` samples).
+        ``fuse(i, T)`` may replace the control signal of GMM layer ``i`` just before it is
+        used (class signals, template activities, observed pixels); ``refine(i, X)`` may replace
+        the output of Folding/Pooling layer ``i`` (sharpening). ``mode`` is passed to the GMM
+        layers ("sample": one component per position, "mean": expected centroid).
+        """
+        if top_s < 1:
+            raise InputError(f"top_s must be >= 1, got {top_s}")
+        if pooling not in ("dense", "sparse"):
+            raise InputError(f"pooling must be 'dense' or 'sparse', got '{pooling}'")
+        for i in range(start, -1, -1):
+            layer = self.layers[i]
+            if isinstance(layer, GMM):
+                if fuse is not None:
+                    control = fuse(i, control)
+                control = layer.backwards(control, generator=generator, n=n, top_s=top_s,
+                                          divisor=divisor, use_pi=use_pi, mode=mode)
+            elif isinstance(layer, Classifier):
+                raise InputError("top_down cannot start at a classifier layer: pass its "
+                                 "control signal to the layer below")
+            else:
+                assert control is not None
+                if isinstance(layer, Pooling):
+                    control = layer.backwards(control, generator=generator, mode=pooling)
+                else:
+                    control = layer.backwards(control, generator=generator)
+                if refine is not None:
+                    control = refine(i, control)
+        assert control is not None
+        return control
+
     @torch.no_grad()
     def sample(self, n: int, *, top_s: int = 1, divisor: float = 10.0, use_pi: bool = False,
                labels: Sequence[int] | torch.Tensor | None = None, pooling: str = "dense",
                generator: torch.Generator | None = None, seed: int | None = None,
-               clip: bool = True, batch_size: int | None = None) -> torch.Tensor:
+               clip: bool = True, batch_size: int | None = None,
+               sharpen: Any = None) -> torch.Tensor:
         """Draw ``n`` images (n, H, W, C) by top-S sampling through the chain of priors.
 
         Arguments:
@@ -264,20 +331,22 @@ class DCGMM(nn.Module):
             top_s: S, the number of largest control-signal entries kept per position.
             divisor: noise std is 1/(d * divisor); ``inf`` disables noise.
             use_pi: the top GMM draws components by pi instead of uniformly.
-            labels: class per sample for class-conditional sampling through the classifier.
+            labels: class per sample (or one class for all) for class-conditional sampling
+                through the classifier; with C(S, n) the signals for the lower GMM layers
+                multiply the control signal coming from above (both must agree).
             pooling: up-sampling of Pooling layers, "dense" or "sparse".
             generator, seed: randomness (a seed makes a fresh generator).
             clip: clamp the images to [0, 1].
             batch_size: draw in batches of this size to bound memory; the batches share one
                 generator, so a seed fixes the result for a given batch size.
+            sharpen: a :class:`~deepmix.inference.Sharpening` (or a dict of its fields, or True
+                for the defaults): gradient-ascent sharpening after Folding/Pooling layers.
         """
         if n < 1:
             raise InputError(f"number of samples must be >= 1, got {n}")
         if top_s < 1:
             raise InputError(f"top_s must be >= 1, got {top_s}")
-        if generator is None:
-            generator = torch.Generator(device=self.device)
-            generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+        generator = self._generator(generator, seed)
         if batch_size is not None and 0 < batch_size < n:
             lab = None if labels is None else torch.as_tensor(labels).reshape(-1)
             parts = []
@@ -286,35 +355,56 @@ class DCGMM(nn.Module):
                 part_labels = None if lab is None else (lab if lab.numel() == 1 else lab[start:start + m])
                 parts.append(self.sample(m, top_s=top_s, divisor=divisor, use_pi=use_pi,
                                          labels=part_labels, pooling=pooling,
-                                         generator=generator, clip=clip))
+                                         generator=generator, clip=clip, sharpen=sharpen))
             return torch.cat(parts)
         control: torch.Tensor | None = None
-        layers = list(self.layers)
+        fuse = None
+        last = len(self.layers) - 1
         if self.classifier is not None:
+            last -= 1
             if labels is not None:
-                lab = torch.as_tensor(labels, device=self.device).long().reshape(-1)
-                if lab.numel() == 1:
-                    lab = lab.expand(n)
-                if lab.numel() != n:
-                    raise InputError(f"got {lab.numel()} labels for {n} samples")
-                control = self.classifier.backwards(lab)
-            layers = layers[:-1]
+                lab = self.check_labels(labels, n)
+                signals = self.classifier.backwards_all(lab)
+                control = signals[0]
+                extra = dict(zip(self.classifier_sources, signals[1:]))
+                if extra:
+                    def fuse(i: int, t: torch.Tensor | None) -> torch.Tensor | None:
+                        if i not in extra or t is None:
+                            return t
+                        return t.clamp_min(1e-6) * extra[i].clamp_min(1e-6)
         elif labels is not None:
             raise InputError(f"model {self.spec()} has no classifier layer: cannot sample by class")
         # Without a control signal sampling starts at the top GMM; a classifier's signal also
         # passes the layers between it and the top GMM.
-        first = len(layers) - 1 if control is not None else max(self.gmm_indices)
-        for i in range(first, -1, -1):
-            layer = layers[i]
-            if isinstance(layer, GMM):
-                control = layer.backwards(control, generator=generator, n=n, top_s=top_s,
-                                          divisor=divisor, use_pi=use_pi)
-            elif isinstance(layer, Pooling):
-                control = layer.backwards(control, generator=generator, mode=pooling)
-            else:
-                control = layer.backwards(control, generator=generator)
-        assert control is not None
-        return control.clamp(0.0, 1.0) if clip else control
+        first = last if control is not None else max(self.gmm_indices)
+        from ..inference.sharpening import sharpening_hook
+
+        out = self.top_down(control, first, n=n, top_s=top_s, divisor=divisor, use_pi=use_pi,
+                            pooling=pooling, generator=generator, fuse=fuse,
+                            refine=sharpening_hook(self, sharpen))
+        return out.clamp(0.0, 1.0) if clip else out
+
+    def check_labels(self, labels: Any, n: int) -> torch.Tensor:
+        """Class labels as int64 (n,) on the model's device; one label is repeated n times."""
+        if self.classifier is None:
+            raise InputError(f"model {self.spec()} has no classifier layer C(S)")
+        try:
+            lab = torch.as_tensor(np.asarray(labels), device=self.device)
+        except (TypeError, ValueError):
+            raise InputError(f"class labels must be integers, got {labels!r}") from None
+        if lab.is_floating_point() or lab.is_complex() or lab.dtype == torch.bool:
+            if not (lab.is_floating_point() and bool((lab == lab.round()).all())):
+                raise InputError(f"class labels must be integers, got dtype {lab.dtype}")
+        lab = lab.long().reshape(-1)
+        if lab.numel() == 1:
+            lab = lab.expand(n)
+        if lab.numel() != n:
+            raise InputError(f"got {lab.numel()} labels for {n} samples")
+        S = self.classifier.S
+        if lab.numel() and (int(lab.min()) < 0 or int(lab.max()) >= S):
+            raise InputError(f"class labels must lie in 0..{S - 1} (the classifier has {S} "
+                             f"classes), got {sorted(set(lab.tolist()))[:10]}")
+        return lab
 
     # ---------------------------------------------------------------------------- convenience
     def fit(self, images: Any, labels: Any = None, **options: Any) -> list[dict]:

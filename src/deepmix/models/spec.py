@@ -6,6 +6,7 @@ A spec is a ``-``-separated list of layers, in either notation of the papers::
     F(8,8,2,2)-G(25)-F(11,11,1,1)-G(36) # F(fy,fx,sy,sx), P(ky,kx,sy,sx)
     F(12,5)-G(64,independent)-...       # G(K) shares parameters over positions, or not
     ...-G(49)-C(10)                     # linear classifier on the layer below
+    ...-G(49)-C(10,2)                   # ... on the two highest GMM layers (concatenated)
 
 or the name of an architecture from :data:`ARCHITECTURES` (``A``..``G``, ``1L``, ``2L-a``..``2L-e``,
 ``3L-a``, ``3L-b``, ``SVHN``).
@@ -98,9 +99,11 @@ def _parse_layer(token: str, spec: str) -> LayerSpec:
             raise SpecError(f"layer '{token}' in spec '{spec}': G takes G(K) or G(K,independent)")
         return LayerSpec("G", _ints(token, parts, spec), independent)
     if kind == "C":
-        if len(parts) != 1:
-            raise SpecError(f"layer '{token}' in spec '{spec}': C takes one argument, C(classes)")
-        return LayerSpec("C", _ints(token, parts, spec))
+        if len(parts) not in (1, 2):
+            raise SpecError(f"layer '{token}' in spec '{spec}': C takes C(classes) or "
+                            f"C(classes, n) (n: number of top GMM layers it sees)")
+        v = _ints(token, parts, spec)
+        return LayerSpec("C", v if len(v) == 2 and v[1] > 1 else v[:1])
     raise SpecError(f"unknown layer type '{m.group(1)}' in '{token}' of spec '{spec}': expected "
                     f"F (folding), P (pooling), G (GMM) or C (classifier)")
 

@@ -198,6 +198,7 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
     def active_after(step: int) -> set[int]:
         return {li for li, L in gmm_pos.items() if step >= starts[L]}
 
+    sources = set(model.classifier_sources) if opt is not None else set()
     order, order_epoch = None, -1
     stop_at = total if stop_after_steps is None else min(total, stop_after_steps)
     interrupted: list[bool] = []
@@ -217,6 +218,7 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
                 h = (h * (levels - 1) + noise) / levels
             gi = 0
             fold = None
+            stash: dict[int, torch.Tensor] = {}
             for li, layer in enumerate(model.layers):
                 if isinstance(layer, GMM):
                     if step >= starts[gi]:
@@ -238,11 +240,13 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
                     else:
                         with torch.no_grad():
                             h = layer(h)
+                    if li in sources:
+                        stash[li] = h
                     gi += 1
                 elif isinstance(layer, Classifier):
                     if opt is not None:
                         with torch.enable_grad():
-                            loss = layer.loss(h, y[idx])
+                            loss = layer.loss(h, y[idx], [stash[j] for j in model.classifier_sources])
                             opt.zero_grad(set_to_none=True)
                             loss.backward()
                             opt.step()

@@ -6,7 +6,7 @@ import argparse
 
 from ..errors import ConfigError
 
-__all__ = ["parse_classes", "positive_int"]
+__all__ = ["parse_classes", "positive_int", "add_sampling_arguments", "sampling_options"]
 
 
 def parse_classes(text: str | None) -> list[int] | None:
@@ -37,3 +37,32 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
     return v
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, *, divisor: float = 10.0,
+                           top_s: int = 1) -> None:
+    """Options shared by the commands that run the backward (sampling) pass."""
+    p.add_argument("--top-s", type=positive_int, default=top_s, help="S of top-S sampling")
+    p.add_argument("--divisor", type=float, default=divisor,
+                   help="noise std is 1/(d*divisor); 'inf' for none")
+    p.add_argument("--pooling", choices=["dense", "sparse"], default="dense",
+                   help="up-sampling of Pooling layers")
+    p.add_argument("--sharpen", action="store_true",
+                   help="sharpen after Folding/Pooling layers by gradient ascent")
+    p.add_argument("--sharpen-iterations", type=int, default=100)
+    p.add_argument("--sharpen-rate", type=float, default=0.1)
+    p.add_argument("--sharpen-wrec", type=float, default=0.0,
+                   help="weight of the reconstruction term of sharpening")
+    p.add_argument("--sharpen-target", type=int, default=None,
+                   help="GMM layer whose loss sharpening raises (default: the next one up)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def sampling_options(args: argparse.Namespace) -> dict:
+    """Keyword options of DCGMM.sample / variants from :func:`add_sampling_arguments`."""
+    sharpen = None
+    if args.sharpen:
+        sharpen = {"iterations": args.sharpen_iterations, "rate": args.sharpen_rate,
+                   "w_rec": args.sharpen_wrec, "target": args.sharpen_target}
+    return {"top_s": args.top_s, "divisor": args.divisor, "pooling": args.pooling,
+            "sharpen": sharpen, "seed": args.seed}

@@ -1,4 +1,4 @@
-"""``deepmix <command>``: fetch, train, evaluate, sample, demo.
+"""``deepmix <command>``: fetch, train, evaluate, sample, inpaint, variants, demo.
 
 Errors a user can cause are printed as one line (``deepmix: error: ...``) with exit status 2.
 """
@@ -10,11 +10,12 @@ import sys
 from typing import Sequence
 
 from ..errors import DeepmixError
-from . import demo, evaluate, fetch, sample, train
+from . import demo, evaluate, fetch, inpaint, sample, train, variants
 
 __all__ = ["main", "build_parser"]
 
-COMMANDS = {"fetch": fetch, "train": train, "evaluate": evaluate, "sample": sample, "demo": demo}
+COMMANDS = {"fetch": fetch, "train": train, "evaluate": evaluate, "sample": sample,
+            "inpaint": inpaint, "variants": variants, "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:

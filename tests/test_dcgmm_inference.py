@@ -279,3 +279,24 @@ def test_masks_and_scores_reject_bad_input(digit_model, digits):
         mask_iou(np.zeros((2, 2), bool), np.zeros((3, 3), bool))
     assert as_observed(np.ones((4, 8, 8)), x).shape == (4, 8, 8, 1)
     assert mask_iou(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
+
+
+# ------------------------------------------------------------------------------ classification
+def test_fit_classifier_on_frozen_features_learns_digits_and_leaves_gmms_alone(digits):
+    from deepmix.inference.classification import accuracy, classifier_features, fit_classifier
+
+    images, labels = digits
+    model = DCGMM("F(4,2)-G(16)-F(3,1)-G(25)-C(10,2)", input_shape=(8, 8, 1), seed=0)
+    model.fit(images[::2], epochs=10, batch_size=20, progress=False)   # unsupervised
+    gmm_before = [p.clone() for p in model.gmm_layers[0].parameters()]
+    feats = classifier_features(model, images[::2])
+    assert feats.shape == (len(images[::2]), 25 + 3 * 3 * 16)
+    history = fit_classifier(model, images[::2], labels[::2], epochs=40, lr=0.01, batch_size=32,
+                             features=feats)
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert accuracy(model, images[1::2], labels[1::2]) > 0.78
+    assert all(torch.equal(a, b) for a, b in zip(gmm_before, model.gmm_layers[0].parameters()))
+    with pytest.raises(InputError, match="labels must lie"):
+        fit_classifier(model, images[:4], [0, 1, 2, 10], epochs=1)
+    with pytest.raises(InputError, match="no classifier"):
+        accuracy(DCGMM("F(4,2)-G(4)", input_shape=(8, 8, 1)), images[:4], labels[:4])

@@ -1,5 +1,6 @@
 """What trained models are used for: evaluation, sampling, sharpening, variants, in-painting."""
 
+from .classification import accuracy, classifier_features, fit_classifier
 from .evaluation import evaluate, layer_sees_pixels
 from .inpainting import (as_observed, flat_gmm_inpaint, inpaint, inpaint_unknown, make_mask,
                          mask_iou, missing_mse)
@@ -9,4 +10,5 @@ from .variants import variants
 
 __all__ = ["evaluate", "layer_sees_pixels", "sample_to_files", "Sharpening", "sharpen",
            "variants", "inpaint", "inpaint_unknown", "make_mask", "as_observed",
-           "flat_gmm_inpaint", "missing_mse", "mask_iou"]
+           "flat_gmm_inpaint", "missing_mse", "mask_iou", "accuracy", "classifier_features",
+           "fit_classifier"]

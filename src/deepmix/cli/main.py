@@ -10,12 +10,12 @@ import sys
 from typing import Sequence
 
 from ..errors import DeepmixError
-from . import demo, evaluate, fetch, inpaint, sample, train, variants
+from . import demo, evaluate, fetch, inpaint, report, sample, train, variants
 
 __all__ = ["main", "build_parser"]
 
 COMMANDS = {"fetch": fetch, "train": train, "evaluate": evaluate, "sample": sample,
-            "inpaint": inpaint, "variants": variants, "demo": demo}
+            "inpaint": inpaint, "variants": variants, "report": report, "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:

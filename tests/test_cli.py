@@ -112,6 +112,14 @@ def test_demo_on_digits_writes_report(tmp_path, capsys):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     assert np.isfinite(metrics["layers"][0]["log_likelihood"])
+    page = (out / "report.html").read_text()
+    for needle in ("Class-conditional samples", "In-painting", "Outlier detection", "ROC curves",
+                   "sharpening", "data:image/png;base64,"):
+        assert needle in page, needle
+    figures = json.loads((out / "report.json").read_text())
+    assert 0 <= figures["classification_accuracy"] <= 1
+    assert 0 < figures["inpainting_mse_right-half"] < 1
+    assert set(figures["outliers"]["auroc"]) == {"0", "1"}
 
 
 def test_unavailable_device_is_a_clear_error(tmp_path, capsys):

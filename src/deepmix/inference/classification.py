@@ -78,7 +78,7 @@ def fit_classifier(model: Any, images: Any, labels: Any, *, epochs: int = 30,
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * idx.numel()
+            total += float(loss.detach()) * idx.numel()
             correct += int((logits.argmax(1) == y[idx]).sum())
         history.append({"epoch": epoch + 1, "loss": total / X.shape[0],
                         "train_accuracy": correct / X.shape[0],

@@ -232,7 +232,8 @@ def test_purity_and_report(flat_model, digit_split):
 
 
 # ------------------------------------------------------------------------- sample quality
-def test_sample_quality_cnn_trains_caches_and_checks(tmp_path, monkeypatch, digit_split):
+def test_sample_quality_cnn_trains_caches_and_checks(tmp_path, monkeypatch, digit_split,
+                                                     flat_model):
     import importlib
 
     # the package re-exports the function sample_quality under the module's name
@@ -269,6 +270,25 @@ def test_sample_quality_cnn_trains_caches_and_checks(tmp_path, monkeypatch, digi
         again = sq.load_reference_classifier("digits", epochs=1, max_train=100)
     assert again.info["n_train"] == 100
     assert sq.load_reference_classifier("digits", train_if_missing=False).info["n_train"] == 100
+
+    # the paper's protocol: one model per class, n samples each
+    res = sq.sample_quality_of_models({3: flat_model, 5: flat_model}, "digits", n_per_class=20)
+    assert set(res["per_class"]) == {3, 5}
+    assert res["accuracy"] == pytest.approx(sum(res["per_class"].values()) / 2)
+    with pytest.raises(InputError, match="classifier layer"):
+        sq.sample_quality_of_models(flat_model, "digits")
+    with pytest.raises(InputError, match="no model for class"):
+        sq.sample_quality_of_models({3: flat_model}, "digits", classes=[3, 4])
+
+    from deepmix.cli import sample_quality as cli
+
+    run_dir = tmp_path / "run"
+    flat_model.save(run_dir)
+    np.savez(tmp_path / "s.npz", samples=x.numpy(), labels=y.numpy())
+    assert _cli(cli, ["digits", "--run", f"3={run_dir}", "--n", "10", "--samples",
+                      str(tmp_path / "s.npz"), "--json", str(tmp_path / "q.json")]) == 0
+    q = json.loads((tmp_path / "q.json").read_text())
+    assert q["samples"]["accuracy"] == pytest.approx(sq.sample_quality(x, y, "digits")) and "3" in q["runs"]["per_class"]
 
 
 def test_sample_quality_cnn_shapes():

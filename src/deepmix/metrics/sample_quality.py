@@ -28,7 +28,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,6 +44,7 @@ __all__ = [
     "train_reference_classifier",
     "load_reference_classifier",
     "sample_quality",
+    "sample_quality_of_models",
 ]
 
 #: Version of the network layout and file format; a cached file of another version is retrained.
@@ -331,3 +332,52 @@ def sample_quality(images: Any, labels: Any, dataset: str | ReferenceClassifier,
     if n == 0:
         raise InputError("no images to score")
     return clf.accuracy(images, labels, batch_size)
+
+
+def sample_quality_of_models(models: Any, dataset: str | ReferenceClassifier, *,
+                             n_per_class: int = 1000, classes: Sequence[int] | None = None,
+                             seed: int = 0, batch_size: int = 500,
+                             **sample_options: Any) -> dict[str, Any]:
+    """The paper's protocol: draw ``n_per_class`` samples per class and score them.
+
+    Arguments:
+        models: ``{class: model}`` with one generative model per class (the paper's setup), or
+            one model with a classifier layer, sampled class-conditionally by label.
+        dataset: data set name or :class:`ReferenceClassifier` (see :func:`sample_quality`).
+        n_per_class: samples per class (the paper: 1000).
+        classes: the classes to draw (default: the keys of ``models``, or all of the
+            classifier's classes).
+        seed: class c draws with seed ``seed + c``.
+        batch_size: samples drawn and scored per batch.
+        sample_options: passed to ``model.sample`` (``top_s``, ``divisor``, ...).
+
+    Returns ``{"accuracy", "per_class": {c: accuracy}, "n_per_class", "classifier": info}``.
+    """
+    if n_per_class < 1:
+        raise InputError(f"n_per_class must be >= 1, got {n_per_class}")
+    clf = dataset if isinstance(dataset, ReferenceClassifier) else \
+        load_reference_classifier(dataset)
+    if isinstance(models, Mapping):
+        wanted = list(models) if classes is None else list(classes)
+        missing = [c for c in wanted if c not in models]
+        if missing:
+            raise InputError(f"no model for class(es) {missing}")
+    else:
+        if getattr(models, "classifier", None) is None:
+            raise InputError("give {class: model} with one model per class, or a model with a "
+                             "classifier layer C(S) for class-conditional sampling")
+        wanted = list(range(clf.net.n_classes)) if classes is None else list(classes)
+    per_class: dict[int, float] = {}
+    for c in wanted:
+        c = int(c)
+        if not 0 <= c < clf.net.n_classes:
+            raise InputError(f"class {c} is not one of the classifier's 0..{clf.net.n_classes - 1}")
+        if isinstance(models, Mapping):
+            x = models[c].sample(n_per_class, seed=seed + c, batch_size=batch_size,
+                                 **sample_options)
+        else:
+            x = models.sample(n_per_class, labels=[c], seed=seed + c, batch_size=batch_size,
+                              **sample_options)
+        per_class[c] = clf.accuracy(x.cpu(), torch.full((n_per_class,), c), batch_size)
+    return {"accuracy": float(np.mean(list(per_class.values()))), "per_class": per_class,
+            "n_per_class": n_per_class, "classifier": dict(clf.info)}

@@ -5,7 +5,8 @@ usage: PYTHONPATH=src .venv/bin/python benchmarks/reproduce/outliers.py [--quick
        [--archs A B ...] [--datasets mnist fashion-mnist] [--epochs N] [--seeds 0 1 ...]
 
 --quick: architectures A and B, 3 epochs, both data sets, one seed (a few minutes on a CPU).
-Writes benchmarks/results/reproduce_outliers.json and .md after every cell, so an interrupted
+Writes benchmarks/results/reproduce_outliers.json and .md (with --quick:
+reproduce_outliers_quick.json / .md) after every cell, so an interrupted
 run keeps what it finished. Torch runs on --threads threads (default 1).
 """
 
@@ -58,20 +59,22 @@ def main() -> None:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=str(HERE.parent / "results" / "reproduce_outliers"))
+    ap.add_argument("--out", help="output path without suffix (default: benchmarks/results/"
+                    "reproduce_outliers, or reproduce_outliers_quick with --quick)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     archs = args.archs or (["A", "B"] if args.quick else list(ARCHS))
     epochs = args.epochs or (3 if args.quick else 10)
-    out = Path(args.out)
+    out = Path(args.out or HERE.parent / "results" /
+               ("reproduce_outliers_quick" if args.quick else "reproduce_outliers"))
     rows: list[dict] = []
     start = time.perf_counter()
     meta = {"command": "benchmarks/reproduce/outliers.py " + " ".join(
                 ["--quick"] * args.quick + ["--archs", *archs, "--datasets", *args.datasets,
                  "--epochs", str(epochs), "--seeds", *map(str, args.seeds)]),
             "torch": torch.__version__, "threads": args.threads, "machine": platform.machine()}
-    for dataset in args.datasets:
-        for arch in archs:
+    for arch in archs:  # architectures outermost: a partial run fills both columns
+        for dataset in args.datasets:
             for seed in args.seeds:
                 r = run_cell(arch, dataset, seed=seed, epochs=epochs)
                 rows.append(r)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -224,32 +225,39 @@ def _load(path: Path) -> ReferenceClassifier:
     return ReferenceClassifier(net, info)
 
 
-def train_reference_classifier(dataset: str, *, epochs: int = 3, seed: int = 0,
+def train_reference_classifier(dataset: str, *, epochs: int | None = None, seed: int = 0,
                                batch_size: int = 100, lr: float = 1e-3,
-                               max_train: int | None = None, save: bool = True,
-                               progress: bool = False) -> ReferenceClassifier:
-    """Train the Table VII CNN on the training split of ``dataset``; report its test accuracy.
+                               schedule: str = "cosine", max_train: int | None = None,
+                               save: bool = True, progress: bool = False) -> ReferenceClassifier:
+    r"""Train the Table VII CNN on the training split of ``dataset``; report its test accuracy.
 
     Arguments:
         dataset: "mnist", "fashion-mnist", "digits" or an IDX folder (see
             :func:`deepmix.data.load_images`).
-        epochs: passes over the training set (the paper: 15; 3 already reach ~99% on MNIST).
+        epochs: passes over the training set (the paper: 15). None: at least 3 and at least
+            600 steps (3 on MNIST / Fashion-MNIST, which reach ~99% / ~91%; 40 on the 1 437
+            digits).
         seed: seeds the initialisation, the batch order and the dropout.
         batch_size: images per Adam step (the paper: 100).
         lr: Adam rate. The paper states 0.01; with PyTorch's Adam that rate often kills this
             ReLU stack in the first steps, so the default is Adam's usual 1e-3.
+        schedule: "cosine" decays the rate to 0 over all steps,
+            :math:`\epsilon_t = \epsilon\,(1 + \cos(\pi t / T)) / 2`, which buys in 3 epochs
+            what a constant rate needs many more for; "constant" keeps it (the paper).
         max_train: use only the first ``max_train`` training images (tests, quick looks).
         save: write the result to :func:`classifier_path` (atomically).
         progress: print one line per epoch.
     """
     from ..data import load_images
 
-    if epochs < 1:
+    if epochs is not None and epochs < 1:
         raise InputError(f"epochs must be >= 1, got {epochs}")
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if not lr > 0:
         raise InputError(f"lr must be > 0, got {lr}")
+    if schedule not in ("cosine", "constant"):
+        raise InputError(f"unknown schedule '{schedule}'; expected 'cosine' or 'constant'")
     train_ds = load_images(dataset, "train")
     test_ds = load_images(dataset, "test")
     if train_ds.labels is None or test_ds.labels is None:
@@ -258,11 +266,18 @@ def train_reference_classifier(dataset: str, *, epochs: int = 3, seed: int = 0,
     y = torch.from_numpy(train_ds.labels)
     if max_train is not None:
         x, y = x[:max_train], y[:max_train]
+    steps_per_epoch = (len(x) + batch_size - 1) // batch_size
+    if epochs is None:
+        epochs = max(3, math.ceil(600 / steps_per_epoch))
     n_classes = int(max(train_ds.labels.max(), test_ds.labels.max())) + 1
     gen = torch.Generator().manual_seed(int(seed))
     torch.manual_seed(int(seed))  # dropout masks come from the global generator
     net = SampleQualityCNN(train_ds.shape, n_classes)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
+    steps = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.5 * (1.0 + math.cos(math.pi * min(t, steps) / steps))
+        if schedule == "cosine" else 1.0)
     loss_fn = nn.CrossEntropyLoss()
     start = time.perf_counter()
     for epoch in range(epochs):
@@ -275,6 +290,7 @@ def train_reference_classifier(dataset: str, *, epochs: int = 3, seed: int = 0,
             loss = loss_fn(net(x[idx]), y[idx])
             loss.backward()
             opt.step()
+            sched.step()
             total += float(loss.detach()) * len(idx)
         if progress:
             print(f"epoch {epoch + 1}/{epochs}: loss {total / len(x):.4f} "
@@ -284,7 +300,7 @@ def train_reference_classifier(dataset: str, *, epochs: int = 3, seed: int = 0,
     clf = ReferenceClassifier(net, {
         "format": FORMAT, "dataset": _canonical(dataset), "input_shape": list(train_ds.shape),
         "n_classes": n_classes, "padding": net.padding, "epochs": epochs, "seed": seed,
-        "batch_size": batch_size, "lr": lr, "n_train": int(len(x)),
+        "batch_size": batch_size, "lr": lr, "schedule": schedule, "n_train": int(len(x)),
         "train_seconds": round(seconds, 2), "torch_threads": torch.get_num_threads(),
     })
     clf.info["test_accuracy"] = clf.accuracy(test_ds.to_tensor(), test_ds.labels)

@@ -21,7 +21,7 @@ from ..data import load_images
 from ..models.dcgmm import DCGMM
 from ..metrics.auroc import auroc
 
-__all__ = ["PUBLISHED", "ARCHS", "DATASETS", "run_cell"]
+__all__ = ["PUBLISHED", "ARCHS", "DATASETS", "published", "run_cell"]
 
 ARCHS = ("A", "B", "C", "D", "E", "F", "G")
 DATASETS = ("mnist", "fashion-mnist")

@@ -1,9 +1,11 @@
-"""What trained models are used for: evaluation, sampling, sharpening, variants, in-painting."""
+"""What trained models are used for: evaluation, sampling, sharpening, variants, in-painting,
+outliers and classification."""
 
 from .classification import accuracy, classifier_features, fit_classifier
 from .evaluation import evaluate, layer_sees_pixels
 from .inpainting import (as_observed, flat_gmm_inpaint, inpaint, inpaint_unknown, make_mask,
                          mask_iou, missing_mse)
+from .outliers import InlierStatistics, detect_outliers, outlier_scores
 from .sampling import sample_to_files
 from .sharpening import Sharpening, sharpen
 from .variants import variants
@@ -11,4 +13,4 @@ from .variants import variants
 __all__ = ["evaluate", "layer_sees_pixels", "sample_to_files", "Sharpening", "sharpen",
            "variants", "inpaint", "inpaint_unknown", "make_mask", "as_observed",
            "flat_gmm_inpaint", "missing_mse", "mask_iou", "accuracy", "classifier_features",
-           "fit_classifier"]
+           "fit_classifier", "InlierStatistics", "detect_outliers", "outlier_scores"]

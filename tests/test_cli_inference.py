@@ -74,3 +74,20 @@ def test_variants_command(run_dir, tmp_path, capsys):
     assert code == 0, err and png.stat().st_size > 0
     code, _, err = run(capsys, "variants", str(run_dir), "--layer", "5", "--out", str(png))
     assert code == 2 and "does not exist" in err
+
+
+def test_report_command_writes_a_self_contained_page(run_dir, tmp_path, capsys):
+    page = tmp_path / "r.html"
+    code, out, err = run(capsys, "report", str(run_dir), "--out", str(page), "--n-samples", "9",
+                         "--n-test", "100", "--sharpen-iterations", "2")
+    assert code == 0, err
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") >= 6 and "<img" in text
+    assert "src=\"report" not in text           # no links to other files: self-contained
+    figures = json.loads(page.with_suffix(".json").read_text())
+    assert figures["n_test"] == 100 and figures["outliers"]["against"] == "images of uniform noise"
+    # Digits against uniform noise: every layer separates them well.
+    assert min(figures["outliers"]["auroc"].values()) > 0.9
+    assert {"dunn", "davies_bouldin", "purity"} <= set(figures["clustering"])
+    code, _, err = run(capsys, "report", str(tmp_path / "nothing"))
+    assert code == 2 and "deepmix: error:" in err

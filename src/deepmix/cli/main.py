@@ -1,4 +1,7 @@
-"""``deepmix <command>``: fetch, train, evaluate, sample, inpaint, variants, demo.
+"""``deepmix <command>``: train, sample, in-paint and score deep mixture models of images.
+
+Commands: fetch, train, evaluate, sample, inpaint, variants, outliers, cluster, sample-quality,
+report, demo.
 
 Errors a user can cause are printed as one line (``deepmix: error: ...``) with exit status 2.
 """
@@ -10,12 +13,15 @@ import sys
 from typing import Sequence
 
 from ..errors import DeepmixError
-from . import demo, evaluate, fetch, inpaint, report, sample, train, variants
+from . import (cluster, demo, evaluate, fetch, inpaint, outliers, report, sample, sample_quality,
+               train, variants)
 
 __all__ = ["main", "build_parser"]
 
 COMMANDS = {"fetch": fetch, "train": train, "evaluate": evaluate, "sample": sample,
-            "inpaint": inpaint, "variants": variants, "report": report, "demo": demo}
+            "inpaint": inpaint, "variants": variants, "outliers": outliers,
+            "cluster": cluster, "sample-quality": sample_quality, "report": report,
+            "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:

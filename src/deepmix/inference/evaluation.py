@@ -47,7 +47,7 @@ def evaluate(model: Any, images: Any, *, batch_size: int = 500, levels: int = 25
     per: dict[str, list[torch.Tensor]] = {}
     for start in range(0, N, batch_size):
         h = x[start:start + batch_size]
-        for i, layer in enumerate(model.layers):
+        for i, layer in enumerate(model.layers[: max(model.gmm_indices) + 1]):
             if isinstance(layer, GMM):
                 L = model.gmm_indices.index(i)
                 ll = layer.log_likelihood(h)

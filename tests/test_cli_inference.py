@@ -91,3 +91,14 @@ def test_report_command_writes_a_self_contained_page(run_dir, tmp_path, capsys):
     assert {"dunn", "davies_bouldin", "purity"} <= set(figures["clustering"])
     code, _, err = run(capsys, "report", str(tmp_path / "nothing"))
     assert code == 2 and "deepmix: error:" in err
+
+
+def test_inpaint_unknown_mask_reports_iou(run_dir, tmp_path, capsys):
+    png, js = tmp_path / "u.png", tmp_path / "u.json"
+    code, out, err = run(capsys, "inpaint", str(run_dir), "--unknown", "--mask", "center",
+                         "--corruption", "checkerboard", "--n", "20", "--out", str(png),
+                         "--json", str(js))
+    assert code == 0, err
+    result = json.loads(js.read_text())
+    assert 0 <= result["iou"] <= 1 and "IoU" in out
+    assert result["mse_missing"] < result["mse_missing_corrupted_input"]

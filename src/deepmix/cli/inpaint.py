@@ -6,7 +6,8 @@ import argparse
 
 from .common import parse_classes, positive_int
 
-HELP = "in-paint masked test images with a trained run (known mask), report the error"
+HELP = ("in-paint masked test images with a trained run (known mask, or --unknown: corrupted "
+        "and detected), report the error")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,6 +31,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--divisor", type=float, default=float("inf"),
                    help="noise of drawn completions: std 1/(d*divisor)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--unknown", action="store_true",
+                   help="do not tell the model the mask: corrupt the hidden part (--corruption), "
+                        "detect it from per-position inlier statistics, in-paint, report IoU")
+    p.add_argument("--corruption", choices=["noise", "checkerboard", "constant"],
+                   default="noise", help="what replaces the hidden pixels with --unknown")
+    p.add_argument("--c", type=float, default=2.0,
+                   help="outlier threshold: log-likelihood < mean - c * std (with --unknown)")
+    p.add_argument("--method", choices=["mask", "fuse"], default="mask",
+                   help="unknown-mask in-painting: detected pixel mask, or the paper's eq. 9")
+    p.add_argument("--stats-images", type=positive_int, default=5000,
+                   help="training images for the inlier statistics (with --unknown)")
     p.add_argument("--json", metavar="FILE", help="also write the errors as JSON")
     p.add_argument("--device", default="cpu")
 
@@ -69,20 +81,55 @@ def run(args: argparse.Namespace) -> int:
     ds = load_images(data_name, args.split, classes=parse_classes(args.classes))
     x = model.check_images(ds.to_tensor()[: args.n])
     obs = as_observed(load_mask(args.mask, x.shape[1:3], args.fraction, args.seed), x)
-    done = inpaint(model, x, obs, iterations=args.iterations, mode=args.mode, top_s=args.top_s,
-                   divisor=args.divisor, seed=args.seed)
     train = load_images(data_name, "train").to_tensor()
     mean_fill = torch.where(obs, x, train.mean(0, keepdim=True).to(x))
     result = {"run": str(args.run_dir), "data": str(data_name), "split": args.split,
               "n": int(x.shape[0]), "mask": args.mask, "mode": args.mode,
-              "mse_missing": missing_mse(done, x, obs),
               "mse_missing_mean_fill": missing_mse(mean_fill, x, obs)}
+    if args.unknown:
+        return _run_unknown(args, model, x, obs, train, result)
+    done = inpaint(model, x, obs, iterations=args.iterations, mode=args.mode, top_s=args.top_s,
+                   divisor=args.divisor, seed=args.seed)
+    result["mse_missing"] = missing_mse(done, x, obs)
     shown = torch.where(obs, x, torch.full_like(x, 0.5))
     n = x.shape[0]
     save_grid(torch.cat([x, shown, done]).cpu(), args.out, ncol=n)
     print(f"in-painted {n} images ({args.mask}, {args.mode}): MSE on missing pixels "
           f"{result['mse_missing']:.4f} (data-mean fill {result['mse_missing_mean_fill']:.4f})")
     print(f"wrote {args.out} (rows: originals, inputs with the hidden part grey, completions)")
+    if args.json:
+        write_json_atomic(args.json, result)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _run_unknown(args, model, x, obs, train, result: dict) -> int:
+    import torch
+
+    from ..inference import InlierStatistics, corrupt, inpaint_unknown, mask_iou, missing_mse
+    from ..plots import save_grid
+    from ..utils.io import write_json_atomic
+
+    corrupted = corrupt(x, ~obs, args.corruption, seed=args.seed)
+    stats = InlierStatistics().fit(model, train[: args.stats_images])
+    maps = {L: stats.outlier_mask(model, corrupted, L, args.c)
+            for L in range(len(model.gmm_indices))}
+    done, detected = inpaint_unknown(model, corrupted, maps, method=args.method,
+                                     iterations=args.iterations, mode=args.mode,
+                                     top_s=args.top_s, divisor=args.divisor, seed=args.seed)
+    true_hidden = ~obs.all(dim=-1)
+    result.update({"unknown_mask": True, "corruption": args.corruption, "c": args.c,
+                   "method": args.method, "iou": mask_iou(detected.cpu(), true_hidden.cpu()),
+                   "mse_missing": missing_mse(done, x, obs),
+                   "mse_missing_corrupted_input": missing_mse(corrupted, x, obs)})
+    shown = torch.where(detected.unsqueeze(-1), torch.full_like(x, 0.5), corrupted)
+    n = x.shape[0]
+    save_grid(torch.cat([x, corrupted, shown, done]).cpu(), args.out, ncol=n)
+    print(f"unknown mask ({args.corruption}, c={args.c}, {args.method}): detected-mask IoU "
+          f"{result['iou']:.3f}; MSE on the hidden pixels {result['mse_missing']:.4f} (corrupted "
+          f"input {result['mse_missing_corrupted_input']:.4f}, data-mean fill "
+          f"{result['mse_missing_mean_fill']:.4f})")
+    print(f"wrote {args.out} (rows: originals, corrupted, detected part grey, completions)")
     if args.json:
         write_json_atomic(args.json, result)
         print(f"wrote {args.json}")

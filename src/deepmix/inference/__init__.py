@@ -3,7 +3,7 @@ outliers and classification."""
 
 from .classification import accuracy, classifier_features, fit_classifier
 from .evaluation import evaluate, layer_sees_pixels
-from .inpainting import (as_observed, flat_gmm_inpaint, inpaint, inpaint_unknown, make_mask,
+from .inpainting import (as_observed, corrupt, flat_gmm_inpaint, inpaint, inpaint_unknown, make_mask,
                          mask_iou, missing_mse)
 from .outliers import InlierStatistics, detect_outliers, outlier_scores
 from .sampling import sample_to_files
@@ -11,6 +11,6 @@ from .sharpening import Sharpening, sharpen
 from .variants import variants
 
 __all__ = ["evaluate", "layer_sees_pixels", "sample_to_files", "Sharpening", "sharpen",
-           "variants", "inpaint", "inpaint_unknown", "make_mask", "as_observed",
+           "variants", "inpaint", "inpaint_unknown", "corrupt", "make_mask", "as_observed",
            "flat_gmm_inpaint", "missing_mse", "mask_iou", "accuracy", "classifier_features",
            "fit_classifier", "InlierStatistics", "detect_outliers", "outlier_scores"]

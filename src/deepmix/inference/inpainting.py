@@ -38,7 +38,7 @@ import torch
 from ..errors import InputError
 from ..layers import GMM, Classifier, Folding, Pooling
 
-__all__ = ["make_mask", "as_observed", "inpaint", "inpaint_unknown", "flat_gmm_inpaint",
+__all__ = ["make_mask", "as_observed", "corrupt", "inpaint", "inpaint_unknown", "flat_gmm_inpaint",
            "missing_mse", "mask_iou", "MASKS"]
 
 #: Named masks of :func:`make_mask` (True = observed).
@@ -105,6 +105,24 @@ def as_observed(observed: Any, images: torch.Tensor) -> torch.Tensor:
         raise InputError(f"mask of shape {shape} does not fit images {tuple(images.shape)}: "
                          f"expected (H, W)=({H}, {W}), (N, H, W) or (N, H, W, C)")
     return m.to(images.device).expand(N, H, W, C)
+
+
+def corrupt(images: torch.Tensor, hidden: torch.Tensor, kind: str = "noise", *,
+            seed: int = 0) -> torch.Tensor:
+    """``images`` (N, H, W, C) with the ``hidden`` pixels (boolean, same shape) replaced by
+    uniform noise, a checkerboard or the constant 1: test inputs for unknown-mask in-painting."""
+    if kind == "noise":
+        gen = torch.Generator().manual_seed(int(seed))
+        fill = torch.rand(images.shape, generator=gen).to(images)
+    elif kind == "checkerboard":
+        H, W = images.shape[1:3]
+        board = (torch.arange(H)[:, None] + torch.arange(W)[None]) % 2
+        fill = board.to(images).view(1, H, W, 1).expand_as(images)
+    elif kind == "constant":
+        fill = torch.ones_like(images)
+    else:
+        raise InputError(f"unknown corruption '{kind}': noise, checkerboard or constant")
+    return torch.where(hidden, fill, images)
 
 
 def _below_classifier(model: Any) -> int:

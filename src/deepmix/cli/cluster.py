@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import parse_classes, positive_int
+from .common import load_run_and_data, positive_int
 
 HELP = "cluster images by the top GMM component; Dunn index, Davies-Bouldin, purity, ARI"
 
@@ -23,15 +23,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import load_images
     from ..metrics.clustering import cluster_ids, clustering_report
-    from ..training.checkpoint import load_model, read_config
     from ..utils.io import write_json_atomic
 
-    config = read_config(args.run_dir)
-    data_name = args.data or config.get("data", {}).get("name", "mnist")
-    model = load_model(args.run_dir, device=args.device)
-    ds = load_images(data_name, args.split, classes=parse_classes(args.classes))
+    model, data_name, ds = load_run_and_data(args)
     x = ds.to_tensor()
     ids = cluster_ids(model, x, batch_size=args.batch_size)
     report = clustering_report(x, ids, ds.labels, max_points_dunn=args.dunn_points,

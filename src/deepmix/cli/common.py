@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["parse_classes", "positive_int", "add_sampling_arguments", "sampling_options"]
+__all__ = ["parse_classes", "positive_int", "add_sampling_arguments", "sampling_options",
+           "load_run_and_data"]
 
 
 def parse_classes(text: str | None) -> list[int] | None:
@@ -66,3 +68,16 @@ def sampling_options(args: argparse.Namespace) -> dict:
                    "w_rec": args.sharpen_wrec, "target": args.sharpen_target}
     return {"top_s": args.top_s, "divisor": args.divisor, "pooling": args.pooling,
             "sharpen": sharpen, "seed": args.seed}
+
+
+def load_run_and_data(args: argparse.Namespace) -> tuple[Any, str, Any]:
+    """(model, data name, dataset) for a command's ``run_dir``, ``--data`` (default: the run's
+    own data set), ``--split``, ``--classes`` and ``--device``."""
+    from ..data import load_images
+    from ..training.checkpoint import load_model, read_config
+
+    config = read_config(args.run_dir)
+    data_name = args.data or config.get("data", {}).get("name", "mnist")
+    model = load_model(args.run_dir, device=args.device)
+    ds = load_images(data_name, args.split, classes=parse_classes(args.classes))
+    return model, str(data_name), ds

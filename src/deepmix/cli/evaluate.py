@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import parse_classes, positive_int
+from .common import load_run_and_data, positive_int
 
 HELP = "per-GMM-layer log-likelihood (nats, bits/dim) of a trained run on a data split"
 
@@ -25,16 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..data import load_images
     from ..inference import evaluate
     from ..plots.report import metrics_table
-    from ..training.checkpoint import load_model, read_config
     from ..utils.io import atomic_path, write_json_atomic
 
-    config = read_config(args.run_dir)
-    data_name = args.data or config.get("data", {}).get("name", "mnist")
-    model = load_model(args.run_dir, device=args.device)
-    ds = load_images(data_name, args.split, classes=parse_classes(args.classes))
+    model, data_name, ds = load_run_and_data(args)
     summary, per = evaluate(model, ds.to_tensor(), batch_size=args.batch_size, levels=ds.levels,
                             per_position=args.per_sample is not None)
     summary.update({"data": str(data_name), "split": args.split, "run": str(args.run_dir)})

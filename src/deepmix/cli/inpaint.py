@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import parse_classes, positive_int
+from .common import load_run_and_data, positive_int
 
 HELP = ("in-paint masked test images with a trained run (known mask, or --unknown: corrupted "
         "and detected), report the error")
@@ -72,13 +72,9 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_images
     from ..inference import as_observed, inpaint, missing_mse
     from ..plots import save_grid
-    from ..training.checkpoint import load_model, read_config
     from ..utils.io import write_json_atomic
 
-    config = read_config(args.run_dir)
-    data_name = args.data or config.get("data", {}).get("name", "mnist")
-    model = load_model(args.run_dir, device=args.device)
-    ds = load_images(data_name, args.split, classes=parse_classes(args.classes))
+    model, data_name, ds = load_run_and_data(args)
     x = model.check_images(ds.to_tensor()[: args.n])
     obs = as_observed(load_mask(args.mask, x.shape[1:3], args.fraction, args.seed), x)
     train = load_images(data_name, "train").to_tensor()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_sampling_arguments, parse_classes, positive_int, sampling_options
+from .common import (add_sampling_arguments, load_run_and_data, positive_int,
+                     sampling_options)
 
 HELP = "generate variants of test images with a trained run (one row per template)"
 
@@ -29,15 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data import load_images
     from ..inference import variants
     from ..plots import save_grid
-    from ..training.checkpoint import load_model, read_config
 
-    config = read_config(args.run_dir)
-    data_name = args.data or config.get("data", {}).get("name", "mnist")
-    model = load_model(args.run_dir, device=args.device)
-    ds = load_images(data_name, args.split, classes=parse_classes(args.classes))
+    model, data_name, ds = load_run_and_data(args)
     t = model.check_images(ds.to_tensor()[: args.n_templates])
     v = variants(model, t, n_per_template=args.per_template, layer=args.layer,
                  keep_above=args.keep_above, **sampling_options(args))

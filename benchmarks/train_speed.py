@@ -13,8 +13,6 @@ measured in one run are what to compare).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import subprocess
 import sys

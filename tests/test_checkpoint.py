@@ -7,7 +7,6 @@ import os
 import signal
 
 import json
-import os
 
 import pytest
 import torch

@@ -14,7 +14,6 @@ Writes benchmarks/results/reproduce_classification.{json,md}. --quick: MNIST, on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..layers import GMM, Classifier, Folding, Pooling
+from ..layers import Classifier, Folding, Pooling
 
 __all__ = ["make_mask", "as_observed", "corrupt", "inpaint", "inpaint_unknown", "flat_gmm_inpaint",
            "missing_mse", "mask_iou", "MASKS"]

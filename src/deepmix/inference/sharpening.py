@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 
 from ..errors import InputError
-from ..layers import GMM, Folding, Pooling
+from ..layers import Folding, Pooling
 
 __all__ = ["Sharpening", "sharpen", "sharpening_hook", "sharpening_objective"]
 

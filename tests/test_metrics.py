@@ -325,3 +325,12 @@ def test_outliers_and_cluster_commands(flat_model, tmp_path, capsys):
     report = json.loads((tmp_path / "c.json").read_text())
     assert report["n"] == 360 and "purity" in report
     assert "AUROC" in capsys.readouterr().out
+
+
+def test_saved_statistics_have_the_usual_permissions(deep_model, tmp_path):
+    import os
+
+    path = InlierStatistics().fit(deep_model, _noise(4)).save(tmp_path / "s.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -183,7 +183,7 @@ def test_batch_em_never_decreases_the_likelihood_and_respects_variance_bounds():
     x = _two_cluster_data(200, 0)
     m = rat_spn(4, 2, 2, 3, init="em", min_var=1e-3, max_var=5.0, dtype=F64)
     lls = [m.em_step(x) for _ in range(50)]
-    lls.append(float(m.log_prob(x).mean()))
+    lls.append(float(m.log_prob(x).detach().mean()))
     diffs = torch.tensor(lls).diff()
     assert float(diffs.min()) >= -1e-9
     assert lls[-1] > lls[0] + 1.0
@@ -235,10 +235,10 @@ def test_em_through_the_gradient_equals_the_classical_mixture_m_step():
 def test_online_em_improves_a_pd_circuit():
     x = _two_cluster_data(300, 3, D=6)
     m = poon_domingos(2, 3, [1], 3, init="em", min_var=1e-3, max_var=5.0, dtype=F64)
-    before = float(m.log_prob(x).mean())
+    before = float(m.log_prob(x).detach().mean())
     hist = m.fit_em(x, epochs=4, batch_size=30, stepsize=0.1, frequency=1)
     assert len(hist) == 4 and hist[-1] > hist[0]
-    assert float(m.log_prob(x).mean()) > before + 2.0
+    assert float(m.log_prob(x).detach().mean()) > before + 2.0
 
 
 # -- gradient objectives -------------------------------------------------------------------------------
@@ -308,3 +308,46 @@ def test_completion_keeps_observed_values_and_mpe_is_deterministic():
     assert float(filled[~mask].max()) < 1e-6
     c = m.complete(x_missing, mask, method="sample", generator=torch.Generator().manual_seed(0))
     assert torch.equal(c[mask], x[mask]) and not torch.equal(c, a)
+
+
+# -- Binomial leaves (the thesis' image setup) -----------------------------------------------------------
+
+def test_binomial_leaves_parameter_count_normalisation_and_moments():
+    assert poon_domingos(28, 28, [7], 10, leaf="binomial").num_parameters() == 204_146
+    n = 6
+    m = _randomise(rat_spn(2, 1, 3, 3, leaf="binomial", total_count=n, dtype=F64), seed=13, scale=3.0)
+    t = torch.arange(n + 1, dtype=F64)
+    pts = torch.cartesian_prod(t, t)
+    p = m.log_prob(pts).detach().exp()
+    assert abs(float(p.sum()) - 1.0) < 1e-12                       # a discrete distribution
+    mean = (p[:, None] * pts).sum(0)
+    s = m.sample(20_000, generator=torch.Generator().manual_seed(3))
+    assert torch.all(s == s.round()) and float(s.min()) >= 0 and float(s.max()) <= n
+    torch.testing.assert_close(s.mean(0), mean, atol=0.06, rtol=0)
+    # the marginal of x0 equals the sum over x1
+    mask = torch.tensor([True, False]).expand(n + 1, 2)
+    marg = m.log_prob(torch.stack([t, torch.zeros_like(t)], 1), mask).detach().exp()
+    torch.testing.assert_close(marg, p.view(n + 1, n + 1).sum(1), rtol=1e-10, atol=1e-12)
+    with pytest.raises(InputError, match=r"\[0, 6\]"):
+        m.log_prob(torch.tensor([[7.0, 1.0]], dtype=F64))
+
+
+def test_binomial_em_is_monotone_and_score_matches_autograd():
+    gen = torch.Generator().manual_seed(4)
+    x = torch.binomial(torch.full((200, 4), 20.0, dtype=F64),
+                       torch.where(torch.rand(200, 1, generator=gen) < 0.5, 0.2, 0.7).to(F64).expand(200, 4),
+                       generator=gen)
+    m = rat_spn(4, 2, 2, 3, leaf="binomial", total_count=20, init="em", dtype=F64)
+    lls = [m.em_step(x) for _ in range(30)] + [float(m.log_prob(x).detach().mean())]
+    assert float(torch.tensor(lls).diff().min()) >= -1e-9 and lls[-1] > lls[0] + 5.0
+    m = _randomise(poon_domingos(2, 2, [1], 2, leaf="binomial", total_count=20, dtype=F64), seed=5)
+    xc = x[:5] + 0.3                                                # continuous x in the score (thesis)
+    s, lap = m.score_and_laplacian(xc)
+    xg = xc.clone().requires_grad_(True)
+    s_auto = torch.autograd.grad(m.log_prob(xg).sum(), xg, create_graph=True)[0]
+    lap_auto = sum(torch.autograd.grad(s_auto[:, d].sum(), xg, retain_graph=True)[0][:, d] for d in range(4))
+    torch.testing.assert_close(s, s_auto, rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(lap, lap_auto, rtol=1e-9, atol=1e-10)
+    mask = torch.tensor([True, False, True, False]).expand(5, 4)
+    filled = m.complete(xc, mask)                                   # Binomial modes at the missing pixels
+    assert torch.equal(filled[mask], xc[mask]) and torch.equal(filled[~mask], filled[~mask].round())

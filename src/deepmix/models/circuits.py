@@ -7,7 +7,9 @@ K = ``num_sums`` at inner regions and one density at the root.
 
 - Leaf region with replica r, scope S: :math:`\log \ell_k(x) = \sum_{d\in S} \log f_{d,k,r}(x_d)`,
   with Gaussian :math:`f_{d,k,r} = \mathcal N(\mu_{d,k,r}, \operatorname{diag}\sigma^2_{d,k,r})`
-  over the ``num_dims`` channels of variable d (fully factorised leaves).
+  over the ``num_dims`` channels of variable d (fully factorised leaves), or
+  :math:`\mathrm{Binomial}(N, p_{d,k,r})` on integer-valued pixels 0..N (``leaf="binomial"``, the
+  thesis' image setup), where x is treated as continuous in the score.
 - Einsum (one per partition with children a, b):
   :math:`o_c = \sum_{i,j} W_{ijc}\, a_i b_j`, :math:`W \ge 0`, :math:`\sum_{ij} W_{ijc} = 1`.
 - Mixing (a region with several partitions):
@@ -301,8 +303,11 @@ class EinsumNetwork(nn.Module):
         graph: the region graph.
         num_sums: K of inner regions.
         num_input_distributions: K of leaf regions (default ``num_sums``).
-        num_dims: channels per variable (a pixel's colour); the Gaussians are diagonal over them.
-        min_var, max_var: bounds of the leaf variances.
+        num_dims: channels per variable (a pixel's colour); the leaves factorise over them.
+        leaf: ``"gaussian"`` or ``"binomial"`` (:math:`p = \mathrm{sigmoid}(0.1\,\rho)`, values in
+            [0, ``total_count``]; EM keeps p in [1e-6, 1 - 1e-6]).
+        total_count: N of the Binomial leaves (255 for raw 8-bit pixels).
+        min_var, max_var: bounds of the Gaussian leaf variances.
         init: ``"gradient"`` (logits, means and raw variances ~ N(0, 1)) or ``"em"`` (weights
             U(0.01, 0.99) normalised, means ~ N(0, 1), variances 1 clipped to the bounds).
         seed: seed of the initialisation.
@@ -310,7 +315,8 @@ class EinsumNetwork(nn.Module):
     """
 
     def __init__(self, graph: RegionGraph, num_sums: int = 10, num_input_distributions: int | None = None,
-                 *, num_dims: int = 1, min_var: float = 1e-4, max_var: float = 10.0,
+                 *, num_dims: int = 1, leaf: str = "gaussian", total_count: int = 255,
+                 min_var: float = 1e-4, max_var: float = 10.0,
                  init: str = "gradient", seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         num_input_distributions = num_sums if num_input_distributions is None else num_input_distributions
@@ -320,6 +326,10 @@ class EinsumNetwork(nn.Module):
                 raise ConfigError(f"{name} must be a positive integer, got {v}")
         if not 0 < min_var < max_var:
             raise ConfigError(f"Need 0 < min_var < max_var, got {min_var} and {max_var}")
+        if leaf not in ("gaussian", "binomial"):
+            raise ConfigError(f"Unknown leaf '{leaf}'; expected 'gaussian' or 'binomial'")
+        if leaf == "binomial" and (int(total_count) != total_count or total_count < 1):
+            raise ConfigError(f"total_count must be a positive integer, got {total_count}")
         if init not in ("gradient", "em"):
             raise ConfigError(f"Unknown init '{init}'; expected 'gradient' or 'em'")
         if not isinstance(graph, RegionGraph):
@@ -329,10 +339,14 @@ class EinsumNetwork(nn.Module):
         self.num_sums, self.num_input_distributions = int(num_sums), int(num_input_distributions)
         self.num_replicas = graph.num_replicas
         self.min_var, self.max_var = float(min_var), float(max_var)
+        self.leaf, self.total_count = leaf, int(total_count)
         self._compile(graph)
         D, R, K, C = self.num_var, self.num_replicas, self.num_input_distributions, self.num_dims
-        self.mean = nn.Parameter(torch.zeros(D, R, K, C, dtype=dtype))
-        self.var_raw = nn.Parameter(torch.zeros(D, R, K, C, dtype=dtype))
+        if leaf == "gaussian":
+            self.mean = nn.Parameter(torch.zeros(D, R, K, C, dtype=dtype))
+            self.var_raw = nn.Parameter(torch.zeros(D, R, K, C, dtype=dtype))
+        else:
+            self.prob_raw = nn.Parameter(torch.zeros(D, R, K, C, dtype=dtype))
         for g in (g for layer in self.layers for g in layer.groups):
             self.register_parameter(g.param, nn.Parameter(
                 torch.zeros(len(g.left), g.k_left * g.k_right, g.k_out, dtype=dtype)))
@@ -420,7 +434,7 @@ class EinsumNetwork(nn.Module):
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "EinsumNetwork":
         # keep the index tensors of the compiled layers on the parameters' device
         super()._apply(fn, *args, **kwargs)
-        dev = self.mean.device
+        dev = self._ref.device
         for layer in self.layers:
             for g in layer.groups:
                 g.left, g.right, g.part_pos = g.left.to(dev), g.right.to(dev), g.part_pos.to(dev)
@@ -438,24 +452,44 @@ class EinsumNetwork(nn.Module):
     def reset_parameters(self, init: str = "gradient", seed: int = 0) -> None:
         """Re-initialise all parameters (see the class docstring for ``init``)."""
         gen = torch.Generator().manual_seed(seed)
-        dt = self.mean.dtype
+        dt = self._ref.dtype
 
         def randn(shape: Iterable[int]) -> torch.Tensor:
             return torch.randn(tuple(shape), generator=gen, dtype=torch.float64).to(dt)
 
-        self.mean.copy_(randn(self.mean.shape))
+        if self.leaf == "gaussian":
+            self.mean.copy_(randn(self.mean.shape))
         if init == "gradient":
-            self.var_raw.copy_(randn(self.var_raw.shape))
+            if self.leaf == "gaussian":
+                self.var_raw.copy_(randn(self.var_raw.shape))
+            else:
+                self.prob_raw.copy_(randn(self.prob_raw.shape))
             for name, p in self._weight_params():
                 p.copy_(randn(p.shape))
         else:
-            self._set_var(torch.ones_like(self.mean))
+            if self.leaf == "gaussian":
+                self._set_var(torch.ones_like(self.mean))
+            else:
+                self._set_prob(0.01 + 0.98 * torch.rand(self.prob_raw.shape, generator=gen, dtype=torch.float64))
             for name, p in self._weight_params():
                 u = 0.01 + 0.98 * torch.rand(p.shape, generator=gen, dtype=torch.float64)
                 p.copy_(u.log().to(dt))  # the softmax normalises U(0.01, 0.99)
 
     def _weight_params(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if n.startswith(("einsum_", "mixing_"))]
+
+    @property
+    def _ref(self) -> torch.Tensor:
+        """A leaf parameter: its device and dtype are the model's."""
+        return self.mean if self.leaf == "gaussian" else self.prob_raw
+
+    def _set_prob(self, prob: torch.Tensor) -> None:
+        self.prob_raw.data.copy_((10.0 * torch.logit(prob.double().clamp(1e-6, 1 - 1e-6))).to(self.prob_raw.dtype))
+
+    @property
+    def probability(self) -> torch.Tensor:
+        """Binomial leaf success probabilities (D, R, K, C)."""
+        return torch.sigmoid(0.1 * self.prob_raw)
 
     def _set_var(self, var: torch.Tensor) -> None:
         frac = ((var.double() - self.min_var) / (self.max_var - self.min_var)).clamp(1e-7, 1 - 1e-7)
@@ -473,8 +507,8 @@ class EinsumNetwork(nn.Module):
             for g in layer.groups:
                 out[g.param] = torch.softmax(getattr(self, g.param), dim=1)
             for m in layer.mixing.values():
-                logits = torch.full((*m.mask.shape, m.k_out), float("-inf"), dtype=self.mean.dtype,
-                                    device=self.mean.device)
+                logits = torch.full((*m.mask.shape, m.k_out), float("-inf"), dtype=self._ref.dtype,
+                                    device=self._ref.device)
                 logits = logits.masked_scatter(m.mask[..., None].expand_as(logits),
                                                getattr(self, m.param))
                 out[m.param] = torch.softmax(logits, dim=1)  # padded partitions get weight exactly 0
@@ -495,8 +529,8 @@ class EinsumNetwork(nn.Module):
             want = f"(N, {D})" if C == 1 else f"(N, {D}, {C}) or (N, {D * C})"
             raise InputError(f"x has shape {tuple(x.shape)}; this circuit expects {want}")
         if not x.is_floating_point():
-            x = x.to(self.mean.dtype)
-        x = x.to(device=self.mean.device, dtype=self.mean.dtype)
+            x = x.to(self._ref.dtype)
+        x = x.to(device=self._ref.device, dtype=self._ref.dtype)
         if mask is not None:
             if isinstance(mask, np.ndarray):
                 mask = torch.from_numpy(mask)
@@ -509,12 +543,20 @@ class EinsumNetwork(nn.Module):
             x = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         elif x.numel() and not bool(torch.isfinite(x).all()):
             raise InputError("x contains NaN or infinite values; pass mask=... to marginalise missing entries")
+        if self.leaf == "binomial" and x.numel() and (float(x.min()) < 0 or float(x.max()) > self.total_count):
+            raise InputError(f"Binomial leaves need values in [0, {self.total_count}], got "
+                             f"[{float(x.min()):g}, {float(x.max()):g}]")
         return x, mask
 
     # -- forward -----------------------------------------------------------------------------
 
     def _leaf_log_density(self, x: torch.Tensor) -> torch.Tensor:
         """log f_{d,r,k}(x_d): (N, D, R, K), summed over the channels."""
+        if self.leaf == "binomial":
+            n, xe = self.total_count, x[:, :, None, None, :]
+            log_binom = math.lgamma(n + 1) - torch.lgamma(xe + 1) - torch.lgamma(n - xe + 1)
+            z = 0.1 * self.prob_raw
+            return (log_binom + xe * nn.functional.logsigmoid(z) + (n - xe) * nn.functional.logsigmoid(-z)).sum(-1)
         var = self.variance
         diff = x[:, :, None, None, :] - self.mean
         return (-0.5 * (_LOG_2PI + var.log() + diff * diff / var)).sum(-1)
@@ -590,16 +632,27 @@ class EinsumNetwork(nn.Module):
         """
         x, _ = self._prepare(x)
         x = x.detach()
-        var = self.variance
-        g = -(x[:, :, None, None, :] - self.mean) / var                         # (N, D, R, K, C)
+        g, h = self._leaf_derivatives(x)                                         # (N, D, R, K, C)
         logf = self._leaf_log_density(x)
         if not logf.requires_grad:
             logf.requires_grad_(True)
         logp = self._forward(logf, self._weights())[0]
         q = torch.autograd.grad(logp.sum(), logf, create_graph=True)[0][..., None]
         s = (q * g).sum((2, 3))                                                  # (N, D, C)
-        second = (q * (g * g - 1.0 / var)).sum((2, 3)) - s * s
+        second = (q * (g * g + h)).sum((2, 3)) - s * s
         return s.flatten(1), second.flatten(1).sum(1)
+
+    def _leaf_derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """First and second x-derivatives of every log f (broadcast to (N, D, R, K, C))."""
+        xe = x[:, :, None, None, :]
+        if self.leaf == "gaussian":
+            var = self.variance
+            return -(xe - self.mean) / var, (-1.0 / var).expand(x.shape[0], *var.shape)
+        # d/dx log Binomial(x; n, p) with x continuous: digamma and trigamma terms
+        n, z = self.total_count, 0.1 * self.prob_raw
+        g = torch.digamma(n - xe + 1) - torch.digamma(xe + 1) + z
+        h = -torch.polygamma(1, xe + 1) - torch.polygamma(1, n - xe + 1)
+        return g, h.expand_as(g)
 
     # -- EM through the gradient --------------------------------------------------------------
 
@@ -619,8 +672,9 @@ class EinsumNetwork(nn.Module):
             logp = self._forward(logf, weights)[0]
             grads = torch.autograd.grad(logp.sum(), [logf, *weights.values()])
         q = grads[0]                                                             # (N, D, R, K)
-        stats = {"leaf_n": q.sum(0), "leaf_x": torch.einsum("ndrk,ndc->drkc", q, x),
-                 "leaf_xx": torch.einsum("ndrk,ndc->drkc", q, x * x)}
+        stats = {"leaf_n": q.sum(0), "leaf_x": torch.einsum("ndrk,ndc->drkc", q, x)}
+        if self.leaf == "gaussian":
+            stats["leaf_xx"] = torch.einsum("ndrk,ndc->drkc", q, x * x)
         for (name, w), gw in zip(weights.items(), grads[1:]):
             stats[name] = w.detach() * gw
         if self._em_stats is None:
@@ -657,6 +711,12 @@ class EinsumNetwork(nn.Module):
             for m in layer.mixing.values():
                 self._update_weights(m.param, st[m.param], current[m.param], s, m.mask[..., None])
         denom = st["leaf_n"][..., None] + 1e-12
+        if self.leaf == "binomial":
+            # expectation parameter E[x] = N p: the stepwise update is linear in p
+            p = (1 - s) * self.probability.detach() + s * st["leaf_x"] / denom / self.total_count
+            self._set_prob(p)
+            self._em_stats = None
+            return
         mu_hat, xx_hat = st["leaf_x"] / denom, st["leaf_xx"] / denom
         mu, var = self.mean.detach(), self.variance.detach()
         mu_new = (1 - s) * mu + s * mu_hat
@@ -720,12 +780,16 @@ class EinsumNetwork(nn.Module):
     @torch.no_grad()
     def init_leaves_from_data(self, data: torch.Tensor, seed: int = 0) -> None:
         """Leaf means = the values of random data rows (one row per (k, r)) plus 1% of the data's
-        standard deviation as noise; variances = the per-variable data variance, clipped."""
+        standard deviation as noise; variances = the per-variable data variance, clipped.
+        Binomial leaves: p = (value + 0.5) / (N + 1) of the random rows."""
         data, _ = self._prepare(data)
         gen = torch.Generator().manual_seed(seed)
         R, K = self.num_replicas, self.num_input_distributions
         rows = torch.randint(0, data.shape[0], (R * K,), generator=gen).to(data.device)
         pick = data[rows].reshape(R, K, self.num_var, self.num_dims).permute(2, 0, 1, 3)   # (D,R,K,C)
+        if self.leaf == "binomial":
+            self._set_prob((pick.double() + 0.5) / (self.total_count + 1.0))
+            return
         sd = data.std(0).clamp_min(1e-3)[:, None, None, :]
         noise = torch.randn(pick.shape, generator=gen, dtype=torch.float64).to(pick)
         self.mean.data.copy_(pick + 0.01 * sd * noise)
@@ -737,7 +801,7 @@ class EinsumNetwork(nn.Module):
     def _draw(self, n: int, x: torch.Tensor | None, mask: torch.Tensor | None, mode: str,
               generator: torch.Generator | None) -> torch.Tensor:
         """Top-down pass: ``mode`` "sample" (ancestral / posterior sampling) or "mpe" (argmax)."""
-        dev, dt = self.mean.device, self.mean.dtype
+        dev, dt = self._ref.device, self._ref.dtype
         weights = self._weights()
         kept = None
         if x is not None:
@@ -794,11 +858,20 @@ class EinsumNetwork(nn.Module):
         k = choice[self._leaf_k][:, self._leaf_slot]                                     # (n, pairs)
         active = k >= 0
         d, r = self._leaf_var, self._leaf_rep
-        mu = self.mean[d[None], r[None], k.clamp_min(0)]                                 # (n, pairs, C)
-        if mode == "sample":
-            sd = self.variance[d[None], r[None], k.clamp_min(0)].sqrt()
-            eps = torch.randn(mu.shape, generator=generator, dtype=torch.float64).to(device=dev, dtype=dt)
-            mu = mu + sd * eps
+        kk = k.clamp_min(0)
+        if self.leaf == "binomial":
+            p = self.probability[d[None], r[None], kk].double()                          # (n, pairs, C)
+            count = torch.full_like(p, float(self.total_count))
+            if mode == "sample":
+                mu = torch.binomial(count.cpu(), p.cpu(), generator=generator).to(device=dev, dtype=dt)
+            else:  # the mode of Binomial(N, p)
+                mu = torch.floor((count + 1) * p).clamp_max(self.total_count).to(dt)
+        else:
+            mu = self.mean[d[None], r[None], kk]                                        # (n, pairs, C)
+            if mode == "sample":
+                sd = self.variance[d[None], r[None], kk].sqrt()
+                eps = torch.randn(mu.shape, generator=generator, dtype=torch.float64).to(device=dev, dtype=dt)
+                mu = mu + sd * eps
         out = torch.zeros(n, self.num_var, self.num_dims, dtype=dt, device=dev)
         out.index_add_(1, d, mu * active[..., None].to(dt))  # exactly one active factor per variable
         if x is not None and mask is not None:
@@ -830,7 +903,7 @@ class EinsumNetwork(nn.Module):
         """Fill the missing entries (``mask`` False) of x; observed entries are returned unchanged.
 
         ``method="mpe"``: the usual EinsumNetwork MPE approximation (at every sum the most probable
-        child under the evidence, leaves at their means); ``"sample"``: one conditional sample.
+        child under the evidence, leaves at their modes); ``"sample"``: one conditional sample.
         """
         if method not in ("mpe", "sample"):
             raise ConfigError(f"Unknown completion method '{method}'; expected 'mpe' or 'sample'")
@@ -848,8 +921,8 @@ def rat_spn(num_var: int, depth: int, repetitions: int, num_sums: int = 10,
             num_input_distributions: int | None = None, *, seed: int = 0, **options: Any) -> EinsumNetwork:
     """RAT-SPN EinsumNetwork: :func:`random_binary_trees` (split seed ``seed``) with Gaussian leaves.
 
-    ``options`` go to :class:`EinsumNetwork` (``num_dims``, ``min_var``, ``max_var``, ``init``,
-    ``dtype``); the parameters are initialised from ``seed`` too.
+    ``options`` go to :class:`EinsumNetwork` (``num_dims``, ``leaf``, ``total_count``, ``min_var``,
+    ``max_var``, ``init``, ``dtype``); the parameters are initialised from ``seed`` too.
     """
     graph = random_binary_trees(num_var, depth, repetitions, seed=seed)
     return EinsumNetwork(graph, num_sums, num_input_distributions, seed=seed, **options)

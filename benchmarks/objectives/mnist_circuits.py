@@ -20,8 +20,8 @@ discrete log-likelihood of 0..255 images and so is in the units of the thesis' B
 numbers printed next to it (different leaves: compare orders, not digits). Seconds per epoch
 are wall time on whatever machine ran it (single-threaded torch; shared machines are noisy).
 Writes benchmarks/results/mnist_circuits.{json,md} (``_binomial`` with Binomial leaves) and PNGs
-(25 samples; in-painting of 25 test images with the top 14 rows marginalised, mean of 10 conditional samples) under
-the folder of the same name.
+(25 samples; in-painting of 25 test images with the top 14 rows marginalised, mean of 10
+conditional samples) under the folder of the same name.
 """
 
 from __future__ import annotations

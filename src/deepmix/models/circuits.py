@@ -308,8 +308,10 @@ class EinsumNetwork(nn.Module):
             [0, ``total_count``]; EM keeps p in [1e-6, 1 - 1e-6]).
         total_count: N of the Binomial leaves (255 for raw 8-bit pixels).
         min_var, max_var: bounds of the Gaussian leaf variances.
-        init: ``"gradient"`` (logits, means and raw variances ~ N(0, 1)) or ``"em"`` (weights
-            U(0.01, 0.99) normalised, means ~ N(0, 1), variances 1 clipped to the bounds).
+        init: ``"gradient"`` (logits, means and raw variances / raw probabilities ~ N(0, 1)) or
+            ``"em"`` (weights U(0.01, 0.99) normalised, means ~ N(0, 1), variances 1 clipped to the
+            bounds; Binomial p ~ U(0.01, 0.99)). :meth:`init_leaves_from_data` is a data-driven
+            alternative for the leaves.
         seed: seed of the initialisation.
         dtype: parameter dtype.
     """
@@ -369,7 +371,7 @@ class EinsumNetwork(nn.Module):
         size = {r: (1 if r == graph.root else self.num_sums) for r in range(len(graph.scopes))}
         leaves = graph.leaves
         for r in leaves:
-            size[r] = 1 if r == graph.root else self.num_input_distributions
+            size[r] = self.num_input_distributions
         slot: dict[int, int] = {}
         n_slots: dict[int, int] = defaultdict(int)
         for r in leaves:
@@ -386,7 +388,7 @@ class EinsumNetwork(nn.Module):
         self.register_buffer("_leaf_var", torch.tensor(lv, dtype=torch.long), persistent=False)
         self.register_buffer("_leaf_rep", torch.tensor(lrep, dtype=torch.long), persistent=False)
         self._n_leaf_regions = len(leaves)
-        self._leaf_k = self.num_input_distributions if graph.root not in leaves else 1
+        self._leaf_k = self.num_input_distributions   # the root is never a leaf (checked above)
         self.layers: list[_Layer] = []
         by_height: dict[int, list[int]] = defaultdict(list)
         for r, h in enumerate(heights):

@@ -351,3 +351,14 @@ def test_binomial_em_is_monotone_and_score_matches_autograd():
     mask = torch.tensor([True, False, True, False]).expand(5, 4)
     filled = m.complete(xc, mask)                                   # Binomial modes at the missing pixels
     assert torch.equal(filled[mask], xc[mask]) and torch.equal(filled[~mask], filled[~mask].round())
+
+
+def test_dtype_conversion_and_state_dict_round_trip():
+    m = _randomise(rat_spn(6, 2, 2, 3, seed=3), seed=14)
+    x = torch.randn(5, 6)
+    ref = m.log_prob(x).detach()
+    m64 = m.double()
+    torch.testing.assert_close(m64.log_prob(x.double()).detach().float(), ref, rtol=1e-5, atol=1e-4)
+    other = rat_spn(6, 2, 2, 3, seed=3, dtype=F64)
+    other.load_state_dict(m64.state_dict())
+    torch.testing.assert_close(other.log_prob(x.double()), m64.log_prob(x.double()))

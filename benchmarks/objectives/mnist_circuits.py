@@ -167,7 +167,8 @@ def main() -> None:
             pictures(model, data["test"], out / f"class{c}_{obj}", args.seed,
                      255.0 if args.leaf == "binomial" else 1.0)
             rows.append(row)
-            print(f"class {c} {obj:3s}: test LL {row['test_ll']:9.1f} nats ([0,1] density), "
+            kind = "[0,1] density" if args.leaf == "gaussian" else "discrete"
+            print(f"class {c} {obj:3s}: test LL {row['test_ll']:9.1f} nats ({kind}), "
                   f"{row['test_ll_discrete_bound']:9.1f} (0..255 bound; thesis {row['published_ll']}), "
                   f"{row['seconds_per_epoch']:.1f} s/epoch", flush=True)
     meta = {"quick": args.quick, "epochs": epochs, "decay_every": decay_every, "structure": args.structure,

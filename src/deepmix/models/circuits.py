@@ -545,9 +545,10 @@ class EinsumNetwork(nn.Module):
             x = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         elif x.numel() and not bool(torch.isfinite(x).all()):
             raise InputError("x contains NaN or infinite values; pass mask=... to marginalise missing entries")
-        if self.leaf == "binomial" and x.numel() and (float(x.min()) < 0 or float(x.max()) > self.total_count):
-            raise InputError(f"Binomial leaves need values in [0, {self.total_count}], got "
-                             f"[{float(x.min()):g}, {float(x.max()):g}]")
+        if self.leaf == "binomial" and x.numel():
+            lo, hi = float(x.detach().min()), float(x.detach().max())
+            if lo < 0 or hi > self.total_count:
+                raise InputError(f"Binomial leaves need values in [0, {self.total_count}], got [{lo:g}, {hi:g}]")
         return x, mask
 
     # -- forward -----------------------------------------------------------------------------

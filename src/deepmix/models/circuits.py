@@ -18,8 +18,10 @@ K = ``num_sums`` at inner regions and one density at the root.
 Everything runs in log space with *detached* max shifts,
 :math:`\log o_c = a^* + b^* + \log\sum_{ij} W_{ijc} e^{\log a_i - a^*} e^{\log b_j - b^*}`:
 the value does not depend on the shift, so cutting its gradient is exact and keeps the
-double-backward of score matching clean. All partitions of one depth are evaluated by one einsum
-per (K_left, K_right, K_out) shape.
+double-backward of score matching clean. Layers follow region heights (0 at leaves, 1 + the
+largest child height above), so every child is computed before its parents; all partitions of
+one layer are evaluated by one einsum per (K_left, K_right, K_out) shape, then the regions with
+several partitions by one mixing step (padded to the largest partition count with zero weights).
 
 Training: gradient objectives through ``log_prob`` (:func:`deepmix.training.fit_density`, with a
 closed-form score and Laplacian for exact score matching, see :meth:`EinsumNetwork.score_and_laplacian`),
@@ -445,6 +447,13 @@ class EinsumNetwork(nn.Module):
             for m in layer.mixing.values():
                 m.index, m.mask = m.index.to(dev), m.mask.to(dev)
         return self
+
+    def extra_repr(self) -> str:
+        g = self.graph
+        return (f"num_var={self.num_var}, num_dims={self.num_dims}, regions={len(g.scopes)}, "
+                f"partitions={len(g.partitions)}, replicas={self.num_replicas}, num_sums={self.num_sums}, "
+                f"num_input_distributions={self.num_input_distributions}, leaf={self.leaf!r}, "
+                f"layers={len(self.layers)}")
 
     def num_parameters(self) -> int:
         """Number of free numbers (weights counted before normalisation, 2 per leaf channel)."""

@@ -209,7 +209,9 @@ def write_report(out: Path, rows: list[dict], leaf: str, structure: str) -> None
         unit = ("Test LL = mean discrete Binomial log-likelihood per raw 0..255 image in nats, the thesis' "
                 "unit and setup (its numbers: 20 epochs); 'bound' = the same number.")
     lines = [f"MNIST single-class EinsumNetworks ({structure.upper()}, K = 10, {leaf} leaves). {unit} "
-             "Seconds per epoch: one thread on a shared machine, noisy.", "",
+             "Seconds per epoch: one thread on a shared machine, noisy. Skipped steps: gradient steps "
+             "dropped for a non-finite loss or gradient (n/a: EM, or a run made before that guard existed, "
+             "where a single such step would have turned the result into NaN).", "",
              "| class | objective | epochs | test LL | bound (0..255) | thesis | valid LL | s/epoch | skipped steps |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -316,6 +316,11 @@ class EinsumNetwork(nn.Module):
             alternative for the leaves.
         seed: seed of the initialisation.
         dtype: parameter dtype.
+
+    Known limit: SSM/SM through autograd in float32 can give non-finite parameter gradients once
+    weights become extreme (an inner sum far below its max shift: its second derivative
+    :math:`-1/\text{sum}^2` overflows), while float64 stays finite. Train score objectives in
+    float64, or skip non-finite steps (``benchmarks/objectives/mnist_circuits.py`` does).
     """
 
     def __init__(self, graph: RegionGraph, num_sums: int = 10, num_input_distributions: int | None = None,

@@ -1,8 +1,12 @@
-"""Whole models: :class:`DCGMM` and its spec language, the flat :class:`GaussianMixture`."""
+"""Whole models: :class:`DCGMM` and its spec language, the flat :class:`GaussianMixture`,
+EinsumNetwork probabilistic circuits (:func:`rat_spn`, :func:`poon_domingos`)."""
 
+from .circuits import (EinsumNetwork, RegionGraph, poon_domingos, poon_domingos_graph,
+                       random_binary_trees, rat_spn)
 from .dcgmm import DCGMM, ModelConfig, as_images
 from .gmm import GaussianMixture
 from .spec import ARCHITECTURES, LayerSpec, format_spec, parse_spec, resolve_architecture
 
 __all__ = ["DCGMM", "GaussianMixture", "ModelConfig", "as_images", "ARCHITECTURES", "LayerSpec", "format_spec",
-           "parse_spec", "resolve_architecture"]
+           "parse_spec", "resolve_architecture", "EinsumNetwork", "RegionGraph", "poon_domingos",
+           "poon_domingos_graph", "random_binary_trees", "rat_spn"]

@@ -1,0 +1,957 @@
+r"""EinsumNetworks: vectorised probabilistic circuits over region graphs (RAT-SPN, Poon-Domingos).
+
+A *region graph* has regions (scopes = sets of variables) and partitions (a region split into
+exactly two disjoint child regions whose union is the parent scope: smooth and decomposable).
+Every region carries a vector of densities: K = ``num_input_distributions`` at leaf regions,
+K = ``num_sums`` at inner regions and one density at the root.
+
+- Leaf region with replica r, scope S: :math:`\log \ell_k(x) = \sum_{d\in S} \log f_{d,k,r}(x_d)`,
+  with Gaussian :math:`f_{d,k,r} = \mathcal N(\mu_{d,k,r}, \operatorname{diag}\sigma^2_{d,k,r})`
+  over the ``num_dims`` channels of variable d (fully factorised leaves), or
+  :math:`\mathrm{Binomial}(N, p_{d,k,r})` on integer-valued pixels 0..N (``leaf="binomial"``, the
+  thesis' image setup), where x is treated as continuous in the score.
+- Einsum (one per partition with children a, b):
+  :math:`o_c = \sum_{i,j} W_{ijc}\, a_i b_j`, :math:`W \ge 0`, :math:`\sum_{ij} W_{ijc} = 1`.
+- Mixing (a region with several partitions):
+  :math:`o_c = \sum_p V_{cp}\, o^{(p)}_c`, :math:`\sum_p V_{cp} = 1`.
+
+Everything runs in log space with *detached* max shifts,
+:math:`\log o_c = a^* + b^* + \log\sum_{ij} W_{ijc} e^{\log a_i - a^*} e^{\log b_j - b^*}`:
+the value does not depend on the shift, so cutting its gradient is exact and keeps the
+double-backward of score matching clean. Layers follow region heights (0 at leaves, 1 + the
+largest child height above), so every child is computed before its parents; all partitions of
+one layer are evaluated by one einsum per (K_left, K_right, K_out) shape, then the regions with
+several partitions by one mixing step (padded to the largest partition count with zero weights).
+
+Training: gradient objectives through ``log_prob`` (:func:`deepmix.training.fit_density`, with a
+closed-form score and Laplacian for exact score matching, see :meth:`EinsumNetwork.score_and_laplacian`),
+and EM *through the gradient* (:meth:`EinsumNetwork.em_accumulate` / :meth:`em_update` /
+:meth:`fit_em`): for a normalised weight w, :math:`n(w) = w\,\partial_w \sum_b \log p(x_b)` is the
+expected count of its edge, and :math:`q_{b,d,k,r} = \partial \log p(x_b)/\partial \log f_{d,k,r}(x_{b,d})`
+the posterior responsibility of a leaf factor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError, InputError, SpecError
+
+__all__ = ["RegionGraph", "random_binary_trees", "poon_domingos_graph", "EinsumNetwork", "rat_spn",
+           "poon_domingos"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# ----------------------------------------------------------------------------------------------
+# Region graphs
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class RegionGraph:
+    """A region graph over variables ``0 .. num_var-1``.
+
+    Arguments:
+        num_var: number of variables D.
+        scopes: the scope of every region (region id = position); equal scopes are allowed
+            (RAT-SPN repetitions) and are distinct regions.
+        partitions: ``(parent, left, right)`` region ids; every partition splits its parent into
+            two disjoint halves whose union is the parent's scope.
+        root: id of the root region (scope = all variables).
+        replicas: replica index of every leaf region's parameters (default 0); leaf regions of
+            one replica must not overlap, so each replica is a set of per-variable densities.
+    """
+
+    num_var: int
+    scopes: list[tuple[int, ...]]
+    partitions: list[tuple[int, int, int]]
+    root: int
+    replicas: dict[int, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.scopes = [tuple(sorted(int(v) for v in s)) for s in self.scopes]
+        self.partitions = [tuple(int(i) for i in p) for p in self.partitions]  # type: ignore[misc]
+        self.validate()
+
+    @property
+    def leaves(self) -> list[int]:
+        parents = {p for p, _, _ in self.partitions}
+        return [r for r in range(len(self.scopes)) if r not in parents]
+
+    @property
+    def num_replicas(self) -> int:
+        return 1 + max((self.replicas.get(r, 0) for r in self.leaves), default=0)
+
+    def validate(self) -> None:
+        """Raise :class:`SpecError` unless the graph is a smooth, decomposable, acyclic DAG."""
+        n = len(self.scopes)
+        if self.num_var < 1:
+            raise SpecError(f"A region graph needs at least one variable, got num_var={self.num_var}")
+        if not 0 <= self.root < n:
+            raise SpecError(f"Root region {self.root} does not exist ({n} regions)")
+        for r, s in enumerate(self.scopes):
+            if not s:
+                raise SpecError(f"Region {r} has an empty scope")
+            if len(set(s)) != len(s) or s[0] < 0 or s[-1] >= self.num_var:
+                raise SpecError(f"Region {r} has scope {s} outside 0..{self.num_var - 1} or with repeats")
+        if set(self.scopes[self.root]) != set(range(self.num_var)):
+            raise SpecError(f"The root scope covers {len(self.scopes[self.root])} of {self.num_var} variables")
+        for k, (p, a, b) in enumerate(self.partitions):
+            if not all(0 <= i < n for i in (p, a, b)):
+                raise SpecError(f"Partition {k} {(p, a, b)} names a region that does not exist")
+            sa, sb = set(self.scopes[a]), set(self.scopes[b])
+            if sa & sb:
+                raise SpecError(f"Partition {k} of region {p} is not decomposable: children {a} and {b} "
+                                f"share variables {sorted(sa & sb)[:5]}")
+            if sa | sb != set(self.scopes[p]):
+                raise SpecError(f"Partition {k} of region {p} is not smooth: its children cover "
+                                f"{sorted(sa | sb)[:8]}... not the parent scope {self.scopes[p][:8]}...")
+        # Acyclic and connected: every region reachable from the root, a topological order exists.
+        children = defaultdict(list)
+        for p, a, b in self.partitions:
+            children[p] += [a, b]
+        seen, stack = {self.root}, [self.root]
+        while stack:
+            for c in children[stack.pop()]:
+                if c not in seen:
+                    seen.add(c)
+                    stack.append(c)
+        if len(seen) != n:
+            raise SpecError(f"{n - len(seen)} regions are not reachable from the root")
+        self.heights()  # raises on cycles
+        for rep in set(self.replicas.get(r, 0) for r in self.leaves):
+            covered: list[int] = []
+            for r in self.leaves:
+                if self.replicas.get(r, 0) == rep:
+                    covered += self.scopes[r]
+            if len(covered) != len(set(covered)):
+                raise SpecError(f"Leaf regions of replica {rep} overlap; give overlapping leaves "
+                                f"different replicas")
+
+    def heights(self) -> list[int]:
+        """Height of every region: 0 at leaves, 1 + the largest child height otherwise."""
+        n = len(self.scopes)
+        children: dict[int, list[int]] = defaultdict(list)
+        for p, a, b in self.partitions:
+            children[p] += [a, b]
+        height = [-1] * n
+        state = [0] * n  # 0 new, 1 on the stack, 2 done
+        for start in range(n):
+            if state[start]:
+                continue
+            stack = [(start, iter(children[start]))]
+            state[start] = 1
+            while stack:
+                node, it = stack[-1]
+                nxt = next(it, None)
+                if nxt is None:
+                    stack.pop()
+                    height[node] = 1 + max((height[c] for c in children[node]), default=-1)
+                    state[node] = 2
+                elif state[nxt] == 1:
+                    raise SpecError(f"The region graph has a cycle through region {nxt}")
+                elif state[nxt] == 0:
+                    state[nxt] = 1
+                    stack.append((nxt, iter(children[nxt])))
+        return height
+
+
+def random_binary_trees(num_var: int, depth: int, repetitions: int, *, seed: int = 0) -> RegionGraph:
+    """RAT-SPN region graph: ``repetitions`` random binary trees of ``depth`` splits under one root.
+
+    Each repetition splits the root scope, then every resulting region, ``depth`` times into two
+    halves of a fresh random permutation of its scope (first half ``round(n/2)``, at least one
+    variable each); its leaf regions get replica r. The root mixes the R repetitions.
+    """
+    if depth < 1 or repetitions < 1:
+        raise SpecError(f"RAT-SPN needs depth >= 1 and repetitions >= 1, got {depth} and {repetitions}")
+    if 2 ** depth > num_var:
+        raise SpecError(f"RAT-SPN depth {depth} needs 2**depth <= num_var, got num_var={num_var}")
+    rng = np.random.default_rng(seed)
+    scopes: list[tuple[int, ...]] = [tuple(range(num_var))]
+    partitions: list[tuple[int, int, int]] = []
+    replicas: dict[int, int] = {}
+    for r in range(repetitions):
+        frontier = [0]
+        for _ in range(depth):
+            nxt = []
+            for reg in frontier:
+                scope = list(scopes[reg])
+                perm = rng.permutation(scope)
+                cut = min(max(int(round(len(scope) / 2)), 1), len(scope) - 1)
+                ids = []
+                for half in (perm[:cut], perm[cut:]):
+                    scopes.append(tuple(sorted(int(v) for v in half)))
+                    ids.append(len(scopes) - 1)
+                partitions.append((reg, ids[0], ids[1]))
+                nxt += ids
+            frontier = nxt
+        for leaf in frontier:
+            replicas[leaf] = r
+    return RegionGraph(num_var, scopes, partitions, root=0, replicas=replicas)
+
+
+def _cut_points(length: int, delta: float) -> list[int]:
+    return [int(math.ceil(i * delta)) for i in range(1, int(math.floor((length - 1) / delta)) + 1)]
+
+
+def poon_domingos_graph(height: int, width: int, deltas: Sequence[float | Sequence[float]]) -> RegionGraph:
+    """Poon-Domingos region graph of a ``height`` x ``width`` image (variable = ``y * width + x``).
+
+    Cut points on an axis of length s with displacement δ are ``ceil(i δ)``, i = 1..floor((s-1)/δ).
+    Starting at the full image, every rectangle is split at every cut point strictly inside it, on
+    both axes, using the coarsest δ that has such a point; equal rectangles are one shared region.
+    Rectangles without interior cut points are leaves. ``deltas`` holds numbers or (δ_y, δ_x) pairs.
+    """
+    if height < 1 or width < 1:
+        raise SpecError(f"Poon-Domingos needs a positive image shape, got {height}x{width}")
+    pairs = []
+    for d in deltas:
+        dy, dx = (float(d), float(d)) if np.isscalar(d) else (float(d[0]), float(d[1]))  # type: ignore[index]
+        if dy <= 0 or dx <= 0:
+            raise SpecError(f"Poon-Domingos deltas must be positive, got {d}")
+        pairs.append((dy, dx))
+    if not pairs:
+        raise SpecError("Poon-Domingos needs at least one delta")
+    pairs.sort(key=lambda p: -p[0] * p[1])  # coarsest first
+    cuts = [(_cut_points(height, dy), _cut_points(width, dx)) for dy, dx in pairs]
+    ids: dict[tuple[int, int, int, int], int] = {}
+    scopes: list[tuple[int, ...]] = []
+    partitions: list[tuple[int, int, int]] = []
+
+    def region(box: tuple[int, int, int, int]) -> tuple[int, bool]:
+        if box in ids:
+            return ids[box], False
+        y0, y1, x0, x1 = box
+        scopes.append(tuple(y * width + x for y in range(y0, y1) for x in range(x0, x1)))
+        ids[box] = len(scopes) - 1
+        return ids[box], True
+
+    root, _ = region((0, height, 0, width))
+    queue = [(0, height, 0, width)]
+    while queue:
+        box = queue.pop()
+        y0, y1, x0, x1 = box
+        for cy, cx in cuts:
+            inner_y = [c for c in cy if y0 < c < y1]
+            inner_x = [c for c in cx if x0 < c < x1]
+            if inner_y or inner_x:
+                break
+        else:
+            continue
+        children = [((y0, c, x0, x1), (c, y1, x0, x1)) for c in inner_y]
+        children += [((y0, y1, x0, c), (y0, y1, c, x1)) for c in inner_x]
+        for a, b in children:
+            ia, new_a = region(a)
+            ib, new_b = region(b)
+            partitions.append((ids[box], ia, ib))
+            queue += [bx for bx, new in ((a, new_a), (b, new_b)) if new]
+    return RegionGraph(height * width, scopes, partitions, root=root)
+
+
+# ----------------------------------------------------------------------------------------------
+# The network
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _EinsumGroup:
+    """Partitions of one layer with the same (K_left, K_right, K_out)."""
+    k_left: int
+    k_right: int
+    k_out: int
+    left: torch.Tensor        # slots in the K_left store
+    right: torch.Tensor       # slots in the K_right store
+    part_pos: torch.Tensor    # positions in the layer's K_out partition store
+    param: str
+
+
+@dataclass
+class _Mixing:
+    """Regions of one layer with several partitions and the same K_out."""
+    k_out: int
+    index: torch.Tensor       # (M, Cmax) positions in the layer's K_out partition store (padded)
+    mask: torch.Tensor        # (M, Cmax) True for real partitions
+    param: str
+
+
+@dataclass
+class _Layer:
+    groups: list[_EinsumGroup]
+    n_parts: dict[int, int]                 # K_out -> partitions in this layer
+    single: dict[int, torch.Tensor]         # K_out -> partition positions of 1-partition regions
+    mixing: dict[int, _Mixing]              # K_out -> mixing of the others
+    # output slots in the K_out store, in the order [single regions..., mixed regions...]
+    out_slots: dict[int, torch.Tensor]
+
+
+class EinsumNetwork(nn.Module):
+    r"""A smooth, decomposable probabilistic circuit over a :class:`RegionGraph`, with Gaussian leaves.
+
+    .. math:: \log p(x) = \log o_{\text{root}}(x)
+
+    with the leaf, einsum and mixing layers of the module docstring. Weights are softmaxes of
+    unconstrained logits over their normalisation axes ((i, j) for einsum, partitions for mixing);
+    Gaussian leaves have unconstrained means and
+    :math:`\sigma^2 = v_{\min} + (v_{\max} - v_{\min})\,\mathrm{sigmoid}(\rho)`.
+
+    Arguments:
+        graph: the region graph.
+        num_sums: K of inner regions.
+        num_input_distributions: K of leaf regions (default ``num_sums``).
+        num_dims: channels per variable (a pixel's colour); the leaves factorise over them.
+        leaf: ``"gaussian"`` or ``"binomial"`` (:math:`p = \mathrm{sigmoid}(0.1\,\rho)`, values in
+            [0, ``total_count``]; EM keeps p in [1e-6, 1 - 1e-6]).
+        total_count: N of the Binomial leaves (255 for raw 8-bit pixels).
+        min_var, max_var: bounds of the Gaussian leaf variances.
+        init: ``"gradient"`` (logits, means and raw variances / raw probabilities ~ N(0, 1)) or
+            ``"em"`` (weights U(0.01, 0.99) normalised, means ~ N(0, 1), variances 1 clipped to the
+            bounds; Binomial p ~ U(0.01, 0.99)). :meth:`init_leaves_from_data` is a data-driven
+            alternative for the leaves.
+        seed: seed of the initialisation.
+        dtype: parameter dtype.
+
+    Known limit: SSM/SM through autograd in float32 can give non-finite parameter gradients once
+    weights become extreme (an inner sum far below its max shift: its second derivative
+    :math:`-1/\text{sum}^2` overflows), while float64 stays finite. Train score objectives in
+    float64, or skip non-finite steps (``benchmarks/objectives/mnist_circuits.py`` does).
+    """
+
+    def __init__(self, graph: RegionGraph, num_sums: int = 10, num_input_distributions: int | None = None,
+                 *, num_dims: int = 1, leaf: str = "gaussian", total_count: int = 255,
+                 min_var: float = 1e-4, max_var: float = 10.0,
+                 init: str = "gradient", seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        num_input_distributions = num_sums if num_input_distributions is None else num_input_distributions
+        for name, v in (("num_sums", num_sums), ("num_input_distributions", num_input_distributions),
+                        ("num_dims", num_dims)):
+            if int(v) != v or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v}")
+        if not 0 < min_var < max_var:
+            raise ConfigError(f"Need 0 < min_var < max_var, got {min_var} and {max_var}")
+        if leaf not in ("gaussian", "binomial"):
+            raise ConfigError(f"Unknown leaf '{leaf}'; expected 'gaussian' or 'binomial'")
+        if leaf == "binomial" and (int(total_count) != total_count or total_count < 1):
+            raise ConfigError(f"total_count must be a positive integer, got {total_count}")
+        if init not in ("gradient", "em"):
+            raise ConfigError(f"Unknown init '{init}'; expected 'gradient' or 'em'")
+        if not isinstance(graph, RegionGraph):
+            raise SpecError(f"graph must be a RegionGraph, got {type(graph).__name__}")
+        self.graph = graph
+        self.num_var, self.num_dims = graph.num_var, int(num_dims)
+        self.num_sums, self.num_input_distributions = int(num_sums), int(num_input_distributions)
+        self.num_replicas = graph.num_replicas
+        self.min_var, self.max_var = float(min_var), float(max_var)
+        self.leaf, self.total_count = leaf, int(total_count)
+        self._compile(graph)
+        D, R, K, C = self.num_var, self.num_replicas, self.num_input_distributions, self.num_dims
+        if leaf == "gaussian":
+            self.mean = nn.Parameter(torch.zeros(D, R, K, C, dtype=dtype))
+            self.var_raw = nn.Parameter(torch.zeros(D, R, K, C, dtype=dtype))
+        else:
+            self.prob_raw = nn.Parameter(torch.zeros(D, R, K, C, dtype=dtype))
+        for g in (g for layer in self.layers for g in layer.groups):
+            self.register_parameter(g.param, nn.Parameter(
+                torch.zeros(len(g.left), g.k_left * g.k_right, g.k_out, dtype=dtype)))
+        for mix in (m for layer in self.layers for m in layer.mixing.values()):
+            # only real (region, partition) pairs are parameters: the count is exact
+            self.register_parameter(mix.param, nn.Parameter(
+                torch.zeros(int(mix.mask.sum()) * mix.k_out, dtype=dtype)))
+        self.reset_parameters(init, seed)
+        self._em_stats: dict[str, torch.Tensor] | None = None
+
+    # -- structure ---------------------------------------------------------------------------
+
+    def _compile(self, graph: RegionGraph) -> None:
+        heights = graph.heights()
+        if heights[graph.root] == 0:
+            raise SpecError("The root region has no partition; a circuit needs at least one split")
+        parts_of: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for p, a, b in graph.partitions:
+            parts_of[p].append((a, b))
+        size = {r: (1 if r == graph.root else self.num_sums) for r in range(len(graph.scopes))}
+        leaves = graph.leaves
+        for r in leaves:
+            size[r] = self.num_input_distributions
+        slot: dict[int, int] = {}
+        n_slots: dict[int, int] = defaultdict(int)
+        for r in leaves:
+            slot[r] = n_slots[size[r]]
+            n_slots[size[r]] += 1
+        # leaf factors -> leaf regions: (region slot, variable, replica) triples
+        lr, lv, lrep = [], [], []
+        for r in leaves:
+            for v in graph.scopes[r]:
+                lr.append(slot[r])
+                lv.append(v)
+                lrep.append(graph.replicas.get(r, 0))
+        self.register_buffer("_leaf_slot", torch.tensor(lr, dtype=torch.long), persistent=False)
+        self.register_buffer("_leaf_var", torch.tensor(lv, dtype=torch.long), persistent=False)
+        self.register_buffer("_leaf_rep", torch.tensor(lrep, dtype=torch.long), persistent=False)
+        self._n_leaf_regions = len(leaves)
+        self._leaf_k = self.num_input_distributions   # the root is never a leaf (checked above)
+        self.layers: list[_Layer] = []
+        by_height: dict[int, list[int]] = defaultdict(list)
+        for r, h in enumerate(heights):
+            if h > 0:
+                by_height[h].append(r)
+        n_params = 0
+        for h in sorted(by_height):
+            regions = by_height[h]
+            n_parts: dict[int, int] = defaultdict(int)
+            part_pos: dict[tuple[int, int], int] = {}
+            groups_raw: dict[tuple[int, int, int], list[tuple[int, int, int]]] = defaultdict(list)
+            for r in regions:
+                for c, (a, b) in enumerate(parts_of[r]):
+                    ko = size[r]
+                    part_pos[(r, c)] = n_parts[ko]
+                    n_parts[ko] += 1
+                    groups_raw[(size[a], size[b], ko)].append((slot[a], slot[b], part_pos[(r, c)]))
+            groups = []
+            for (ka, kb, ko), items in groups_raw.items():
+                t = torch.tensor(items, dtype=torch.long)
+                groups.append(_EinsumGroup(ka, kb, ko, t[:, 0], t[:, 1], t[:, 2], f"einsum_{n_params}"))
+                n_params += 1
+            single, mixing, out_slots = {}, {}, {}
+            for ko in sorted({size[r] for r in regions}):
+                rs = [r for r in regions if size[r] == ko]
+                ones = [r for r in rs if len(parts_of[r]) == 1]
+                many = [r for r in rs if len(parts_of[r]) > 1]
+                single[ko] = torch.tensor([part_pos[(r, 0)] for r in ones], dtype=torch.long)
+                if many:
+                    cmax = max(len(parts_of[r]) for r in many)
+                    # padding repeats the region's first partition with a zero weight: no -inf anywhere
+                    index = torch.tensor([[part_pos[(r, min(c, len(parts_of[r]) - 1))] for c in range(cmax)]
+                                          for r in many], dtype=torch.long)
+                    mask = torch.tensor([[c < len(parts_of[r]) for c in range(cmax)] for r in many])
+                    mixing[ko] = _Mixing(ko, index, mask, f"mixing_{n_params}")
+                    n_params += 1
+                for r in ones + many:
+                    slot[r] = n_slots[ko]
+                    n_slots[ko] += 1
+                out_slots[ko] = torch.tensor([slot[r] for r in ones + many], dtype=torch.long)
+            self.layers.append(_Layer(groups, dict(n_parts), single, mixing, out_slots))
+        self._root_slot = slot[graph.root]
+        self._root_k = size[graph.root]
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> "EinsumNetwork":
+        # keep the index tensors of the compiled layers on the parameters' device
+        super()._apply(fn, *args, **kwargs)
+        dev = self._ref.device
+        for layer in self.layers:
+            for g in layer.groups:
+                g.left, g.right, g.part_pos = g.left.to(dev), g.right.to(dev), g.part_pos.to(dev)
+            layer.single = {k: v.to(dev) for k, v in layer.single.items()}
+            layer.out_slots = {k: v.to(dev) for k, v in layer.out_slots.items()}
+            for m in layer.mixing.values():
+                m.index, m.mask = m.index.to(dev), m.mask.to(dev)
+        return self
+
+    def extra_repr(self) -> str:
+        g = self.graph
+        return (f"num_var={self.num_var}, num_dims={self.num_dims}, regions={len(g.scopes)}, "
+                f"partitions={len(g.partitions)}, replicas={self.num_replicas}, num_sums={self.num_sums}, "
+                f"num_input_distributions={self.num_input_distributions}, leaf={self.leaf!r}, "
+                f"layers={len(self.layers)}")
+
+    def num_parameters(self) -> int:
+        """Number of free numbers (weights counted before normalisation, 2 per leaf channel)."""
+        return sum(p.numel() for p in self.parameters())
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str = "gradient", seed: int = 0) -> None:
+        """Re-initialise all parameters (see the class docstring for ``init``)."""
+        gen = torch.Generator().manual_seed(seed)
+        dt = self._ref.dtype
+
+        def randn(shape: Iterable[int]) -> torch.Tensor:
+            return torch.randn(tuple(shape), generator=gen, dtype=torch.float64).to(dt)
+
+        if self.leaf == "gaussian":
+            self.mean.copy_(randn(self.mean.shape))
+        if init == "gradient":
+            if self.leaf == "gaussian":
+                self.var_raw.copy_(randn(self.var_raw.shape))
+            else:
+                self.prob_raw.copy_(randn(self.prob_raw.shape))
+            for name, p in self._weight_params():
+                p.copy_(randn(p.shape))
+        else:
+            if self.leaf == "gaussian":
+                self._set_var(torch.ones_like(self.mean))
+            else:
+                self._set_prob(0.01 + 0.98 * torch.rand(self.prob_raw.shape, generator=gen, dtype=torch.float64))
+            for name, p in self._weight_params():
+                u = 0.01 + 0.98 * torch.rand(p.shape, generator=gen, dtype=torch.float64)
+                p.copy_(u.log().to(dt))  # the softmax normalises U(0.01, 0.99)
+
+    def _weight_params(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if n.startswith(("einsum_", "mixing_"))]
+
+    @property
+    def _ref(self) -> torch.Tensor:
+        """A leaf parameter: its device and dtype are the model's."""
+        return self.mean if self.leaf == "gaussian" else self.prob_raw
+
+    def _set_prob(self, prob: torch.Tensor) -> None:
+        self.prob_raw.data.copy_((10.0 * torch.logit(prob.double().clamp(1e-6, 1 - 1e-6))).to(self.prob_raw.dtype))
+
+    @property
+    def probability(self) -> torch.Tensor:
+        """Binomial leaf success probabilities (D, R, K, C)."""
+        return torch.sigmoid(0.1 * self.prob_raw)
+
+    def _set_var(self, var: torch.Tensor) -> None:
+        frac = ((var.double() - self.min_var) / (self.max_var - self.min_var)).clamp(1e-7, 1 - 1e-7)
+        self.var_raw.data.copy_(torch.logit(frac).to(self.var_raw.dtype))
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Leaf variances (D, R, K, C)."""
+        return self.min_var + (self.max_var - self.min_var) * torch.sigmoid(self.var_raw)
+
+    def _weights(self) -> dict[str, torch.Tensor]:
+        """Normalised weights: einsum (P, Ki*Kj, Ko) over dim 1; mixing (M, Cmax, Ko) over dim 1."""
+        out = {}
+        for layer in self.layers:
+            for g in layer.groups:
+                out[g.param] = torch.softmax(getattr(self, g.param), dim=1)
+            for m in layer.mixing.values():
+                logits = torch.full((*m.mask.shape, m.k_out), float("-inf"), dtype=self._ref.dtype,
+                                    device=self._ref.device)
+                logits = logits.masked_scatter(m.mask[..., None].expand_as(logits),
+                                               getattr(self, m.param))
+                out[m.param] = torch.softmax(logits, dim=1)  # padded partitions get weight exactly 0
+        return out
+
+    # -- inputs ------------------------------------------------------------------------------
+
+    def _prepare(self, x: Any, mask: Any = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, D, C) float tensor with missing entries zeroed, and the (N, D) observed mask."""
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"x must be a torch tensor or numpy array, got {type(x).__name__}")
+        D, C = self.num_var, self.num_dims
+        if x.ndim == 2 and x.shape[1] == D * C:
+            x = x.reshape(x.shape[0], D, C)
+        elif not (x.ndim == 3 and x.shape[1:] == (D, C)):
+            want = f"(N, {D})" if C == 1 else f"(N, {D}, {C}) or (N, {D * C})"
+            raise InputError(f"x has shape {tuple(x.shape)}; this circuit expects {want}")
+        if not x.is_floating_point():
+            x = x.to(self._ref.dtype)
+        x = x.to(device=self._ref.device, dtype=self._ref.dtype)
+        if mask is not None:
+            if isinstance(mask, np.ndarray):
+                mask = torch.from_numpy(mask)
+            if not isinstance(mask, torch.Tensor) or mask.shape != (x.shape[0], D):
+                raise InputError(f"mask must be a bool tensor of shape {(x.shape[0], D)} (True = observed), "
+                                 f"got {getattr(mask, 'shape', type(mask).__name__)}")
+            mask = mask.to(device=x.device, dtype=torch.bool)
+            if not bool(torch.isfinite(x[mask]).all()):
+                raise InputError("x contains NaN or infinite values at observed entries")
+            x = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
+        elif x.numel() and not bool(torch.isfinite(x).all()):
+            raise InputError("x contains NaN or infinite values; pass mask=... to marginalise missing entries")
+        if self.leaf == "binomial" and x.numel():
+            lo, hi = float(x.detach().min()), float(x.detach().max())
+            if lo < 0 or hi > self.total_count:
+                raise InputError(f"Binomial leaves need values in [0, {self.total_count}], got [{lo:g}, {hi:g}]")
+        return x, mask
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def _leaf_log_density(self, x: torch.Tensor) -> torch.Tensor:
+        """log f_{d,r,k}(x_d): (N, D, R, K), summed over the channels."""
+        if self.leaf == "binomial":
+            n, xe = self.total_count, x[:, :, None, None, :]
+            log_binom = math.lgamma(n + 1) - torch.lgamma(xe + 1) - torch.lgamma(n - xe + 1)
+            z = 0.1 * self.prob_raw
+            return (log_binom + xe * nn.functional.logsigmoid(z) + (n - xe) * nn.functional.logsigmoid(-z)).sum(-1)
+        var = self.variance
+        diff = x[:, :, None, None, :] - self.mean
+        return (-0.5 * (_LOG_2PI + var.log() + diff * diff / var)).sum(-1)
+
+    def _forward(self, logf: torch.Tensor, weights: dict[str, torch.Tensor],
+                 keep: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Root log-density (N,) from leaf log-factors (N, D, R, K) (0 where marginalised)."""
+        N = logf.shape[0]
+        factors = logf[:, self._leaf_var, self._leaf_rep]                       # (N, pairs, K)
+        leaf = torch.zeros(N, self._n_leaf_regions, logf.shape[-1], dtype=logf.dtype, device=logf.device)
+        store: dict[int, torch.Tensor] = {self._leaf_k: leaf.index_add(1, self._leaf_slot, factors)}
+        parts_kept = []
+        for layer in self.layers:
+            parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
+            for g in layer.groups:
+                a, b = store[g.k_left][:, g.left], store[g.k_right][:, g.right]   # (N, P, K)
+                a_max = a.detach().amax(-1, keepdim=True)
+                b_max = b.detach().amax(-1, keepdim=True)
+                outer = ((a - a_max).exp()[..., :, None] * (b - b_max).exp()[..., None, :]).flatten(2)
+                prod = torch.einsum("npi,pio->npo", outer, weights[g.param])
+                tiny = torch.finfo(prod.dtype).tiny
+                parts[g.k_out].append((g.part_pos, prod.clamp_min(tiny).log() + a_max + b_max))
+            part_store = {}
+            for ko, items in parts.items():
+                t = torch.empty(N, layer.n_parts[ko], ko, dtype=logf.dtype, device=logf.device)
+                pos = torch.cat([p for p, _ in items])
+                part_store[ko] = t.index_copy(1, pos, torch.cat([v for _, v in items], dim=1))
+            for ko, pstore in part_store.items():
+                outs = [pstore[:, layer.single[ko]]]
+                if ko in layer.mixing:
+                    m = layer.mixing[ko]
+                    vals = pstore[:, m.index]                                  # (N, M, Cmax, Ko)
+                    v_max = vals.detach().amax(2, keepdim=True)
+                    s = (weights[m.param] * (vals - v_max).exp()).sum(2)
+                    outs.append(s.clamp_min(torch.finfo(s.dtype).tiny).log() + v_max[:, :, 0])
+                new = torch.cat(outs, dim=1)
+                store[ko] = torch.cat([store[ko], new], dim=1) if ko in store else new
+            parts_kept.append(part_store)
+        out = store[self._root_k][:, self._root_slot, 0]
+        return out, ({"store": store, "parts": parts_kept} if keep else {})
+
+    def log_prob(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        r"""Exact log-density (N,) of x (N, D) (or (N, D, C) / (N, D*C) with ``num_dims`` = C).
+
+        With ``mask`` (N, D) bool, True = observed, the missing variables are marginalised
+        exactly: their leaf factors become :math:`\log 1 = 0` (their values, even NaN, are ignored).
+        """
+        x, mask = self._prepare(x, mask)
+        logf = self._leaf_log_density(x)
+        if mask is not None:
+            logf = logf * mask[:, :, None, None].to(logf.dtype)
+        return self._forward(logf, self._weights())[0]
+
+    def marginal_log_prob(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``log_prob(x, mask)``: log-density of the observed entries (``mask`` True)."""
+        return self.log_prob(x, mask)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.log_prob(x, mask)
+
+    # -- closed-form score for exact score matching -------------------------------------------
+
+    def score_and_laplacian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Score :math:`s = \nabla_x \log p` (N, D*C) and Laplacian :math:`\mathrm{tr}\,\nabla_x^2 \log p` (N,).
+
+        p is linear in the factors :math:`f_{d,j}` of any one variable, so with
+        :math:`q_{d,j} = \partial\log p/\partial\log f_{d,j}`, :math:`g = \partial_x \log f = -(x-\mu)/\sigma^2`
+        and :math:`h = -1/\sigma^2` (per channel):
+        :math:`s_d = \sum_j q_{d,j} g_{d,j}`,
+        :math:`\partial^2_{x_d}\log p = \sum_j q_{d,j}(g_{d,j}^2 + h_{d,j}) - s_d^2`.
+        One backward pass with ``create_graph`` gives every q, so the cost does not grow with D;
+        the result stays differentiable in the parameters (used by ``score_matching``).
+        """
+        x, _ = self._prepare(x)
+        x = x.detach()
+        g, h = self._leaf_derivatives(x)                                         # (N, D, R, K, C)
+        logf = self._leaf_log_density(x)
+        if not logf.requires_grad:
+            logf.requires_grad_(True)
+        logp = self._forward(logf, self._weights())[0]
+        q = torch.autograd.grad(logp.sum(), logf, create_graph=True)[0][..., None]
+        s = (q * g).sum((2, 3))                                                  # (N, D, C)
+        second = (q * (g * g + h)).sum((2, 3)) - s * s
+        return s.flatten(1), second.flatten(1).sum(1)
+
+    def _leaf_derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """First and second x-derivatives of every log f (broadcast to (N, D, R, K, C))."""
+        xe = x[:, :, None, None, :]
+        if self.leaf == "gaussian":
+            var = self.variance
+            return -(xe - self.mean) / var, (-1.0 / var).expand(x.shape[0], *var.shape)
+        # d/dx log Binomial(x; n, p) with x continuous: digamma and trigamma terms
+        n, z = self.total_count, 0.1 * self.prob_raw
+        g = torch.digamma(n - xe + 1) - torch.digamma(xe + 1) + z
+        h = -torch.polygamma(1, xe + 1) - torch.polygamma(1, n - xe + 1)
+        return g, h.expand_as(g)
+
+    # -- EM through the gradient --------------------------------------------------------------
+
+    def em_accumulate(self, x: torch.Tensor) -> torch.Tensor:
+        r"""E-step on a batch: add expected counts and leaf statistics; returns log p (N,).
+
+        With :math:`L = \sum_b \log p(x_b)`: weight counts :math:`n = W \odot \partial L/\partial W`,
+        leaf responsibilities :math:`q = \partial L / \partial \log f` (summing to 1 over (k, r)
+        for every sample and variable) and the statistics :math:`\sum_b q`, :math:`\sum_b q x`,
+        :math:`\sum_b q x^2`.
+        """
+        x, _ = self._prepare(x)
+        x = x.detach()
+        with torch.enable_grad():
+            weights = {k: w.detach().requires_grad_(True) for k, w in self._weights().items()}
+            logf = self._leaf_log_density(x).detach().requires_grad_(True)
+            logp = self._forward(logf, weights)[0]
+            grads = torch.autograd.grad(logp.sum(), [logf, *weights.values()])
+        q = grads[0]                                                             # (N, D, R, K)
+        stats = {"leaf_n": q.sum(0), "leaf_x": torch.einsum("ndrk,ndc->drkc", q, x)}
+        if self.leaf == "gaussian":
+            stats["leaf_xx"] = torch.einsum("ndrk,ndc->drkc", q, x * x)
+        for (name, w), gw in zip(weights.items(), grads[1:]):
+            stats[name] = w.detach() * gw
+        if self._em_stats is None:
+            self._em_stats = stats
+        else:
+            for k, v in stats.items():
+                self._em_stats[k] = self._em_stats[k] + v
+        return logp.detach()
+
+    def reset_em_statistics(self) -> None:
+        """Forget the statistics accumulated since the last update."""
+        self._em_stats = None
+
+    @torch.no_grad()
+    def em_update(self, stepsize: float | None = None) -> None:
+        r"""M-step from the accumulated statistics, then reset them.
+
+        :math:`\hat W \propto n` over each normalisation axis; leaves in expectation form
+        :math:`\hat\phi = (\sum q x, \sum q x^2) / (\sum q + 10^{-12})`. With ``stepsize`` s
+        (online / stepwise EM), :math:`\theta \leftarrow (1-s)\theta + s\hat\theta` in (W, φ) space,
+        weights clamped to >= 1e-16 and renormalised. Variances are projected onto
+        [min_var, max_var] after every update.
+        """
+        if self._em_stats is None:
+            raise ConfigError("em_update called without statistics; call em_accumulate first")
+        if stepsize is not None and not 0.0 < stepsize <= 1.0:
+            raise ConfigError(f"stepsize must be in (0, 1], got {stepsize}")
+        st = self._em_stats
+        s = 1.0 if stepsize is None else float(stepsize)
+        current = self._weights()
+        for layer in self.layers:
+            for g in layer.groups:
+                self._update_weights(g.param, st[g.param], current[g.param], s, None)
+            for m in layer.mixing.values():
+                self._update_weights(m.param, st[m.param], current[m.param], s, m.mask[..., None])
+        denom = st["leaf_n"][..., None] + 1e-12
+        if self.leaf == "binomial":
+            # expectation parameter E[x] = N p: the stepwise update is linear in p
+            p = (1 - s) * self.probability.detach() + s * st["leaf_x"] / denom / self.total_count
+            self._set_prob(p)
+            self._em_stats = None
+            return
+        mu_hat, xx_hat = st["leaf_x"] / denom, st["leaf_xx"] / denom
+        mu, var = self.mean.detach(), self.variance.detach()
+        mu_new = (1 - s) * mu + s * mu_hat
+        xx_new = (1 - s) * (var + mu * mu) + s * xx_hat
+        var_new = (xx_new - mu_new * mu_new).clamp(self.min_var, self.max_var)
+        self.mean.data.copy_(mu_new)
+        self._set_var(var_new)
+        self._em_stats = None
+
+    def _update_weights(self, name: str, counts: torch.Tensor, current: torch.Tensor, s: float,
+                        mask: torch.Tensor | None) -> None:
+        total = counts.sum(1, keepdim=True)
+        # a region output that no sample used keeps its weights (its counts carry no information)
+        w_hat = torch.where(total > 0, counts / total.clamp_min(1e-300), current)
+        w = (1 - s) * current + s * w_hat
+        if s < 1.0:
+            w = w.clamp_min(1e-16)
+            if mask is not None:
+                w = w * mask
+            w = w / w.sum(1, keepdim=True)
+        logits = w.clamp_min(torch.finfo(w.dtype).tiny).log()
+        p = getattr(self, name)
+        if mask is None:
+            p.data.copy_(logits)
+        else:
+            p.data.copy_(logits[mask.expand_as(logits)])
+
+    def em_step(self, x: torch.Tensor, stepsize: float | None = None) -> float:
+        """One full-batch EM iteration on x; returns the mean log-likelihood before the update."""
+        logp = self.em_accumulate(x)
+        self.em_update(stepsize)
+        return float(logp.mean())
+
+    def fit_em(self, data: torch.Tensor, *, epochs: int = 1, batch_size: int = 100,
+               stepsize: float | None = None, frequency: int = 1, seed: int = 0) -> list[float]:
+        """EM over ``data`` for ``epochs``; returns the mean log-likelihood seen in each epoch.
+
+        ``stepsize=None``: batch EM (statistics of the whole epoch, one update per epoch).
+        Otherwise online EM: after every ``frequency`` batches a stepwise update with ``stepsize``.
+        """
+        if epochs < 1 or batch_size < 1 or frequency < 1:
+            raise ConfigError(f"epochs, batch_size and frequency must be >= 1, got "
+                              f"{epochs}, {batch_size}, {frequency}")
+        data, _ = self._prepare(data)
+        gen = torch.Generator().manual_seed(seed)
+        N = data.shape[0]
+        history = []
+        self.reset_em_statistics()
+        for _ in range(epochs):
+            order = torch.randperm(N, generator=gen).to(data.device)
+            total = 0.0
+            for b, start in enumerate(range(0, N, batch_size)):
+                total += float(self.em_accumulate(data[order[start:start + batch_size]]).sum())
+                if stepsize is not None and (b + 1) % frequency == 0:
+                    self.em_update(stepsize)
+            if self._em_stats is not None:
+                self.em_update(stepsize)
+            history.append(total / N)
+        return history
+
+    @torch.no_grad()
+    def init_leaves_from_data(self, data: torch.Tensor, seed: int = 0) -> None:
+        """Leaf means = the values of random data rows (one row per (k, r)) plus 1% of the data's
+        standard deviation as noise; variances = the per-variable data variance, clipped.
+        Binomial leaves: p = (value + 0.5) / (N + 1) of the random rows."""
+        data, _ = self._prepare(data)
+        gen = torch.Generator().manual_seed(seed)
+        R, K = self.num_replicas, self.num_input_distributions
+        rows = torch.randint(0, data.shape[0], (R * K,), generator=gen).to(data.device)
+        pick = data[rows].reshape(R, K, self.num_var, self.num_dims).permute(2, 0, 1, 3)   # (D,R,K,C)
+        if self.leaf == "binomial":
+            self._set_prob((pick.double() + 0.5) / (self.total_count + 1.0))
+            return
+        sd = data.std(0).clamp_min(1e-3)[:, None, None, :]
+        noise = torch.randn(pick.shape, generator=gen, dtype=torch.float64).to(pick)
+        self.mean.data.copy_(pick + 0.01 * sd * noise)
+        self._set_var((sd * sd).expand_as(pick).clamp(self.min_var, self.max_var))
+
+    # -- sampling ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _draw(self, n: int, x: torch.Tensor | None, mask: torch.Tensor | None, mode: str,
+              generator: torch.Generator | None) -> torch.Tensor:
+        """Top-down pass: ``mode`` "sample" (ancestral / posterior sampling) or "mpe" (argmax)."""
+        dev, dt = self._ref.device, self._ref.dtype
+        weights = self._weights()
+        kept = None
+        if x is not None:
+            logf = self._leaf_log_density(x)
+            if mask is not None:
+                logf = logf * mask[:, :, None, None].to(logf.dtype)
+            kept = self._forward(logf, weights, keep=True)[1]
+
+        def choose(logits: torch.Tensor) -> torch.Tensor:
+            if mode == "sample":
+                u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).to(dev)
+                logits = logits - torch.log(-torch.log(u.clamp_min(1e-300))).to(logits.dtype)  # Gumbel-max
+            return logits.argmax(-1)
+
+        sizes = {self._leaf_k: self._n_leaf_regions}
+        for layer in self.layers:
+            for ko, slots in layer.out_slots.items():
+                sizes[ko] = sizes.get(ko, 0) + len(slots)
+        choice = {k: torch.full((n, c), -1, dtype=torch.long, device=dev) for k, c in sizes.items()}
+        choice[self._root_k][:, self._root_slot] = 0
+        for li in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[li]
+            pchoice = {ko: torch.full((n, c), -1, dtype=torch.long, device=dev)
+                       for ko, c in layer.n_parts.items()}
+            for ko, slots in layer.out_slots.items():
+                n_single = len(layer.single[ko])
+                pchoice[ko][:, layer.single[ko]] = choice[ko][:, slots[:n_single]]
+                if ko in layer.mixing:
+                    m = layer.mixing[ko]
+                    o = choice[ko][:, slots[n_single:]]                                  # (n, M)
+                    oc = o.clamp_min(0)
+                    w = weights[m.param].permute(0, 2, 1)                                # (M, Ko, Cmax)
+                    logits = w[torch.arange(len(m.index), device=dev), oc].log()         # (n, M, Cmax)
+                    if kept is not None:
+                        vals = kept["parts"][li][ko][:, m.index]                         # (n, M, Cmax, Ko)
+                        logits = logits + vals.gather(3, oc[:, :, None, None].expand(*vals.shape[:3], 1))[..., 0]
+                    c = choose(logits)
+                    part = m.index[torch.arange(len(m.index), device=dev), c]            # (n, M)
+                    pchoice[ko].scatter_(1, part, o)
+            for g in layer.groups:
+                o = pchoice[g.k_out][:, g.part_pos]                                      # (n, P)
+                active = o >= 0
+                w = weights[g.param].permute(0, 2, 1)                                    # (P, Ko, KiKj)
+                logits = w[torch.arange(len(g.left), device=dev), o.clamp_min(0)].log()  # (n, P, KiKj)
+                if kept is not None:
+                    a = kept["store"][g.k_left][:, g.left]
+                    b = kept["store"][g.k_right][:, g.right]
+                    logits = logits + (a[..., :, None] + b[..., None, :]).flatten(2)
+                ij = choose(logits)
+                i, j = ij // g.k_right, ij % g.k_right
+                minus = torch.full_like(i, -1)
+                choice[g.k_left].scatter_reduce_(1, g.left.expand(n, -1), torch.where(active, i, minus), "amax")
+                choice[g.k_right].scatter_reduce_(1, g.right.expand(n, -1), torch.where(active, j, minus), "amax")
+        k = choice[self._leaf_k][:, self._leaf_slot]                                     # (n, pairs)
+        active = k >= 0
+        d, r = self._leaf_var, self._leaf_rep
+        kk = k.clamp_min(0)
+        if self.leaf == "binomial":
+            p = self.probability[d[None], r[None], kk].double()                          # (n, pairs, C)
+            count = torch.full_like(p, float(self.total_count))
+            if mode == "sample":
+                mu = torch.binomial(count.cpu(), p.cpu(), generator=generator).to(device=dev, dtype=dt)
+            else:  # the mode of Binomial(N, p)
+                mu = torch.floor((count + 1) * p).clamp_max(self.total_count).to(dt)
+        else:
+            mu = self.mean[d[None], r[None], kk]                                        # (n, pairs, C)
+            if mode == "sample":
+                sd = self.variance[d[None], r[None], kk].sqrt()
+                eps = torch.randn(mu.shape, generator=generator, dtype=torch.float64).to(device=dev, dtype=dt)
+                mu = mu + sd * eps
+        out = torch.zeros(n, self.num_var, self.num_dims, dtype=dt, device=dev)
+        out.index_add_(1, d, mu * active[..., None].to(dt))  # exactly one active factor per variable
+        if x is not None and mask is not None:
+            out = torch.where(mask[..., None], x, out)
+        return out.reshape(n, -1) if self.num_dims == 1 else out
+
+    def sample(self, n: int | None = None, *, generator: torch.Generator | None = None,
+               condition: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Ancestral samples (n, D) (or (n, D, C)).
+
+        ``condition=(x, mask)`` (mask True = observed) draws the missing entries of every row of
+        x from :math:`p(x_{\\text{missing}} \\mid x_{\\text{observed}})` exactly (choices weighted by
+        the children's marginal likelihood of the evidence); observed entries are kept. ``n``
+        defaults to, and must equal, the number of rows then.
+        """
+        if condition is None:
+            if n is None or int(n) != n or n < 1:
+                raise InputError(f"n must be a positive integer, got {n}")
+            return self._draw(int(n), None, None, "sample", generator)
+        if not (isinstance(condition, (tuple, list)) and len(condition) == 2):
+            raise InputError("condition must be a tuple (x, mask) with mask True where x is observed")
+        x, mask = self._prepare(*condition)
+        if n is not None and n != x.shape[0]:
+            raise InputError(f"n={n} but the condition has {x.shape[0]} rows; one sample per row")
+        return self._draw(x.shape[0], x, mask, "sample", generator)
+
+    def complete(self, x: torch.Tensor, mask: torch.Tensor, *, method: str = "mpe",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Fill the missing entries (``mask`` False) of x; observed entries are returned unchanged.
+
+        ``method="mpe"``: the usual EinsumNetwork MPE approximation (at every sum the most probable
+        child under the evidence, leaves at their modes); ``"sample"``: one conditional sample.
+        """
+        if method not in ("mpe", "sample"):
+            raise ConfigError(f"Unknown completion method '{method}'; expected 'mpe' or 'sample'")
+        x, mask = self._prepare(x, mask)
+        if mask is None:
+            raise InputError("complete needs a mask (True = observed)")
+        return self._draw(x.shape[0], x, mask, method, generator)
+
+
+# ----------------------------------------------------------------------------------------------
+# Builders
+# ----------------------------------------------------------------------------------------------
+
+def rat_spn(num_var: int, depth: int, repetitions: int, num_sums: int = 10,
+            num_input_distributions: int | None = None, *, seed: int = 0, **options: Any) -> EinsumNetwork:
+    """RAT-SPN EinsumNetwork: :func:`random_binary_trees` (split seed ``seed``) with Gaussian leaves.
+
+    ``options`` go to :class:`EinsumNetwork` (``num_dims``, ``leaf``, ``total_count``, ``min_var``,
+    ``max_var``, ``init``, ``dtype``); the parameters are initialised from ``seed`` too.
+    """
+    graph = random_binary_trees(num_var, depth, repetitions, seed=seed)
+    return EinsumNetwork(graph, num_sums, num_input_distributions, seed=seed, **options)
+
+
+def poon_domingos(height: int, width: int, deltas: Sequence[float | Sequence[float]], num_sums: int = 10,
+                  num_input_distributions: int | None = None, *, seed: int = 0,
+                  **options: Any) -> EinsumNetwork:
+    """Poon-Domingos EinsumNetwork of a ``height`` x ``width`` image (:func:`poon_domingos_graph`).
+
+    The EinsumNetworks demo's ``pd_num_pieces`` p corresponds to ``deltas=[height / p]``
+    (p = 4 on 28x28: 7x7 leaf blocks). ``options`` go to :class:`EinsumNetwork`.
+    """
+    graph = poon_domingos_graph(height, width, deltas)
+    return EinsumNetwork(graph, num_sums, num_input_distributions, seed=seed, **options)

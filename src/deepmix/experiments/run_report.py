@@ -98,7 +98,9 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
                 for r in summary["layers"]])
 
     def picture(name: str, images: torch.Tensor, caption: str, ncol: int | None = None) -> None:
-        path = save_grid(images.cpu(), files / f"{name}.png", ncol=ncol)
+        # Small images (8x8 digits) get bigger pixels, so the page shows them at a usable size.
+        scale = max(3, 84 // max(model.input_shape[:2]))
+        path = save_grid(images.cpu(), files / f"{name}.png", ncol=ncol, scale=scale)
         page.image(path, caption)
 
     page.heading("Samples")

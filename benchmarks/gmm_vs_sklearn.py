@@ -31,8 +31,14 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[25])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--no-sklearn", action="store_true")
+    ap.add_argument("--models", nargs="+", default=["float64", "float32"],
+                    choices=["float64", "float32"],
+                    help="deepmix precisions to run (scikit-learn runs unless --no-sklearn)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", default=str(HERE / "results" / "gmm_vs_sklearn.json"))
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tr, te = load_images("mnist", "train"), load_images("mnist", "test")
     Xtr = tr.images.reshape(len(tr), -1).astype(np.float64) / 255.0
     Xte = te.images.reshape(len(te), -1).astype(np.float64) / 255.0
@@ -40,9 +46,9 @@ def main() -> None:
     rows = []
     summary = []
     for K in args.k:
-        runs = [("deepmix float64", lambda seed: GaussianMixture(K, random_state=seed)),
-                ("deepmix float32", lambda seed: GaussianMixture(K, random_state=seed,
-                                                                 dtype=torch.float32))]
+        dtypes = {"float64": torch.float64, "float32": torch.float32}
+        runs = [(f"deepmix {name}", lambda seed, dt=dtypes[name]:
+                 GaussianMixture(K, random_state=seed, dtype=dt)) for name in args.models]
         if not args.no_sklearn:
             from sklearn.mixture import GaussianMixture as SkGMM
 
@@ -61,6 +67,10 @@ def main() -> None:
                 print(f"K={K:4d} {name:16s} seed {seed}: {seconds:7.2f} s  {row['n_iter']:3d} "
                       f"iterations  train {row['train_ll']:9.2f}  test {row['test_ll']:9.2f}",
                       flush=True)
+                # Written after every fit, so a long K = 100 run that is cut short keeps its rows.
+                write_json_atomic(args.json, {"threads": torch.get_num_threads(),
+                                              "seeds": args.seeds, "rows": rows,
+                                              "summary": summary})
             mine = [r for r in rows if r["k"] == K and r["model"] == name]
             summary.append({"k": K, "model": name,
                             "mean_fit_seconds": float(np.mean([r["fit_seconds"] for r in mine])),

@@ -740,7 +740,13 @@ class MixtureDensity(nn.Module):
                 m.log_var.copy_(torch.log(gm.covariances_).to(dtype))
             elif m.parametrization == "covariance":
                 eye = torch.eye(D, dtype=gm.covariances_.dtype, device=gm.covariances_.device)
-                m.cov_factor.copy_(torch.linalg.cholesky(gm.covariances_ - 1e-6 * eye).to(dtype))
+                # The model adds 1e-6 I itself; a component that EM shrank to (near) zero
+                # covariance has no factor of Sigma - 1e-6 I, and keeps the 1e-6 extra instead.
+                L, info = torch.linalg.cholesky_ex(gm.covariances_ - 1e-6 * eye)
+                bad = info != 0
+                if bool(bad.any()):
+                    L[bad] = torch.linalg.cholesky(gm.covariances_[bad])
+                m.cov_factor.copy_(L.to(dtype))
             else:
                 R = torch.linalg.cholesky(torch.linalg.inv(gm.covariances_)).to(dtype)
                 d = R.diagonal(dim1=-2, dim2=-1)

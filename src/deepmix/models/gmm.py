@@ -68,8 +68,13 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
     x2 = (X * X).sum(1)
 
     def sqdist(C: torch.Tensor) -> torch.Tensor:
-        return torch.cat([(x2[r, None] - 2.0 * X[r] @ C.T + (C * C).sum(1)[None]).clamp_min_(0.0)
-                          for r in _chunks(N, chunk)])
+        # Row chunks bound the (rows, k) output; for the few candidates of a seeding step that
+        # bound is loose, and one thin matrix product is 3-4x faster than many (the product is
+        # memory-bound: each call streams X once).
+        rows = max(chunk, (1 << 24) // max(1, C.shape[0]))
+        Ct, c2 = C.T.contiguous(), (C * C).sum(1)[None]
+        return torch.cat([torch.addmm(x2[r, None] + c2, X[r], Ct, alpha=-2.0).clamp_min_(0.0)
+                          for r in _chunks(N, rows)])
 
     if plus_plus:
         trials = 2 + int(math.log(k)) if k > 1 else 1
@@ -90,9 +95,10 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
     threshold = tol * float(X.var(0).mean())
     labels = sqdist(C).argmin(1)
     for _ in range(n_iter):
-        onehot = torch.nn.functional.one_hot(labels, k).to(X.dtype)
-        counts = onehot.sum(0)
-        new = (onehot.T @ X) / counts.clamp_min(1.0)[:, None]
+        # Per-cluster sums by index_add (O(N D)), not a one-hot matrix product (O(N K D)):
+        # at K = 100 on MNIST the product cost as much as the distances themselves.
+        counts = torch.bincount(labels, minlength=k).to(X.dtype)
+        new = torch.zeros_like(C).index_add_(0, labels, X) / counts.clamp_min(1.0)[:, None]
         empty = counts == 0
         new[empty] = C[empty]  # an empty cluster keeps its centre
         shift = float(((new - C) ** 2).sum())

@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, nargs="+", default=[25])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--no-sklearn", action="store_true")
-    ap.add_argument("--models", nargs="+", default=["float64", "float32"],
+    ap.add_argument("--models", nargs="*", default=["float64", "float32"],
                     choices=["float64", "float32"],
                     help="deepmix precisions to run (scikit-learn runs unless --no-sklearn)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

@@ -125,10 +125,11 @@ def curves(data: str, out: Path, cap: int | None, seeds: int) -> dict[str, Any]:
     return res
 
 
-def init_comparison(data: str, cap: int | None, seeds: int) -> dict[str, Any]:
+def init_comparison(data: str, cap: int | None, seeds: int,
+                    methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     K = INIT_K[data]
     res: dict[str, Any] = {"data": data, "K": K, "seeds": seeds, "methods": {}}
-    for method in METHODS:
+    for method in methods:
         T = _cap(PUBLISHED[(data, K)][method][2], cap)
         entry: dict[str, Any] = {"T": T, "lr": PUBLISHED[(data, K)][method][1]}
         for init in ("kmeans", "random"):
@@ -203,6 +204,9 @@ def main() -> None:
                     choices=["figures", "curves", "init"])
     ap.add_argument("--datasets", nargs="+", default=None, choices=list(DATASETS))
     ap.add_argument("--seeds", type=int, default=None, help="seeds of SSM curves and of init")
+    ap.add_argument("--curve-seeds", type=int, default=None, help="SSM curve seeds (--seeds)")
+    ap.add_argument("--init-seeds", type=int, default=None, help="init comparison seeds (--seeds)")
+    ap.add_argument("--init-methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--cap", type=int, default=None, help="at most this many steps per run")
     ap.add_argument("--out", default=str(HERE.parent / "results" / "toy2d"))
     args = ap.parse_args()
@@ -220,9 +224,12 @@ def main() -> None:
         if "figures" in args.parts:
             write_json_atomic(out / f"figures_{data}.json", figures(data, out, cap))
         if "curves" in args.parts and data in CURVE_K:
-            write_json_atomic(out / f"curves_{data}.json", curves(data, out, cap, seeds))
+            write_json_atomic(out / f"curves_{data}.json",
+                              curves(data, out, cap, args.curve_seeds or seeds))
         if "init" in args.parts:
-            write_json_atomic(out / f"init_{data}.json", init_comparison(data, cap, seeds))
+            write_json_atomic(out / f"init_{data}.json",
+                              init_comparison(data, cap, args.init_seeds or seeds,
+                                              tuple(args.init_methods)))
     print(report(out))
     print(f"done in {time.perf_counter() - t0:.0f} s; wrote {out}")
 

@@ -103,15 +103,25 @@ def curves(data: str, out: Path, cap: int | None, seeds: int) -> dict[str, Any]:
         print(f"curve {data} K={K} {method}: final valid LL "
               f"{res['methods'][method]['final_valid_ll']:.3f}, "
               f"{res['methods'][method]['total_seconds']:.1f} s for {T} steps", flush=True)
+    png = out / f"curves_{data}.png"
+    plot_curves(res, png)
+    res["png"] = png.name
+    return res
+
+
+def plot_curves(res: dict[str, Any], png: Path) -> None:
+    """Validation NLL against step and against seconds (SSM: mean ± std band)."""
+    data, K = res["data"], res["K"]
     fig, axes = subplots(1, 2, size=3.6)
-    for method, m in res["methods"].items():
+    for i, (method, m) in enumerate(res["methods"].items()):
+        color = f"C{i}"
         steps = np.arange(len(m["valid_nll"]))
         mean, std = np.asarray(m["valid_nll"]), np.asarray(m["valid_nll_std"])
         label = LABEL[method] + (f" (mean ± std, {m['seeds']} seeds)" if m["seeds"] > 1 else "")
         for ax, xs in ((axes[0, 0], steps), (axes[0, 1], np.asarray(m["seconds"]))):
-            ax.plot(xs, mean, label=label, lw=1.2)
+            ax.plot(xs, mean, label=label, lw=1.2, color=color)
             if m["seeds"] > 1:
-                ax.fill_between(xs, mean - std, mean + std, alpha=0.25)
+                ax.fill_between(xs, mean - std, mean + std, alpha=0.25, color=color)
     lo = min(min(m["valid_nll"]) for m in res["methods"].values())
     for ax, xl in ((axes[0, 0], "full-batch step (EM: iteration)"), (axes[0, 1], "seconds")):
         ax.set_xlabel(xl)
@@ -119,10 +129,7 @@ def curves(data: str, out: Path, cap: int | None, seeds: int) -> dict[str, Any]:
         ax.set_ylim(lo - 0.1, lo + 2.0)
         ax.set_title(f"{data}, K = {K}", fontsize=9)
     axes[0, 0].legend(fontsize=7)
-    png = out / f"curves_{data}.png"
     save_figure(fig, png)
-    res["png"] = png.name
-    return res
 
 
 def init_comparison(data: str, cap: int | None, seeds: int,
@@ -201,7 +208,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="halfmoons only, T <= 50, 3 seeds")
     ap.add_argument("--parts", nargs="+", default=["figures", "curves", "init"],
-                    choices=["figures", "curves", "init"])
+                    choices=["figures", "curves", "init", "replot"],
+                    help="replot: redraw the curve PNGs from their JSON (no training)")
     ap.add_argument("--datasets", nargs="+", default=None, choices=list(DATASETS))
     ap.add_argument("--seeds", type=int, default=None, help="seeds of SSM curves and of init")
     ap.add_argument("--curve-seeds", type=int, default=None, help="SSM curve seeds (--seeds)")
@@ -216,6 +224,13 @@ def main() -> None:
     cap = args.cap or (50 if args.quick else None)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.parts == ["replot"]:
+        for data in CURVE_K:
+            if (out / f"curves_{data}.json").is_file():
+                plot_curves(json.loads((out / f"curves_{data}.json").read_text()),
+                            out / f"curves_{data}.png")
+        print(report(out))
+        return
     # Warm-up: the first optimiser step imports and initialises lazily (seconds), which would
     # otherwise be booked on the first timed run.
     run_cell("halfmoons", 2, "gd", T=2, lr=0.05)
@@ -227,9 +242,15 @@ def main() -> None:
             write_json_atomic(out / f"curves_{data}.json",
                               curves(data, out, cap, args.curve_seeds or seeds))
         if "init" in args.parts:
-            write_json_atomic(out / f"init_{data}.json",
-                              init_comparison(data, cap, args.init_seeds or seeds,
-                                              tuple(args.init_methods)))
+            res = init_comparison(data, cap, args.init_seeds or seeds, tuple(args.init_methods))
+            path = out / f"init_{data}.json"
+            if path.is_file():  # methods run by separate invocations go into one table
+                old = json.loads(path.read_text())
+                if (old["K"], old["seeds"]) == (res["K"], res["seeds"]):
+                    res["methods"] = {**old["methods"], **res["methods"]}
+                    res["methods"] = {m: res["methods"][m] for m in METHODS
+                                      if m in res["methods"]}
+            write_json_atomic(path, res)
     print(report(out))
     print(f"done in {time.perf_counter() - t0:.0f} s; wrote {out}")
 

@@ -85,11 +85,18 @@ def _mean_std(curves: list[list[float]]) -> tuple[list[float], list[float]]:
     return a.mean(0).tolist(), a.std(0).tolist()
 
 
-def curves(data: str, out: Path, cap: int | None, seeds: int) -> dict[str, Any]:
+def curves(data: str, out: Path, cap: int | None, seeds: int,
+           methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
     K = CURVE_K[data]
     T = _cap(200, cap)
-    res: dict[str, Any] = {"data": data, "K": K, "T": T, "lr": 0.05, "methods": {}}
-    for method in METHODS:
+    res: dict[str, Any] = {"data": data, "K": K, "T": T, "lr": 0.05, "methods": {},
+                           "png": f"curves_{data}.png"}
+    path = out / f"curves_{data}.json"
+    if path.is_file():  # methods run by separate invocations go into one figure
+        old = json.loads(path.read_text())
+        if (old["K"], old["T"], old["lr"]) == (K, T, 0.05):
+            res["methods"] = {m: v for m, v in old["methods"].items() if m not in methods}
+    for method in methods:
         runs = [run_cell(data, K, method, T=T, lr=0.05, seed=s, valid_curve=True)
                 for s in (range(seeds) if method == "ssm" else [0])]
         train_m, train_s = _mean_std([r["train_nll_curve"] for r in runs])
@@ -103,6 +110,14 @@ def curves(data: str, out: Path, cap: int | None, seeds: int) -> dict[str, Any]:
         print(f"curve {data} K={K} {method}: final valid LL "
               f"{res['methods'][method]['final_valid_ll']:.3f}, "
               f"{res['methods'][method]['total_seconds']:.1f} s for {T} steps", flush=True)
+        # After every method, merged with what other invocations stored meanwhile: a run cut
+        # short keeps its curves, and methods run in parallel end up in one file.
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if (old["K"], old["T"], old["lr"]) == (K, T, 0.05):
+                res["methods"] = {**old["methods"], **res["methods"]}
+        res["methods"] = {m: res["methods"][m] for m in METHODS if m in res["methods"]}
+        write_json_atomic(path, res)
     png = out / f"curves_{data}.png"
     plot_curves(res, png)
     res["png"] = png.name
@@ -132,8 +147,20 @@ def plot_curves(res: dict[str, Any], png: Path) -> None:
     save_figure(fig, png)
 
 
+def _save_init(path: Path, res: dict[str, Any]) -> None:
+    """Write ``res``, merged with the methods an earlier invocation stored for the same cell."""
+    res = dict(res)
+    if path.is_file():  # methods run by separate invocations go into one table
+        old = json.loads(path.read_text())
+        if (old["K"], old["seeds"]) == (res["K"], res["seeds"]):
+            merged = {**old["methods"], **res["methods"]}
+            res["methods"] = {m: merged[m] for m in METHODS if m in merged}
+    write_json_atomic(path, res)
+
+
 def init_comparison(data: str, cap: int | None, seeds: int,
-                    methods: tuple[str, ...] = METHODS) -> dict[str, Any]:
+                    methods: tuple[str, ...] = METHODS, path: Path | None = None
+                    ) -> dict[str, Any]:
     K = INIT_K[data]
     res: dict[str, Any] = {"data": data, "K": K, "seeds": seeds, "methods": {}}
     for method in methods:
@@ -149,6 +176,8 @@ def init_comparison(data: str, cap: int | None, seeds: int,
             print(f"init {data} K={K} {method} {init:6s}: valid LL {entry[init]['mean']:.3f} ± "
                   f"{entry[init]['std']:.3f} over {seeds} seeds", flush=True)
         res["methods"][method] = entry
+        if path is not None:  # after every method: a run cut short keeps what it finished
+            _save_init(path, res)
     return res
 
 
@@ -176,11 +205,12 @@ def report(out: Path) -> str:
             parts += [f"## NLL curves, {data} K = {c['K']} ({c['T']} steps, lr {c['lr']})", "",
                       "| method | seeds | final valid LL | seconds | seconds / EM | seconds / GD |",
                       "|---|---|---|---|---|---|"]
+            def ratio(m: dict, ref: str) -> str:
+                return f"{m['total_seconds'] / ms[ref]['total_seconds']:.2f}" if ref in ms else "-"
+
             for k, m in ms.items():
                 parts.append(f"| {LABEL[k]} | {m['seeds']} | {m['final_valid_ll']:.3f} | "
-                             f"{m['total_seconds']:.2f} | "
-                             f"{m['total_seconds'] / ms['em']['total_seconds']:.2f} | "
-                             f"{m['total_seconds'] / ms['gd']['total_seconds']:.2f} |")
+                             f"{m['total_seconds']:.2f} | {ratio(m, 'em')} | {ratio(m, 'gd')} |")
             parts += ["", f"![curves {data}]({c['png']})", ""]
     rows = []
     for data in DATASETS:
@@ -214,6 +244,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=None, help="seeds of SSM curves and of init")
     ap.add_argument("--curve-seeds", type=int, default=None, help="SSM curve seeds (--seeds)")
     ap.add_argument("--init-seeds", type=int, default=None, help="init comparison seeds (--seeds)")
+    ap.add_argument("--curve-methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--init-methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--cap", type=int, default=None, help="at most this many steps per run")
     ap.add_argument("--out", default=str(HERE.parent / "results" / "toy2d"))
@@ -239,18 +270,11 @@ def main() -> None:
         if "figures" in args.parts:
             write_json_atomic(out / f"figures_{data}.json", figures(data, out, cap))
         if "curves" in args.parts and data in CURVE_K:
-            write_json_atomic(out / f"curves_{data}.json",
-                              curves(data, out, cap, args.curve_seeds or seeds))
+            res = curves(data, out, cap, args.curve_seeds or seeds, tuple(args.curve_methods))
+            write_json_atomic(out / f"curves_{data}.json", res)
         if "init" in args.parts:
-            res = init_comparison(data, cap, args.init_seeds or seeds, tuple(args.init_methods))
-            path = out / f"init_{data}.json"
-            if path.is_file():  # methods run by separate invocations go into one table
-                old = json.loads(path.read_text())
-                if (old["K"], old["seeds"]) == (res["K"], res["seeds"]):
-                    res["methods"] = {**old["methods"], **res["methods"]}
-                    res["methods"] = {m: res["methods"][m] for m in METHODS
-                                      if m in res["methods"]}
-            write_json_atomic(path, res)
+            init_comparison(data, cap, args.init_seeds or seeds, tuple(args.init_methods),
+                            path=out / f"init_{data}.json")
     print(report(out))
     print(f"done in {time.perf_counter() - t0:.0f} s; wrote {out}")
 

@@ -2,8 +2,9 @@
 (dataset, method), NLL against step and wall time, and k-means against random initialisation.
 
 usage: PYTHONPATH=src .venv/bin/python benchmarks/objectives/toy2d_figures.py [--quick]
-       [--parts figures curves init] [--datasets halfmoons spirals board] [--seeds 10]
-       [--out benchmarks/results/toy2d]
+       [--parts figures curves init replot] [--datasets halfmoons spirals board] [--seeds 10]
+       [--curve-seeds N] [--init-seeds N] [--curve-methods ...] [--init-methods ...] [--cap T]
+       [--out DIR]
 
 Parts (each writes its own JSON under --out, so parts and datasets can run as separate commands;
 every invocation rebuilds report.md from all JSON files present):
@@ -229,6 +230,15 @@ def report(out: Path) -> str:
                              f"{e['random']['mean']:.3f} ± {e['random']['std']:.3f} | "
                              f"{e['random']['mean'] - e['kmeans']['mean']:+.3f} |")
         parts.append("")
+    parts += ["## Notes", "",
+              "- EM starts from `GaussianMixture`'s initialisation: k-means labels and one "
+              "hard-assignment M-step (random init: random points as means, random weights, the "
+              "data covariance), so its step-0 NLL is already low; GD / SM / SSM start from the "
+              "thesis' init (k-means centres or random points, pi uniform or random, Sigma = I).",
+              "- deepmix's EM keeps log pi as weights (spec §7): the thesis' EM weight bug is not "
+              "reproduced, so EM does not collapse at larger K here.",
+              "- Runs of one table may have run as separate, parallel invocations (see the seeds "
+              "column); wall-time ratios across rows carry the machine's changing load.", ""]
     text = "\n".join(parts)
     write_text_atomic(out / "report.md", text)
     return text
@@ -247,13 +257,15 @@ def main() -> None:
     ap.add_argument("--curve-methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--init-methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--cap", type=int, default=None, help="at most this many steps per run")
-    ap.add_argument("--out", default=str(HERE.parent / "results" / "toy2d"))
+    ap.add_argument("--out", default=None,
+                    help="results folder (default benchmarks/results/toy2d, with --quick "
+                         "benchmarks/results/toy2d_quick so a quick run never replaces the full one)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     datasets = args.datasets or (["halfmoons"] if args.quick else list(DATASETS))
     seeds = args.seeds or (3 if args.quick else 10)
     cap = args.cap or (50 if args.quick else None)
-    out = Path(args.out)
+    out = Path(args.out or HERE.parent / "results" / ("toy2d_quick" if args.quick else "toy2d"))
     out.mkdir(parents=True, exist_ok=True)
     if args.parts == ["replot"]:
         for data in CURVE_K:

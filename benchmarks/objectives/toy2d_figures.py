@@ -154,20 +154,22 @@ def _save_init(path: Path, res: dict[str, Any]) -> None:
     if path.is_file():  # methods run by separate invocations go into one table
         old = json.loads(path.read_text())
         if (old["K"], old["seeds"]) == (res["K"], res["seeds"]):
-            merged = {**old["methods"], **res["methods"]}
+            # per method and initialisation: k-means and random may come from separate runs
+            merged = {m: {**old["methods"].get(m, {}), **res["methods"].get(m, {})}
+                      for m in set(old["methods"]) | set(res["methods"])}
             res["methods"] = {m: merged[m] for m in METHODS if m in merged}
     write_json_atomic(path, res)
 
 
 def init_comparison(data: str, cap: int | None, seeds: int,
-                    methods: tuple[str, ...] = METHODS, path: Path | None = None
-                    ) -> dict[str, Any]:
+                    methods: tuple[str, ...] = METHODS, path: Path | None = None,
+                    inits: tuple[str, ...] = ("kmeans", "random")) -> dict[str, Any]:
     K = INIT_K[data]
     res: dict[str, Any] = {"data": data, "K": K, "seeds": seeds, "methods": {}}
     for method in methods:
         T = _cap(PUBLISHED[(data, K)][method][2], cap)
         entry: dict[str, Any] = {"T": T, "lr": PUBLISHED[(data, K)][method][1]}
-        for init in ("kmeans", "random"):
+        for init in inits:
             runs = [run_cell(data, K, method, T=T, seed=s, init=init, record_curve=False)
                     for s in range(seeds)]
             lls = [r["valid_ll"] for r in runs]
@@ -176,9 +178,9 @@ def init_comparison(data: str, cap: int | None, seeds: int,
                            "seconds": statistics.mean(r["seconds"] for r in runs)}
             print(f"init {data} K={K} {method} {init:6s}: valid LL {entry[init]['mean']:.3f} ± "
                   f"{entry[init]['std']:.3f} over {seeds} seeds", flush=True)
-        res["methods"][method] = entry
-        if path is not None:  # after every method: a run cut short keeps what it finished
-            _save_init(path, res)
+            res["methods"][method] = entry
+            if path is not None:  # after every (method, init): a cut-short run keeps its rows
+                _save_init(path, res)
     return res
 
 
@@ -225,6 +227,8 @@ def report(out: Path) -> str:
                   "|---|---|---|---|---|---|"]
         for r in rows:
             for k, e in r["methods"].items():
+                if not {"kmeans", "random"} <= set(e):
+                    continue  # one initialisation still missing
                 parts.append(f"| {r['data']} {r['K']} | {LABEL[k]} | {e['T']} | "
                              f"{e['kmeans']['mean']:.3f} ± {e['kmeans']['std']:.3f} | "
                              f"{e['random']['mean']:.3f} ± {e['random']['std']:.3f} | "
@@ -255,6 +259,8 @@ def main() -> None:
     ap.add_argument("--curve-seeds", type=int, default=None, help="SSM curve seeds (--seeds)")
     ap.add_argument("--init-seeds", type=int, default=None, help="init comparison seeds (--seeds)")
     ap.add_argument("--curve-methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    ap.add_argument("--inits", nargs="+", default=["kmeans", "random"],
+                    choices=["kmeans", "random"])
     ap.add_argument("--init-methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--cap", type=int, default=None, help="at most this many steps per run")
     ap.add_argument("--out", default=None,
@@ -286,7 +292,7 @@ def main() -> None:
             write_json_atomic(out / f"curves_{data}.json", res)
         if "init" in args.parts:
             init_comparison(data, cap, args.init_seeds or seeds, tuple(args.init_methods),
-                            path=out / f"init_{data}.json")
+                            path=out / f"init_{data}.json", inits=tuple(args.inits))
     print(report(out))
     print(f"done in {time.perf_counter() - t0:.0f} s; wrote {out}")
 

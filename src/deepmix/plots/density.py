@@ -10,7 +10,8 @@ quadratically away from the data and would otherwise spend the whole colour scal
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +19,8 @@ import torch
 from ..errors import InputError
 from ..utils.io import atomic_path
 
-__all__ = ["data_bounds", "log_density_grid", "plot_log_density", "plot_samples",
-           "save_figure"]
+__all__ = ["data_bounds", "density_figure", "log_density_grid", "plot_log_density",
+           "plot_samples", "save_figure", "subplots"]
 
 Bounds = tuple[float, float, float, float]  # (xmin, xmax, ymin, ymax)
 
@@ -72,7 +73,7 @@ def plot_log_density(ax: Any, model: Any, bounds: Bounds, *, resolution: int = 1
 
     Returns the (resolution, resolution) log-density array that was drawn.
     """
-    xs, ys, lp = log_density_grid(model, bounds, resolution)
+    _, _, lp = log_density_grid(model, bounds, resolution)
     top = float(np.max(lp[np.isfinite(lp)])) if np.isfinite(lp).any() else 0.0
     ax.imshow(np.clip(lp, top - dynamic_range, top), origin="lower", extent=bounds,
               aspect="auto", cmap=cmap, interpolation="nearest")

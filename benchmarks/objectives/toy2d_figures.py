@@ -22,8 +22,8 @@ every invocation rebuilds report.md from all JSON files present):
   std), all four methods, at the smallest K of each dataset (halfmoons 8, spirals 20, board 8)
   with the thesis' (lr, T) per cell.
 
-``--quick``: halfmoons only, T capped at 50, 3 seeds (29 s on the shared machine at load ~3). Torch runs on one
-thread: the tensors are small and the machine may be shared. A warm-up fit runs first so that
+``--quick``: halfmoons only, T capped at 50, 3 seeds (29 s on the shared machine at load ~3).
+Torch runs on one thread: the tensors are small and the machine may be shared. A warm-up fit runs first so that
 one-time costs (lazy imports on the first optimiser step) do not land on the first timed run.
 """
 

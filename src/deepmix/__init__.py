@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 __all__ = ["DCGMM", "ARCHITECTURES", "TrainConfig", "train", "load", "DeepmixError", "__version__"]
 
 
-def load(directory, device: str = "cpu") -> DCGMM:
-    """Rebuild a trained model from its run folder (``config.json`` + ``weights.safetensors``)."""
+def load(directory, device: str = "cpu"):
+    """Rebuild a trained model from its run folder (``config.json`` + ``weights.safetensors``):
+    a :class:`DCGMM`, or a flat-GMM ``MixtureDensity`` for ``deepmix fit-gmm`` runs."""
     return load_model(directory, device=device)

@@ -116,6 +116,10 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu"):
     from ..models.dcgmm import DCGMM, ModelConfig
 
     config = read_config(directory)
+    if isinstance(config["model"], dict) and config["model"].get("family") == "gmm":
+        from .density_run import load_density  # flat-GMM runs (deepmix fit-gmm)
+
+        return load_density(directory, device=device)
     try:
         mc = config_from_dict(ModelConfig, config["model"], where=f"{CONFIG_FILE} 'model'")
         model = DCGMM.from_config(mc)

@@ -102,11 +102,13 @@ def get_objective(name: str) -> Callable[..., torch.Tensor]:
 def fit_density(model: torch.nn.Module, data: torch.Tensor, objective: str = "mle", *,
                 epochs: int = 10, batch_size: int | None = None, lr: float = 0.05,
                 optimizer: str = "adam", clip: float | None = None, seed: int = 0,
+                callback: Callable[[int, float], None] | None = None,
                 **objective_options: Any) -> list[float]:
     """Minimise ``objective`` over ``data`` (N, D) with a torch optimiser; returns epoch losses.
 
     ``batch_size=None`` means full batch (the thesis' 2-D runs). Data order and slices are
-    seeded by ``seed``.
+    seeded by ``seed``. ``callback(epoch, mean_loss)`` runs after every epoch (epochs count
+    from 1): run folders log metrics and checkpoints through it, so this stays the one loop.
     """
     loss_fn = get_objective(objective)
     opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}.get(optimizer)
@@ -131,4 +133,6 @@ def fit_density(model: torch.nn.Module, data: torch.Tensor, objective: str = "ml
             total += float(loss.detach()) * xb.shape[0]
             count += xb.shape[0]
         history.append(total / count)
+        if callback is not None:
+            callback(len(history), history[-1])
     return history

@@ -1,0 +1,371 @@
+r"""A flat GMM trained by EM, SGD-MLE, score matching or sliced score matching, as a run folder.
+
+The run folder (architecture: "a run folder is the unit of reproducibility") holds
+
+- ``config.json``: ``{"format", "model", "train", "data"}``, each section a strict dataclass
+  (:class:`DensityModelConfig`, :class:`DensityTrainConfig`, :class:`DensityDataConfig`);
+  unknown keys and wrongly typed values are errors;
+- ``weights.safetensors``: the :class:`~deepmix.models.gmm.MixtureDensity` parameters;
+- ``metrics.jsonl``: one line per epoch (EM: per iteration; epoch 0 = the initialisation) with
+  ``train_nll`` and ``valid_nll`` (mean :math:`-\log p(x)` in nats), the objective's ``loss``
+  (gradient objectives) and ``seconds``, the cumulative training time without evaluation;
+- ``report.md``: what was trained on what, and the final numbers.
+
+Every objective stores the same model class, so one loader (:func:`load_density`) serves all:
+EM fits a :class:`~deepmix.models.gmm.GaussianMixture` (classical closed-form EM, spec §2.1) and
+converts it with :meth:`MixtureDensity.from_mixture`; ``sgd``/``sm``/``ssm`` minimise the loss of
+:mod:`deepmix.training.objectives` through :func:`~deepmix.training.objectives.fit_density`
+(the one gradient loop, with a per-epoch callback for the log).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, ConfigError, DataError, DeepmixError, InputError
+from ..models.gmm import GaussianMixture, MixtureDensity
+from ..utils.config import config_from_dict, config_to_dict
+from ..utils.io import write_json_atomic, write_text_atomic
+from .checkpoint import CONFIG_FILE, FORMAT, load_checkpoint, read_config, save_checkpoint
+from .objectives import fit_density
+
+__all__ = ["DensityModelConfig", "DensityTrainConfig", "DensityDataConfig", "DENSITY_OBJECTIVES",
+           "TOY_DATA", "IMAGE_DATA", "load_density_data", "train_density", "load_density",
+           "read_density_config", "is_density_run", "METRICS_FILE"]
+
+METRICS_FILE = "metrics.jsonl"
+DENSITY_OBJECTIVES = ("em", "sgd", "sm", "ssm")
+#: 2-D sets: the thesis' versions (spec §6.1, 10 000 train / 10 000 validation) and two more toys.
+TOY_DATA = ("halfmoons", "spirals", "board", "swissroll", "sierpinski")
+IMAGE_DATA = ("mnist", "fashion-mnist", "digits")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class DensityModelConfig:
+    r"""The model of a density run (``config.json`` ``"model"``).
+
+    Arguments:
+        family: always ``"gmm"``; lets :func:`deepmix.load` tell this run from a DCGMM one.
+        n_components: K.
+        n_features: D.
+        covariance_type: ``"full"`` or ``"diag"``.
+        parametrization: ``"covariance"`` (thesis: :math:`\Sigma = LL^T + 10^{-6} I`) or
+            ``"precision"`` (:math:`\Sigma^{-1} = RR^T`, softplus diagonal); full only.
+        dtype: ``"float64"`` or ``"float32"``.
+    """
+
+    family: str = "gmm"
+    n_components: int = 8
+    n_features: int = 2
+    covariance_type: str = "full"
+    parametrization: str = "covariance"
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        if self.family != "gmm":
+            raise ConfigError(f"model family '{self.family}' is not a flat GMM")
+        if self.n_components < 1 or self.n_features < 1:
+            raise ConfigError(f"need n_components >= 1 and n_features >= 1, got "
+                              f"{self.n_components} and {self.n_features}")
+        if self.covariance_type not in ("full", "diag"):
+            raise ConfigError(f"Unknown covariance type '{self.covariance_type}'; expected full "
+                              f"or diag")
+        if self.parametrization not in ("covariance", "precision"):
+            raise ConfigError(f"Unknown parametrization '{self.parametrization}'; expected "
+                              f"covariance or precision")
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"Unknown dtype '{self.dtype}'; expected float64 or float32")
+
+    def build(self) -> MixtureDensity:
+        return MixtureDensity(self.n_components, self.n_features, self.covariance_type,
+                              parametrization=self.parametrization, dtype=_DTYPES[self.dtype])
+
+
+@dataclass
+class DensityTrainConfig:
+    """How a density run is trained (``config.json`` ``"train"``).
+
+    Arguments:
+        objective: ``em`` (closed-form EM), ``sgd`` (Adam on the mean NLL), ``sm`` (exact score
+            matching, closed form) or ``ssm`` (sliced score matching, variance-reduced).
+        epochs: EM iterations, or passes over the training data.
+        lr: Adam learning rate (gradient objectives).
+        batch_size: rows per gradient step; None = full batch (the thesis' 2-D runs).
+        init: ``kmeans`` (means = k-means centres, pi uniform, Sigma = I) or ``random``.
+        seed: seeds the initialisation, the data order and the SSM slices.
+        reg_covar: added to every EM covariance diagonal.
+        clip: gradient-norm clipping (None: off).
+        n_slices: SSM directions per point.
+        projection: SSM directions, ``gaussian`` or ``rademacher``.
+    """
+
+    objective: str = "em"
+    epochs: int = 100
+    lr: float = 0.05
+    batch_size: int | None = None
+    init: str = "kmeans"
+    seed: int = 0
+    reg_covar: float = 1e-6
+    clip: float | None = None
+    n_slices: int = 1
+    projection: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        if self.objective not in DENSITY_OBJECTIVES:
+            raise ConfigError(f"Unknown objective '{self.objective}'; expected one of "
+                              f"{', '.join(DENSITY_OBJECTIVES)}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.init not in ("kmeans", "random"):
+            raise ConfigError(f"Unknown init '{self.init}'; expected kmeans or random")
+        if self.reg_covar < 0:
+            raise ConfigError(f"reg_covar must be >= 0, got {self.reg_covar}")
+        if self.clip is not None and self.clip <= 0:
+            raise ConfigError(f"clip must be > 0, got {self.clip}")
+        if self.n_slices < 1:
+            raise ConfigError(f"n_slices must be >= 1, got {self.n_slices}")
+        if self.projection not in ("gaussian", "rademacher"):
+            raise ConfigError(f"Unknown projection '{self.projection}'; expected gaussian or "
+                              f"rademacher")
+
+
+@dataclass
+class DensityDataConfig:
+    """Which data a density run saw (``config.json`` ``"data"``).
+
+    Arguments:
+        name: a 2-D toy (:data:`TOY_DATA`), an image set (:data:`IMAGE_DATA`, pixels flattened
+            to [0, 1]^D) or the path of an ``.npy`` file holding an (N, D) array.
+        n_train: use only the first n_train training rows (None: all).
+        dequantize: image sets: add U[0, 1) noise per grey level before scaling (required for
+            SM/SSM, whose loss is unbounded below on quantised pixels, spec §8).
+        valid_fraction: ``.npy`` and image sets: the last fraction of the rows is the validation
+            split (MNIST: 1/6 = the last 10 000 training images, as the thesis).
+    """
+
+    name: str = "halfmoons"
+    n_train: int | None = None
+    dequantize: bool = False
+    valid_fraction: float = 1.0 / 6.0
+
+    def __post_init__(self) -> None:
+        if self.n_train is not None and self.n_train < 1:
+            raise ConfigError(f"n_train must be >= 1, got {self.n_train}")
+        if not 0.0 < self.valid_fraction < 1.0:
+            raise ConfigError(f"valid_fraction must lie in (0, 1), got {self.valid_fraction}")
+
+
+def load_density_data(cfg: DensityDataConfig, dtype: torch.dtype = torch.float64,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train (N, D), valid (M, D)) tensors of ``cfg``; toy splits are the thesis' 10k / 10k."""
+    name = cfg.name
+    if name in ("halfmoons", "spirals", "board"):
+        from ..experiments.thesis_toys import train_valid
+
+        train, valid = train_valid(name)
+    elif name in TOY_DATA:
+        from ..data.toys import make_toy
+
+        x = torch.from_numpy(make_toy(name, 20_000, seed=42).astype(np.float64))
+        train, valid = x[:10_000], x[10_000:]
+    elif name in IMAGE_DATA:
+        from ..data import load_images
+
+        ds = load_images(name, "train")
+        gen = torch.Generator().manual_seed(0)
+        x = ds.to_tensor(dequantize=cfg.dequantize, generator=gen).reshape(len(ds), -1)
+        n_valid = max(1, int(round(len(x) * cfg.valid_fraction)))
+        train, valid = x[:-n_valid], x[-n_valid:]
+    elif name.endswith(".npy"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist")
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path} is not a readable .npy array ({exc})") from None
+        if x.ndim != 2 or not np.issubdtype(x.dtype, np.number):
+            raise InputError(f"{path} holds an array of shape {x.shape} and dtype {x.dtype}; "
+                             f"expected numbers of shape (n_samples, n_features)")
+        if x.shape[0] < 2:
+            raise InputError(f"{path} has {x.shape[0]} rows; need at least 2 (train + valid)")
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+        n_valid = max(1, int(round(len(x) * cfg.valid_fraction)))
+        train, valid = x[:-n_valid], x[-n_valid:]
+    else:
+        raise DataError(f"Unknown data '{name}'; expected one of "
+                        f"{', '.join(TOY_DATA + IMAGE_DATA)} or a .npy file")
+    if cfg.n_train is not None:
+        train = train[:cfg.n_train]
+    if not bool(torch.isfinite(train).all()) or not bool(torch.isfinite(valid).all()):
+        raise InputError(f"data '{name}' contains NaN or infinite values")
+    return train.to(dtype), valid.to(dtype)
+
+
+def _is_quantised(name: str) -> bool:
+    return name in IMAGE_DATA
+
+
+@torch.no_grad()
+def _mean_nll(model: MixtureDensity, x: torch.Tensor, chunk: int = 8192) -> float:
+    total = sum(float(model.log_prob(x[i:i + chunk]).sum()) for i in range(0, len(x), chunk))
+    return -total / len(x)
+
+
+def train_density(out_dir: str | Path, model_cfg: DensityModelConfig,
+                  train_cfg: DensityTrainConfig, data_cfg: DensityDataConfig, *,
+                  data: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  verbose: bool = True) -> tuple[MixtureDensity, list[dict[str, Any]]]:
+    """Train a flat GMM and write its run folder; returns (model, per-epoch metrics).
+
+    ``model_cfg.n_features`` must equal the data's D. ``data`` = (train, valid) overrides
+    loading ``data_cfg`` (tests, notebooks); the config still records ``data_cfg``.
+    """
+    if train_cfg.objective in ("sm", "ssm") and _is_quantised(data_cfg.name) \
+            and not data_cfg.dequantize:
+        raise ConfigError(f"{train_cfg.objective.upper()} on quantised pixels is unbounded "
+                          f"below (zero score, -1/sigma^2 on constant pixels); dequantize the "
+                          f"data (--dequantize)")
+    dtype = _DTYPES[model_cfg.dtype]
+    train, valid = data if data is not None else load_density_data(data_cfg, dtype)
+    train, valid = train.to(dtype), valid.to(dtype)
+    for what, x in (("training", train), ("validation", valid)):
+        if x.ndim != 2 or x.shape[1] != model_cfg.n_features:
+            raise InputError(f"{what} data have shape {tuple(x.shape)}; the model expects "
+                             f"(n, {model_cfg.n_features})")
+    if train.shape[0] < model_cfg.n_components:
+        raise InputError(f"Expected n_samples >= n_components but got n_components = "
+                         f"{model_cfg.n_components}, n_samples = {train.shape[0]}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"format": FORMAT, "model": config_to_dict(model_cfg),
+              "train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg)}
+    write_json_atomic(out / CONFIG_FILE, config)
+    metrics: list[dict[str, Any]] = []
+    metrics_path = out / METRICS_FILE
+    metrics_path.unlink(missing_ok=True)  # a fresh run replaces an old log, never appends to it
+    t0 = time.perf_counter()
+    paused = 0.0
+
+    def log(epoch: int, now: float, train_nll: float, valid_nll: float,
+            loss: float | None) -> None:
+        # ``now``: when the callback started, so the evaluation is not booked as training time.
+        row = {"epoch": epoch, "train_nll": train_nll, "valid_nll": valid_nll,
+               "seconds": now - t0 - paused}
+        if loss is not None:
+            row["loss"] = loss
+        metrics.append(row)
+        with open(metrics_path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if verbose:
+            print(f"epoch {epoch:4d}: train NLL {train_nll:.4f}, valid NLL {valid_nll:.4f}"
+                  + (f", loss {loss:.4g}" if loss is not None else ""), flush=True)
+
+    if train_cfg.objective == "em":
+        gm = GaussianMixture(model_cfg.n_components, covariance_type=model_cfg.covariance_type,
+                             max_iter=train_cfg.epochs, tol=0.0, reg_covar=train_cfg.reg_covar,
+                             init_params=train_cfg.init, random_state=train_cfg.seed,
+                             dtype=dtype, device=train.device)
+
+        def em_step(it: int, mean_ll: float, model: GaussianMixture) -> None:
+            nonlocal paused
+            t = time.perf_counter()
+            # EM's own E-step already gives the training LL of the current parameters.
+            log(it, t, -mean_ll, -model.score(valid), None)
+            paused += time.perf_counter() - t
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # tol=0: "not converged" by design
+            gm.fit(train, callback=em_step)
+        model = MixtureDensity.from_mixture(gm, dtype=dtype,
+                                            parametrization=model_cfg.parametrization)
+    else:
+        model = model_cfg.build()
+        gen = torch.Generator().manual_seed(train_cfg.seed)
+        model.initialize(train, train_cfg.init, generator=gen)
+        t = time.perf_counter()
+        log(0, t, _mean_nll(model, train), _mean_nll(model, valid), None)
+        paused += time.perf_counter() - t
+
+        def grad_epoch(epoch: int, loss: float) -> None:
+            nonlocal paused
+            t = time.perf_counter()
+            if not math.isfinite(loss):
+                raise ConfigError(f"{train_cfg.objective} loss became {loss} at epoch {epoch}; "
+                                  f"lower --lr or set --clip")
+            log(epoch, t, _mean_nll(model, train), _mean_nll(model, valid), loss)
+            paused += time.perf_counter() - t
+
+        options: dict[str, Any] = {}
+        if train_cfg.objective == "ssm":
+            options = {"n_slices": train_cfg.n_slices, "projection": train_cfg.projection}
+        fit_density(model, train, train_cfg.objective, epochs=train_cfg.epochs,
+                    batch_size=train_cfg.batch_size, lr=train_cfg.lr, clip=train_cfg.clip,
+                    seed=train_cfg.seed, callback=grad_epoch, **options)
+    final = {"train_nll": _mean_nll(model, train), "valid_nll": _mean_nll(model, valid),
+             "seconds": metrics[-1]["seconds"] if metrics else 0.0}
+    save_checkpoint(model, out, {"epochs": train_cfg.epochs, "final": final})
+    _write_report(out, model_cfg, train_cfg, data_cfg, final, len(train), len(valid))
+    return model, metrics
+
+
+def _write_report(out: Path, model_cfg: DensityModelConfig, train_cfg: DensityTrainConfig,
+                  data_cfg: DensityDataConfig, final: dict, n_train: int, n_valid: int) -> None:
+    lines = [f"# Flat GMM, {train_cfg.objective.upper()} on {data_cfg.name}", "",
+             f"- **model**: K = {model_cfg.n_components}, D = {model_cfg.n_features}, "
+             f"{model_cfg.covariance_type} covariance ({model_cfg.parametrization}), "
+             f"{model_cfg.dtype}",
+             f"- **training**: {train_cfg.objective}, {train_cfg.epochs} epochs, init "
+             f"{train_cfg.init}, seed {train_cfg.seed}"
+             + ("" if train_cfg.objective == "em" else
+                f", Adam lr {train_cfg.lr}, batch {train_cfg.batch_size or 'full'}"),
+             f"- **data**: {n_train} training rows, {n_valid} validation rows", "",
+             "| split | mean log-likelihood (nats) |", "|---|---|",
+             f"| train | {-final['train_nll']:.4f} |", f"| validation | {-final['valid_nll']:.4f} |",
+             "", f"Training time {final['seconds']:.2f} s (evaluation excluded). Per-epoch "
+             f"values: `{METRICS_FILE}`.", ""]
+    write_text_atomic(out / "report.md", "\n".join(lines))
+
+
+def read_density_config(directory: str | Path
+                        ) -> tuple[DensityModelConfig, DensityTrainConfig, DensityDataConfig]:
+    """The three strict sections of a density run's ``config.json``."""
+    config = read_config(directory)
+    where = f"{Path(directory) / CONFIG_FILE}"
+    try:
+        model = config_from_dict(DensityModelConfig, config["model"], where=f"{where} 'model'")
+        train = config_from_dict(DensityTrainConfig, config.get("train", {}),
+                                 where=f"{where} 'train'")
+        data = config_from_dict(DensityDataConfig, config.get("data", {}), where=f"{where} 'data'")
+    except DeepmixError as exc:
+        raise CheckpointError(str(exc)) from None
+    return model, train, data
+
+
+def load_density(directory: str | Path, device: str | torch.device = "cpu") -> MixtureDensity:
+    """Rebuild the :class:`MixtureDensity` of a density run folder from the folder alone."""
+    model_cfg, _, _ = read_density_config(directory)
+    model = model_cfg.build()
+    load_checkpoint(model, directory)
+    return model.to(device)
+
+
+def is_density_run(config: dict) -> bool:
+    """Whether a parsed ``config.json`` belongs to a flat-GMM density run."""
+    model = config.get("model")
+    return isinstance(model, dict) and model.get("family") == "gmm"
+

@@ -1,7 +1,7 @@
 """``deepmix <command>``: train, sample, in-paint and score deep mixture models of images.
 
 Commands: fetch, train, evaluate, sample, inpaint, variants, outliers, cluster, sample-quality,
-report, demo.
+report, fit-gmm, demo.
 
 Errors a user can cause are printed as one line (``deepmix: error: ...``) with exit status 2.
 """
@@ -13,15 +13,15 @@ import sys
 from typing import Sequence
 
 from ..errors import DeepmixError
-from . import (cluster, demo, evaluate, fetch, inpaint, outliers, report, sample, sample_quality,
-               train, variants)
+from . import (cluster, demo, evaluate, fetch, fit_gmm, inpaint, outliers, report, sample,
+               sample_quality, train, variants)
 
 __all__ = ["main", "build_parser"]
 
 COMMANDS = {"fetch": fetch, "train": train, "evaluate": evaluate, "sample": sample,
             "inpaint": inpaint, "variants": variants, "outliers": outliers,
             "cluster": cluster, "sample-quality": sample_quality, "report": report,
-            "demo": demo}
+            "fit-gmm": fit_gmm, "demo": demo}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -300,3 +300,34 @@ def test_fit_classifier_on_frozen_features_learns_digits_and_leaves_gmms_alone(d
         fit_classifier(model, images[:4], [0, 1, 2, 10], epochs=1)
     with pytest.raises(InputError, match="no classifier"):
         accuracy(DCGMM("F(4,2)-G(4)", input_shape=(8, 8, 1)), images[:4], labels[:4])
+
+
+def test_review_fixes_sampling_inpainting_and_classifier_sources(digit_model, digits):
+    images, _ = digits
+    x = images[1::2][:8]
+    obs = make_mask("right-half", (8, 8))
+    # Drawn completions come from the posterior: different seeds, different completions.
+    a = inpaint(digit_model, x, obs, mode="sample", seed=1)
+    b = inpaint(digit_model, x, obs, mode="sample", seed=2)
+    assert not torch.equal(a, b)
+    # C(S, 2) over a Folding layer above the top GMM sees the second-highest GMM, not the top.
+    m = DCGMM("F(4,2)-G(4)-F(3,1)-G(3)-F(1,1)-C(4,2)", input_shape=(8, 8, 1))
+    assert m.classifier_sources == [1]
+    # Labels are checked before batching.
+    clf = DCGMM("F(4,2)-G(4)-F(3,1)-G(3)-C(4)", input_shape=(8, 8, 1))
+    with pytest.raises(InputError, match="5 labels for 6"):
+        clf.sample(6, labels=[0, 1, 2, 3, 0], batch_size=4)
+    with pytest.raises(InputError, match="integers"):
+        clf.sample(6, labels=["a"] * 6, batch_size=4)
+    # An (N, H, W) hidden mask for corrupt(); a GMM of another size is a clear error.
+    from deepmix.inference import corrupt
+
+    hidden = ~torch.as_tensor(obs).expand(8, 8, 8)
+    out = corrupt(x, hidden, "constant")
+    assert torch.equal(out[:, :, 4:], torch.ones_like(out[:, :, 4:]))
+    gm = GaussianMixture(2, covariance_type="diag", random_state=0, max_iter=200).fit(
+        torch.rand(50, 10, dtype=torch.float64))
+    with pytest.raises(InputError, match="pixel values"):
+        flat_gmm_inpaint(gm, x, obs)
+    with pytest.raises(InputError, match="outlier maps"):
+        inpaint_unknown(digit_model, x, {"a": np.zeros((8, 3, 3), bool)})

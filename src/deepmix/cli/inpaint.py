@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="posterior mean (least squares) or drawn completions")
     p.add_argument("--iterations", type=positive_int, default=1)
     p.add_argument("--top-s", type=positive_int, default=None,
-                   help="components kept per position (default: all for mean, 1 for sample)")
+                   help="components kept per position (default: all)")
     p.add_argument("--divisor", type=float, default=float("inf"),
                    help="noise of drawn completions: std 1/(d*divisor)")
     p.add_argument("--seed", type=int, default=0)

@@ -21,7 +21,7 @@ import torch
 
 from ..data import load_images
 from ..errors import DataError
-from ..inference import (evaluate, inpaint, make_mask, missing_mse)
+from ..inference import as_observed, evaluate, inpaint, make_mask, missing_mse
 from ..plots.grids import save_grid
 from ..plots.html import HtmlPage
 from ..training.checkpoint import load_model, read_config
@@ -127,7 +127,7 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
     rows = []
     k = min(12, x.shape[0])
     for name in ("right-half", "center"):
-        obs = torch.as_tensor(make_mask(name, x.shape[1:3]))[None, :, :, None].expand_as(x)
+        obs = as_observed(make_mask(name, x.shape[1:3]), x)
         done = inpaint(model, x, obs)
         mse = missing_mse(done, x, obs)
         metrics[f"inpainting_mse_{name}"] = mse

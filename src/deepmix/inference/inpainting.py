@@ -85,7 +85,8 @@ def as_observed(observed: Any, images: torch.Tensor) -> torch.Tensor:
     """
     N, H, W, C = images.shape
     try:
-        m = torch.as_tensor(np.asarray(observed.cpu() if torch.is_tensor(observed) else observed))
+        m = torch.as_tensor(np.ascontiguousarray(
+            observed.cpu() if torch.is_tensor(observed) else observed))
     except (TypeError, ValueError):
         raise InputError(f"mask must be a boolean array, got {type(observed).__name__}") from None
     if m.dtype != torch.bool:
@@ -99,6 +100,8 @@ def as_observed(observed: Any, images: torch.Tensor) -> torch.Tensor:
         m = m.view(1, H, W, C)
     elif shape == (N, H, W):
         m = m.view(N, H, W, 1)
+    elif shape == (N, H, W, 1):
+        m = m.view(N, H, W, 1)
     elif shape == (N, H, W, C) or shape == (1, H, W, C) or shape == (H, W, 1):
         m = m.reshape(-1, H, W, C) if shape != (H, W, 1) else m.view(1, H, W, 1)
     else:
@@ -111,6 +114,8 @@ def corrupt(images: torch.Tensor, hidden: torch.Tensor, kind: str = "noise", *,
             seed: int = 0) -> torch.Tensor:
     """``images`` (N, H, W, C) with the ``hidden`` pixels (boolean, same shape) replaced by
     uniform noise, a checkerboard or the constant 1: test inputs for unknown-mask in-painting."""
+    hidden = ~as_observed(~torch.as_tensor(np.ascontiguousarray(
+        hidden.cpu() if torch.is_tensor(hidden) else hidden)).bool(), images)
     if kind == "noise":
         gen = torch.Generator().manual_seed(int(seed))
         fill = torch.rand(images.shape, generator=gen).to(images)
@@ -177,22 +182,23 @@ def inpaint(model: Any, images: Any, observed: Any, *, iterations: int = 1, mode
 
     Arguments:
         model: a trained :class:`~deepmix.models.DCGMM`.
-        images: the images; values at unobserved pixels are ignored.
+        images: the images; values at unobserved pixels are ignored (but must be finite).
         observed: boolean mask, True = known (see :func:`as_observed` for shapes).
         iterations: passes; later passes let the upper layers see the current completion.
         mode: "mean" (posterior expectation, least squares) or "sample" (draws).
-        top_s: components kept per position; default all for "mean", 1 for "sample".
+        top_s: components kept per position; default all (posterior mean / posterior draws).
         divisor, pooling, sharpen: as in :meth:`DCGMM.sample` (``divisor=inf``: no noise).
         seed, generator: randomness of ``mode="sample"``.
 
-    Returns the completed images; observed pixels equal the input bit for bit.
+    Returns the completed images (N, H, W, C) in the model's dtype; observed pixels equal the
+    input (converted to that dtype and layout) bit for bit.
     """
     if mode not in ("mean", "sample"):
         raise InputError(f"in-painting mode must be 'mean' or 'sample', got '{mode}'")
     if int(iterations) < 1:
         raise InputError(f"iterations must be >= 1, got {iterations}")
     if top_s is None:
-        top_s = 1 if mode == "sample" else max(g.K for g in model.gmm_layers)
+        top_s = max(g.K for g in model.gmm_layers)
     x = model.check_images(images)
     obs = as_observed(observed, x)
     gen = model._generator(generator, seed)
@@ -246,9 +252,15 @@ def inpaint_unknown(model: Any, images: Any, outliers: Mapping[int, Any], *,
     N = x.shape[0]
     maps: dict[int, torch.Tensor] = {}
     for key, value in outliers.items():
-        idx = model._gmm_layer_index(int(key))
+        try:
+            number = int(key)
+            t = torch.as_tensor(np.ascontiguousarray(
+                value.cpu() if torch.is_tensor(value) else value)).bool()
+        except (TypeError, ValueError):
+            raise InputError(f"outlier maps must be {{GMM number: boolean (N, H, W) array}}, got "
+                             f"key {key!r} with a {type(value).__name__}") from None
+        idx = model._gmm_layer_index(number)
         H, W, _ = model.layers[idx].input_shape
-        t = torch.as_tensor(np.asarray(value.cpu() if torch.is_tensor(value) else value))
         if tuple(t.shape) != (N, H, W):
             raise InputError(f"outlier map of GMM {key} must be (N, H, W) = ({N}, {H}, {W}), got "
                              f"{tuple(t.shape)}")
@@ -276,7 +288,7 @@ def inpaint_unknown(model: Any, images: Any, outliers: Mapping[int, Any], *,
         return torch.where(maps[i].unsqueeze(-1), t, acts[i])
 
     if top_s is None:
-        top_s = 1 if mode == "sample" else max(g.K for g in model.gmm_layers)
+        top_s = max(g.K for g in model.gmm_layers)
     gen = model._generator(None, seed)
     gen_x = model.top_down(None, top, n=N, top_s=top_s, divisor=divisor, mode=mode,
                            generator=gen, fuse=fuse)
@@ -297,7 +309,10 @@ def flat_gmm_inpaint(gm: Any, images: Any, observed: Any) -> torch.Tensor:
     if getattr(gm, "covariance_type", None) not in ("diag", "spherical"):
         raise InputError("flat_gmm_inpaint needs a fitted GaussianMixture with diag or "
                          "spherical covariances")
-    x = torch.as_tensor(np.asarray(images), dtype=torch.float64)
+    x = torch.as_tensor(np.asarray(images.cpu() if torch.is_tensor(images) else images))
+    if not x.is_floating_point():
+        raise InputError(f"images must be floats in [0, 1], got dtype {x.dtype}")
+    x = x.to(torch.float64)
     if x.dim() == 3:
         x = x.unsqueeze(-1)
     if x.dim() != 4:
@@ -306,15 +321,19 @@ def flat_gmm_inpaint(gm: Any, images: Any, observed: Any) -> torch.Tensor:
     N = x.shape[0]
     X = x.reshape(N, -1)
     M = obs.reshape(N, -1).to(torch.float64)
-    mu = torch.as_tensor(gm.means_, dtype=torch.float64)                    # (K, D)
-    var = torch.as_tensor(gm.covariances_, dtype=torch.float64)
+    mu = torch.as_tensor(gm.means_).to("cpu", torch.float64)                # (K, D)
+    var = torch.as_tensor(gm.covariances_).to("cpu", torch.float64)
+    if X.shape[1] != mu.shape[1]:
+        raise InputError(f"images have {X.shape[1]} pixel values, the GMM models "
+                         f"{mu.shape[1]} dimensions")
     if var.dim() == 1:
         var = var.unsqueeze(1).expand_as(mu)
     prec = 1.0 / var
     Xm = X * M
     ll = (Xm * Xm) @ prec.T - 2.0 * Xm @ (prec * mu).T + M @ (prec * mu * mu).T
     ll = -0.5 * (ll + M @ torch.log(2 * math.pi * var).T)
-    post = torch.softmax(ll + torch.log(torch.as_tensor(gm.weights_, dtype=torch.float64)), dim=1)
+    post = torch.softmax(ll + torch.log(torch.as_tensor(gm.weights_).to("cpu", torch.float64)),
+                         dim=1)
     fill = post @ mu
     out = torch.where(M > 0, X, fill).reshape(x.shape)
     return out.to(torch.float32)

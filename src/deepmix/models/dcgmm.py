@@ -123,9 +123,10 @@ class DCGMM(nn.Module):
 
     @staticmethod
     def _classifier_sources(layers: list[Layer], n: int) -> list[int]:
-        """Indices of the n - 1 highest GMM layers below the layer that feeds C(S, n)."""
-        below = len(layers) - 1
-        gmms = [j for j, l in enumerate(layers[:below]) if isinstance(l, GMM)]
+        """Indices of the n - 1 highest GMM layers below the top GMM (which feeds C(S, n),
+        possibly through Folding/Pooling layers)."""
+        top = max(j for j, l in enumerate(layers) if isinstance(l, GMM))
+        gmms = [j for j in range(top) if isinstance(layers[j], GMM)]
         if len(gmms) < n - 1:
             raise SpecError(f"C(S,{n}) needs {n - 1} GMM layers below the one it sits on, "
                             f"the model has {len(gmms)}")
@@ -348,11 +349,11 @@ class DCGMM(nn.Module):
             raise InputError(f"top_s must be >= 1, got {top_s}")
         generator = self._generator(generator, seed)
         if batch_size is not None and 0 < batch_size < n:
-            lab = None if labels is None else torch.as_tensor(labels).reshape(-1)
+            lab = None if labels is None else self.check_labels(labels, n)
             parts = []
             for start in range(0, n, batch_size):
                 m = min(batch_size, n - start)
-                part_labels = None if lab is None else (lab if lab.numel() == 1 else lab[start:start + m])
+                part_labels = None if lab is None else lab[start:start + m]
                 parts.append(self.sample(m, top_s=top_s, divisor=divisor, use_pi=use_pi,
                                          labels=part_labels, pooling=pooling,
                                          generator=generator, clip=clip, sharpen=sharpen))
@@ -388,6 +389,8 @@ class DCGMM(nn.Module):
         """Class labels as int64 (n,) on the model's device; one label is repeated n times."""
         if self.classifier is None:
             raise InputError(f"model {self.spec()} has no classifier layer C(S)")
+        if torch.is_tensor(labels):
+            labels = labels.cpu()
         try:
             lab = torch.as_tensor(np.asarray(labels), device=self.device)
         except (TypeError, ValueError):

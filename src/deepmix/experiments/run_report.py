@@ -116,8 +116,10 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
         per = 8
         labels = torch.arange(S).repeat_interleave(per)
         page.heading("Class-conditional samples")
-        picture("samples_by_class", model.sample(len(labels), labels=labels, seed=seed),
-                f"one row per class 0..{S - 1}", ncol=per)
+        # S=1 would make every draw of a class the same image (the class signal is fixed):
+        # top-3 sampling shows the class's variety.
+        picture("samples_by_class", model.sample(len(labels), labels=labels, seed=seed, top_s=3),
+                f"one row per class 0..{S - 1} (top-3 sampling)", ncol=per)
         acc = accuracy(model, x, y.clamp_max(S - 1)) if int(y.max()) < S else None
         if acc is not None:
             metrics["classification_accuracy"] = acc

@@ -54,7 +54,7 @@ D = 784
 DISCRETE_SHIFT = D * math.log(256.0)
 
 
-def load_class(c: int, seed: int, leaf: str) -> dict[str, torch.Tensor]:
+def load_class(c: int | str, seed: int, leaf: str) -> dict[str, torch.Tensor]:
     """Flattened images of class c: train (first 50,000 training images), valid (last 10,000), test.
 
     Gaussian leaves: dequantised (x + u) / 256 in [0, 1]; Binomial leaves: raw 0..255 values.
@@ -70,8 +70,13 @@ def load_class(c: int, seed: int, leaf: str) -> dict[str, torch.Tensor]:
     x = pixels(full)
     labels = torch.from_numpy(full.labels)
     idx = torch.arange(len(full))
-    test = pixels(load_images("mnist", "test", classes=[c]))
-    return {"train": x[(labels == c) & (idx < 50_000)], "valid": x[(labels == c) & (idx >= 50_000)],
+    if c == "all":  # the multi-class circuit: one density over every digit
+        test = pixels(load_images("mnist", "test"))
+        keep = torch.ones_like(labels, dtype=torch.bool)
+    else:
+        test = pixels(load_images("mnist", "test", classes=[int(c)]))
+        keep = labels == int(c)
+    return {"train": x[keep & (idx < 50_000)], "valid": x[keep & (idx >= 50_000)],
             "test": test.reshape(len(test), D)}
 
 
@@ -145,7 +150,9 @@ def pictures(model: EinsumNetwork, test: torch.Tensor, stem: Path, seed: int, sc
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--classes", type=int, nargs="+", default=[4, 7, 8])
+    ap.add_argument("--classes", nargs="+", default=["4", "7", "8"],
+                    help="digit classes, one circuit each; 'all' trains one multi-class circuit "
+                         "on every digit")
     ap.add_argument("--objectives", nargs="+", default=["em", "sgd", "ssm"], choices=["em", "sgd", "sm", "ssm"])
     ap.add_argument("--structure", default="pd", choices=["pd", "rat"])
     ap.add_argument("--leaf", default="gaussian", choices=["gaussian", "binomial"])
@@ -170,6 +177,7 @@ def main() -> None:
     if args.append and out.with_suffix(".json").exists():
         rows = json.loads(out.with_suffix(".json").read_text())["rows"]
     for c in args.classes:
+        c = c if c == "all" else int(c)
         data = load_class(c, args.seed, args.leaf)
         for obj in args.objectives:
             torch.manual_seed(args.seed)
@@ -194,7 +202,7 @@ def main() -> None:
             "leaf": args.leaf,
             "min_var": args.min_var, "max_var": args.max_var, "seed": args.seed, "threads": args.threads,
             "torch": torch.__version__, "machine": platform.machine(), "processor": platform.processor()}
-    rows.sort(key=lambda r: (r["class"], ["em", "sgd", "sm", "ssm"].index(r["objective"])))
+    rows.sort(key=lambda r: (str(r["class"]), ["em", "sgd", "sm", "ssm"].index(r["objective"])))
     write_json_atomic(out.with_suffix(".json"), {"settings": meta, "rows": rows})
     write_report(out, rows, args.leaf, args.structure)
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import warnings
 
 import numpy as np
 import pytest

@@ -268,21 +268,9 @@ class InlierStatistics:
     @classmethod
     def load(cls, path: str | Path) -> "InlierStatistics":
         """Read statistics written by :meth:`save`; :class:`CheckpointError` if unusable."""
-        from safetensors import safe_open
+        from ..utils.io import read_safetensors
 
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"inlier statistics file {path} does not exist")
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = fh.metadata() or {}
-                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-        except Exception as exc:  # safetensors has its own error types for damaged files
-            raise CheckpointError(f"inlier statistics file {path} is corrupt "
-                                  f"({type(exc).__name__}: {exc})") from None
-        if meta.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not an inlier statistics file "
-                                  f"(format {meta.get('format')!r}, expected {FORMAT!r})")
+        tensors, meta = read_safetensors(path, "inlier statistics file", FORMAT)
         self = cls()
         try:
             for key, t in tensors.items():

@@ -198,20 +198,9 @@ def _save(clf: ReferenceClassifier, path: Path) -> None:
 
 def _load(path: Path) -> ReferenceClassifier:
     """Read a cached classifier; :class:`CheckpointError` naming the defect if it is unusable."""
-    from safetensors import safe_open
+    from ..utils.io import read_safetensors
 
-    if not path.is_file():
-        raise CheckpointError(f"no reference classifier at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types for a damaged header
-        raise CheckpointError(f"reference classifier {path} is corrupt "
-                              f"({type(exc).__name__}: {exc})") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"reference classifier {path} has format {meta.get('format')!r}, "
-                              f"expected {FORMAT!r}")
+    tensors, meta = read_safetensors(path, "reference classifier", FORMAT)
     if meta.get("sha256") != _digest(tensors):
         raise CheckpointError(f"reference classifier {path} fails its SHA-256 check (damaged)")
     try:

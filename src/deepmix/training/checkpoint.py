@@ -11,12 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError, DeepmixError
 from ..utils.config import config_from_dict, config_to_dict
-from ..utils.io import atomic_path, write_json_atomic
+from ..utils.io import atomic_path, read_safetensors, write_json_atomic
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "save_model", "save_checkpoint",
            "read_config", "load_model", "load_checkpoint"]
@@ -81,17 +80,7 @@ def read_config(directory: str | Path) -> dict:
 def load_checkpoint(model: torch.nn.Module, directory: str | Path) -> dict[str, Any]:
     """Load weights into ``model`` (shapes must match exactly); returns the trainer state."""
     path = Path(directory) / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            metadata = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as exc:  # safetensors raises its own error types for every corruption
-        raise CheckpointError(f"{path} is corrupt or not a safetensors file "
-                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
-    if metadata.get("format") != FORMAT:
-        raise CheckpointError(f"{path} was not written by deepmix ({FORMAT})")
+    tensors, metadata = read_safetensors(path, "weights file", FORMAT)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))

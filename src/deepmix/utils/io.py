@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["atomic_path", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
+__all__ = ["read_safetensors", "atomic_path", "write_bytes_atomic", "write_text_atomic", "write_json_atomic"]
 
 
 @contextmanager
@@ -55,3 +55,29 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_safetensors(path: str | Path, what: str, fmt: str) -> tuple[dict, dict]:
+    """(tensors, metadata) of a safetensors file written by deepmix, read onto the CPU.
+
+    Raises :class:`~deepmix.errors.CheckpointError` naming ``what`` when the file is missing,
+    damaged, or carries another ``format`` than ``fmt`` in its metadata.
+    """
+    from safetensors import safe_open
+
+    from ..errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for every corruption
+        raise CheckpointError(f"{what} {path} is corrupt or not a safetensors file "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+    if meta.get("format") != fmt:
+        raise CheckpointError(f"{what} {path} was not written by deepmix (format "
+                              f"{meta.get('format')!r}, expected {fmt!r})")
+    return tensors, meta

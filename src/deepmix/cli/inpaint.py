@@ -71,8 +71,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..data import load_images
     from ..inference import as_observed, inpaint, missing_mse
-    from ..plots import save_grid
-    from ..utils.io import write_json_atomic
 
     model, data_name, ds = load_run_and_data(args)
     x = model.check_images(ds.to_tensor()[: args.n])
@@ -88,11 +86,23 @@ def run(args: argparse.Namespace) -> int:
                    divisor=args.divisor, seed=args.seed)
     result["mse_missing"] = missing_mse(done, x, obs)
     shown = torch.where(obs, x, torch.full_like(x, 0.5))
-    n = x.shape[0]
-    save_grid(torch.cat([x, shown, done]).cpu(), args.out, ncol=n)
-    print(f"in-painted {n} images ({args.mask}, {args.mode}): MSE on missing pixels "
-          f"{result['mse_missing']:.4f} (data-mean fill {result['mse_missing_mean_fill']:.4f})")
-    print(f"wrote {args.out} (rows: originals, inputs with the hidden part grey, completions)")
+    return _write(args, result, [x, shown, done],
+                  f"in-painted {x.shape[0]} images ({args.mask}, {args.mode}): MSE on missing "
+                  f"pixels {result['mse_missing']:.4f} (data-mean fill "
+                  f"{result['mse_missing_mean_fill']:.4f})",
+                  "originals, inputs with the hidden part grey, completions")
+
+
+def _write(args: argparse.Namespace, result: dict, rows: list, summary: str, layout: str) -> int:
+    """Grid PNG (one row per tensor in ``rows``), the summary line and the optional JSON."""
+    import torch
+
+    from ..plots import save_grid
+    from ..utils.io import write_json_atomic
+
+    save_grid(torch.cat(rows).cpu(), args.out, ncol=rows[0].shape[0])
+    print(summary)
+    print(f"wrote {args.out} (rows: {layout})")
     if args.json:
         write_json_atomic(args.json, result)
         print(f"wrote {args.json}")
@@ -103,8 +113,6 @@ def _run_unknown(args, model, x, obs, train, result: dict) -> int:
     import torch
 
     from ..inference import InlierStatistics, corrupt, inpaint_unknown, mask_iou, missing_mse
-    from ..plots import save_grid
-    from ..utils.io import write_json_atomic
 
     corrupted = corrupt(x, ~obs, args.corruption, seed=args.seed)
     stats = InlierStatistics().fit(model, train[: args.stats_images])
@@ -119,14 +127,9 @@ def _run_unknown(args, model, x, obs, train, result: dict) -> int:
                    "mse_missing": missing_mse(done, x, obs),
                    "mse_missing_corrupted_input": missing_mse(corrupted, x, obs)})
     shown = torch.where(detected.unsqueeze(-1), torch.full_like(x, 0.5), corrupted)
-    n = x.shape[0]
-    save_grid(torch.cat([x, corrupted, shown, done]).cpu(), args.out, ncol=n)
-    print(f"unknown mask ({args.corruption}, c={args.c}, {args.method}): detected-mask IoU "
-          f"{result['iou']:.3f}; MSE on the hidden pixels {result['mse_missing']:.4f} (corrupted "
-          f"input {result['mse_missing_corrupted_input']:.4f}, data-mean fill "
-          f"{result['mse_missing_mean_fill']:.4f})")
-    print(f"wrote {args.out} (rows: originals, corrupted, detected part grey, completions)")
-    if args.json:
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}")
-    return 0
+    return _write(args, result, [x, corrupted, shown, done],
+                  f"unknown mask ({args.corruption}, c={args.c}, {args.method}): detected-mask IoU "
+                  f"{result['iou']:.3f}; MSE on the hidden pixels {result['mse_missing']:.4f} "
+                  f"(corrupted input {result['mse_missing_corrupted_input']:.4f}, data-mean fill "
+                  f"{result['mse_missing_mean_fill']:.4f})",
+                  "originals, corrupted, detected part grey, completions")

@@ -28,14 +28,17 @@ HERE = Path(__file__).resolve().parent
 YARDSTICK = HERE.parent.parent / "shared" / "bench" / "naive_layer_epoch.py"
 
 
-def time_epoch(arch: str, x: torch.Tensor, batch_size: int, seed: int = 0) -> float:
+def time_epoch(arch: str, x: torch.Tensor, batch_size: int, seed: int = 0,
+               device: str = "cpu") -> float:
     model = deepmix.DCGMM(arch, seed=seed)
     deepmix.train(model, x[: 20 * batch_size], config=deepmix.TrainConfig(
-        epochs=1, batch_size=batch_size, delay=0.0), progress=False)  # warm-up
+        epochs=1, batch_size=batch_size, delay=0.0, device=device), progress=False)  # warm-up
     model = deepmix.DCGMM(arch, seed=seed)
     t = time.perf_counter()
     deepmix.train(model, x, config=deepmix.TrainConfig(epochs=1, batch_size=batch_size,
-                                                       delay=0.0), progress=False)
+                                                       delay=0.0, device=device), progress=False)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     return time.perf_counter() - t
 
 
@@ -55,18 +58,20 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--yardstick", action="store_true", help="also time the shared yardstick")
     ap.add_argument("--json", default=str(HERE / "results" / "train_speed.json"))
+    ap.add_argument("--device", default="cpu", help="torch device (the yardstick stays on the CPU)")
     args = ap.parse_args()
 
     x = load_images("mnist", "train").to_tensor()
     results = {"batch_size": args.batch_size, "n_images": int(x.shape[0]),
                "torch": torch.__version__, "threads": torch.get_num_threads(),
-               "machine": platform.processor() or platform.machine(), "archs": {}}
+               "machine": platform.processor() or platform.machine(), "device": args.device,
+               "archs": {}}
     ys = yardstick() if args.yardstick else None
     if ys is not None:
         results["yardstick_s"] = ys
         print(f"yardstick (naive F(8,2)-G(25) epoch): {ys:.2f} s")
     for arch in args.archs:
-        s = time_epoch(arch, x, args.batch_size)
+        s = time_epoch(arch, x, args.batch_size, device=args.device)
         row = {"seconds_per_epoch": s, "images_per_second": x.shape[0] / s}
         if ys:
             row["ratio_to_yardstick"] = s / ys

@@ -59,6 +59,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="torch device of training and scoring")
     ap.add_argument("--out", help="output path without suffix (default: benchmarks/results/"
                     "reproduce_outliers, or reproduce_outliers_quick with --quick)")
     args = ap.parse_args()
@@ -72,11 +73,12 @@ def main() -> None:
     meta = {"command": "benchmarks/reproduce/outliers.py " + " ".join(
                 ["--quick"] * args.quick + ["--archs", *archs, "--datasets", *args.datasets,
                  "--epochs", str(epochs), "--seeds", *map(str, args.seeds)]),
-            "torch": torch.__version__, "threads": args.threads, "machine": platform.machine()}
+            "torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
+            "device": args.device}
     for arch in archs:  # architectures outermost: a partial run fills both columns
         for dataset in args.datasets:
             for seed in args.seeds:
-                r = run_cell(arch, dataset, seed=seed, epochs=epochs)
+                r = run_cell(arch, dataset, seed=seed, epochs=epochs, device=args.device)
                 rows.append(r)
                 layers = ", ".join(f"L{x['layer']} {x['auroc']:.1f}" for x in r["layers"])
                 print(f"{dataset:13s} {arch} seed {seed}: top AUROC {r['top_auroc']:.1f}% "
@@ -89,7 +91,7 @@ def main() -> None:
                     "Outlier detection AUROC (%), top GMM layer, inliers = test classes 1-9, "
                     "outliers = test class 0, trained on train classes 1-9 (batch 100, "
                     "true log-likelihood as score; the paper: 25-80 epochs, mean of 5 runs).\n\n"
-                    f"`{meta['command']}` ({args.threads} torch thread(s), shared CPU; "
+                    f"`{meta['command']}` ({args.threads} torch thread(s), device {args.device}; "
                     f"wall {time.perf_counter() - start:.0f} s)\n\n" + table + "\n"))
     print(_table(rows, archs, args.datasets))
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")

@@ -40,12 +40,13 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 def trained_model(arch: str, data: str, *, classes: Sequence[int] | None = None,
                   epochs: int = 10, batch_size: int = 100, seed: int = 0,
                   cache: str | Path | None = None, spec_suffix: str = "",
-                  labels: bool = False, progress: bool = False,
+                  labels: bool = False, progress: bool = False, device: str = "cpu",
                   **train_options: Any) -> tuple[DCGMM, float]:
     """Train ``arch`` (+ ``spec_suffix``, e.g. ``-C(10,2)``) on ``data`` or load it from ``cache``.
 
-    Returns (model, training seconds; 0.0 when loaded). The cache key names the architecture,
-    data, classes, epochs, batch size and seed; an incomplete cached run is trained anew.
+    Returns (model on ``device``, training seconds; 0.0 when loaded). The cache key names the
+    architecture, data, classes, epochs, batch size and seed; an incomplete cached run is
+    trained anew.
     """
     from ..models.spec import resolve_architecture
 
@@ -58,14 +59,15 @@ def trained_model(arch: str, data: str, *, classes: Sequence[int] | None = None,
     if run is not None and (run / WEIGHTS_FILE).is_file() and (run / CONFIG_FILE).is_file():
         cfg = read_config(run)
         if cfg.get("train", {}).get("epochs") == epochs:
-            return load_model(run), 0.0
+            return load_model(run, device=device), 0.0
     ds = load_images(data, "train", classes=list(classes) if classes is not None else None)
     model = DCGMM(spec, input_shape=ds.shape, seed=seed)
     if run is not None and run.exists():
         import shutil
 
         shutil.rmtree(run)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, **train_options)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                      **train_options)
     t0 = time.perf_counter()
     train(model, ds.to_tensor(), ds.labels if labels else None, config=cfg, out_dir=run,
           progress=progress, data_info={"name": data, "split": "train",

@@ -217,7 +217,8 @@ def _load(path: Path) -> ReferenceClassifier:
 def train_reference_classifier(dataset: str, *, epochs: int | None = None, seed: int = 0,
                                batch_size: int = 100, lr: float = 1e-3,
                                schedule: str = "cosine", max_train: int | None = None,
-                               save: bool = True, progress: bool = False) -> ReferenceClassifier:
+                               save: bool = True, progress: bool = False,
+                               device: str | torch.device = "cpu") -> ReferenceClassifier:
     r"""Train the Table VII CNN on the training split of ``dataset``; report its test accuracy.
 
     Arguments:
@@ -235,8 +236,11 @@ def train_reference_classifier(dataset: str, *, epochs: int | None = None, seed:
         max_train: use only the first ``max_train`` training images (tests, quick looks).
         save: write the result to :func:`classifier_path` (atomically).
         progress: print one line per epoch.
+        device: where to train (the result lives on the CPU; a GPU draws other dropout masks,
+            so its network differs from a CPU run's of the same seed).
     """
     from ..data import load_images
+    from ..utils.device import resolve_device
 
     if epochs is not None and epochs < 1:
         raise InputError(f"epochs must be >= 1, got {epochs}")
@@ -259,17 +263,22 @@ def train_reference_classifier(dataset: str, *, epochs: int | None = None, seed:
         epochs = max(3, math.ceil(600 / steps_per_epoch))
     n_classes = int(max(train_ds.labels.max(), test_ds.labels.max())) + 1
     gen = torch.Generator().manual_seed(int(seed))
-    with torch.random.fork_rng(devices=[]):  # seeds dropout without touching the caller's RNG
+    dev = resolve_device(device)
+    # Seeds dropout without touching the caller's RNG (the device's too, on a GPU).
+    rng_devices = [dev.index if dev.index is not None else torch.cuda.current_device()] \
+        if dev.type == "cuda" else []
+    with torch.random.fork_rng(devices=rng_devices):
         torch.manual_seed(int(seed))
-        net = SampleQualityCNN(train_ds.shape, n_classes)
-        seconds = _fit(net, x, y, gen, epochs=epochs, batch_size=batch_size, lr=lr,
-                       schedule=schedule, progress=progress)
-    net.eval()
+        net = SampleQualityCNN(train_ds.shape, n_classes).to(dev)
+        seconds = _fit(net, x.to(dev), y.to(dev), gen, epochs=epochs, batch_size=batch_size,
+                       lr=lr, schedule=schedule, progress=progress)
+    net.cpu().eval()
     clf = ReferenceClassifier(net, {
         "format": FORMAT, "dataset": _canonical(dataset), "input_shape": list(train_ds.shape),
         "n_classes": n_classes, "padding": net.padding, "epochs": epochs, "seed": seed,
         "batch_size": batch_size, "lr": lr, "schedule": schedule, "n_train": int(len(x)),
         "train_seconds": round(seconds, 2), "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
     })
     clf.info["test_accuracy"] = clf.accuracy(test_ds.to_tensor(), test_ds.labels)
     if save:
@@ -289,7 +298,7 @@ def _fit(net: SampleQualityCNN, x: torch.Tensor, y: torch.Tensor, gen: torch.Gen
     start = time.perf_counter()
     for epoch in range(epochs):
         net.train()
-        order = torch.randperm(len(x), generator=gen)
+        order = torch.randperm(len(x), generator=gen).to(x.device)
         total = 0.0
         for i in range(0, len(x), batch_size):
             idx = order[i:i + batch_size]

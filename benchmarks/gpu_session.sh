@@ -63,7 +63,7 @@ log "reproduction jobs ended"
 for f in "$RES"/*.md; do [ -f "$f" ] && { echo "== $(basename "$f")"; cat "$f"; } >>"$LOG"; done
 
 # Speed on the GPU alone (no other job left).
-timeout 120 $PY benchmarks/train_speed.py --archs 1L 2L-c B E F --device "$DEVICE" \
+timeout 90 $PY benchmarks/train_speed.py --archs 1L 2L-c B E F --device "$DEVICE" \
     --json "$RES/train_speed_cuda.json" >>"$LOG" 2>&1
 cp -r "${DEEPMIX_DATA:-$HOME/.cache/deepmix}/classifiers" "$RES/" 2>/dev/null
 tar -czf "$OUT_DIR/results.tgz" -C "$WORK" results

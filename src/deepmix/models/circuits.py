@@ -819,6 +819,9 @@ class EinsumNetwork(nn.Module):
               generator: torch.Generator | None) -> torch.Tensor:
         """Top-down pass: ``mode`` "sample" (ancestral / posterior sampling) or "mpe" (argmax)."""
         dev, dt = self._ref.device, self._ref.dtype
+        # Draws happen where the generator lives: a CPU generator (the default) gives the same
+        # samples on every device, a generator on the model's device avoids the copies.
+        gdev = generator.device if generator is not None else torch.device("cpu")
         weights = self._weights()
         kept = None
         if x is not None:
@@ -829,7 +832,8 @@ class EinsumNetwork(nn.Module):
 
         def choose(logits: torch.Tensor) -> torch.Tensor:
             if mode == "sample":
-                u = torch.rand(logits.shape, generator=generator, dtype=torch.float64).to(dev)
+                u = torch.rand(logits.shape, generator=generator, dtype=torch.float64,
+                               device=gdev).to(dev)
                 logits = logits - torch.log(-torch.log(u.clamp_min(1e-300))).to(logits.dtype)  # Gumbel-max
             return logits.argmax(-1)
 
@@ -880,14 +884,16 @@ class EinsumNetwork(nn.Module):
             p = self.probability[d[None], r[None], kk].double()                          # (n, pairs, C)
             count = torch.full_like(p, float(self.total_count))
             if mode == "sample":
-                mu = torch.binomial(count.cpu(), p.cpu(), generator=generator).to(device=dev, dtype=dt)
+                mu = torch.binomial(count.to(gdev), p.to(gdev),
+                                    generator=generator).to(device=dev, dtype=dt)
             else:  # the mode of Binomial(N, p)
                 mu = torch.floor((count + 1) * p).clamp_max(self.total_count).to(dt)
         else:
             mu = self.mean[d[None], r[None], kk]                                        # (n, pairs, C)
             if mode == "sample":
                 sd = self.variance[d[None], r[None], kk].sqrt()
-                eps = torch.randn(mu.shape, generator=generator, dtype=torch.float64).to(device=dev, dtype=dt)
+                eps = torch.randn(mu.shape, generator=generator, dtype=torch.float64,
+                                  device=gdev).to(device=dev, dtype=dt)
                 mu = mu + sd * eps
         out = torch.zeros(n, self.num_var, self.num_dims, dtype=dt, device=dev)
         out.index_add_(1, d, mu * active[..., None].to(dt))  # exactly one active factor per variable
@@ -902,7 +908,8 @@ class EinsumNetwork(nn.Module):
         ``condition=(x, mask)`` (mask True = observed) draws the missing entries of every row of
         x from :math:`p(x_{\\text{missing}} \\mid x_{\\text{observed}})` exactly (choices weighted by
         the children's marginal likelihood of the evidence); observed entries are kept. ``n``
-        defaults to, and must equal, the number of rows then.
+        defaults to, and must equal, the number of rows then. ``generator`` may live on the CPU
+        (the same draws on every device) or on the model's device.
         """
         if condition is None:
             if n is None or int(n) != n or n < 1:

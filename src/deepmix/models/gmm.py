@@ -76,14 +76,16 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
         return torch.cat([torch.addmm(x2[r, None] + c2, X[r], Ct, alpha=-2.0).clamp_min_(0.0)
                           for r in _chunks(N, rows)])
 
+    # Draws happen where the generator lives: a CPU generator picks the same seeds on any device.
+    gdev = generator.device if generator is not None else X.device
     if plus_plus:
         trials = 2 + int(math.log(k)) if k > 1 else 1
-        first = int(torch.randint(N, (1,), generator=generator, device=X.device))
+        first = int(torch.randint(N, (1,), generator=generator, device=gdev))
         centres = [X[first]]
         closest = sqdist(X[first:first + 1])[:, 0]
         for _ in range(1, k):
             total = closest.sum()
-            u = torch.rand(trials, generator=generator, device=X.device, dtype=X.dtype) * total
+            u = torch.rand(trials, generator=generator, device=gdev, dtype=X.dtype).to(X.device) * total
             cand = torch.searchsorted(closest.cumsum(0), u).clamp_max(N - 1)
             d_cand = torch.minimum(closest[:, None], sqdist(X[cand]))   # (N, trials)
             best = int(d_cand.sum(0).argmin())
@@ -91,7 +93,7 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
             closest = d_cand[:, best].contiguous()
         C = torch.stack(centres)
     else:
-        C = X[torch.randperm(N, generator=generator, device=X.device)[:k]].clone()
+        C = X[torch.randperm(N, generator=generator, device=gdev)[:k].to(X.device)].clone()
     threshold = tol * float(X.var(0).mean())
     labels = sqdist(C).argmin(1)
     for _ in range(n_iter):
@@ -312,8 +314,8 @@ class GaussianMixture(nn.Module):
             onehot = torch.nn.functional.one_hot(labels, K).to(self.dtype)
             self._m_step(X, onehot, XX)
             return
-        idx = torch.randperm(N, generator=gen, device=X.device)[:K]
-        w = torch.rand(K, generator=gen, device=X.device, dtype=self.dtype) + 1e-3
+        idx = torch.randperm(N, generator=gen)[:K].to(X.device)
+        w = torch.rand(K, generator=gen, dtype=self.dtype).to(X.device) + 1e-3
         mean = X.mean(0)
         if self.covariance_type == "full":
             Xc = X - mean
@@ -344,7 +346,8 @@ class GaussianMixture(nn.Module):
         if N < self.n_components:
             raise InputError(f"Expected n_samples >= n_components but got n_components = "
                              f"{self.n_components}, n_samples = {N}")
-        gen = torch.Generator(device=self.device)
+        # A CPU generator: the same random_state gives the same fit on every device.
+        gen = torch.Generator()
         gen.manual_seed(int(self.random_state) if self.random_state is not None
                         else int(torch.seed() % 2**63))
         XX = self._squares(X)
@@ -368,7 +371,7 @@ class GaussianMixture(nn.Module):
                 if self.em == "batch":
                     self._m_step(X, resp, XX)
                 else:
-                    order = torch.randperm(N, generator=gen, device=self.device)
+                    order = torch.randperm(N, generator=gen).to(self.device)
                     for rows in _chunks(N, self.stepwise_batch):
                         idx = order[rows]
                         self._stepwise_update(X[idx], None if XX is None else XX[idx])
@@ -429,7 +432,7 @@ class GaussianMixture(nn.Module):
             if X.shape[0] < self.n_components:
                 raise InputError(f"Expected n_samples >= n_components in the first batch but got "
                                  f"n_components = {self.n_components}, n_samples = {X.shape[0]}")
-            gen = torch.Generator(device=self.device)
+            gen = torch.Generator()
             gen.manual_seed(int(self.random_state) if self.random_state is not None
                             else int(torch.seed() % 2**63))
             self._initialize(X, XX, gen)
@@ -482,16 +485,22 @@ class GaussianMixture(nn.Module):
     @torch.no_grad()
     def sample(self, n_samples: int = 1, *, generator: torch.Generator | None = None,
                seed: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``n_samples`` points; returns (X (n, D), component labels (n,))."""
+        """Draw ``n_samples`` points; returns (X (n, D), component labels (n,)).
+
+        Draws happen where ``generator`` lives (default: a CPU generator seeded by ``seed``, so
+        a seed gives the same points on every device).
+        """
         self._check_fitted()
         if n_samples < 1:
             raise InputError(f"n_samples must be >= 1, got {n_samples}")
         if generator is None:
-            generator = torch.Generator(device=self.device)
+            generator = torch.Generator()
             generator.manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
-        labels = torch.multinomial(self.weights_, n_samples, replacement=True, generator=generator)
+        gdev = generator.device
+        labels = torch.multinomial(self.weights_.to(gdev), n_samples, replacement=True,
+                                   generator=generator).to(self.device)
         eps = torch.randn(n_samples, self.means_.shape[1], generator=generator,
-                          device=self.device, dtype=self.dtype)
+                          device=gdev, dtype=self.dtype).to(self.device)
         mu = self.means_[labels]
         if self.covariance_type == "full":
             L = torch.linalg.cholesky(self.covariances_)[labels]
@@ -720,10 +729,11 @@ class MixtureDensity(nn.Module):
         if int(n) < 1:
             raise InputError(f"n must be >= 1, got {n}")
         dtype, device = self.means.dtype, self.means.device
-        labels = torch.multinomial(torch.softmax(self.logits, 0), int(n), replacement=True,
-                                   generator=generator)
-        eps = torch.randn(int(n), self.n_features, generator=generator, dtype=dtype)
-        eps = eps.to(device)
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        labels = torch.multinomial(torch.softmax(self.logits, 0).to(gdev), int(n),
+                                   replacement=True, generator=generator).to(device)
+        eps = torch.randn(int(n), self.n_features, generator=generator, dtype=dtype,
+                          device=gdev).to(device)
         if self.covariance_type == "diag":
             return self.means[labels] + eps * torch.exp(0.5 * self.log_var[labels])
         R = self._precision_factor()                        # P = R R^T, so Sigma = R^-T R^-1

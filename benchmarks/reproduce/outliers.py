@@ -5,6 +5,8 @@ usage: PYTHONPATH=src .venv/bin/python benchmarks/reproduce/outliers.py [--quick
        [--archs A B ...] [--datasets mnist fashion-mnist] [--epochs N] [--seeds 0 1 ...]
 
 --quick: architectures A and B, 3 epochs, both data sets, one seed (a few minutes on a CPU).
+--merge F.json ...: no training; one table from the rows of earlier runs' JSON files (runs
+split over processes or machines, e.g. benchmarks/gpu_session.sh), written to --out.
 Writes benchmarks/results/reproduce_outliers.json and .md (with --quick:
 reproduce_outliers_quick.json / .md) after every cell, so an interrupted
 run keeps what it finished. Torch runs on --threads threads (default 1).
@@ -60,9 +62,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="torch device of training and scoring")
+    ap.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="merge the rows of these result files into one table (no training)")
     ap.add_argument("--out", help="output path without suffix (default: benchmarks/results/"
                     "reproduce_outliers, or reproduce_outliers_quick with --quick)")
     args = ap.parse_args()
+    if args.merge:
+        _merge(args)
+        return
     torch.set_num_threads(args.threads)
     archs = args.archs or (["A", "B"] if args.quick else list(ARCHS))
     epochs = args.epochs or (3 if args.quick else 10)
@@ -94,6 +101,30 @@ def main() -> None:
                     f"`{meta['command']}` ({args.threads} torch thread(s), device {args.device}; "
                     f"wall {time.perf_counter() - start:.0f} s)\n\n" + table + "\n"))
     print(_table(rows, archs, args.datasets))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+def _merge(args: argparse.Namespace) -> None:
+    import json
+
+    if not args.out:
+        raise SystemExit("--merge needs --out")
+    rows, sources = [], []
+    for name in args.merge:
+        data = json.loads(Path(name).read_text())
+        rows += data["rows"]
+        sources.append({"file": Path(name).name, "command": data.get("command"),
+                        "device": data.get("device", "cpu")})
+    archs = [a for a in ARCHS if any(r["arch"] == a for r in rows)]
+    datasets = [d for d in DATASETS if any(r["dataset"] == d for r in rows)]
+    out = Path(args.out)
+    table = _table(rows, archs, datasets)
+    write_json_atomic(out.with_suffix(".json"), {"merged_from": sources, "rows": rows})
+    write_text_atomic(out.with_suffix(".md"), (
+        "Outlier detection AUROC (%), top GMM layer, inliers = test classes 1-9, outliers = "
+        "test class 0, trained on train classes 1-9 (batch 100, true log-likelihood as score), "
+        "merged from " + ", ".join(f"`{s['file']}`" for s in sources) + ".\n\n" + table + "\n"))
+    print(table)
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session in one command: the CUDA tests, the papers' reproductions run side by side on
 # the GPU, then training speed on the GPU alone. Made for a lent GPU machine whose python3 holds
-# torch (see CONTRIBUTING.md, "GPU sessions"); every part is cut at its own deadline so a fixed
+# torch (README, "GPU runs"); every part is cut at its own deadline so a fixed
 # wall-clock budget always returns results.
 #
 # usage: benchmarks/gpu_session.sh OUT_DIR [DEADLINE_S=430] [EPOCHS=25]

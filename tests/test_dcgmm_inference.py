@@ -113,6 +113,18 @@ def test_sharpening_increases_the_target_loss(pooled_model, layer):
         assert (tight - x).pow(2).mean() < 0.5 * (loose - x).pow(2).mean()
 
 
+def test_sharpening_with_a_huge_step_stays_a_valid_activity(digit_model):
+    """A step far too large for the concave objective overshoots; the result stays in [0, 1]
+    (pixels and responsibilities alike) instead of running off to inf/NaN."""
+    from deepmix.inference import Sharpening
+
+    x = digit_model.sample(16, seed=0, sharpen=Sharpening(iterations=50, rate=100.0))
+    assert torch.isfinite(x).all() and x.min() >= 0 and x.max() <= 1
+    x0 = torch.rand(4, 8, 8, 1, generator=torch.Generator().manual_seed(0))
+    y = sharpen(digit_model, x0, 0, iterations=50, rate=100.0)
+    assert torch.isfinite(y).all() and y.min() >= 0 and y.max() <= 1
+
+
 def test_sharpened_sampling_runs_in_pixel_space_and_is_reproducible(pooled_model):
     a = pooled_model.sample(5, seed=3, sharpen={"iterations": 5})
     b = pooled_model.sample(5, seed=3, sharpen=Sharpening(iterations=5))

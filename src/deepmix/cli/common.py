@@ -51,8 +51,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser, *, divisor: float = 10.0,
                    help="up-sampling of Pooling layers")
     p.add_argument("--sharpen", action="store_true",
                    help="sharpen after Folding/Pooling layers by gradient ascent")
-    p.add_argument("--sharpen-iterations", type=int, default=100)
-    p.add_argument("--sharpen-rate", type=float, default=0.1)
+    p.add_argument("--sharpen-iterations", type=int, default=300)
+    p.add_argument("--sharpen-rate", type=float, default=0.01,
+                   help="step on each sample's objective: the reference's rate / its batch size")
     p.add_argument("--sharpen-wrec", type=float, default=0.0,
                    help="weight of the reconstruction term of sharpening")
     p.add_argument("--sharpen-target", type=int, default=None,

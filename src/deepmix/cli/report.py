@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-samples", type=positive_int, default=64)
     p.add_argument("--n-test", type=positive_int, default=1000,
                    help="test images used for the figures")
-    p.add_argument("--sharpen-iterations", type=positive_int, default=50)
+    p.add_argument("--sharpen-iterations", type=positive_int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 

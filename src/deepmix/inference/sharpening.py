@@ -9,7 +9,12 @@ overlapping patches or up-sample, which blurs. Sharpening corrects the backward 
 
 where :math:`f` forwards :math:`X` up to a higher GMM layer :math:`L'` (default: the next one up)
 and :math:`\ell_\sigma` is that layer's training loss at its current sigma. Each sample's
-objective is its own mean over positions, so the step does not depend on the batch size.
+objective is its own mean over positions, so the step does not depend on the batch size. The
+reference code ascends the *batch* mean instead, so its rate :math:`\epsilon` at batch size B is
+:math:`\epsilon / B` here. The defaults (300 steps at rate 0.01) are the paper's Fig. 5 setting
+(rate 1.0, 300 steps) at a batch of 100. Much larger products of rate and steps pull faint
+strokes into the background component and erase them; the reconstruction term's weight has the
+reference's meaning (its 0-0.1 barely restrains the ascent).
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ class Sharpening:
 
     Arguments:
         iterations: gradient-ascent steps per sharpened layer (reference 100-300).
-        rate: step size (reference 0.1-0.2; the paper's Fig. 5 used 1.0 with 300 steps).
+        rate: step size on each sample's own objective: the reference's rate divided by its
+            batch size (reference 0.1-0.2, the paper's Fig. 5 1.0, both at batch 100).
         w_rec: weight of the reconstruction term keeping X near the unsharpened signal.
         target: GMM layer whose loss is raised, as a GMM number (0-based, negative from the
             top); ``None``: the next GMM layer above each sharpened layer.
@@ -40,8 +46,8 @@ class Sharpening:
             ``None``: every Folding/Pooling layer with a GMM layer above it.
     """
 
-    iterations: int = 100
-    rate: float = 0.1
+    iterations: int = 300
+    rate: float = 0.01
     w_rec: float = 0.0
     target: int | None = None
     layers: Sequence[int] | None = None
@@ -108,7 +114,7 @@ def sharpening_objective(model: Any, x: torch.Tensor, layer: int, target: int) -
 
 
 def sharpen(model: Any, x0: torch.Tensor, layer: int, *, target: int | None = None,
-            iterations: int = 100, rate: float = 0.1, w_rec: float = 0.0) -> torch.Tensor:
+            iterations: int = 300, rate: float = 0.01, w_rec: float = 0.0) -> torch.Tensor:
     """Sharpen ``x0``, the backward output of Folding/Pooling layer ``layer`` (its input space).
 
     Arguments:
@@ -119,7 +125,7 @@ def sharpen(model: Any, x0: torch.Tensor, layer: int, *, target: int | None = No
             next GMM layer above ``layer``.
         iterations, rate, w_rec: gradient ascent steps, step size, reconstruction weight.
 
-    Returns the sharpened tensor (no gradient attached).
+    Returns the sharpened tensor (no gradient attached), kept in [0, 1] like every activity.
     """
     if not 0 <= layer < len(model.layers) or not isinstance(model.layers[layer], (Folding, Pooling)):
         raise InputError(f"sharpening applies to Folding or Pooling layers; layer {layer} is "
@@ -138,7 +144,10 @@ def sharpen(model: Any, x0: torch.Tensor, layer: int, *, target: int | None = No
             if w_rec:
                 j = j - w_rec * (x - x0).pow(2).flatten(1).mean(1).sum()
             (grad,) = torch.autograd.grad(j, x)
-            x = (x + rate * grad).detach()
+            # Every activity of a DCGMM (pixels scaled to [0, 1], responsibilities, their
+            # maxima) lies in [0, 1]: staying there keeps a too-large step from overshooting
+            # the concave objective into inf/NaN.
+            x = (x + rate * grad).clamp_(0.0, 1.0).detach()
     return x
 
 

@@ -130,3 +130,27 @@ def test_unavailable_device_is_a_clear_error(tmp_path, capsys):
     code, _, err = run(capsys, "train", "--arch", SPEC, "--data", "digits", "--epochs", "1",
                        "--out", str(tmp_path / "r"), "--device", "cuda", "--no-progress")
     assert code == 2 and "device 'cuda' is not available" in err
+
+
+def test_threads_option_and_environment(monkeypatch, tmp_path, capsys):
+    """``--threads`` / DEEPMIX_THREADS set torch's CPU threads before the command runs."""
+    import torch
+
+    from deepmix.cli.main import main
+
+    before = torch.get_num_threads()
+    try:
+        missing = str(tmp_path / "none")
+        assert main(["--threads", "2", "evaluate", missing]) == 2      # the command's own error
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("DEEPMIX_THREADS", "1")
+        assert main(["evaluate", missing]) == 2
+        assert torch.get_num_threads() == 1
+        monkeypatch.setenv("DEEPMIX_THREADS", "zero")
+        with pytest.raises(SystemExit):
+            main(["evaluate", missing])
+        assert "DEEPMIX_THREADS" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            main(["--threads", "0", "evaluate", missing])
+    finally:
+        torch.set_num_threads(before)

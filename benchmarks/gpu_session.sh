@@ -8,7 +8,7 @@
 #   DEEPMIX_DATA must point to a data cache holding mnist.npz and fashion-mnist.npz (and
 #   classifiers/ for the sample-quality CNNs, trained there when missing).
 #   MAXJ (default 4): jobs at a time. One GPU time-slices between processes: 2 ran at full
-#   speed, 5 at about 1/1.5 of it, 20 at about 1/10 (H200, 2026-11-26).
+#   speed, 5 at about half of it, 20 at about 1/10 (H200, 2026-11-26).
 #   PARTS (default "outliers classification sample_quality"): which tables to queue, in order.
 # Writes OUT_DIR/{session.log,pytest_cuda.txt,results.tgz}; results.tgz holds one JSON + Markdown
 # per job, their logs, and the merged outlier table outliers_merged.{json,md}.

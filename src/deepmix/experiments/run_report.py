@@ -105,8 +105,10 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
 
     page.heading("Samples")
     picture("samples", model.sample(n_samples, seed=seed), "top-S sampling (S=1, noise divisor 10)")
-    # Rate x steps = 3, as the default 300 x 0.01, in fewer (cheaper) steps.
-    rate = 3.0 / sharpen_iterations
+    # The default amount of ascent (rate x steps) in fewer, cheaper steps.
+    from ..inference.sharpening import Sharpening
+
+    rate = Sharpening.rate * Sharpening.iterations / sharpen_iterations
     sharp = model.sample(n_samples, seed=seed, sharpen={"iterations": sharpen_iterations,
                                                         "rate": rate})
     picture("samples_sharpened", sharp,

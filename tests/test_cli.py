@@ -69,6 +69,8 @@ def test_resume_continues_to_more_epochs(tmp_path, capsys):
     (["train", "--arch", "2L-c", "--data", "digits"], "layer 3 (F(11,11,1,1))"),
     (["train", "--arch", SPEC, "--data", "nosuchdata"], "nosuchdata"),
     (["train", "--arch", SPEC, "--data", "digits", "--classes", "1-x"], "--classes"),
+    (["train", "--arch", SPEC + "-C(10)", "--data", "digits", "--classifier-temperature", "0"],
+     "temperature"),
 ])
 def test_bad_input_gives_one_error_line(tmp_path, capsys, argv, needle):
     code, _, err = run(capsys, *argv, "--out", str(tmp_path / "r"), "--no-progress")
@@ -76,6 +78,16 @@ def test_bad_input_gives_one_error_line(tmp_path, capsys, argv, needle):
     lines = [line for line in err.splitlines() if line.startswith("deepmix: error:")]
     assert len(lines) == 1 and needle in lines[0], err
     assert "Traceback" not in err
+
+
+def test_classifier_temperature_is_saved_with_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "train", "--arch", SPEC + "-C(10)", "--data", "digits",
+                       "--epochs", "1", "--classifier-temperature", "8", "--out", str(out),
+                       "--no-progress")
+    assert code == 0, err
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["classifier_temperature"] == 8.0
 
 
 def test_missing_and_corrupt_run_folders(tmp_path, capsys):

@@ -343,3 +343,60 @@ def test_review_fixes_sampling_inpainting_and_classifier_sources(digit_model, di
         flat_gmm_inpaint(gm, x, obs)
     with pytest.raises(InputError, match="outlier maps"):
         inpaint_unknown(digit_model, x, {"a": np.zeros((8, 3, 3), bool)})
+
+
+def test_tempered_features_are_the_posterior_at_temperature_t(digits, tmp_path):
+    """softmax(log r / T) equals softmax(s / T) of the GMM's own log-scores, sums to one per
+    position, is the identity at T = 1, and the temperature survives a checkpoint."""
+    from deepmix.inference.classification import classifier_features, set_temperature
+
+    images, _ = digits
+    model = DCGMM("F(4,2)-G(6)-F(3,1)-G(5)-C(10,2)", input_shape=(8, 8, 1), seed=0)
+    model.fit(images[:200], epochs=2, batch_size=20, progress=False)
+    x = images[:7]
+    plain = classifier_features(model, x)
+    set_temperature(model, 4.0)
+    tempered = classifier_features(model, x)
+    assert tempered.shape == plain.shape and not torch.allclose(tempered, plain)
+    with torch.no_grad():
+        outs = model.activations(x)
+        s_top = model.layers[3].log_scores(model.layers[2](outs[1]))
+        s_low = model.layers[1].log_scores(model.layers[0](model.check_images(x)))
+    expect = torch.cat([torch.softmax(s_top / 4.0, -1).flatten(1),
+                        torch.softmax(s_low / 4.0, -1).flatten(1)], 1)
+    # Exact up to the responsibility floor (r < 1e-18 is stored as 0: (1e-18)^(1/4) ~ 3e-5).
+    torch.testing.assert_close(tempered, expect, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(tempered[:, :5].sum(1), torch.ones(7))
+    model.save(tmp_path / "run")
+    back = load_model(tmp_path / "run")
+    assert back.classifier.temperature == 4.0 == back.config.classifier_temperature
+    assert torch.equal(classifier_features(back, x), tempered)
+    set_temperature(model, 1)
+    assert torch.equal(classifier_features(model, x), plain)
+    for bad in (0, -1, float("nan"), "hot"):
+        with pytest.raises(SpecError, match="temperature"):
+            set_temperature(model, bad)
+    with pytest.raises(SpecError, match="temperature"):
+        DCGMM("F(4,2)-G(6)-C(3)", input_shape=(8, 8, 1), classifier_temperature=0.0)
+
+
+def test_choose_temperature_picks_by_held_out_accuracy(digits):
+    from deepmix.inference.classification import accuracy, choose_temperature, fit_classifier
+
+    images, labels = digits
+    model = DCGMM("F(4,2)-G(16)-F(3,1)-G(25)-C(10,2)", input_shape=(8, 8, 1), seed=0)
+    model.fit(images[::2], epochs=10, batch_size=20, progress=False)
+    weights = model.classifier.linear.weight.clone()
+    best, scores = choose_temperature(model, images[::2], labels[::2], grid=(1, 4),
+                                      epochs=15, val_fraction=0.2)
+    assert set(scores) == {1.0, 4.0} and all(0.0 <= v <= 1.0 for v in scores.values())
+    assert scores[best] == max(scores.values())
+    assert model.classifier.temperature == best == model.config.classifier_temperature
+    assert torch.equal(model.classifier.linear.weight, weights)    # only validation fits
+    fit_classifier(model, images[::2], labels[::2], epochs=40, lr=0.01, batch_size=32)
+    assert accuracy(model, images[1::2], labels[1::2]) > 0.78
+    with pytest.raises(InputError, match="val_fraction"):
+        choose_temperature(model, images[:20], labels[:20], val_fraction=1.5)
+    with pytest.raises(InputError, match="features were given"):
+        fit_classifier(model, images[:4], labels[:4], features=torch.zeros(4, 169),
+                       temperature=best + 1)

@@ -29,6 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--centroids-first", type=float, default=None, metavar="SIGMA",
                    help="freeze precisions until sigma <= SIGMA")
     p.add_argument("--dequantize", action="store_true", help="add uniform dequantisation noise")
+    p.add_argument("--classifier-temperature", type=float, default=1.0, metavar="T",
+                   help="a classifier layer sees tempered responsibilities softmax(log r / T) "
+                        "(default 1: the papers' classifier; about 10 classifies better)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -57,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         data_name = args.data or "mnist"
         classes = parse_classes(args.classes)
         ds = load_images(data_name, "train", classes=classes)
-        model = DCGMM(args.arch, input_shape=ds.shape, seed=args.seed)
+        model = DCGMM(args.arch, input_shape=ds.shape, seed=args.seed,
+                      classifier_temperature=args.classifier_temperature)
         cfg = TrainConfig(epochs=args.epochs or 3, batch_size=args.batch_size, lr=args.lr,
                           delay=args.delay, centroids_first=args.centroids_first,
                           dequantize=args.dequantize, seed=args.seed,

@@ -1,7 +1,8 @@
 """What trained models are used for: evaluation, sampling, sharpening, variants, in-painting,
 outliers and classification."""
 
-from .classification import accuracy, classifier_features, fit_classifier
+from .classification import (accuracy, choose_temperature, classifier_features, fit_classifier,
+                             set_temperature)
 from .evaluation import evaluate, layer_sees_pixels
 from .inpainting import (as_observed, corrupt, flat_gmm_inpaint, inpaint, inpaint_unknown, make_mask,
                          mask_iou, missing_mse)
@@ -13,4 +14,4 @@ from .variants import variants
 __all__ = ["evaluate", "layer_sees_pixels", "sample_to_files", "Sharpening", "sharpen",
            "variants", "inpaint", "inpaint_unknown", "corrupt", "make_mask", "as_observed",
            "flat_gmm_inpaint", "missing_mse", "mask_iou", "accuracy", "classifier_features",
-           "fit_classifier", "InlierStatistics", "detect_outliers", "outlier_scores"]
+           "fit_classifier", "set_temperature", "choose_temperature", "InlierStatistics", "detect_outliers", "outlier_scores"]

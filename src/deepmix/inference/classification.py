@@ -10,7 +10,7 @@ features are computed once, so each epoch is one pass of a linear model.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -18,8 +18,10 @@ import torch.nn.functional as F
 
 from ..errors import InputError
 from ..layers import Classifier
+from ..layers.classifier import check_temperature
 
-__all__ = ["classifier_features", "fit_classifier", "accuracy"]
+__all__ = ["classifier_features", "fit_classifier", "accuracy", "set_temperature",
+           "choose_temperature"]
 
 
 def _classifier(model: Any) -> Classifier:
@@ -30,14 +32,36 @@ def _classifier(model: Any) -> Classifier:
     return clf
 
 
+def set_temperature(model: Any, temperature: float) -> None:
+    """Set the temperature T of the classifier's tempered features (kept in the model config,
+    so a saved model predicts with it); see :class:`~deepmix.layers.Classifier`."""
+    clf = _classifier(model)
+    clf.temperature = check_temperature(temperature)
+    model.config.classifier_temperature = clf.temperature
+
+
+@torch.no_grad()
+def _raw_inputs(model: Any, images: Any, batch_size: int) -> list[torch.Tensor]:
+    """The classifier's untempered inputs: the layer below and each extra source, batched."""
+    clf = _classifier(model)
+    x = model.check_images(images)
+    below = len(model.layers) - 2
+    parts: list[list[torch.Tensor]] = [[] for _ in range(1 + len(clf.extra_shapes))]
+    for start in range(0, x.shape[0], batch_size):
+        outs = model.activations(x[start:start + batch_size], upto=below)
+        for i, o in enumerate([outs[below]] + [outs[j] for j in model.classifier_sources]):
+            parts[i].append(o)
+    return [torch.cat(p) for p in parts]
+
+
 @torch.no_grad()
 def classifier_features(model: Any, images: Any, *, batch_size: int = 500) -> torch.Tensor:
-    """The classifier's flattened, concatenated inputs (N, F) for ``images``."""
+    """The classifier's flattened, concatenated (and tempered) inputs (N, F) for ``images``."""
     clf = _classifier(model)
     x = model.check_images(images)
     below = len(model.layers) - 2
     parts = []
-    for start in range(0, x.shape[0], batch_size):
+    for start in range(0, x.shape[0], batch_size):  # batch by batch: one copy of the features
         outs = model.activations(x[start:start + batch_size], upto=below)
         parts.append(clf._flat(outs[below], [outs[j] for j in model.classifier_sources]))
     return torch.cat(parts)
@@ -53,18 +77,10 @@ def _labels(labels: Any, n: int, S: int, device: torch.device) -> torch.Tensor:
     return y.long().to(device)
 
 
-def fit_classifier(model: Any, images: Any, labels: Any, *, epochs: int = 30,
-                   lr: float = 1e-3, batch_size: int = 256, weight_decay: float = 0.0,
-                   seed: int = 0, features: torch.Tensor | None = None) -> list[dict]:
-    """Train only the classifier layer (Adam, cross-entropy) on the frozen GMM features.
-
-    Returns one row per epoch (mean training loss, accuracy, seconds). ``features`` may pass
-    precomputed :func:`classifier_features` of ``images``.
-    """
-    clf = _classifier(model)
-    X = classifier_features(model, images) if features is None else features
-    y = _labels(labels, X.shape[0], clf.S, X.device)
-    opt = torch.optim.Adam(clf.parameters(), lr=lr, weight_decay=weight_decay)
+def _train_linear(linear: torch.nn.Linear, X: torch.Tensor, y: torch.Tensor, *, epochs: int,
+                  lr: float, batch_size: int, weight_decay: float, seed: int) -> list[dict]:
+    """Softmax regression of ``linear`` on (X, y) by Adam; one history row per epoch."""
+    opt = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(int(seed))
     history = []
     for epoch in range(int(epochs)):
@@ -73,10 +89,11 @@ def fit_classifier(model: Any, images: Any, labels: Any, *, epochs: int = 30,
         total, correct = 0.0, 0
         for start in range(0, X.shape[0], batch_size):
             idx = order[start:start + batch_size]
-            logits = clf.linear(X[idx])
-            loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            with torch.enable_grad():
+                logits = linear(X[idx])
+                loss = F.cross_entropy(logits, y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
             opt.step()
             total += float(loss.detach()) * idx.numel()
             correct += int((logits.argmax(1) == y[idx]).sum())
@@ -84,6 +101,76 @@ def fit_classifier(model: Any, images: Any, labels: Any, *, epochs: int = 30,
                         "train_accuracy": correct / X.shape[0],
                         "seconds": time.perf_counter() - t0})
     return history
+
+
+def fit_classifier(model: Any, images: Any, labels: Any, *, epochs: int = 30,
+                   lr: float = 1e-3, batch_size: int = 256, weight_decay: float = 0.0,
+                   seed: int = 0, features: torch.Tensor | None = None,
+                   temperature: float | None = None) -> list[dict]:
+    """Train only the classifier layer (Adam, cross-entropy) on the frozen GMM features.
+
+    Returns one row per epoch (mean training loss, accuracy, seconds). ``features`` may pass
+    precomputed :func:`classifier_features` of ``images`` (at the classifier's temperature).
+    ``temperature`` first sets the temperature of the tempered features (see
+    :func:`set_temperature`, :func:`choose_temperature`).
+    """
+    clf = _classifier(model)
+    if temperature is not None:
+        if features is not None and check_temperature(temperature) != clf.temperature:
+            raise InputError("fit_classifier: features were given, so the temperature cannot "
+                             "change here; call set_temperature before computing them")
+        set_temperature(model, temperature)
+    X = classifier_features(model, images) if features is None else features
+    y = _labels(labels, X.shape[0], clf.S, X.device)
+    return _train_linear(clf.linear, X, y, epochs=epochs, lr=lr, batch_size=batch_size,
+                         weight_decay=weight_decay, seed=seed)
+
+
+def choose_temperature(model: Any, images: Any, labels: Any, *,
+                       grid: Sequence[float] = (1.0, 3.0, 10.0, 20.0),
+                       val_fraction: float = 0.1, epochs: int = 10, lr: float = 1e-3,
+                       batch_size: int = 256, seed: int = 0) -> tuple[float, dict[float, float]]:
+    """Pick the feature temperature by validation accuracy, and set it on the model.
+
+    A seeded ``val_fraction`` of ``images`` is held out; for each T of ``grid`` a fresh linear
+    classifier is fitted on the rest (``epochs`` of Adam) and scored on the held-out part. The GMM
+    forward pass runs once. Returns (best T, {T: validation accuracy}); ties go to the smaller T.
+    The classifier's weights are left as they were: fit it afterwards with
+    :func:`fit_classifier`.
+    """
+    clf = _classifier(model)
+    temps = [check_temperature(t) for t in grid]
+    if not temps:
+        raise InputError("choose_temperature needs at least one temperature in grid")
+    if not 0.0 < val_fraction < 1.0:
+        raise InputError(f"val_fraction must lie in (0, 1), got {val_fraction}")
+    raw = _raw_inputs(model, images, 500)
+    n = raw[0].shape[0]
+    n_val = max(1, int(round(val_fraction * n)))
+    if n - n_val < 1:
+        raise InputError(f"choose_temperature: {n} images leave nothing to fit on")
+    y = _labels(labels, n, clf.S, raw[0].device)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).to(y.device)
+    val, fit = order[:n_val], order[n_val:]
+    previous = clf.temperature
+    scores: dict[float, float] = {}
+    try:
+        for t in temps:
+            clf.temperature = t
+            X = clf._flat(raw[0], raw[1:])
+            linear = torch.nn.Linear(X.shape[1], clf.S).to(X.device, X.dtype)
+            torch.nn.init.zeros_(linear.weight)
+            torch.nn.init.zeros_(linear.bias)
+            _train_linear(linear, X[fit], y[fit], epochs=epochs, lr=lr, batch_size=batch_size,
+                          weight_decay=0.0, seed=seed)
+            with torch.no_grad():
+                scores[t] = float((linear(X[val]).argmax(1) == y[val]).float().mean())
+            del X
+    finally:
+        clf.temperature = previous
+    best = max(sorted(scores), key=lambda t: scores[t])
+    set_temperature(model, best)
+    return best, scores
 
 
 @torch.no_grad()

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..errors import InputError, SpecError
 from ..layers import GMM, Classifier, Folding, Layer, Pooling
+from ..layers.classifier import check_temperature
 from .spec import LayerSpec, format_spec, parse_spec, resolve_architecture
 
 __all__ = ["ModelConfig", "DCGMM", "as_images"]
@@ -36,6 +37,7 @@ class ModelConfig:
         d_init: start value of d, the square root of the precision (reference sqrt(20)).
         d_min, d_max: clamp of d after every step (reference upper clamp sqrt(20)).
         seed: seed of the initialisation.
+        classifier_temperature: T of a classifier layer's tempered features (1: the papers').
     """
 
     spec: str
@@ -46,6 +48,7 @@ class ModelConfig:
     d_max: float = math.sqrt(20.0)
     seed: int = 0
     name: str | None = field(default=None)
+    classifier_temperature: float = 1.0
 
 
 def as_images(x: Any, shape: Sequence[int], *, dtype: torch.dtype = torch.float32,
@@ -88,11 +91,14 @@ class DCGMM(nn.Module):
         input_shape: (H, W, C) of the images; default the architecture's own (28x28x1).
         mu_init, d_init, d_min, d_max: GMM initialisation and clamp (see :class:`ModelConfig`).
         seed: seed of the initialisation.
+        classifier_temperature: T of the classifier layer's tempered features
+            :math:`\\mathrm{softmax}(\\log r / T)` (see :class:`~deepmix.layers.Classifier`).
     """
 
     def __init__(self, spec: str, input_shape: Sequence[int] | None = None, *,
                  mu_init: float = 0.1, d_init: float = math.sqrt(20.0), d_min: float = 0.1,
-                 d_max: float = math.sqrt(20.0), seed: int = 0) -> None:
+                 d_max: float = math.sqrt(20.0), seed: int = 0,
+                 classifier_temperature: float = 1.0) -> None:
         super().__init__()
         text, native = resolve_architecture(spec)
         shape = tuple(int(v) for v in (input_shape or native or (28, 28, 1)))
@@ -101,7 +107,8 @@ class DCGMM(nn.Module):
         layer_specs = parse_spec(text)
         self.config = ModelConfig(spec=format_spec(layer_specs), input_shape=shape,
                                   mu_init=mu_init, d_init=d_init, d_min=d_min, d_max=d_max,
-                                  seed=seed, name=spec.strip() if "(" not in spec else None)
+                                  seed=seed, name=spec.strip() if "(" not in spec else None,
+                                  classifier_temperature=check_temperature(classifier_temperature))
         gen = torch.Generator().manual_seed(int(seed))
         layers: list[Layer] = []
         current = shape
@@ -142,12 +149,13 @@ class DCGMM(nn.Module):
         if ls.kind == "G":
             return GMM(shape, ls.args[0], ls.independent, mu_init=c.mu_init, d_init=c.d_init,
                        d_min=c.d_min, d_max=c.d_max, generator=gen)
-        return Classifier(shape, ls.args[0], extra_shapes)
+        return Classifier(shape, ls.args[0], extra_shapes, temperature=c.classifier_temperature)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "DCGMM":
         model = cls(config.spec, config.input_shape, mu_init=config.mu_init,
-                    d_init=config.d_init, d_min=config.d_min, d_max=config.d_max, seed=config.seed)
+                    d_init=config.d_init, d_min=config.d_min, d_max=config.d_max, seed=config.seed,
+                    classifier_temperature=config.classifier_temperature)
         model.config.name = config.name
         return model
 

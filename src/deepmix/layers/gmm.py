@@ -56,7 +56,10 @@ def _conv_weight_to_rows(gw: torch.Tensor, fold: Any) -> torch.Tensor:
 
 def _responsibilities(s: torch.Tensor) -> torch.Tensor:
     r = torch.softmax(s, dim=-1)
-    return torch.threshold(r, RESPONSIBILITY_FLOOR, 0.0)
+    if r.requires_grad:  # autograd needs softmax's own output: no in-place change
+        return torch.threshold(r, RESPONSIBILITY_FLOOR, 0.0)
+    # In place: a fresh (M, K) result costs ~10x the pass itself (allocation, page faults).
+    return torch.threshold_(r, RESPONSIBILITY_FLOOR, 0.0)
 
 
 class GMM(Layer):

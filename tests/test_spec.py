@@ -246,3 +246,25 @@ def test_class_conditional_sampling_with_folding_above_top_gmm():
     labels = torch.tensor([0, 1, 2, 0])
     s = model.sample(4, labels=labels, top_s=1, divisor=float("inf"), clip=False, seed=0)
     torch.testing.assert_close(s, _conditional_reference(model, labels))
+
+
+def test_outlier_reference_protocol_specs():
+    """The authors' outlier scripts: independent lower GMM layers, D's top G(25), own epochs."""
+    from deepmix.experiments.dcgmm_outliers import (ARCHS, REFERENCE_PROTOCOL, protocol_epochs,
+                                                    protocol_spec)
+    from deepmix.models import DCGMM
+
+    assert protocol_spec("E") == resolve_architecture("E")[0]
+    assert protocol_spec("E", "reference") == (
+        "F(3,3,1,1)-G(25,independent)-F(4,4,2,2)-G(25,independent)-F(12,12,1,1)-G(49)")
+    assert protocol_spec("D", "reference").endswith("F(5,5,1,1)-G(25)")
+    assert protocol_spec("A", "reference") == "F(28,28,1,1)-G(49)"
+    for arch in ARCHS:
+        model = DCGMM(protocol_spec(arch, "reference"))
+        flags = [g.independent for g in model.gmm_layers]
+        assert [i for i, f in enumerate(flags) if f] == list(REFERENCE_PROTOCOL[arch][0])
+        # The top GMM sees one position, so the topmost layer is never made independent.
+        assert model.gmm_layers[-1].input_shape[:2] == (1, 1) and not flags[-1]
+    assert protocol_epochs("C", "reference") == 15 and protocol_epochs("C") == 25
+    with pytest.raises(ValueError, match="protocol"):
+        protocol_spec("A", "paper")

@@ -5,6 +5,9 @@ usage: PYTHONPATH=src .venv/bin/python benchmarks/reproduce/outliers.py [--quick
        [--archs A B ...] [--datasets mnist fashion-mnist] [--epochs N] [--seeds 0 1 ...]
 
 --quick: architectures A and B, 3 epochs, both data sets, one seed (a few minutes on a CPU).
+--protocol reference: the settings of the authors' outlier scripts (independent lower GMM layers,
+per-architecture epochs unless --epochs is given; see deepmix.experiments.dcgmm_outliers); its
+rows are labelled "X (ref.)" and kept apart from the shared-parameter rows.
 --merge F.json ...: no training; one table from the rows of earlier runs' JSON files (runs
 split over processes or machines, e.g. benchmarks/gpu_session.sh), written to --out.
 Writes benchmarks/results/reproduce_outliers.json and .md (with --quick:
@@ -22,20 +25,30 @@ from pathlib import Path
 
 import torch
 
-from deepmix.experiments.dcgmm_outliers import ARCHS, DATASETS, published, run_cell
+from deepmix.experiments.dcgmm_outliers import (ARCHS, DATASETS, PROTOCOLS, protocol_epochs,
+                                                published, run_cell)
 from deepmix.utils.io import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
 
 
+def _label(row: dict) -> str:
+    return row["arch"] + (" (ref.)" if row.get("protocol", "shared") == "reference" else "")
+
+
 def _table(rows: list[dict], archs: list[str], datasets: list[str]) -> str:
+    """One line per architecture and protocol; ``archs`` fixes the order of architectures."""
+    labels = [lab for p in PROTOCOLS for a in archs
+              for lab in [a + (" (ref.)" if p == "reference" else "")]
+              if any(_label(r) == lab for r in rows)]
     head = "| arch | " + " | ".join(f"{d} ours | {d} published" for d in datasets) + \
         " | epochs | train s (per seed) |"
     lines = [head, "|---" * (2 * len(datasets) + 3) + "|"]
-    for arch in archs:
+    for label in labels:
+        arch = label.split()[0]
         cells, secs, epochs = [], [], set()
         for d in datasets:
-            got = [r for r in rows if r["arch"] == arch and r["dataset"] == d]
+            got = [r for r in rows if _label(r) == label and r["dataset"] == d]
             pub = published(arch, d)
             if got:
                 vals = [r["top_auroc"] for r in got]
@@ -48,7 +61,7 @@ def _table(rows: list[dict], archs: list[str], datasets: list[str]) -> str:
                 txt = "-"
             cells += [txt, "-" if pub is None else f"{pub:.1f}"]
         if any(c != "-" for c in cells[::2]):
-            lines.append(f"| {arch} | " + " | ".join(cells) + f" | "
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | "
                          f"{', '.join(map(str, sorted(epochs)))} | {'; '.join(secs)} |")
     return "\n".join(lines)
 
@@ -59,6 +72,8 @@ def main() -> None:
     ap.add_argument("--archs", nargs="+", choices=ARCHS)
     ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     ap.add_argument("--epochs", type=int)
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="shared",
+                    help="shared: Table V as written; reference: the authors' outlier scripts")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu", help="torch device of training and scoring")
@@ -72,23 +87,25 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     archs = args.archs or (["A", "B"] if args.quick else list(ARCHS))
-    epochs = args.epochs or (3 if args.quick else 10)
+    epochs = args.epochs or (3 if args.quick else None)  # None: 10, or the protocol's own
     out = Path(args.out or HERE.parent / "results" /
                ("reproduce_outliers_quick" if args.quick else "reproduce_outliers"))
     rows: list[dict] = []
     start = time.perf_counter()
     meta = {"command": "benchmarks/reproduce/outliers.py " + " ".join(
                 ["--quick"] * args.quick + ["--archs", *archs, "--datasets", *args.datasets,
-                 "--epochs", str(epochs), "--seeds", *map(str, args.seeds)]),
+                 *(["--epochs", str(epochs)] if epochs else []), "--protocol", args.protocol,
+                 "--seeds", *map(str, args.seeds)]),
             "torch": torch.__version__, "threads": args.threads, "machine": platform.machine(),
             "device": args.device}
     for arch in archs:  # architectures outermost: a partial run fills both columns
         for dataset in args.datasets:
             for seed in args.seeds:
-                r = run_cell(arch, dataset, seed=seed, epochs=epochs, device=args.device)
+                r = run_cell(arch, dataset, seed=seed, device=args.device, protocol=args.protocol,
+                             epochs=epochs or protocol_epochs(arch, args.protocol, default=10))
                 rows.append(r)
                 layers = ", ".join(f"L{x['layer']} {x['auroc']:.1f}" for x in r["layers"])
-                print(f"{dataset:13s} {arch} seed {seed}: top AUROC {r['top_auroc']:.1f}% "
+                print(f"{dataset:13s} {_label(r)} seed {seed}: top AUROC {r['top_auroc']:.1f}% "
                       f"(published {r['published']}), layers [{layers}], train "
                       f"{r['train_seconds']:.0f} s", flush=True)
                 table = _table(rows, archs, args.datasets)

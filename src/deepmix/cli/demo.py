@@ -82,9 +82,13 @@ def run(args: argparse.Namespace) -> int:
           data_info={"name": data, "split": "train", "classes": None, "levels": train_ds.levels})
     train_s = time.perf_counter() - t0
     if args.classifier_epochs > 0 and model.classifier is not None:
-        from ..inference import fit_classifier
+        from ..inference import choose_temperature, fit_classifier
         from ..training.checkpoint import load_checkpoint, read_config, save_model
 
+        # Tempered features (softmax(log r / T)) usually classify better than the papers' plain
+        # responsibilities; a short held-out check decides, so T = 1 stays when it is better.
+        choose_temperature(model, train_ds.to_tensor(), train_ds.labels, grid=(1.0, 10.0),
+                           epochs=2, batch_size=128, seed=args.seed)
         fit_classifier(model, train_ds.to_tensor(), train_ds.labels,
                        epochs=args.classifier_epochs, lr=1e-3, batch_size=128, seed=args.seed)
         # Keep the trainer state (for --resume) while saving the fitted classifier.
@@ -93,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
         save_model(model, run_dir, train=saved.get("train"), data=saved.get("data"), state=state)
 
     summary, _ = evaluate(model, test_ds.to_tensor(), levels=test_ds.levels)
+    if model.classifier is not None:
+        summary["classifier_temperature"] = model.classifier.temperature
     summary.update({"data": data, "split": "test", "train_seconds": train_s,
                     "seconds_per_epoch": train_s / cfg.epochs})
     write_json_atomic(out / "metrics.json", summary)

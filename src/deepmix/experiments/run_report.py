@@ -128,7 +128,11 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
         acc = accuracy(model, x, y.clamp_max(S - 1)) if int(y.max()) < S else None
         if acc is not None:
             metrics["classification_accuracy"] = acc
-            page.paragraph(f"Test accuracy of the classifier layer: {100 * acc:.2f} %.")
+            T = model.classifier.temperature
+            metrics["classifier_temperature"] = T
+            page.paragraph(f"Test accuracy of the classifier layer: {100 * acc:.2f} %"
+                           + (" (plain responsibilities)." if T == 1.0 else
+                              f" (tempered features softmax(log r / T), T = {T:g})."))
 
     page.heading("In-painting")
     rows = []

@@ -88,6 +88,9 @@ def test_classifier_temperature_is_saved_with_the_run(tmp_path, capsys):
     assert code == 0, err
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model"]["classifier_temperature"] == 8.0
+    code, _, err = run(capsys, "train", "--out", str(out), "--resume", "--epochs", "2",
+                       "--classifier-temperature", "3", "--no-progress")
+    assert code == 2 and "set when a run starts" in err and "Traceback" not in err
 
 
 def test_missing_and_corrupt_run_folders(tmp_path, capsys):

@@ -149,11 +149,12 @@ def test_sharpening_rejects_bad_options(pooled_model):
 
 
 # ------------------------------------------------------------------------ conditional sampling
-@pytest.mark.parametrize("spec", ["F(4,2)-G(8)-F(3,1)-G(8)-C(2)",
-                                  "F(4,2)-G(8)-F(3,1)-G(8)-C(2,2)"])
-def test_conditional_sampling_draws_the_requested_class(spec):
+@pytest.mark.parametrize("spec, temperature", [("F(4,2)-G(8)-F(3,1)-G(8)-C(2)", 1.0),
+                                               ("F(4,2)-G(8)-F(3,1)-G(8)-C(2,2)", 1.0),
+                                               ("F(4,2)-G(8)-F(3,1)-G(8)-C(2,2)", 5.0)])
+def test_conditional_sampling_draws_the_requested_class(spec, temperature):
     x, y = _two_class_images(600, seed=0)
-    model = DCGMM(spec, input_shape=(8, 8, 1), seed=0)
+    model = DCGMM(spec, input_shape=(8, 8, 1), seed=0, classifier_temperature=temperature)
     model.fit(x, y, epochs=15, batch_size=20, classifier_lr=0.5, progress=False)
     xt, yt = _two_class_images(200, seed=1)
     assert (model.predict(xt) == yt).float().mean() > 0.95
@@ -378,6 +379,17 @@ def test_tempered_features_are_the_posterior_at_temperature_t(digits, tmp_path):
             set_temperature(model, bad)
     with pytest.raises(SpecError, match="temperature"):
         DCGMM("F(4,2)-G(6)-C(3)", input_shape=(8, 8, 1), classifier_temperature=0.0)
+    # Tempering needs responsibility vectors: not through a Folding layer above the top GMM.
+    with pytest.raises(SpecError, match="directly on a GMM"):
+        DCGMM("F(4,2)-G(6)-F(3,1)-C(3)", input_shape=(8, 8, 1), classifier_temperature=2.0)
+    folded = DCGMM("F(4,2)-G(6)-F(3,1)-C(3)", input_shape=(8, 8, 1))
+    with pytest.raises(SpecError, match="directly on a GMM"):
+        set_temperature(folded, 2.0)
+    # A new temperature invalidates fitted weights: they are reset.
+    with torch.no_grad():
+        model.classifier.linear.weight.fill_(1.0)
+    set_temperature(model, 2.0)
+    assert not model.classifier.linear.weight.any()
 
 
 def test_choose_temperature_picks_by_held_out_accuracy(digits):
@@ -392,7 +404,9 @@ def test_choose_temperature_picks_by_held_out_accuracy(digits):
     assert set(scores) == {1.0, 4.0} and all(0.0 <= v <= 1.0 for v in scores.values())
     assert scores[best] == max(scores.values())
     assert model.classifier.temperature == best == model.config.classifier_temperature
-    assert torch.equal(model.classifier.linear.weight, weights)    # only validation fits
+    # Only validation fits touch no weights; a changed T resets the classifier to zero.
+    expect = weights if best == 1.0 else torch.zeros_like(weights)
+    assert torch.equal(model.classifier.linear.weight, expect)
     fit_classifier(model, images[::2], labels[::2], epochs=40, lr=0.01, batch_size=32)
     assert accuracy(model, images[1::2], labels[1::2]) > 0.78
     with pytest.raises(InputError, match="val_fraction"):

@@ -26,6 +26,7 @@ import torch
 
 from deepmix.data import load_images
 from deepmix.experiments.dcgmm_papers import PUBLISHED, markdown_table, mean_std, trained_model
+from deepmix.layers.classifier import check_temperature
 from deepmix.inference import (accuracy, choose_temperature, classifier_features, fit_classifier,
                                set_temperature)
 from deepmix.utils.io import write_json_atomic, write_text_atomic
@@ -47,6 +48,8 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="torch device of training and scoring")
     args = p.parse_args()
+    for t in args.temperatures:   # fail now, not after hours of training
+        check_temperature(t)
     if args.quick:
         args.datasets, args.seeds, args.epochs, args.clf_epochs = ["mnist"], [0], 3, 10
     torch.set_num_threads(args.threads)

@@ -87,6 +87,8 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     archs = args.archs or (["A", "B"] if args.quick else list(ARCHS))
+    if args.epochs is not None and args.epochs < 1:
+        raise SystemExit("--epochs must be >= 1")
     epochs = args.epochs or (3 if args.quick else None)  # None: 10, or the protocol's own
     out = Path(args.out or HERE.parent / "results" /
                ("reproduce_outliers_quick" if args.quick else "reproduce_outliers"))

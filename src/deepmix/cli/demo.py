@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
         # Tempered features (softmax(log r / T)) usually classify better than the papers' plain
         # responsibilities; a short held-out check decides, so T = 1 stays when it is better.
         choose_temperature(model, train_ds.to_tensor(), train_ds.labels, grid=(1.0, 10.0),
-                           epochs=2, batch_size=128, seed=args.seed)
+                           epochs=args.classifier_epochs, batch_size=128, seed=args.seed)
         fit_classifier(model, train_ds.to_tensor(), train_ds.labels,
                        epochs=args.classifier_epochs, lr=1e-3, batch_size=128, seed=args.seed)
         # Keep the trainer state (for --resume) while saving the fitted classifier.

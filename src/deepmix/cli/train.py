@@ -39,11 +39,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data import load_images
     from ..errors import ConfigError
+    from ..layers.classifier import check_temperature
     from ..models import DCGMM
     from ..training import TrainConfig, train
     from ..training.checkpoint import read_config, load_model
 
     out = Path(args.out)
+    if args.resume and args.classifier_temperature != 1.0:
+        raise ConfigError("--classifier-temperature is set when a run starts; on a trained "
+                          "model use deepmix.inference.set_temperature (then refit the "
+                          "classifier)")
     if args.resume:
         saved = read_config(out)
         data_info = saved.get("data", {})
@@ -57,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.arch:
             raise ConfigError("--arch is required (or --resume to continue a run)")
+        check_temperature(args.classifier_temperature)   # before loading any data
         data_name = args.data or "mnist"
         classes = parse_classes(args.classes)
         ds = load_images(data_name, "train", classes=classes)

@@ -34,10 +34,19 @@ def _classifier(model: Any) -> Classifier:
 
 def set_temperature(model: Any, temperature: float) -> None:
     """Set the temperature T of the classifier's tempered features (kept in the model config,
-    so a saved model predicts with it); see :class:`~deepmix.layers.Classifier`."""
+    so a saved model predicts with it); see :class:`~deepmix.layers.Classifier`.
+
+    A classifier fitted at another temperature does not fit the new features, so when T changes
+    its weights are reset to zero (the start of :func:`fit_classifier`): fit it again.
+    """
     clf = _classifier(model)
-    clf.temperature = check_temperature(temperature)
-    model.config.classifier_temperature = clf.temperature
+    t = model.check_classifier_temperature(temperature)
+    if t != clf.temperature:
+        with torch.no_grad():
+            clf.linear.weight.zero_()
+            clf.linear.bias.zero_()
+    clf.temperature = t
+    model.config.classifier_temperature = t
 
 
 @torch.no_grad()
@@ -133,23 +142,26 @@ def choose_temperature(model: Any, images: Any, labels: Any, *,
     """Pick the feature temperature by validation accuracy, and set it on the model.
 
     A seeded ``val_fraction`` of ``images`` is held out; for each T of ``grid`` a fresh linear
-    classifier is fitted on the rest (``epochs`` of Adam) and scored on the held-out part. The GMM
-    forward pass runs once. Returns (best T, {T: validation accuracy}); ties go to the smaller T.
-    The classifier's weights are left as they were: fit it afterwards with
-    :func:`fit_classifier`.
+    classifier is fitted on the rest (``epochs`` of Adam) and scored on the held-out part. Every
+    T gets the same training budget, and flatter (higher-T) features fit more slowly, so give
+    ``epochs`` the budget of the final :func:`fit_classifier`: the choice is the best T *for
+    that budget*. The GMM forward pass runs once. Returns (best T, {T: validation accuracy});
+    ties go to the smaller T. The model is left at the best T, its classifier reset to zero when
+    T changed (see :func:`set_temperature`): fit it afterwards with :func:`fit_classifier`.
     """
     clf = _classifier(model)
-    temps = [check_temperature(t) for t in grid]
+    temps = [model.check_classifier_temperature(t) for t in grid]
     if not temps:
         raise InputError("choose_temperature needs at least one temperature in grid")
     if not 0.0 < val_fraction < 1.0:
         raise InputError(f"val_fraction must lie in (0, 1), got {val_fraction}")
-    raw = _raw_inputs(model, images, 500)
-    n = raw[0].shape[0]
+    x = model.check_images(images)
+    n = x.shape[0]
     n_val = max(1, int(round(val_fraction * n)))
     if n - n_val < 1:
         raise InputError(f"choose_temperature: {n} images leave nothing to fit on")
-    y = _labels(labels, n, clf.S, raw[0].device)
+    y = _labels(labels, n, clf.S, x.device)   # before the (long) forward pass
+    raw = _raw_inputs(model, x, 500)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).to(y.device)
     val, fit = order[:n_val], order[n_val:]
     previous = clf.temperature

@@ -17,8 +17,14 @@ the posterior of the same GMM at temperature T (s: its log-scores). Trained GMM 
 are nearly one-hot (a vector quantisation of the patches); tempering keeps the runner-up
 components visible to the linear map, which raises test accuracy (see
 ``benchmarks/reproduce/classification.py``). T = 1 is the papers' classifier. The GMM layers are
-untouched either way. The features are computed from the layer's stored responsibilities, which
-are floored at ``RESPONSIBILITY_FLOOR`` (1e-18), so they equal softmax(s / T) up to that floor.
+untouched either way. Tempering needs responsibility vectors, so with T != 1 every input of the
+classifier must be a GMM layer's output (no Folding/Pooling between the top GMM and C). The
+features are computed from the stored responsibilities, in which values below
+``RESPONSIBILITY_FLOOR`` (1e-18) are exact zeros; those enter as 1e-30, so the features equal
+softmax(s / T) except on components whose responsibility is below the floor.
+For class-conditional sampling the inverted signal lives in tempered-feature space; it is mapped
+back per position by :math:`c \mapsto \mathrm{softmax}(T \log c)` (the inverse of tempering up to
+normalisation) before the GMM layers below use it.
 """
 
 from __future__ import annotations
@@ -129,4 +135,9 @@ class Classifier(Layer):
         flat = (t - self.linear.bias) @ self.linear.weight
         parts = torch.split(flat, self.sizes, dim=1)
         shapes = [self.input_shape] + self.extra_shapes
-        return [p.reshape(-1, *sh) for p, sh in zip(parts, shapes)]
+        out = [p.reshape(-1, *sh) for p, sh in zip(parts, shapes)]
+        if self.temperature != 1.0:
+            # Undo the tempering r -> r^(1/T): raise to the power T, normalised per position in
+            # log space (no overflow); the clip matches the GMM layers' own clip of signals.
+            out = [torch.softmax(self.temperature * o.clamp_min(1e-6).log(), dim=-1) for o in out]
+        return out

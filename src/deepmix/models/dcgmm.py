@@ -127,6 +127,7 @@ class DCGMM(nn.Module):
             current = layer.output_shape
         self.layers = nn.ModuleList(layers)
         self.gmm_indices = [i for i, l in enumerate(layers) if isinstance(l, GMM)]
+        self.check_classifier_temperature(self.config.classifier_temperature)
 
     @staticmethod
     def _classifier_sources(layers: list[Layer], n: int) -> list[int]:
@@ -150,6 +151,19 @@ class DCGMM(nn.Module):
             return GMM(shape, ls.args[0], ls.independent, mu_init=c.mu_init, d_init=c.d_init,
                        d_min=c.d_min, d_max=c.d_max, generator=gen)
         return Classifier(shape, ls.args[0], extra_shapes, temperature=c.classifier_temperature)
+
+    def check_classifier_temperature(self, temperature: float) -> float:
+        """``temperature`` as a float; a :class:`SpecError` unless it is finite and > 0 and,
+        when it is not 1, the classifier sits directly on a GMM layer (tempering needs
+        responsibility vectors)."""
+        t = check_temperature(temperature)
+        clf = self.classifier
+        if t != 1.0 and clf is not None and not isinstance(self.layers[-2], GMM):
+            raise SpecError(f"classifier temperature {t:g} needs {clf.spec()} directly on a GMM "
+                            f"layer, but '{self.config.spec}' puts "
+                            f"{self.layers[-2].spec()} below it: tempering applies to "
+                            f"responsibilities only")
+        return t
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> "DCGMM":

@@ -9,7 +9,9 @@
 #   classifiers/ for the sample-quality CNNs, trained there when missing).
 #   MAXJ (default 4): jobs at a time. One GPU time-slices between processes: 2 ran at full
 #   speed, 5 at about half of it, 20 at about 1/10 (H200, 2026-11-26).
-#   PARTS (default "outliers classification sample_quality"): which tables to queue, in order.
+#   PARTS (default "outliers classification sample_quality"): which tables to queue, in order;
+#   "outliers_ref" queues the outlier table under the authors' protocol (outliers.py --protocol
+#   reference: independent lower layers, their own epochs, 15-80; EPOCHS is not used there).
 # Writes OUT_DIR/{session.log,pytest_cuda.txt,results.tgz}; results.tgz holds one JSON + Markdown
 # per job, their logs, and the merged outlier table outliers_merged.{json,md}.
 set -u
@@ -42,6 +44,14 @@ for part in $PARTS; do
             for data in mnist fashion-mnist; do
                 for seed in $SEEDS; do
                     echo "outliers_${arch}_${data}_s$seed benchmarks/reproduce/outliers.py --archs $arch --datasets $data --epochs $EPOCHS --seeds $seed --device $DEVICE --out $RES/outliers_${arch}_${data}_s$seed" >>"$QUEUE"
+                done
+            done
+        done ;;
+    outliers_ref)  # Table I as the authors' scripts ran it (80-epoch cells first)
+        for arch in F E B A D G C; do
+            for data in fashion-mnist mnist; do
+                for seed in $SEEDS; do
+                    echo "outliers_ref_${arch}_${data}_s$seed benchmarks/reproduce/outliers.py --protocol reference --archs $arch --datasets $data --seeds $seed --device $DEVICE --out $RES/outliers_ref_${arch}_${data}_s$seed" >>"$QUEUE"
                 done
             done
         done ;;

@@ -87,16 +87,21 @@ def _labels(labels: Any, n: int, S: int, device: torch.device) -> torch.Tensor:
 
 
 def _train_linear(linear: torch.nn.Linear, X: torch.Tensor, y: torch.Tensor, *, epochs: int,
-                  lr: float, batch_size: int, weight_decay: float, seed: int) -> list[dict]:
-    """Softmax regression of ``linear`` on (X, y) by Adam; one history row per epoch."""
+                  lr: float, batch_size: int, weight_decay: float, seed: int,
+                  rows: torch.Tensor | None = None) -> list[dict]:
+    """Softmax regression of ``linear`` on (X, y) by Adam, on the ``rows`` of X only if given
+    (no copy of the features); one history row per epoch."""
     opt = torch.optim.Adam(linear.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(int(seed))
+    n = X.shape[0] if rows is None else rows.shape[0]
     history = []
     for epoch in range(int(epochs)):
         t0 = time.perf_counter()
-        order = torch.randperm(X.shape[0], generator=gen).to(X.device)
+        order = torch.randperm(n, generator=gen).to(X.device)
+        if rows is not None:
+            order = rows[order]
         total, correct = 0.0, 0
-        for start in range(0, X.shape[0], batch_size):
+        for start in range(0, n, batch_size):
             idx = order[start:start + batch_size]
             with torch.enable_grad():
                 logits = linear(X[idx])
@@ -106,8 +111,7 @@ def _train_linear(linear: torch.nn.Linear, X: torch.Tensor, y: torch.Tensor, *, 
             opt.step()
             total += float(loss.detach()) * idx.numel()
             correct += int((logits.argmax(1) == y[idx]).sum())
-        history.append({"epoch": epoch + 1, "loss": total / X.shape[0],
-                        "train_accuracy": correct / X.shape[0],
+        history.append({"epoch": epoch + 1, "loss": total / n, "train_accuracy": correct / n,
                         "seconds": time.perf_counter() - t0})
     return history
 
@@ -173,10 +177,12 @@ def choose_temperature(model: Any, images: Any, labels: Any, *,
             linear = torch.nn.Linear(X.shape[1], clf.S).to(X.device, X.dtype)
             torch.nn.init.zeros_(linear.weight)
             torch.nn.init.zeros_(linear.bias)
-            _train_linear(linear, X[fit], y[fit], epochs=epochs, lr=lr, batch_size=batch_size,
-                          weight_decay=0.0, seed=seed)
+            _train_linear(linear, X, y, epochs=epochs, lr=lr, batch_size=batch_size,
+                          weight_decay=0.0, seed=seed, rows=fit)
             with torch.no_grad():
-                scores[t] = float((linear(X[val]).argmax(1) == y[val]).float().mean())
+                hits = sum(int((linear(X[v]).argmax(1) == y[v]).sum())
+                           for v in torch.split(val, 4096))
+            scores[t] = hits / val.shape[0]
             del X
     finally:
         clf.temperature = previous

@@ -57,6 +57,17 @@ def test_annealing_wraps_around():
     assert d2[0].tolist() == [0, 1, 4, 9, 4, 1]
 
 
+@pytest.mark.parametrize("K", [25, 49, 121])
+def test_annealing_matrix_never_holds_denormal_floats(K):
+    """Denormal weights make every product with g many times slower on a CPU: as sigma shrinks,
+    off-diagonal weights must jump from >= 1e-30 straight to 0."""
+    tiny = torch.finfo(torch.float32).tiny
+    for sigma in torch.logspace(-2, 0.7, 60).tolist():
+        g = annealing_matrix(K, sigma)
+        assert not ((g > 0) & (g < tiny)).any(), sigma
+        assert torch.allclose(g.sum(1), torch.ones(K)), sigma
+
+
 def test_annealing_matrix_tends_to_identity():
     eye = torch.eye(9, dtype=torch.float64)
     prev = None

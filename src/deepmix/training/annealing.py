@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["grid_shape", "toroidal_distances", "annealing_matrix", "initial_sigma", "SigmaController"]
+__all__ = ["grid_shape", "toroidal_distances", "annealing_matrix", "initial_sigma", "SigmaController",
+           "WEIGHT_FLOOR"]
 
 
 def grid_shape(K: int) -> tuple[int, int]:
@@ -38,13 +39,24 @@ def toroidal_distances(K: int) -> torch.Tensor:
     return (dy * dy + dx * dx).to(torch.float64)
 
 
+#: Weights of g below this are set to exactly 0. On their way to 0 as sigma shrinks they would
+#: pass through the denormal floats, and every product with a denormal is many times slower on a
+#: CPU: a K=121 layer trained at 1/25 of its speed for sigma in about [0.2, 0.5]. The loss changes
+#: by less than 1e-30 of a score.
+WEIGHT_FLOOR = 1e-30
+
+
 def annealing_matrix(K: int, sigma: float, dtype: torch.dtype = torch.float32,
                      device: torch.device | str | None = None) -> torch.Tensor:
-    """Row-stochastic K x K matrix :math:`g_{kj}(\\sigma)`; tends to the identity as sigma -> 0."""
+    """Row-stochastic K x K matrix :math:`g_{kj}(\\sigma)`; tends to the identity as sigma -> 0.
+
+    Weights below :data:`WEIGHT_FLOOR` are exact zeros (no denormal floats in any dtype).
+    """
     d2 = toroidal_distances(K)
     logits = -d2 / (2.0 * max(float(sigma), 1e-12) ** 2)
     g = torch.softmax(logits, dim=1)  # exact row normalisation, no underflow to 0/0
-    return g.to(dtype=dtype, device=device)
+    g = torch.where(g < WEIGHT_FLOOR, torch.zeros_like(g), g)
+    return (g / g.sum(dim=1, keepdim=True)).to(dtype=dtype, device=device)
 
 
 def initial_sigma(K: int) -> float:

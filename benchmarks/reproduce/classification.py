@@ -59,7 +59,12 @@ def main() -> int:
     p.add_argument("--out", default=str(RESULTS / "reproduce_classification"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="torch device of training and scoring")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="no training: one table from the runs in these result files (same "
+                        "protocol and settings; runs split over processes), written to --out")
     args = p.parse_args()
+    if args.merge:
+        return _merge(args)
     for t in args.temperatures:   # fail now, not after hours of training
         check_temperature(t)
     if args.quick:
@@ -136,11 +141,40 @@ def _write(args: argparse.Namespace, results: dict, rows: list, data: str, accs:
           f"GMM epochs {args.epochs} (batch 100, unsupervised), classifier {args.clf_epochs} "
           f"Adam epochs on frozen features (T = 1: the papers' classifier; tempered: "
           f"softmax(log r / T), T chosen from {args.temperatures} on a held-out 10% of the "
-          f"training set); device {args.device}, wall time "
-          f"{results['wall_seconds']:.0f} s.\n")
+          f"training set); device {args.device}, "
+          + (f"merged from {', '.join(f'`{Path(n).name}`' for n in args.merged)}.\n"
+             if getattr(args, "merged", None) else
+             f"wall time {results['wall_seconds']:.0f} s.\n"))
     write_json_atomic(args.out + ".json", results)
     write_text_atomic(args.out + ".md", md)
     return md
+
+
+def _merge(args: argparse.Namespace) -> int:
+    import argparse as _ap
+    import json
+
+    first = json.loads(Path(args.merge[0]).read_text())
+    conf = _ap.Namespace(**{**first["config"], "out": args.out, "merged": args.merge})
+    runs_by_data: dict[str, list] = {}
+    for name in args.merge:
+        data = json.loads(Path(name).read_text())
+        c = data["config"]
+        if (c.get("protocol", "paper"), c["epochs"], c["clf_epochs"]) != (
+                conf.protocol, conf.epochs, conf.clf_epochs):
+            raise SystemExit(f"{name}: other protocol or epochs than {args.merge[0]}")
+        for d, v in data["datasets"].items():
+            runs_by_data.setdefault(d, []).extend(v["runs"])
+    rows: list = []
+    results = {"config": vars(conf), "merged_from": [Path(n).name for n in args.merge],
+               "datasets": {}}
+    md = ""
+    for d in [x for x in ("mnist", "fashion-mnist") if x in runs_by_data]:
+        runs = sorted(runs_by_data[d], key=lambda r: r["seed"])
+        md = _write(conf, results, rows, d, [r["test_accuracy"] for r in runs],
+                    [r["tempered"]["test_accuracy"] for r in runs], runs, time.perf_counter())
+    print(md)
+    return 0
 
 
 if __name__ == "__main__":

@@ -14,4 +14,5 @@ from .variants import variants
 __all__ = ["evaluate", "layer_sees_pixels", "sample_to_files", "Sharpening", "sharpen",
            "variants", "inpaint", "inpaint_unknown", "corrupt", "make_mask", "as_observed",
            "flat_gmm_inpaint", "missing_mse", "mask_iou", "accuracy", "classifier_features",
-           "fit_classifier", "set_temperature", "choose_temperature", "InlierStatistics", "detect_outliers", "outlier_scores"]
+           "fit_classifier", "set_temperature", "choose_temperature", "InlierStatistics",
+           "detect_outliers", "outlier_scores"]

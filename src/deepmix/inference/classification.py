@@ -49,31 +49,29 @@ def set_temperature(model: Any, temperature: float) -> None:
     model.config.classifier_temperature = t
 
 
-@torch.no_grad()
-def _raw_inputs(model: Any, images: Any, batch_size: int) -> list[torch.Tensor]:
-    """The classifier's untempered inputs: the layer below and each extra source, batched."""
-    clf = _classifier(model)
-    x = model.check_images(images)
+def _input_batches(model: Any, x: torch.Tensor, batch_size: int):
+    """The classifier's untempered inputs batch by batch: (layer below, [extra sources])."""
     below = len(model.layers) - 2
-    parts: list[list[torch.Tensor]] = [[] for _ in range(1 + len(clf.extra_shapes))]
     for start in range(0, x.shape[0], batch_size):
         outs = model.activations(x[start:start + batch_size], upto=below)
-        for i, o in enumerate([outs[below]] + [outs[j] for j in model.classifier_sources]):
-            parts[i].append(o)
-    return [torch.cat(p) for p in parts]
+        yield outs[below], [outs[j] for j in model.classifier_sources]
+
+
+@torch.no_grad()
+def _raw_inputs(model: Any, images: Any, batch_size: int) -> list[torch.Tensor]:
+    """The classifier's untempered inputs for all ``images``: the layer below, then each extra."""
+    batches = list(_input_batches(model, model.check_images(images), batch_size))
+    return [torch.cat([b[0] for b in batches])] + [
+        torch.cat([b[1][i] for b in batches]) for i in range(len(model.classifier_sources))]
 
 
 @torch.no_grad()
 def classifier_features(model: Any, images: Any, *, batch_size: int = 500) -> torch.Tensor:
     """The classifier's flattened, concatenated (and tempered) inputs (N, F) for ``images``."""
     clf = _classifier(model)
-    x = model.check_images(images)
-    below = len(model.layers) - 2
-    parts = []
-    for start in range(0, x.shape[0], batch_size):  # batch by batch: one copy of the features
-        outs = model.activations(x[start:start + batch_size], upto=below)
-        parts.append(clf._flat(outs[below], [outs[j] for j in model.classifier_sources]))
-    return torch.cat(parts)
+    # Batch by batch, so only one copy of the (large) feature matrix exists.
+    return torch.cat([clf._flat(below, extras) for below, extras in
+                      _input_batches(model, model.check_images(images), batch_size)])
 
 
 def _labels(labels: Any, n: int, S: int, device: torch.device) -> torch.Tensor:

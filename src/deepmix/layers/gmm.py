@@ -58,7 +58,7 @@ def _responsibilities(s: torch.Tensor) -> torch.Tensor:
     r = torch.softmax(s, dim=-1)
     if r.requires_grad:  # autograd needs softmax's own output: no in-place change
         return torch.threshold(r, RESPONSIBILITY_FLOOR, 0.0)
-    # In place: a fresh (M, K) result costs ~10x the pass itself (allocation, page faults).
+    # In place: an out-of-place threshold allocates a fresh (M, K) result on every step.
     return torch.threshold_(r, RESPONSIBILITY_FLOOR, 0.0)
 
 

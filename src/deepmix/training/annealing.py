@@ -41,8 +41,8 @@ def toroidal_distances(K: int) -> torch.Tensor:
 
 #: Weights of g below this are set to exactly 0. On their way to 0 as sigma shrinks they would
 #: pass through the denormal floats, and every product with a denormal is many times slower on a
-#: CPU: a K=121 layer trained at 1/25 of its speed for sigma in about [0.2, 0.5]. The loss changes
-#: by less than 1e-30 of a score.
+#: CPU: steps took 6-7x longer at K=25/49 (sigma 0.15) and 15x for an independent K=121 layer
+#: (sigma 0.35; ``benchmarks/step_time.py``). The loss changes by less than 1e-30 of a score.
 WEIGHT_FLOOR = 1e-30
 
 

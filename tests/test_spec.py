@@ -251,7 +251,7 @@ def test_class_conditional_sampling_with_folding_above_top_gmm():
 def test_outlier_reference_protocol_specs():
     """The authors' outlier scripts: independent lower GMM layers, D's top G(25), own epochs."""
     from deepmix.experiments.dcgmm_outliers import (ARCHS, REFERENCE_PROTOCOL, protocol_epochs,
-                                                    protocol_spec)
+                                                    protocol_spec, protocol_train_options)
     from deepmix.models import DCGMM
 
     assert protocol_spec("E") == resolve_architecture("E")[0]
@@ -266,5 +266,9 @@ def test_outlier_reference_protocol_specs():
         # The top GMM sees one position, so the topmost layer is never made independent.
         assert model.gmm_layers[-1].input_shape[:2] == (1, 1) and not flags[-1]
     assert protocol_epochs("C", "reference") == 15 and protocol_epochs("C") == 25
+    # Their layer settings: A learns variances and weights faster, F and G keep uniform weights.
+    assert protocol_train_options("A", "reference") == {"lr_d": 0.5, "lr_xi": 0.5}
+    assert protocol_train_options("F", "reference") == {"lr_xi": 0.0}
+    assert protocol_train_options("E", "reference") == {} and protocol_train_options("A") == {}
     with pytest.raises(ValueError, match="protocol"):
         protocol_spec("A", "paper")

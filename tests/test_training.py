@@ -178,6 +178,20 @@ def test_centroids_first_freezes_d(make_blobs):
     assert not torch.equal(model.gmm_layers[0].d.detach(), d0)
 
 
+def test_lr_xi_zero_keeps_uniform_weights(make_blobs):
+    """lr_xi = 0 (the reference's lambda_pi = 0 of F and G) trains means and variances only."""
+    x, _ = make_blobs(CENTRES_2D, 200, 0.1, 3)
+    model = DCGMM("G(4)", (1, 1, 2), d_init=2.0)
+    xi0 = model.gmm_layers[0].xi.detach().clone()
+    mu0 = model.gmm_layers[0].mu.detach().clone()
+    model.fit(x, epochs=2, batch_size=20, lr_xi=0.0, progress=False)
+    assert torch.equal(model.gmm_layers[0].xi.detach(), xi0)
+    assert torch.allclose(model.gmm_layers[0].pi, torch.full((1, 4), 0.25, dtype=torch.float64).to(xi0.dtype))
+    assert not torch.equal(model.gmm_layers[0].mu.detach(), mu0)
+    model.fit(x, epochs=2, batch_size=20, progress=False)
+    assert not torch.equal(model.gmm_layers[0].xi.detach(), xi0)
+
+
 def test_two_layer_model_on_digits_improves_log_likelihood(digits):
     images = digits[0][:600]
     model = DCGMM("F(4,4,2,2)-G(16)-F(3,3,1,1)-G(9)", (8, 8, 1), seed=0)

@@ -17,8 +17,11 @@ Two protocols:
   (repository ``anon-scientist/cvpr22-experiments``, ``scripts/outliers-{A..G}.bash``), which the
   paper summarises as "in some experiments, we disable parameter sharing between input positions
   for specific layers": lower GMM layers *independent* (one GMM per position), D's top layer
-  G(25) instead of G(49), and per-architecture epochs (A, B, E, F 80; C 15; D 20; G 25). See
-  :data:`REFERENCE_PROTOCOL`. Two details of those scripts are not copied: G's layer delays
+  G(25) instead of G(49), per-architecture epochs (A, B, E, F 80; C 15; D 20; G 25) and the
+  per-architecture learning-rate factors of their ``bash/DCGMM-*.bash`` layer settings (A:
+  lambda_sigma = lambda_pi = 0.5; F, G: lambda_pi = 0, i.e. fixed uniform mixture weights; B-E:
+  deepmix's defaults 0.1 / 0.2). See :data:`REFERENCE_PROTOCOL` and
+  :data:`REFERENCE_TRAIN_OPTIONS`. Two details of those scripts are not copied: G's layer delays
   0.1/0.15/0.2 (deepmix uses 0.1 per layer) and the reference's normalisation of mixture weights
   over all positions of an independent layer (a bug; deepmix normalises per position).
 """
@@ -36,8 +39,9 @@ from ..models.spec import LayerSpec, format_spec, parse_spec, resolve_architectu
 from ..metrics.auroc import auroc
 from .dcgmm_papers import PUBLISHED as PAPER_FIGURES
 
-__all__ = ["PUBLISHED", "ARCHS", "DATASETS", "PROTOCOLS", "REFERENCE_PROTOCOL", "published",
-           "protocol_spec", "protocol_epochs", "run_cell"]
+__all__ = ["PUBLISHED", "ARCHS", "DATASETS", "PROTOCOLS", "REFERENCE_PROTOCOL",
+           "REFERENCE_TRAIN_OPTIONS", "published", "protocol_spec", "protocol_epochs",
+           "protocol_train_options", "run_cell"]
 
 ARCHS = ("A", "B", "C", "D", "E", "F", "G")
 DATASETS = ("mnist", "fashion-mnist")
@@ -58,6 +62,15 @@ REFERENCE_PROTOCOL: dict[str, tuple[tuple[int, ...], dict[int, int], int]] = {
     "E": ((0, 1), {}, 80),
     "F": ((0, 1, 2), {}, 80),
     "G": ((0, 1, 2), {}, 25),
+}
+
+#: The authors' per-architecture layer settings as deepmix training options: their lambda_sigma
+#: and lambda_pi are deepmix's ``lr_d`` and ``lr_xi`` (factors on the learning rate); an
+#: architecture not listed uses the defaults, which are theirs for B-E.
+REFERENCE_TRAIN_OPTIONS: dict[str, dict[str, float]] = {
+    "A": {"lr_d": 0.5, "lr_xi": 0.5},
+    "F": {"lr_xi": 0.0},
+    "G": {"lr_xi": 0.0},
 }
 
 INLIER_CLASSES = list(range(1, 10))
@@ -99,19 +112,29 @@ def protocol_epochs(arch: str, protocol: str = "shared", default: int = 25) -> i
     return REFERENCE_PROTOCOL[arch][2] if protocol == "reference" else default
 
 
+def protocol_train_options(arch: str, protocol: str = "shared") -> dict[str, float]:
+    """Training options of ``arch`` under ``protocol`` (empty: the trainer's defaults)."""
+    _check_protocol(protocol)
+    return dict(REFERENCE_TRAIN_OPTIONS.get(arch, {})) if protocol == "reference" else {}
+
+
 def run_cell(arch: str, dataset: str, *, seed: int = 0, epochs: int | None = 3,
              batch_size: int = 100, max_train: int | None = None, eval_batch: int = 1000,
-             device: str = "cpu", protocol: str = "shared") -> dict[str, Any]:
+             device: str = "cpu", protocol: str = "shared",
+             **train_options: Any) -> dict[str, Any]:
     """Train ``arch`` on classes 1-9 of ``dataset`` and measure its outlier detection.
 
     ``protocol`` "reference" trains the variant of the authors' scripts (independent lower
-    layers, see :func:`protocol_spec`); ``epochs=None`` then takes their epochs. Returns a
+    layers, see :func:`protocol_spec`, and their learning-rate factors, see
+    :func:`protocol_train_options`); ``epochs=None`` then takes their epochs.
+    ``train_options`` (e.g. ``lr_d``) go to the trainer and override the protocol's. Returns a
     JSON-ready dict: per GMM layer the AUROC (in %) of the true log-likelihood and of the
     annealed loss, the top layer's figures, the published one, and wall times.
     """
     spec = protocol_spec(arch, protocol)
     if epochs is None:
         epochs = protocol_epochs(arch, protocol)
+    options = {**protocol_train_options(arch, protocol), **train_options}
     train = load_images(dataset, "train", classes=INLIER_CLASSES)
     x_train = train.to_tensor()
     if max_train is not None:
@@ -121,7 +144,7 @@ def run_cell(arch: str, dataset: str, *, seed: int = 0, epochs: int | None = 3,
     model = DCGMM(spec, seed=seed)
     t0 = time.perf_counter()
     model.fit(x_train, epochs=epochs, batch_size=batch_size, seed=seed, device=device,
-              progress=False)
+              progress=False, **options)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     layers = []
@@ -138,7 +161,8 @@ def run_cell(arch: str, dataset: str, *, seed: int = 0, epochs: int | None = 3,
     eval_s = time.perf_counter() - t0
     return {"arch": arch, "protocol": protocol, "spec": model.spec(), "dataset": dataset,
             "seed": seed,
-            "epochs": epochs, "batch_size": batch_size, "n_train": int(len(x_train)),
+            "epochs": epochs, "batch_size": batch_size, "train_options": options,
+            "n_train": int(len(x_train)),
             "n_inliers": int(len(x_in)), "n_outliers": int(len(x_out)),
             "top_auroc": layers[-1]["auroc"], "published": published(arch, dataset),
             "layers": layers, "train_seconds": round(train_s, 1),

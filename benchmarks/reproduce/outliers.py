@@ -132,8 +132,10 @@ def _merge(args: argparse.Namespace) -> None:
     for name in args.merge:
         data = json.loads(Path(name).read_text())
         rows += data["rows"]
-        sources.append({"file": Path(name).name, "command": data.get("command"),
-                        "device": data.get("device", "cpu")})
+        # A merged file names its own sources: keep them, so merging again loses none.
+        sources += data.get("merged_from") or [{"file": Path(name).name,
+                                                 "command": data.get("command"),
+                                                 "device": data.get("device", "cpu")}]
     archs = [a for a in ARCHS if any(r["arch"] == a for r in rows)]
     datasets = [d for d in DATASETS if any(r["dataset"] == d for r in rows)]
     out = Path(args.out)

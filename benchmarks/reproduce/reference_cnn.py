@@ -53,7 +53,7 @@ def main() -> None:
               f"{r['torch_threads']} |" for r in rows]
     write_text_atomic(out.with_suffix(".md"), "Reference CNN of the sample-quality measure "
                       "(paper Table VII), batch 100. 'train s' is wall-clock time on a shared 2-core "
-                      "CPU (load 6-8 during the MNIST run; uncontended, one step of 100 MNIST "
+                      "CPU (3-5 processes sharing it; uncontended, one step of 100 MNIST "
                       "images takes ~0.2 s at 1 thread, ~2 min per epoch).\n\n"
                       + "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -186,7 +186,8 @@ def test_lr_xi_zero_keeps_uniform_weights(make_blobs):
     mu0 = model.gmm_layers[0].mu.detach().clone()
     model.fit(x, epochs=2, batch_size=20, lr_xi=0.0, progress=False)
     assert torch.equal(model.gmm_layers[0].xi.detach(), xi0)
-    assert torch.allclose(model.gmm_layers[0].pi, torch.full((1, 4), 0.25, dtype=torch.float64).to(xi0.dtype))
+    pi = model.gmm_layers[0].pi
+    assert torch.allclose(pi, torch.full_like(pi, 0.25))
     assert not torch.equal(model.gmm_layers[0].mu.detach(), mu0)
     model.fit(x, epochs=2, batch_size=20, progress=False)
     assert not torch.equal(model.gmm_layers[0].xi.detach(), xi0)

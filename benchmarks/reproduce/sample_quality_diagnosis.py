@@ -3,7 +3,10 @@ images, each GMM layer's reconstruction of real images, and samples, all scored 
 
 usage: PYTHONPATH=src .venv/bin/python benchmarks/reproduce/sample_quality_diagnosis.py
        [--quick] [--archs E] [--datasets fashion-mnist] [--classes 0 .. 9] [--n 500]
-       [--epochs 25] [--batch-size 20] [--cache DIR] [--out PATH]
+       [--epochs 25] [--batch-size 20] [--sample-options JSON] [--cache DIR] [--out PATH]
+
+``--archs`` also takes spec strings (e.g. a first layer of 100 components:
+``"F(3,1)-G(100)-F(4,2)-G(25)-F(12,1)-G(49)"``).
 
 For every class c, with the per-class model of ``sample_quality.py`` (same cache key: trained on
 class c's training images), the reference CNN's accuracy (its prediction = c) on:
@@ -25,6 +28,7 @@ at in the first layer's prototypes, whatever the layers above do. Writes ``--out
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -78,6 +82,9 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="folder of trained runs to reuse "
                                                  "(the one given to sample_quality.py)")
+    p.add_argument("--sample-options", type=json.loads, default={},
+                   help='JSON passed to model.sample for the samples column, e.g. '
+                        '\'{"top_s": 2, "divisor": 20, "use_pi": true, "sharpen": true}\'')
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(RESULTS / "sample_quality_diagnosis"))
     args = p.parse_args()
@@ -90,7 +97,8 @@ def main() -> int:
     results: dict = {"config": vars(args), "cells": {}}
     sections = []
     for data in args.datasets:
-        clf = load_reference_classifier(data)
+        # As sample_quality.py: a missing CNN is trained for the paper's 15 epochs.
+        clf = load_reference_classifier(data, epochs=15, progress=True)
         test = load_images(data, "test")
         x_test, y_test = test.to_tensor(), torch.as_tensor(test.labels)
         for arch in args.archs:
@@ -107,7 +115,8 @@ def main() -> int:
                 for r in range(len(model.gmm_indices)):
                     cell[f"layer {r}"] = hit_rate(clf, variants(model, real, layer=r, seed=args.seed), c)
                 cell["samples"] = hit_rate(clf, model.sample(len(real), seed=args.seed + c,
-                                                                batch_size=500), c)
+                                                                batch_size=500,
+                                                                **args.sample_options), c)
                 results["cells"][f"{data}/{arch}/{c}"] = cell
                 header = header or list(cell)
                 rows.append([c] + [f"{v:.1f}" for v in cell.values()])

@@ -12,6 +12,9 @@
 #   PARTS (default "outliers classification sample_quality"): which tables to queue, in order;
 #   "outliers_ref" queues the outlier table under the authors' protocol (outliers.py --protocol
 #   reference: independent lower layers, their own epochs, 15-80; EPOCHS is not used there).
+#   ARCHS (default "F E B A D G C"): the outlier architectures queued, in this order.
+#   REF_EPOCHS (default: the protocol's own): epochs of the outliers_ref jobs, for a dry run.
+#   SPEED (default 1): 0 skips the closing speed benchmark (90 s).
 # Writes OUT_DIR/{session.log,pytest_cuda.txt,results.tgz}; results.tgz holds one JSON + Markdown
 # per job, their logs, and the merged outlier table outliers_merged.{json,md}.
 set -u
@@ -21,6 +24,9 @@ EPOCHS=${3:-25}
 SEEDS=${4:-0 1 2}
 MAXJ=${MAXJ:-4}
 PARTS=${PARTS:-outliers classification sample_quality}
+ARCHS=${ARCHS:-F E B A D G C}
+REF_EPOCHS=${REF_EPOCHS:-}
+SPEED=${SPEED:-1}
 PY=${PYTHON:-python3}
 DEVICE=${DEVICE:-cuda}
 export PYTHONPATH=src PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -40,7 +46,7 @@ QUEUE=$WORK/queue
 for part in $PARTS; do
     case $part in
     outliers)  # Table I: one job per (architecture, data set, seed)
-        for arch in F C G E D B A; do
+        for arch in $ARCHS; do
             for data in mnist fashion-mnist; do
                 for seed in $SEEDS; do
                     echo "outliers_${arch}_${data}_s$seed benchmarks/reproduce/outliers.py --archs $arch --datasets $data --epochs $EPOCHS --seeds $seed --device $DEVICE --out $RES/outliers_${arch}_${data}_s$seed" >>"$QUEUE"
@@ -48,10 +54,10 @@ for part in $PARTS; do
             done
         done ;;
     outliers_ref)  # Table I as the authors' scripts ran it (80-epoch cells first)
-        for arch in F E B A D G C; do
+        for arch in $ARCHS; do
             for data in fashion-mnist mnist; do
                 for seed in $SEEDS; do
-                    echo "outliers_ref_${arch}_${data}_s$seed benchmarks/reproduce/outliers.py --protocol reference --archs $arch --datasets $data --seeds $seed --device $DEVICE --out $RES/outliers_ref_${arch}_${data}_s$seed" >>"$QUEUE"
+                    echo "outliers_ref_${arch}_${data}_s$seed benchmarks/reproduce/outliers.py --protocol reference --archs $arch --datasets $data --seeds $seed ${REF_EPOCHS:+--epochs $REF_EPOCHS} --device $DEVICE --out $RES/outliers_ref_${arch}_${data}_s$seed" >>"$QUEUE"
                 done
             done
         done ;;
@@ -97,7 +103,7 @@ for f in "$RES"/outliers_merged.md "$RES"/classification_*.md "$RES"/sample_qual
 done
 
 # Speed on the GPU alone (no other job left).
-timeout 90 $PY benchmarks/train_speed.py --archs 1L 2L-c B E F --device "$DEVICE" \
+[ "$SPEED" = 0 ] || timeout 90 $PY benchmarks/train_speed.py --archs 1L 2L-c B E F --device "$DEVICE" \
     --json "$RES/train_speed_$DEVICE.json" >>"$LOG" 2>&1
 cp -r "${DEEPMIX_DATA:-$HOME/.cache/deepmix}/classifiers" "$RES/" 2>/dev/null
 tar -czf "$OUT_DIR/results.tgz" -C "$WORK" results

@@ -1,18 +1,23 @@
 """Training speed of DCGMM architectures: seconds per epoch on the 60 000 MNIST training images.
 
 usage: .venv/bin/python benchmarks/train_speed.py [--archs 1L 2L-c B E F] [--batch-size 100]
-       [--yardstick] [--json benchmarks/results/train_speed.json]
+       [--protocol shared|reference] [--n-images N] [--yardstick]
+       [--json benchmarks/results/train_speed.json]
 
 Every GMM layer is active for the whole timed epoch (delay 0: the most work an epoch can hold),
 after one untimed warm-up of 20 steps. With --yardstick the project's speed yardstick
 (../shared/bench/naive_layer_epoch.py, a plainly written F(8,2)-G(25) torch epoch) runs in the
 same process session, and each figure is also given as a ratio to it (machines differ; ratios
-measured in one run are what to compare).
+measured in one run are what to compare). ``--protocol reference`` times the papers' letters A-G
+as the authors' outlier scripts train them (independent lower layers; see
+``deepmix.experiments.dcgmm_outliers``); ``--n-images`` times a shorter epoch (step times are
+also printed, so a short epoch gives the cost of a long run: steps x ms/step).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import subprocess
 import sys
@@ -23,6 +28,7 @@ import torch
 
 import deepmix
 from deepmix.data import load_images
+from deepmix.experiments.dcgmm_outliers import ARCHS, PROTOCOLS, protocol_spec
 
 HERE = Path(__file__).resolve().parent
 YARDSTICK = HERE.parent.parent / "shared" / "bench" / "naive_layer_epoch.py"
@@ -59,24 +65,32 @@ def main() -> None:
     ap.add_argument("--yardstick", action="store_true", help="also time the shared yardstick")
     ap.add_argument("--json", default=str(HERE / "results" / "train_speed.json"))
     ap.add_argument("--device", default="cpu", help="torch device (the yardstick stays on the CPU)")
+    ap.add_argument("--protocol", choices=PROTOCOLS, default="shared",
+                    help="reference: letters A-G as the authors' outlier scripts train them")
+    ap.add_argument("--n-images", type=int, help="time an epoch of the first N training images")
     args = ap.parse_args()
+    if args.n_images is not None and args.n_images < args.batch_size:
+        raise SystemExit("--n-images must be at least --batch-size")
 
-    x = load_images("mnist", "train").to_tensor()
+    x = load_images("mnist", "train").to_tensor()[: args.n_images]
     results = {"batch_size": args.batch_size, "n_images": int(x.shape[0]),
                "torch": torch.__version__, "threads": torch.get_num_threads(),
                "machine": platform.processor() or platform.machine(), "device": args.device,
-               "archs": {}}
+               "protocol": args.protocol, "archs": {}}
     ys = yardstick() if args.yardstick else None
     if ys is not None:
         results["yardstick_s"] = ys
         print(f"yardstick (naive F(8,2)-G(25) epoch): {ys:.2f} s")
     for arch in args.archs:
-        s = time_epoch(arch, x, args.batch_size, device=args.device)
-        row = {"seconds_per_epoch": s, "images_per_second": x.shape[0] / s}
+        spec = protocol_spec(arch, args.protocol) if arch in ARCHS else arch
+        s = time_epoch(spec, x, args.batch_size, device=args.device)
+        ms_step = 1000 * s / math.ceil(x.shape[0] / args.batch_size)
+        row = {"spec": spec, "seconds_per_epoch": s, "ms_per_step": ms_step,
+               "images_per_second": x.shape[0] / s}
         if ys:
             row["ratio_to_yardstick"] = s / ys
         results["archs"][arch] = row
-        print(f"{arch:>5}: {s:6.2f} s/epoch  {x.shape[0] / s:8.0f} images/s"
+        print(f"{arch:>5}: {s:6.2f} s/epoch  {ms_step:6.2f} ms/step  {x.shape[0] / s:8.0f} images/s"
               + (f"  {s / ys:.2f}x yardstick" if ys else ""))
     if ys is not None:  # timed again after, since the machine may drift
         ys2 = yardstick()

@@ -272,3 +272,22 @@ def test_outlier_reference_protocol_specs():
     assert protocol_train_options("E", "reference") == {} and protocol_train_options("A") == {}
     with pytest.raises(ValueError, match="protocol"):
         protocol_spec("A", "paper")
+
+
+def test_trained_model_cache_keys_on_training_options(tmp_path):
+    """A cached run is reused only for the same training options, never for different ones."""
+    from deepmix.experiments.dcgmm_papers import trained_model
+
+    kw = dict(classes=[0], epochs=1, batch_size=50, cache=tmp_path)
+    plain, secs = trained_model("F(4,4,4,4)-G(3)-F(2,2,1,1)-G(2)", "digits", **kw)
+    assert secs > 0
+    again, secs = trained_model("F(4,4,4,4)-G(3)-F(2,2,1,1)-G(2)", "digits", **kw)
+    assert secs == 0.0
+    torch.testing.assert_close(again.gmm_layers[0].mu, plain.gmm_layers[0].mu)
+    uniform, secs = trained_model("F(4,4,4,4)-G(3)-F(2,2,1,1)-G(2)", "digits", lr_xi=0.0, **kw)
+    assert secs > 0 and len(list(tmp_path.iterdir())) == 2
+    # lr_xi = 0 keeps the mixture weights uniform, unlike the cached default run.
+    pi = torch.softmax(uniform.gmm_layers[0].xi, dim=-1)
+    torch.testing.assert_close(pi, torch.full_like(pi, 1 / 3))
+    _, secs = trained_model("F(4,4,4,4)-G(3)-F(2,2,1,1)-G(2)", "digits", lr_xi=0.0, **kw)
+    assert secs == 0.0

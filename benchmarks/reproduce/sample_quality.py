@@ -2,6 +2,7 @@
 
 usage: .venv/bin/python benchmarks/reproduce/sample_quality.py [--quick] [--archs A B E F]
        [--datasets mnist fashion-mnist] [--epochs 25] [--n-per-class 1000] [--cache DIR]
+       [--train-options JSON] [--sample-options JSON]
 
 Protocol of the paper: one model per class (trained on that class's training images, batch 20:
 a class has a tenth of the steps per epoch and the annealing needs the steps),
@@ -9,12 +10,15 @@ a class has a tenth of the steps per epoch and the annealing needs the steps),
 Table VII (trained on the real training set, cached with the data) recognises the requested
 class. Our figure next to the published one and the SPN baselines; writes
 benchmarks/results/reproduce_sample_quality.{json,md}. --quick: MNIST, A and B, 5 epochs,
-200 samples per class.
+200 samples per class. --train-options passes training options to every model (e.g. the
+authors' F and G settings, uniform mixture weights: '{"lr_xi": 0}'); --sample-options passes
+options to ``model.sample`` (e.g. '{"divisor": 20}').
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -38,7 +42,11 @@ def _write(args: argparse.Namespace, results: dict, rows: list, t_start: float) 
                     if k not in "ABEF")
     md = (f"# Sample quality (paper Table III)\n\n{table}\n\nOne model per class, "
           f"{args.epochs} epochs, batch {args.batch_size}; {args.n_per_class} samples per class, S = "
-          f"{args.top_s}. SPN baselines (MNIST / Fashion): {spn}. Wall time "
+          f"{args.top_s}"
+          + "".join(f"; {name} {json.dumps(opts)}" for name, opts in
+                    (("training options", args.train_options),
+                     ("sampling options", args.sample_options)) if opts)
+          + f". SPN baselines (MNIST / Fashion): {spn}. Wall time "
           f"{results['wall_seconds']:.0f} s (device {args.device}).\n")
     write_json_atomic(args.out + ".json", results)
     write_text_atomic(args.out + ".md", md)
@@ -56,6 +64,10 @@ def main() -> int:
                    help="training batch; one class has 1/10 of the steps per epoch, so smaller "
                         "batches give the annealing the steps it needs")
     p.add_argument("--top-s", type=int, default=1)
+    p.add_argument("--train-options", type=json.loads, default={},
+                   help='JSON of training options for every model, e.g. \'{"lr_xi": 0}\'')
+    p.add_argument("--sample-options", type=json.loads, default={},
+                   help='JSON passed to model.sample, e.g. \'{"divisor": 20, "use_pi": true}\'')
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=None, help="folder of trained runs to reuse")
     p.add_argument("--out", default=str(RESULTS / "reproduce_sample_quality"))
@@ -79,11 +91,13 @@ def main() -> int:
             t0 = time.perf_counter()
             models = {c: trained_model(arch, data, classes=[c], epochs=args.epochs,
                                        batch_size=args.batch_size, seed=args.seed,
-                                       cache=args.cache, device=args.device)[0]
+                                       cache=args.cache, device=args.device,
+                                       **args.train_options)[0]
                       for c in range(10)}
             train_s = time.perf_counter() - t0
             res = sample_quality_of_models(models, clf, n_per_class=args.n_per_class,
-                                           seed=args.seed, top_s=args.top_s)
+                                           seed=args.seed,
+                                           **{"top_s": args.top_s, **args.sample_options})
             acc = 100.0 * res["accuracy"]
             pub = PUBLISHED["sample_quality"].get(arch, (None, None))[col]
             results["cells"][f"{data}/{arch}"] = {

@@ -45,20 +45,23 @@ def trained_model(arch: str, data: str, *, classes: Sequence[int] | None = None,
     """Train ``arch`` (+ ``spec_suffix``, e.g. ``-C(10,2)``) on ``data`` or load it from ``cache``.
 
     Returns (model on ``device``, training seconds; 0.0 when loaded). The cache key names the
-    architecture, data, classes, epochs, batch size and seed; an incomplete cached run is
-    trained anew.
+    architecture, data, classes, epochs, batch size, seed and any ``train_options`` (e.g.
+    ``lr_xi=0``); a cached run is reused only if its saved training configuration agrees, so an
+    incomplete or different run is trained anew.
     """
     from ..models.spec import resolve_architecture
 
     spec, _ = resolve_architecture(arch)
     spec += spec_suffix
+    options = "".join(f"_{k}{v}" for k, v in sorted(train_options.items()))
     tag = "".join(c if c.isalnum() else "_" for c in
                   f"{arch}{spec_suffix}_{data}_{'all' if classes is None else '-'.join(map(str, classes))}"
-                  f"_e{epochs}_b{batch_size}_s{seed}")
+                  f"_e{epochs}_b{batch_size}_s{seed}{options}")
     run = Path(cache) / tag if cache is not None else None
     if run is not None and (run / WEIGHTS_FILE).is_file() and (run / CONFIG_FILE).is_file():
-        cfg = read_config(run)
-        if cfg.get("train", {}).get("epochs") == epochs:
+        saved = read_config(run).get("train", {})
+        wanted = {"epochs": epochs, "batch_size": batch_size, "seed": seed, **train_options}
+        if all(saved.get(k) == v for k, v in wanted.items()):
             return load_model(run, device=device), 0.0
     ds = load_images(data, "train", classes=list(classes) if classes is not None else None)
     model = DCGMM(spec, input_shape=ds.shape, seed=seed)

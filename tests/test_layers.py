@@ -49,6 +49,25 @@ def test_folding_forward_matches_loop(args):
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("args", [(3, 3, 1, 1), (2, 3, 2, 1), (4, 2, 2, 4)])
+def test_folding_forward_on_views_and_under_autograd(args):
+    """Strided views, storage offsets and autograd take other paths; all give the same patches,
+    and the gradient through folding sums each pixel's patch copies."""
+    gen = torch.Generator().manual_seed(6)
+    big = torch.rand(3, 6, 6, 4, generator=gen)
+    layer = Folding((6, 6, 2), *args)
+    for x in (big[1:, :, :, :2], big[1:, :, :, 2:], big[1:].permute(0, 2, 1, 3)[..., :2].contiguous(),
+              big[1:, :, :, :2].contiguous()[1:]):
+        assert torch.equal(layer(x), _fold_by_loop(x, *args))
+        assert torch.equal(layer.forward_design(x)[:, :layer.output_shape[2]],
+                           _fold_by_loop(x, *args).reshape(-1, layer.output_shape[2]))
+    x = big[:, :, :, :2].contiguous().requires_grad_()
+    weights = torch.rand(3, *layer.output_shape, generator=gen)
+    (layer(x) * weights).sum().backward()
+    expected = torch.autograd.grad((_fold_by_loop(x, *args) * weights).sum(), x)[0]
+    torch.testing.assert_close(x.grad, expected)
+
+
 @pytest.mark.parametrize("args", [(2, 2, 2, 2), (3, 3, 3, 3), (6, 6, 1, 1), (1, 1, 1, 1),
                                   (2, 3, 2, 3)])
 def test_folding_backwards_inverts_forward_exactly_when_patches_tile(args):

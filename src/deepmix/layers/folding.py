@@ -57,14 +57,29 @@ class Folding(Layer):
     def spec(self) -> str:
         return f"F({self.fy},{self.fx},{self.sy},{self.sx})"
 
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        """A view of all patches, (N, Ho, Wo, fy, fx*C) or (N, Ho, Wo, fy, fx, C); no copy."""
+        N = x.shape[0]
+        Ho, Wo, _ = self.output_shape
+        C = self.input_shape[2]
+        if x.is_contiguous() and not (x.requires_grad and torch.is_grad_enabled()):
+            # In NHWC one patch row (fx pixels, all channels) is one contiguous run, so the copy
+            # that materialises the patches moves runs of fx*C floats instead of single ones
+            # (2-3x faster than copying the 6-d unfold view). Not under autograd: as_strided's
+            # backward over overlapping windows is slow, unfold's is not.
+            sN, sH, sW, _ = x.stride()
+            return x.as_strided((N, Ho, Wo, self.fy, self.fx * C),
+                                (sN, self.sy * sH, self.sx * sW, sH, 1), x.storage_offset())
+        # (N, H, W, C) -> strided view (N, Ho, Wo, C, fy, fx) -> (N, Ho, Wo, fy, fx, C)
+        patches = x.unfold(1, self.fy, self.sy).unfold(2, self.fx, self.sx)
+        return patches.permute(0, 1, 2, 4, 5, 3)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         N = x.shape[0]
         Ho, Wo, Co = self.output_shape
         if self._is_reshape:
             return x.reshape(N, 1, 1, Co)
-        # (N, H, W, C) -> strided view (N, Ho, Wo, C, fy, fx) -> (N, Ho, Wo, fy, fx, C)
-        patches = x.unfold(1, self.fy, self.sy).unfold(2, self.fx, self.sx)
-        return patches.permute(0, 1, 2, 4, 5, 3).reshape(N, Ho, Wo, Co)
+        return self._patches(x).reshape(N, Ho, Wo, Co)
 
     def forward_design(self, x: torch.Tensor) -> torch.Tensor:
         """The GMM design matrix :math:`[p, p^2]` of all patches p, (N*H'*W', 2*D), in one buffer.
@@ -79,9 +94,8 @@ class Folding(Layer):
         if self._is_reshape:
             left.copy_(x.reshape(N, Co))
         else:
-            patches = x.unfold(1, self.fy, self.sy).unfold(2, self.fx, self.sx)
-            C = self.input_shape[2]
-            left.view(N, Ho, Wo, self.fy, self.fx, C).copy_(patches.permute(0, 1, 2, 4, 5, 3))
+            patches = self._patches(x)
+            left.view(patches.shape).copy_(patches)
         torch.mul(left, left, out=Z[:, Co:])
         return Z
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deepmix import ARCHITECTURES, DCGMM
-from deepmix.errors import InputError, SpecError
+from deepmix.errors import ConfigError, InputError, SpecError
 from deepmix.layers import GMM, Classifier, Folding, Pooling
 from deepmix.models import LayerSpec, format_spec, parse_spec, resolve_architecture
 
@@ -291,3 +291,5 @@ def test_trained_model_cache_keys_on_training_options(tmp_path):
     torch.testing.assert_close(pi, torch.full_like(pi, 1 / 3))
     _, secs = trained_model("F(4,4,4,4)-G(3)-F(2,2,1,1)-G(2)", "digits", lr_xi=0.0, **kw)
     assert secs == 0.0
+    with pytest.raises(ConfigError, match="lr_zz"):
+        trained_model("F(4,4,4,4)-G(3)", "digits", lr_zz=0.0, **kw)

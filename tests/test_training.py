@@ -417,7 +417,9 @@ def test_bad_training_options_raise_config_error(digits):
     with pytest.raises(ConfigError, match="bogus"):
         model.fit(digits[0][:20], bogus=1, progress=False)
     for bad in (dict(epochs=0), dict(lr=0.0), dict(batch_size=0), dict(sigma_decay=1.0),
-                dict(delay=-0.1), dict(window=0)):
+                dict(delay=-0.1), dict(window=0), dict(lr=float("nan")), dict(lr_xi=-0.1),
+                dict(lr_d=float("inf")), dict(lr_mu=float("nan")), dict(classifier_lr=0.0),
+                dict(sigma_min=0.0), dict(sigma0=-1.0)):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             model.fit(digits[0][:20], progress=False, **bad)
 

@@ -74,6 +74,9 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="torch device of training and sampling")
     args = p.parse_args()
+    for name in ("train_options", "sample_options"):
+        if not isinstance(getattr(args, name), dict):
+            p.error(f"--{name.replace('_', '-')} must be a JSON object, e.g. '{{\"lr_xi\": 0}}'")
     if args.quick:
         args.archs, args.datasets, args.epochs, args.n_per_class = ["A", "B"], ["mnist"], 5, 200
         if args.out == str(RESULTS / "reproduce_sample_quality"):

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from ..data import load_images
+from ..errors import ConfigError
 from ..models import DCGMM
 from ..training import TrainConfig, train
 from ..training.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_model, read_config
@@ -53,6 +54,11 @@ def trained_model(arch: str, data: str, *, classes: Sequence[int] | None = None,
 
     spec, _ = resolve_architecture(arch)
     spec += spec_suffix
+    try:  # checked before anything is loaded or trained
+        cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
+                          **train_options)
+    except TypeError as exc:
+        raise ConfigError(f"unknown training option: {exc}") from None
     options = "".join(f"_{k}{v}" for k, v in sorted(train_options.items()))
     tag = "".join(c if c.isalnum() else "_" for c in
                   f"{arch}{spec_suffix}_{data}_{'all' if classes is None else '-'.join(map(str, classes))}"
@@ -69,8 +75,6 @@ def trained_model(arch: str, data: str, *, classes: Sequence[int] | None = None,
         import shutil
 
         shutil.rmtree(run)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, seed=seed, device=device,
-                      **train_options)
     t0 = time.perf_counter()
     train(model, ds.to_tensor(), ds.labels if labels else None, config=cfg, out_dir=run,
           progress=progress, data_info={"name": data, "split": "train",

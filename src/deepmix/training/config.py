@@ -58,8 +58,19 @@ class TrainConfig:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
+        if not self.lr > 0:  # written so that NaN fails too
             raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("lr_mu", "lr_d", "lr_xi"):
+            value = getattr(self, name)
+            if not 0 <= value < float("inf"):
+                raise ConfigError(f"{name} must be a finite factor >= 0 (0 freezes those "
+                                  f"parameters), got {value}")
+        if not self.classifier_lr > 0:
+            raise ConfigError(f"classifier_lr must be > 0, got {self.classifier_lr}")
+        if not self.sigma_min > 0:
+            raise ConfigError(f"sigma_min must be > 0, got {self.sigma_min}")
+        if self.sigma0 is not None and not self.sigma0 > 0:
+            raise ConfigError(f"sigma0 must be > 0, got {self.sigma0}")
         if self.window < 1:
             raise ConfigError(f"window must be >= 1, got {self.window}")
         if not 0 < self.sigma_decay < 1:

@@ -37,6 +37,15 @@ def test_class_conditional_and_sharpened_sampling(run_dir, tmp_path, capsys):
     assert z["labels"].tolist() == [0] * 4 + [1] * 4 + [2] * 4
     code, _, err = run(capsys, "sample", str(run_dir), "--class", "10", "--out", str(png))
     assert code == 2 and "0..9" in err and "Traceback" not in err
+    # One S per GMM layer, lowest first; a wrong count is named.
+    code, _, err = run(capsys, "sample", str(run_dir), "--n", "3", "--top-s", "3,1", "--out",
+                       str(png))
+    assert code == 0, err
+    code, _, err = run(capsys, "sample", str(run_dir), "--top-s", "2,2,2", "--out", str(png))
+    assert code == 2 and "2 GMM layers" in err and "Traceback" not in err
+    with pytest.raises(SystemExit):
+        run(capsys, "sample", str(run_dir), "--top-s", "2,0", "--out", str(png))
+    assert "positive integer" in capsys.readouterr().err
 
 
 def test_inpaint_command_reports_errors_and_keeps_pixels(run_dir, tmp_path, capsys):

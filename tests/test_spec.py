@@ -203,8 +203,30 @@ def test_sample_argument_checks():
         model.sample(0)
     with pytest.raises(InputError, match="top_s"):
         model.sample(2, top_s=0)
+    with pytest.raises(InputError, match="1 GMM layers"):
+        model.sample(2, top_s=[1, 2])
+    with pytest.raises(InputError, match="top_s"):
+        model.sample(2, top_s="many")
     with pytest.raises(InputError, match="classifier"):
         model.sample(2, labels=[0, 1])
+
+
+def test_top_s_per_gmm_layer(monkeypatch):
+    """A list gives each GMM layer its own S (lowest first); equal values equal the scalar."""
+    model = DCGMM("F(2,2,2,2)-G(4)-F(4,4,1,1)-G(5)", (8, 8, 1), seed=1)
+    assert model.top_s_per_layer([2, 5]) == {1: 2, 3: 5}
+    assert model.top_s_per_layer(3) == {1: 3, 3: 3}
+    torch.testing.assert_close(model.sample(6, top_s=[2, 2], seed=3), model.sample(6, top_s=2, seed=3))
+    calls = []
+    real = GMM.backwards
+
+    def spy(self, control, **kw):
+        calls.append(kw["top_s"])
+        return real(self, control, **kw)
+
+    monkeypatch.setattr(GMM, "backwards", spy)
+    model.sample(2, top_s=[1, 4], seed=0)
+    assert calls == [4, 1]  # top layer first
 
 
 def _conditional_reference(model: DCGMM, labels: torch.Tensor) -> torch.Tensor:

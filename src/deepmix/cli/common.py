@@ -7,8 +7,8 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["parse_classes", "positive_int", "add_sampling_arguments", "sampling_options",
-           "load_run_and_data"]
+__all__ = ["parse_classes", "positive_int", "top_s_arg", "add_sampling_arguments",
+           "sampling_options", "load_run_and_data"]
 
 
 def parse_classes(text: str | None) -> list[int] | None:
@@ -41,10 +41,18 @@ def positive_int(text: str) -> int:
     return v
 
 
+def top_s_arg(text: str) -> int | list[int]:
+    """``"3"`` (one S for every GMM layer) or ``"2,2,2,5"`` (one per GMM layer, lowest first)."""
+    values = [positive_int(part.strip()) for part in text.split(",")]
+    return values[0] if len(values) == 1 else values
+
+
 def add_sampling_arguments(p: argparse.ArgumentParser, *, divisor: float = 10.0,
                            top_s: int = 1) -> None:
     """Options shared by the commands that run the backward (sampling) pass."""
-    p.add_argument("--top-s", type=positive_int, default=top_s, help="S of top-S sampling")
+    p.add_argument("--top-s", type=top_s_arg, default=top_s,
+                   help="S of top-S sampling: one value, or one per GMM layer, lowest first "
+                        "(e.g. 2,2,2,5)")
     p.add_argument("--divisor", type=float, default=divisor,
                    help="noise std is 1/(d*divisor); 'inf' for none")
     p.add_argument("--pooling", choices=["dense", "sparse"], default="dense",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import load_run_and_data, positive_int
+from .common import load_run_and_data, positive_int, top_s_arg
 
 HELP = ("in-paint masked test images with a trained run (known mask, or --unknown: corrupted "
         "and detected), report the error")
@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=["mean", "sample"], default="mean",
                    help="posterior mean (least squares) or drawn completions")
     p.add_argument("--iterations", type=positive_int, default=1)
-    p.add_argument("--top-s", type=positive_int, default=None,
+    p.add_argument("--top-s", type=top_s_arg, default=None,
                    help="components kept per position (default: all)")
     p.add_argument("--divisor", type=float, default=float("inf"),
                    help="noise of drawn completions: std 1/(d*divisor)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from .common import positive_int
+from .common import positive_int, top_s_arg
 
 HELP = "sample quality: accuracy of a CNN trained on real data on generated samples"
 
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a run per class (CLASS=DIR, repeat) or one run with a classifier layer")
     p.add_argument("--samples", metavar="FILE.npz", help="score arrays 'samples' and 'labels'")
     p.add_argument("--n", type=positive_int, default=1000, help="samples per class")
-    p.add_argument("--top-s", type=positive_int, default=1)
+    p.add_argument("--top-s", type=top_s_arg, default=1)
     p.add_argument("--divisor", type=float, default=10.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="train the reference CNN anew")

@@ -30,7 +30,7 @@ the known-mask procedure on it.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -175,7 +175,8 @@ def _observed_pass(model: Any, x: torch.Tensor, observed: torch.Tensor,
 
 @torch.no_grad()
 def inpaint(model: Any, images: Any, observed: Any, *, iterations: int = 1, mode: str = "mean",
-            top_s: int | None = None, divisor: float = math.inf, pooling: str = "dense",
+            top_s: int | Sequence[int] | None = None, divisor: float = math.inf,
+            pooling: str = "dense",
             sharpen: Any = None, seed: int | None = 0,
             generator: torch.Generator | None = None) -> torch.Tensor:
     """Complete ``images`` (N, H, W, C) in [0, 1] whose pixels are known where ``observed``.
@@ -226,7 +227,8 @@ def inpaint(model: Any, images: Any, observed: Any, *, iterations: int = 1, mode
 @torch.no_grad()
 def inpaint_unknown(model: Any, images: Any, outliers: Mapping[int, Any], *,
                     method: str = "mask", threshold: float = 0.5, iterations: int = 1,
-                    mode: str = "mean", top_s: int | None = None, divisor: float = math.inf,
+                    mode: str = "mean", top_s: int | Sequence[int] | None = None,
+                    divisor: float = math.inf,
                     seed: int | None = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Complete images whose corrupted part is *not* given (paper II-B5).
 

@@ -9,7 +9,7 @@ template most closely; no ``keep_above`` gives the most diverse variants.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -20,7 +20,8 @@ __all__ = ["variants"]
 
 @torch.no_grad()
 def variants(model: Any, templates: Any, *, n_per_template: int = 1, layer: int = -1,
-             keep_above: int | None = None, top_s: int = 1, divisor: float = 10.0,
+             keep_above: int | None = None, top_s: int | Sequence[int] = 1,
+             divisor: float = 10.0,
              pooling: str = "dense", sharpen: Any = None, seed: int | None = 0,
              generator: torch.Generator | None = None, clip: bool = True) -> torch.Tensor:
     """Images similar to ``templates``: (N * n_per_template, H, W, C), template-major.

@@ -302,7 +302,7 @@ class DCGMM(nn.Module):
 
     @torch.no_grad()
     def top_down(self, control: torch.Tensor | None, start: int, *, n: int | None = None,
-                 top_s: int = 1, divisor: float = 10.0, use_pi: bool = False,
+                 top_s: int | Sequence[int] = 1, divisor: float = 10.0, use_pi: bool = False,
                  pooling: str = "dense", mode: str = "sample",
                  generator: torch.Generator | None = None,
                  fuse: Callable[[int, torch.Tensor | None], torch.Tensor | None] | None = None,
@@ -316,8 +316,7 @@ class DCGMM(nn.Module):
         the output of Folding/Pooling layer ``i`` (sharpening). ``mode`` is passed to the GMM
         layers ("sample": one component per position, "mean": expected centroid).
         """
-        if top_s < 1:
-            raise InputError(f"top_s must be >= 1, got {top_s}")
+        per_layer = self.top_s_per_layer(top_s)
         if pooling not in ("dense", "sparse"):
             raise InputError(f"pooling must be 'dense' or 'sparse', got '{pooling}'")
         for i in range(start, -1, -1):
@@ -325,7 +324,7 @@ class DCGMM(nn.Module):
             if isinstance(layer, GMM):
                 if fuse is not None:
                     control = fuse(i, control)
-                control = layer.backwards(control, generator=generator, n=n, top_s=top_s,
+                control = layer.backwards(control, generator=generator, n=n, top_s=per_layer[i],
                                           divisor=divisor, use_pi=use_pi, mode=mode)
             elif isinstance(layer, Classifier):
                 raise InputError("top_down cannot start at a classifier layer: pass its "
@@ -341,17 +340,40 @@ class DCGMM(nn.Module):
         assert control is not None
         return control
 
+    def top_s_per_layer(self, top_s: int | Sequence[int]) -> dict[int, int]:
+        """S of top-S sampling per GMM layer, keyed by layer index.
+
+        ``top_s`` is one S for every GMM layer, or one per GMM layer, lowest first (the
+        reference's sampling scripts use, e.g., S = 2 in the lower layers and 5 at the top).
+        """
+        gmm = self.gmm_indices
+        if isinstance(top_s, (int, np.integer)) and not isinstance(top_s, bool):
+            values = [int(top_s)] * len(gmm)
+        else:
+            try:
+                values = [int(v) for v in top_s]
+            except (TypeError, ValueError):
+                raise InputError(f"top_s must be an integer or one integer per GMM layer, "
+                                 f"got {top_s!r}") from None
+            if len(values) != len(gmm):
+                raise InputError(f"top_s lists {len(values)} values, but {self.spec()} has "
+                                 f"{len(gmm)} GMM layers (give one S per GMM layer, lowest first)")
+        if min(values) < 1:
+            raise InputError(f"top_s must be >= 1, got {top_s}")
+        return dict(zip(gmm, values))
+
     @torch.no_grad()
-    def sample(self, n: int, *, top_s: int = 1, divisor: float = 10.0, use_pi: bool = False,
-               labels: Sequence[int] | torch.Tensor | None = None, pooling: str = "dense",
-               generator: torch.Generator | None = None, seed: int | None = None,
-               clip: bool = True, batch_size: int | None = None,
+    def sample(self, n: int, *, top_s: int | Sequence[int] = 1, divisor: float = 10.0,
+               use_pi: bool = False, labels: Sequence[int] | torch.Tensor | None = None,
+               pooling: str = "dense", generator: torch.Generator | None = None,
+               seed: int | None = None, clip: bool = True, batch_size: int | None = None,
                sharpen: Any = None) -> torch.Tensor:
         """Draw ``n`` images (n, H, W, C) by top-S sampling through the chain of priors.
 
         Arguments:
             n: number of samples.
-            top_s: S, the number of largest control-signal entries kept per position.
+            top_s: S, the number of largest control-signal entries kept per position; one
+                value, or one per GMM layer, lowest first.
             divisor: noise std is 1/(d * divisor); ``inf`` disables noise.
             use_pi: the top GMM draws components by pi instead of uniformly.
             labels: class per sample (or one class for all) for class-conditional sampling
@@ -367,8 +389,7 @@ class DCGMM(nn.Module):
         """
         if n < 1:
             raise InputError(f"number of samples must be >= 1, got {n}")
-        if top_s < 1:
-            raise InputError(f"top_s must be >= 1, got {top_s}")
+        self.top_s_per_layer(top_s)  # bad values fail before anything is drawn
         generator = self._generator(generator, seed)
         if batch_size is not None and 0 < batch_size < n:
             lab = None if labels is None else self.check_labels(labels, n)

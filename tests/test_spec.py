@@ -315,3 +315,31 @@ def test_trained_model_cache_keys_on_training_options(tmp_path):
     assert secs == 0.0
     with pytest.raises(ConfigError, match="lr_zz"):
         trained_model("F(4,4,4,4)-G(3)", "digits", lr_zz=0.0, **kw)
+    with pytest.raises(ConfigError, match="lr_xi must be a number"):
+        trained_model("F(4,4,4,4)-G(3)", "digits", lr_xi="0", **kw)
+
+
+def test_trained_model_retrains_interrupted_or_foreign_cached_runs(tmp_path):
+    """The cache never hands back a run that stopped early or was trained otherwise."""
+    import shutil
+
+    from deepmix.data import load_images
+    from deepmix.experiments.dcgmm_papers import trained_model
+    from deepmix.training import TrainConfig, train
+
+    spec, kw = "F(4,4,4,4)-G(3)", dict(classes=[0], epochs=2, batch_size=50)
+    trained_model(spec, "digits", cache=tmp_path / "a", **kw)
+    (run,) = (tmp_path / "a").iterdir()
+    # An interrupted run in its place (its config already names the target epochs).
+    shutil.rmtree(run)
+    train(DCGMM(spec, input_shape=(8, 8, 1)),
+          load_images("digits", "train", classes=[0]).to_tensor(),
+          config=TrainConfig(epochs=2, batch_size=50), out_dir=run, progress=False,
+          stop_after_steps=1, data_info={"name": "digits", "split": "train", "classes": [0]})
+    assert trained_model(spec, "digits", cache=tmp_path / "a", **kw)[1] > 0
+    assert trained_model(spec, "digits", cache=tmp_path / "a", **kw)[1] == 0.0
+    # A run with other options under the default name (as written before options named it).
+    trained_model(spec, "digits", cache=tmp_path / "b", lr_xi=0.0, **kw)
+    shutil.rmtree(run)
+    shutil.copytree(next((tmp_path / "b").iterdir()), run)
+    assert trained_model(spec, "digits", cache=tmp_path / "a", **kw)[1] > 0

@@ -18,6 +18,7 @@ options to ``model.sample`` (e.g. '{"divisor": 20}').
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -25,8 +26,12 @@ from pathlib import Path
 
 import torch
 
+from deepmix import DCGMM
+from deepmix.cli.common import top_s_arg
+from deepmix.errors import DeepmixError
 from deepmix.experiments.dcgmm_papers import PUBLISHED, markdown_table, trained_model
 from deepmix.metrics.sample_quality import load_reference_classifier, sample_quality_of_models
+from deepmix.training import TrainConfig
 from deepmix.utils.io import write_json_atomic, write_text_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -42,7 +47,7 @@ def _write(args: argparse.Namespace, results: dict, rows: list, t_start: float) 
                     if k not in "ABEF")
     md = (f"# Sample quality (paper Table III)\n\n{table}\n\nOne model per class, "
           f"{args.epochs} epochs, batch {args.batch_size}; {args.n_per_class} samples per class, S = "
-          f"{args.top_s}"
+          f"{args.sample_options.get('top_s', args.top_s)}"
           + "".join(f"; {name} {json.dumps(opts)}" for name, opts in
                     (("training options", args.train_options),
                      ("sampling options", args.sample_options)) if opts)
@@ -63,7 +68,8 @@ def main() -> int:
     p.add_argument("--batch-size", type=int, default=20,
                    help="training batch; one class has 1/10 of the steps per epoch, so smaller "
                         "batches give the annealing the steps it needs")
-    p.add_argument("--top-s", type=int, default=1)
+    p.add_argument("--top-s", type=top_s_arg, default=1,
+                   help="S of top-S sampling, or one per GMM layer, lowest first (2,2,2,5)")
     p.add_argument("--train-options", type=json.loads, default={},
                    help='JSON of training options for every model, e.g. \'{"lr_xi": 0}\'')
     p.add_argument("--sample-options", type=json.loads, default={},
@@ -77,6 +83,19 @@ def main() -> int:
     for name in ("train_options", "sample_options"):
         if not isinstance(getattr(args, name), dict):
             p.error(f"--{name.replace('_', '-')} must be a JSON object, e.g. '{{\"lr_xi\": 0}}'")
+    # Checked now, not after a CNN and ten models have been trained.
+    try:
+        TrainConfig(**args.train_options)
+    except TypeError as exc:
+        p.error(f"--train-options: unknown training option ({exc})")
+    except DeepmixError as exc:
+        p.error(f"--train-options: {exc}")
+    known = set(inspect.signature(DCGMM.sample).parameters) - {
+        "self", "n", "labels", "seed", "generator", "batch_size"}  # those are set per class
+    unknown = sorted(set(args.sample_options) - known)
+    if unknown:
+        p.error(f"--sample-options: unknown option(s) {', '.join(unknown)}; known: "
+                f"{', '.join(sorted(known))}")
     if args.quick:
         args.archs, args.datasets, args.epochs, args.n_per_class = ["A", "B"], ["mnist"], 5, 200
         if args.out == str(RESULTS / "reproduce_sample_quality"):

@@ -62,11 +62,13 @@ class Folding(Layer):
         N = x.shape[0]
         Ho, Wo, _ = self.output_shape
         C = self.input_shape[2]
-        if x.is_contiguous() and not (x.requires_grad and torch.is_grad_enabled()):
+        if (x.is_contiguous() and tuple(x.shape[1:]) == tuple(self.input_shape)
+                and not (x.requires_grad and torch.is_grad_enabled())):
             # In NHWC one patch row (fx pixels, all channels) is one contiguous run, so the copy
             # that materialises the patches moves runs of fx*C floats instead of single ones
-            # (2-3x faster than copying the 6-d unfold view). Not under autograd: as_strided's
-            # backward over overlapping windows is slow, unfold's is not.
+            # (2-3x faster than copying the 6-d unfold view). Only for the layer's own input
+            # shape (as_strided would read a wrong one without complaint), and not under
+            # autograd: as_strided's backward over overlapping windows is slow, unfold's is not.
             sN, sH, sW, _ = x.stride()
             return x.as_strided((N, Ho, Wo, self.fy, self.fx * C),
                                 (sN, self.sy * sH, self.sx * sW, sH, 1), x.storage_offset())

@@ -344,22 +344,36 @@ class DCGMM(nn.Module):
         """S of top-S sampling per GMM layer, keyed by layer index.
 
         ``top_s`` is one S for every GMM layer, or one per GMM layer, lowest first (the
-        reference's sampling scripts use, e.g., S = 2 in the lower layers and 5 at the top).
+        reference's sampling scripts use, e.g., S = 2 in the lower layers). A layer's S acts on
+        the control signal it receives, so the top GMM's S matters only when a signal comes from
+        above (class-conditional sampling, variants, in-painting); unconditioned, the top GMM
+        draws its components from pi or uniformly.
         """
         gmm = self.gmm_indices
-        if isinstance(top_s, (int, np.integer)) and not isinstance(top_s, bool):
-            values = [int(top_s)] * len(gmm)
-        else:
+        bad = InputError(f"top_s must be a positive integer or one per GMM layer (lowest first), "
+                         f"got {top_s!r}")
+
+        def as_s(v: Any) -> int:
+            if isinstance(v, (bool, str, bytes)):
+                raise bad
             try:
-                values = [int(v) for v in top_s]
+                f = float(v)
             except (TypeError, ValueError):
-                raise InputError(f"top_s must be an integer or one integer per GMM layer, "
-                                 f"got {top_s!r}") from None
+                raise bad from None
+            if not (f.is_integer() and f >= 1):
+                raise bad
+            return int(f)
+
+        if isinstance(top_s, (str, bytes)) or not isinstance(top_s, (Sequence, np.ndarray,
+                                                                      torch.Tensor)):
+            values = [as_s(top_s)] * len(gmm)
+        elif isinstance(top_s, (np.ndarray, torch.Tensor)) and top_s.ndim == 0:
+            values = [as_s(top_s)] * len(gmm)
+        else:
+            values = [as_s(v) for v in list(top_s)]
             if len(values) != len(gmm):
                 raise InputError(f"top_s lists {len(values)} values, but {self.spec()} has "
                                  f"{len(gmm)} GMM layers (give one S per GMM layer, lowest first)")
-        if min(values) < 1:
-            raise InputError(f"top_s must be >= 1, got {top_s}")
         return dict(zip(gmm, values))
 
     @torch.no_grad()

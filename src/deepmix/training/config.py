@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+import numpy as np
 
 from ..errors import ConfigError
 
@@ -54,6 +56,26 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.device, str) and type(self.device).__name__ == "device":
+            self.device = str(self.device)  # a torch.device; stored as text in config.json
+        # Types first, so that a value from JSON or the command line such as "0.1" is named
+        # here rather than failing in a comparison below.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = str(f.type)
+            if kind.startswith("int"):
+                ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+                want = "an integer"
+            elif kind.startswith("float"):
+                ok = (isinstance(value, (int, float, np.integer, np.floating))
+                      and not isinstance(value, bool)) or (value is None and "None" in kind)
+                want = "a number" + (" or None" if "None" in kind else "")
+            elif kind == "bool":
+                ok, want = isinstance(value, (bool, np.bool_)), "true or false"
+            else:
+                ok, want = isinstance(value, str), "a string"
+            if not ok:
+                raise ConfigError(f"{f.name} must be {want}, got {value!r}")
         if self.epochs < 1:
             raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:

@@ -332,3 +332,21 @@ def test_saved_statistics_have_the_usual_permissions(deep_model, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_reference_classifier_runs_per_seed(tmp_path, monkeypatch):
+    """Each CNN seed is its own cached run (the paper averages over CNN runs); seed 0 keeps the
+    unsuffixed file."""
+    import importlib
+
+    sq = importlib.import_module("deepmix.metrics.sample_quality")
+    monkeypatch.setenv("DEEPMIX_DATA", str(tmp_path))
+    assert sq.classifier_path("digits").name == "digits.safetensors"
+    assert sq.classifier_path("digits", 2).name == "digits_seed2.safetensors"
+    a = sq.load_reference_classifier("digits", epochs=1, max_train=100)
+    b = sq.load_reference_classifier("digits", seed=2, epochs=1, max_train=100)
+    assert (a.info["seed"], b.info["seed"]) == (0, 2)
+    assert sq.classifier_path("digits", 2).is_file() and sq.classifier_path("digits").is_file()
+    assert not torch.equal(a.net.head[-1].weight, b.net.head[-1].weight)
+    again = sq.load_reference_classifier("digits", seed=2, train_if_missing=False)
+    assert torch.equal(again.net.head[-1].weight, b.net.head[-1].weight)

@@ -163,11 +163,13 @@ def _check_labels(labels: Any, n: int, n_classes: int) -> torch.Tensor:
     return y
 
 
-def classifier_path(dataset: str) -> Path:
-    """Where the reference classifier of ``dataset`` is cached."""
+def classifier_path(dataset: str, seed: int = 0) -> Path:
+    """Where the reference classifier of ``dataset`` trained with ``seed`` is cached (the
+    paper averages its figures over several CNN runs: one file per seed, seed 0 unsuffixed)."""
     from ..data import cache_dir
 
-    return cache_dir() / "classifiers" / f"{_canonical(dataset)}.safetensors"
+    suffix = "" if int(seed) == 0 else f"_seed{int(seed)}"
+    return cache_dir() / "classifiers" / f"{_canonical(dataset)}{suffix}.safetensors"
 
 
 def _canonical(dataset: str) -> str:
@@ -282,7 +284,7 @@ def train_reference_classifier(dataset: str, *, epochs: int | None = None, seed:
     })
     clf.info["test_accuracy"] = clf.accuracy(test_ds.to_tensor(), test_ds.labels)
     if save:
-        _save(clf, classifier_path(dataset))
+        _save(clf, classifier_path(dataset, seed))
     return clf
 
 
@@ -314,15 +316,16 @@ def _fit(net: SampleQualityCNN, x: torch.Tensor, y: torch.Tensor, gen: torch.Gen
     return time.perf_counter() - start
 
 
-def load_reference_classifier(dataset: str, *, train_if_missing: bool = True,
+def load_reference_classifier(dataset: str, *, seed: int = 0, train_if_missing: bool = True,
                               **train_options: Any) -> ReferenceClassifier:
-    """The cached reference classifier of ``dataset``, trained (and cached) when needed.
+    """The cached reference classifier of ``dataset`` (the CNN run of ``seed``), trained (and
+    cached) when needed.
 
     A missing file is trained; a corrupt one (unreadable, failed digest, other format) is
     reported with a warning and trained again. With ``train_if_missing=False`` both raise
     :class:`CheckpointError` instead. ``train_options`` go to :func:`train_reference_classifier`.
     """
-    path = classifier_path(dataset)
+    path = classifier_path(dataset, seed)
     try:
         return _load(path)
     except CheckpointError as exc:
@@ -331,7 +334,7 @@ def load_reference_classifier(dataset: str, *, train_if_missing: bool = True,
                                   f"('{dataset}')") from None
         if path.exists():
             warnings.warn(f"{exc}; training it again", RuntimeWarning, stacklevel=2)
-    return train_reference_classifier(dataset, **train_options)
+    return train_reference_classifier(dataset, seed=seed, **train_options)
 
 
 def sample_quality(images: Any, labels: Any, dataset: str | ReferenceClassifier, *,

@@ -157,6 +157,7 @@ def _merge(args: argparse.Namespace) -> int:
     first = json.loads(Path(args.merge[0]).read_text())
     conf = _ap.Namespace(**{**first["config"], "out": args.out, "merged": args.merge})
     runs_by_data: dict[str, list] = {}
+    sources: list[str] = []
     for name in args.merge:
         data = json.loads(Path(name).read_text())
         c = data["config"]
@@ -164,10 +165,16 @@ def _merge(args: argparse.Namespace) -> int:
                 conf.protocol, conf.epochs, conf.clf_epochs):
             raise SystemExit(f"{name}: other protocol or epochs than {args.merge[0]}")
         for d, v in data["datasets"].items():
+            seen = {r["seed"] for r in runs_by_data.get(d, [])}
+            twice = sorted(seen & {r["seed"] for r in v["runs"]})
+            if twice:  # a file merged twice would count its seeds twice
+                raise SystemExit(f"{name}: {d} seed(s) {twice} already come from an earlier file")
             runs_by_data.setdefault(d, []).extend(v["runs"])
+        # A merged file names its own sources: keep them, so merging again loses none.
+        sources += data.get("merged_from") or [Path(name).name]
+    conf.merged = sources
     rows: list = []
-    results = {"config": vars(conf), "merged_from": [Path(n).name for n in args.merge],
-               "datasets": {}}
+    results = {"config": vars(conf), "merged_from": sources, "datasets": {}}
     md = ""
     for d in [x for x in ("mnist", "fashion-mnist") if x in runs_by_data]:
         runs = sorted(runs_by_data[d], key=lambda r: r["seed"])

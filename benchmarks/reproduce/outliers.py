@@ -129,8 +129,14 @@ def _merge(args: argparse.Namespace) -> None:
     if not args.out:
         raise SystemExit("--merge needs --out")
     rows, sources = [], []
+    key = ("arch", "protocol", "dataset", "seed")
     for name in args.merge:
         data = json.loads(Path(name).read_text())
+        seen = {tuple(r.get(k, "shared") for k in key) for r in rows}
+        twice = sorted({tuple(r.get(k, "shared") for k in key) for r in data["rows"]} & seen)
+        if twice:  # a file merged twice would count its seeds twice
+            raise SystemExit(f"{name}: cell(s) {twice} (arch, protocol, data, seed) already "
+                             "come from an earlier file")
         rows += data["rows"]
         # A merged file names its own sources: keep them, so merging again loses none.
         sources += data.get("merged_from") or [{"file": Path(name).name,

@@ -155,7 +155,9 @@ def _merge(args: argparse.Namespace) -> int:
     import json
 
     first = json.loads(Path(args.merge[0]).read_text())
-    conf = _ap.Namespace(**{**first["config"], "out": args.out, "merged": args.merge})
+    # Files written before --protocol existed ran the paper's protocol.
+    conf = _ap.Namespace(**{"protocol": "paper", **first["config"], "out": args.out,
+                            "merged": args.merge})
     runs_by_data: dict[str, list] = {}
     sources: list[str] = []
     for name in args.merge:
@@ -165,6 +167,9 @@ def _merge(args: argparse.Namespace) -> int:
                 conf.protocol, conf.epochs, conf.clf_epochs):
             raise SystemExit(f"{name}: other protocol or epochs than {args.merge[0]}")
         for d, v in data["datasets"].items():
+            if any("tempered" not in r for r in v["runs"]):
+                raise SystemExit(f"{name}: its {d} runs predate the tempered-feature figures; "
+                                 "run them again to merge them")
             seen = {r["seed"] for r in runs_by_data.get(d, [])}
             twice = sorted(seen & {r["seed"] for r in v["runs"]})
             if twice:  # a file merged twice would count its seeds twice

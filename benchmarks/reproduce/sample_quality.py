@@ -12,7 +12,9 @@ class. Our figure next to the published one and the SPN baselines; writes
 benchmarks/results/reproduce_sample_quality.{json,md}. --quick: MNIST, A and B, 5 epochs,
 200 samples per class. --train-options passes training options to every model (e.g. the
 authors' F and G settings, uniform mixture weights: '{"lr_xi": 0}'); --sample-options passes
-options to ``model.sample`` (e.g. '{"divisor": 20}').
+options to ``model.sample`` (e.g. '{"divisor": 20}'). --merge F.json ... --out PATH: no training;
+one table from the cells of earlier runs (e.g. runs with different batch sizes or training
+options, each a row labelled with its setting).
 """
 
 from __future__ import annotations
@@ -59,6 +61,51 @@ def _write(args: argparse.Namespace, results: dict, rows: list, t_start: float) 
     return md
 
 
+def _setting(config: dict) -> str:
+    """The per-class models' training and sampling setting of a run, as a table label."""
+    parts = [f"{config['epochs']} epochs, batch {config['batch_size']}"]
+    parts += [f"`{k} = {v}`" for k, v in sorted(config.get("train_options", {}).items())]
+    top_s = config.get("sample_options", {}).get("top_s", config.get("top_s", 1))
+    if top_s != 1:
+        parts.append(f"S = {top_s}")
+    parts += [f"`{k} = {v}`" for k, v in sorted(config.get("sample_options", {}).items())
+              if k != "top_s"]
+    return ", ".join(parts)
+
+
+def _merge(files: list[str], out: str) -> int:
+    """One Table III from the cells of earlier runs' JSON files, mean ± std over CNN runs."""
+    cells: dict = {}
+    for name in files:
+        data = json.loads(Path(name).read_text())
+        merged = "config" not in data  # a file this function wrote: its cells carry a setting
+        for key, cell in data["cells"].items():
+            label = key if merged else f"{key} ({_setting(data['config'])})"
+            if label in cells:
+                raise SystemExit(f"{name}: cell {label} already comes from an earlier file")
+            cells[label] = {**cell, "source": cell.get("source", Path(name).name)}
+    rows = []
+    for label, c in cells.items():
+        key, setting = label.split(" (", 1)
+        data, arch = key.split("/")
+        pub = c["published"]
+        accs = c.get("accuracy_per_cnn", [c["accuracy"]])
+        rows.append([data, arch, setting[:-1],
+                     f"{c['accuracy']:.1f} ± {c.get('std_over_cnns', 0.0):.1f}",
+                     ", ".join(f"{a:.1f}" for a in accs),
+                     ", ".join(map(str, c.get("cnn_seeds", [0]))),
+                     "-" if pub is None else pub,
+                     "-" if pub is None else f"{c['accuracy'] - pub:+.1f}"])
+    table = markdown_table(["data", "arch", "per-class models", "deepmix % (mean ± std over CNN "
+                            "runs)", "per CNN run", "CNN seeds", "paper %", "difference"], rows)
+    write_json_atomic(out + ".json", {"merged_from": files, "cells": cells})
+    write_text_atomic(out + ".md", "# Sample quality (paper Table III), over reference-CNN "
+                      "runs\n\n" + table + "\n\nMerged from " +
+                      ", ".join(f"`{Path(f).name}`" for f in files) + ".\n")
+    print(table)
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
@@ -83,7 +130,11 @@ def main() -> int:
     p.add_argument("--out", default=str(RESULTS / "reproduce_sample_quality"))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="torch device of training and sampling")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="no training: merge earlier runs' JSON files into one table at --out")
     args = p.parse_args()
+    if args.merge:
+        return _merge(args.merge, args.out)
     for name in ("train_options", "sample_options"):
         if not isinstance(getattr(args, name), dict):
             p.error(f"--{name.replace('_', '-')} must be a JSON object, e.g. '{{\"lr_xi\": 0}}'")

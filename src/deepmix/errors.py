@@ -14,6 +14,7 @@ __all__ = [
     "DataError",
     "CheckpointError",
     "ConfigError",
+    "NoDensityError",
 ]
 
 
@@ -39,3 +40,8 @@ class CheckpointError(DeepmixError):
 
 class ConfigError(DeepmixError, ValueError):
     """An invalid configuration (unknown key, bad value)."""
+
+
+class NoDensityError(InputError):
+    """A model without a normalised density was asked for ``log_prob``; the message names the
+    score it offers instead (a per-layer likelihood, a lower bound)."""

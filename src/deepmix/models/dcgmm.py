@@ -18,9 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import InputError, SpecError
+from ..errors import InputError, NoDensityError, SpecError
 from ..layers import GMM, Classifier, Folding, Layer, Pooling
 from ..layers.classifier import check_temperature
+from .base import Model
+from .registry import register_family
 from .spec import LayerSpec, format_spec, parse_spec, resolve_architecture
 
 __all__ = ["ModelConfig", "DCGMM", "as_images"]
@@ -83,7 +85,8 @@ def as_images(x: Any, shape: Sequence[int], *, dtype: torch.dtype = torch.float3
     return x.contiguous()
 
 
-class DCGMM(nn.Module):
+@register_family
+class DCGMM(Model):
     """A DCGMM built from a spec string or architecture name.
 
     Arguments:
@@ -94,6 +97,9 @@ class DCGMM(nn.Module):
         classifier_temperature: T of the classifier layer's tempered features
             :math:`\\mathrm{softmax}(\\log r / T)` (see :class:`~deepmix.layers.Classifier`).
     """
+
+    family = "dcgmm"
+    config_class = ModelConfig
 
     def __init__(self, spec: str, input_shape: Sequence[int] | None = None, *,
                  mu_init: float = 0.1, d_init: float = math.sqrt(20.0), d_min: float = 0.1,
@@ -266,7 +272,7 @@ class DCGMM(nn.Module):
         """
         idx = self.gmm_indices[0]
         if not self._first_layer_is_density():
-            raise InputError(f"model {self.spec()} has no normalised image density (its first GMM "
+            raise NoDensityError(f"model {self.spec()} has no normalised image density (its first GMM "
                              f"layer sees overlapping patches or pooled values); use "
                              f"log_likelihood(x, layer) for per-layer scores")
         return self.layers[idx].log_likelihood(self._layer_input(x, idx)).flatten(1).sum(1)
@@ -381,7 +387,7 @@ class DCGMM(nn.Module):
                use_pi: bool = False, labels: Sequence[int] | torch.Tensor | None = None,
                pooling: str = "dense", generator: torch.Generator | None = None,
                seed: int | None = None, clip: bool = True, batch_size: int | None = None,
-               sharpen: Any = None) -> torch.Tensor:
+               sharpen: Any = None, condition: Any = None) -> torch.Tensor:
         """Draw ``n`` images (n, H, W, C) by top-S sampling through the chain of priors.
 
         Arguments:

@@ -20,9 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputError
+from dataclasses import dataclass
 
-__all__ = ["GaussianMixture", "MixtureDensity", "kmeans"]
+from ..errors import ConfigError, InputError
+from .base import Model
+from .registry import register_family
+
+__all__ = ["GaussianMixture", "MixtureDensity", "MixtureConfig", "kmeans"]
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 INIT_METHODS = ("kmeans", "k-means++", "random")
@@ -550,7 +554,45 @@ class GaussianMixture(nn.Module):
         return gm
 
 
-class MixtureDensity(nn.Module):
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class MixtureConfig:
+    r"""Everything that rebuilds a :class:`MixtureDensity` (``config.json`` ``"model"``).
+
+    Arguments:
+        n_components: K.
+        n_features: D.
+        covariance_type: ``"full"``, ``"diag"`` or ``"spherical"``.
+        parametrization: full covariances only: ``"covariance"`` (thesis:
+            :math:`\Sigma = LL^T + 10^{-6} I`) or ``"precision"`` (:math:`\Sigma^{-1} = RR^T`).
+        dtype: ``"float64"`` or ``"float32"``.
+    """
+
+    n_components: int = 8
+    n_features: int = 2
+    covariance_type: str = "full"
+    parametrization: str = "covariance"
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        for name in ("n_components", "n_features"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if self.covariance_type not in COVARIANCE_TYPES:
+            raise ConfigError(f"Unknown covariance type '{self.covariance_type}'; expected one "
+                              f"of {', '.join(COVARIANCE_TYPES)}")
+        if self.parametrization not in ("covariance", "precision"):
+            raise ConfigError(f"Unknown parametrization '{self.parametrization}'; expected "
+                              f"covariance or precision")
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"Unknown dtype '{self.dtype}'; expected float64 or float32")
+
+
+@register_family
+class MixtureDensity(Model):
     r"""A differentiable Gaussian mixture for gradient objectives (SGD-MLE, SM, SSM).
 
     Parameters: logits (:math:`\pi = \mathrm{softmax}`), means, and per component either
@@ -574,25 +616,29 @@ class MixtureDensity(nn.Module):
         generator: random generator for the initial means (N(0, 1)).
     """
 
+    family = "gmm"
+    config_class = MixtureConfig
+
     def __init__(self, n_components: int, n_features: int, covariance_type: str = "diag", *,
                  parametrization: str = "covariance", generator: torch.Generator | None = None,
                  dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        if covariance_type not in ("diag", "full"):
-            raise ConfigError(f"Unknown covariance type '{covariance_type}' for MixtureDensity; "
-                              f"expected diag or full")
+        names = {v: k for k, v in _DTYPES.items()}
+        if dtype not in names:
+            raise ConfigError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
+        self.config = MixtureConfig(n_components=int(n_components), n_features=int(n_features),
+                                    covariance_type=covariance_type,
+                                    parametrization=parametrization, dtype=names[dtype])
         K, D = int(n_components), int(n_features)
-        if K < 1 or D < 1:
-            raise ConfigError(f"need n_components >= 1 and n_features >= 1, got {K}, {D}")
-        if parametrization not in ("covariance", "precision"):
-            raise ConfigError(f"Unknown parametrization '{parametrization}'; expected covariance "
-                              f"or precision")
         self.covariance_type = covariance_type
         self.parametrization = parametrization
         self.logits = nn.Parameter(torch.zeros(K, dtype=dtype))
         self.means = nn.Parameter(torch.randn(K, D, generator=generator, dtype=dtype))
         if covariance_type == "diag":
             self.log_var = nn.Parameter(torch.zeros(K, D, dtype=dtype))
+        elif covariance_type == "spherical":
+            # One variance per component, stored (K, 1) so that it broadcasts over features.
+            self.log_var = nn.Parameter(torch.zeros(K, 1, dtype=dtype))
         elif parametrization == "covariance":
             self.cov_factor = nn.Parameter(torch.eye(D, dtype=dtype).repeat(K, 1, 1))
         else:
@@ -600,6 +646,35 @@ class MixtureDensity(nn.Module):
             raw = torch.zeros(K, D, D, dtype=dtype)
             raw.diagonal(dim1=-2, dim2=-1).fill_(math.log(math.e - 1.0))
             self.prec_factor = nn.Parameter(raw)
+
+    @classmethod
+    def from_config(cls, config: MixtureConfig) -> "MixtureDensity":
+        return cls(config.n_components, config.n_features, config.covariance_type,
+                   parametrization=config.parametrization, dtype=_DTYPES[config.dtype])
+
+    @property
+    def n_components(self) -> int:
+        return int(self.means.shape[0])
+
+    def _log_var(self) -> torch.Tensor:
+        """Per-feature log-variances (K, D) of a diag or spherical mixture."""
+        return self.log_var.expand(self.means.shape)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        r""":math:`\pi` (K,)."""
+        return torch.softmax(self.logits, 0)
+
+    @property
+    def covariances(self) -> torch.Tensor:
+        """Covariances as scikit-learn stores them: (K, D, D) full, (K, D) diag, (K,) spherical."""
+        if self.covariance_type == "diag":
+            return torch.exp(self.log_var)
+        if self.covariance_type == "spherical":
+            return torch.exp(self.log_var[:, 0])
+        R = self._precision_factor()
+        A = torch.linalg.inv(R).transpose(-1, -2)           # A A^T = Sigma
+        return A @ A.transpose(-1, -2)
 
     @property
     def n_features(self) -> int:
@@ -620,10 +695,11 @@ class MixtureDensity(nn.Module):
 
     def _diag_terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Diagonal case by matrix products: log joint a (N, K), precisions lam, lam * mu."""
-        lam = torch.exp(-self.log_var)                                            # (K, D)
+        log_var = self._log_var()
+        lam = torch.exp(-log_var)                                                 # (K, D)
         lam_mu = lam * self.means
         maha = (x * x) @ lam.T - 2.0 * x @ lam_mu.T + (lam_mu * self.means).sum(1)
-        a = (torch.log_softmax(self.logits, 0) - 0.5 * self.log_var.sum(1)
+        a = (torch.log_softmax(self.logits, 0) - 0.5 * log_var.sum(1)
              - 0.5 * (x.shape[1] * _LOG_2PI + maha))
         return a, lam, lam_mu
 
@@ -645,7 +721,7 @@ class MixtureDensity(nn.Module):
     def log_prob(self, x: Any) -> torch.Tensor:
         """:math:`\\log p(x)` in nats, (N,); differentiable in x and the parameters."""
         x = self._check(x)
-        a = self._diag_terms(x)[0] if self.covariance_type == "diag" else self._components(x)[0]
+        a = self._diag_terms(x)[0] if self.covariance_type != "full" else self._components(x)[0]
         return torch.logsumexp(a, 1)
 
     def forward(self, x: Any) -> torch.Tensor:
@@ -653,7 +729,7 @@ class MixtureDensity(nn.Module):
 
     def score_and_laplacian(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Closed-form :math:`s(x)` (N, D) and :math:`\\mathrm{tr} H(x)` (N,)."""
-        if self.covariance_type == "diag":
+        if self.covariance_type != "full":
             a, lam, lam_mu = self._diag_terms(x)
             r = torch.softmax(a, 1)
             s = r @ lam_mu - x * (r @ lam)                         # sum_k r_k (-lam_k (x - mu_k))
@@ -671,7 +747,7 @@ class MixtureDensity(nn.Module):
 
     def hessian_quadratic(self, x: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Closed-form :math:`v^T H(x) v` for slices v (M, N, D); returns ((M, N), s (N, D))."""
-        if self.covariance_type == "diag":
+        if self.covariance_type != "full":
             a, lam, lam_mu = self._diag_terms(x)
             r = torch.softmax(a, 1)
             s = r @ lam_mu - x * (r @ lam)
@@ -712,7 +788,7 @@ class MixtureDensity(nn.Module):
             self.logits.copy_(torch.log(w / w.sum()).to(self.logits.device))
         self.means.copy_(centres)
         D = self.n_features
-        if self.covariance_type == "diag":
+        if self.covariance_type != "full":
             self.log_var.zero_()
         elif self.parametrization == "covariance":
             self.cov_factor.copy_(torch.eye(D, dtype=x.dtype, device=x.device).expand(K, D, D))
@@ -722,50 +798,62 @@ class MixtureDensity(nn.Module):
         return self
 
     @torch.no_grad()
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, *, generator: torch.Generator | None = None,
+               condition: Any = None) -> torch.Tensor:
         r"""Draw n points (n, D): a component :math:`k \sim \pi`, then
         :math:`x = \mu_k + A_k \varepsilon` with :math:`A_k A_k^T = \Sigma_k`,
         :math:`\varepsilon \sim N(0, I)`."""
-        if int(n) < 1:
-            raise InputError(f"n must be >= 1, got {n}")
+        if condition is not None:
+            raise InputError("a flat GMM samples unconditionally (condition=None); to complete "
+                             "rows from a mask use deepmix.inference.flat_gmm_inpaint")
+        n = self._check_n(n)
         dtype, device = self.means.dtype, self.means.device
         gdev = generator.device if generator is not None else torch.device("cpu")
         labels = torch.multinomial(torch.softmax(self.logits, 0).to(gdev), int(n),
                                    replacement=True, generator=generator).to(device)
         eps = torch.randn(int(n), self.n_features, generator=generator, dtype=dtype,
                           device=gdev).to(device)
-        if self.covariance_type == "diag":
-            return self.means[labels] + eps * torch.exp(0.5 * self.log_var[labels])
+        if self.covariance_type != "full":
+            return self.means[labels] + eps * torch.exp(0.5 * self._log_var()[labels])
         R = self._precision_factor()                        # P = R R^T, so Sigma = R^-T R^-1
         A = torch.linalg.inv(R).transpose(-1, -2)           # A A^T = Sigma
         return self.means[labels] + (A[labels] @ eps.unsqueeze(-1)).squeeze(-1)
 
+    @torch.no_grad()
+    def set_moments(self, weights: torch.Tensor, means: torch.Tensor,
+                    covariances: torch.Tensor) -> "MixtureDensity":
+        r"""Set the parameters from :math:`(\pi, \mu, \Sigma)` as scikit-learn stores them
+        ((K,), (K, D), and (K, D, D) / (K, D) / (K,) by covariance type); returns ``self``."""
+        dtype = self.means.dtype
+        K, D = self.means.shape
+        self.logits.copy_(torch.log(weights).to(dtype))
+        self.means.copy_(means.to(dtype))
+        cov = covariances
+        if self.covariance_type == "diag":
+            self.log_var.copy_(torch.log(cov).to(dtype))
+        elif self.covariance_type == "spherical":
+            self.log_var.copy_(torch.log(cov).reshape(K, 1).to(dtype))
+        elif self.parametrization == "covariance":
+            eye = torch.eye(D, dtype=cov.dtype, device=cov.device)
+            # The model adds 1e-6 I itself; a component that EM shrank to (near) zero
+            # covariance has no factor of Sigma - 1e-6 I, and keeps the 1e-6 extra instead.
+            L, info = torch.linalg.cholesky_ex(cov - 1e-6 * eye)
+            bad = info != 0
+            if bool(bad.any()):
+                L[bad] = torch.linalg.cholesky(cov[bad])
+            self.cov_factor.copy_(L.to(dtype))
+        else:
+            R = torch.linalg.cholesky(torch.linalg.inv(cov)).to(dtype)
+            d = R.diagonal(dim1=-2, dim2=-1)
+            raw = torch.tril(R, -1) + torch.diag_embed(torch.log(torch.expm1(d - 1e-6)))
+            self.prec_factor.copy_(raw)
+        return self
+
     @classmethod
-    def from_mixture(cls, gm: GaussianMixture, dtype: torch.dtype = torch.float32,
+    def from_mixture(cls, gm: Any, dtype: torch.dtype = torch.float32,
                      parametrization: str = "covariance") -> "MixtureDensity":
-        """Start from a fitted :class:`GaussianMixture` (diag or full)."""
+        """The density of a fitted :class:`GaussianMixture` estimator (any covariance type)."""
         gm._check_fitted()
-        if gm.covariance_type not in ("diag", "full"):
-            raise ConfigError("MixtureDensity takes diag or full mixtures")
         K, D = gm.means_.shape
         m = cls(K, D, gm.covariance_type, parametrization=parametrization, dtype=dtype)
-        with torch.no_grad():
-            m.logits.copy_(torch.log(gm.weights_).to(dtype))
-            m.means.copy_(gm.means_.to(dtype))
-            if gm.covariance_type == "diag":
-                m.log_var.copy_(torch.log(gm.covariances_).to(dtype))
-            elif m.parametrization == "covariance":
-                eye = torch.eye(D, dtype=gm.covariances_.dtype, device=gm.covariances_.device)
-                # The model adds 1e-6 I itself; a component that EM shrank to (near) zero
-                # covariance has no factor of Sigma - 1e-6 I, and keeps the 1e-6 extra instead.
-                L, info = torch.linalg.cholesky_ex(gm.covariances_ - 1e-6 * eye)
-                bad = info != 0
-                if bool(bad.any()):
-                    L[bad] = torch.linalg.cholesky(gm.covariances_[bad])
-                m.cov_factor.copy_(L.to(dtype))
-            else:
-                R = torch.linalg.cholesky(torch.linalg.inv(gm.covariances_)).to(dtype)
-                d = R.diagonal(dim1=-2, dim2=-1)
-                raw = torch.tril(R, -1) + torch.diag_embed(torch.log(torch.expm1(d - 1e-6)))
-                m.prec_factor.copy_(raw)
-        return m
+        return m.set_moments(gm.weights_, gm.means_, gm.covariances_)

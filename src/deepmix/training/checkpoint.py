@@ -14,19 +14,15 @@ import torch
 from safetensors.torch import save_file
 
 from ..errors import CheckpointError, DeepmixError
-from ..utils.config import config_from_dict, config_to_dict
+from ..models.registry import family_of, get_family, model_config_dict, model_from_config_dict
 from ..utils.io import atomic_path, read_safetensors, write_json_atomic
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "save_model", "save_checkpoint",
-           "read_config", "load_model", "load_checkpoint"]
+           "read_config", "run_family", "load_model", "load_checkpoint"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 FORMAT = "deepmix-run/1"
-
-
-def _model_config_dict(model: Any) -> dict:
-    return config_to_dict(model.config)
 
 
 def save_checkpoint(model: torch.nn.Module, directory: str | Path,
@@ -46,7 +42,8 @@ def save_model(model: Any, directory: str | Path, *, train: dict | None = None,
     """Write a loadable run folder: ``config.json`` and ``weights.safetensors``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = {"format": FORMAT, "model": _model_config_dict(model)}
+    config = {"format": FORMAT, "family": family_of(model).name,
+              "model": model_config_dict(model)}
     if train is not None:
         config["train"] = train
     if data is not None:
@@ -70,11 +67,26 @@ def read_config(directory: str | Path) -> dict:
         raise CheckpointError(f"{path} is corrupt: {exc}") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT or "model" not in config:
         raise CheckpointError(f"{path} is not a {FORMAT} config (format field missing or wrong)")
-    unknown = sorted(set(config) - {"format", "model", "train", "data"})
+    unknown = sorted(set(config) - {"format", "family", "model", "train", "data"})
     if unknown:
         raise CheckpointError(f"{path}: unknown key(s) {', '.join(unknown)}; known: format, "
-                              f"model, train, data")
+                              f"family, model, train, data")
     return config
+
+
+def run_family(config: dict) -> str:
+    """The model family of a parsed ``config.json``.
+
+    Run folders name it in ``"family"``; folders written before that key existed are DCGMM runs,
+    or flat-GMM runs whose ``"model"`` section says ``"family": "gmm"``.
+    """
+    family = config.get("family")
+    if family is None:
+        model = config.get("model")
+        family = "gmm" if isinstance(model, dict) and model.get("family") == "gmm" else "dcgmm"
+    if not isinstance(family, str):
+        raise CheckpointError(f"{CONFIG_FILE}: 'family' must be a string, got {family!r}")
+    return family
 
 
 def load_checkpoint(model: torch.nn.Module, directory: str | Path) -> dict[str, Any]:
@@ -100,22 +112,33 @@ def load_checkpoint(model: torch.nn.Module, directory: str | Path) -> dict[str, 
         raise CheckpointError(f"{path}: trainer state in the metadata is corrupt") from None
 
 
-def load_model(directory: str | Path, device: str | torch.device = "cpu"):
-    """Rebuild the model of a run folder from its ``config.json`` and weights."""
-    from ..models.dcgmm import DCGMM, ModelConfig
+def load_model(directory: str | Path, device: str | torch.device = "cpu",
+               family: str | None = None):
+    """Rebuild the model of a run folder from its ``config.json`` and weights.
 
-    config = read_config(directory)
-    if isinstance(config["model"], dict) and config["model"].get("family") == "gmm":
-        from .density_run import load_density  # flat-GMM runs (deepmix fit-gmm)
-
-        return load_density(directory, device=device)
-    try:
-        mc = config_from_dict(ModelConfig, config["model"], where=f"{CONFIG_FILE} 'model'")
-        model = DCGMM.from_config(mc)
-    except DeepmixError as exc:
-        raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: {exc}") from None
+    The family named in ``config.json`` picks the model class through the registry
+    (:mod:`deepmix.models.registry`); ``family`` (optional) is the one the caller expects, and
+    a run of another family is refused with a message naming both.
+    """
     from ..utils.device import resolve_device
 
+    directory = Path(directory)
+    config = read_config(directory)
+    name = run_family(config)
+    where = directory / CONFIG_FILE
+    try:
+        get_family(name)
+    except DeepmixError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    if family is not None and name != family:
+        raise CheckpointError(f"{directory} holds a '{name}' run, not a '{family}' one")
+    section = config["model"]
+    if isinstance(section, dict) and "family" in section and config.get("family") is None:
+        section = {k: v for k, v in section.items() if k != "family"}  # legacy flat-GMM runs
+    try:
+        model = model_from_config_dict(name, section, where=f"{where} 'model'")
+    except DeepmixError as exc:
+        raise CheckpointError(str(exc)) from None
     target = resolve_device(device)
     load_checkpoint(model, directory)
     return model.to(target)

@@ -14,7 +14,7 @@ import deepmix
 from deepmix.cli import fit_gmm
 from deepmix.cli import main as cli_main
 from deepmix.errors import CheckpointError
-from deepmix.models.gmm import GaussianMixture, MixtureDensity
+from deepmix.models import GaussianMixture, MixtureDensity
 from deepmix.training.density_run import load_density, read_density_config
 from deepmix.training.objectives import fit_density
 

@@ -8,7 +8,7 @@ import torch
 from sklearn.mixture import GaussianMixture as SkGMM
 
 from deepmix.errors import ConfigError, InputError
-from deepmix.models.gmm import GaussianMixture, kmeans
+from deepmix.models import GaussianMixture, kmeans
 
 TYPES = ["diag", "spherical", "full"]
 

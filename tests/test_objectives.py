@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deepmix.errors import ConfigError
-from deepmix.models.gmm import GaussianMixture, MixtureDensity
+from deepmix.models import GaussianMixture, MixtureDensity
 from deepmix.training.objectives import (fit_density, get_objective, nll, score_matching,
                                          sliced_score_matching)
 
@@ -132,7 +132,7 @@ def test_unknown_names_are_errors():
     m = MixtureDensity(1, 2)
     with pytest.raises(ConfigError, match="Unknown projection 'uniform'"):
         sliced_score_matching(m, torch.zeros(3, 2), projection="uniform")
-    with pytest.raises(ConfigError, match="Unknown covariance type 'spherical'"):
-        MixtureDensity(1, 2, "spherical")
+    with pytest.raises(ConfigError, match="Unknown covariance type 'tied'"):
+        MixtureDensity(1, 2, "tied")
     with pytest.raises(ConfigError, match="Unknown optimizer"):
         fit_density(m, torch.zeros(3, 2), optimizer="lbfgs2")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError, DataError
-from ..models.gmm import GaussianMixture, MixtureDensity
+from ..models import GaussianMixture, MixtureDensity
 from ..training.objectives import fit_density
 
 __all__ = ["DATASETS", "PUBLISHED", "thesis_toy", "train_valid", "run_cell"]

@@ -4,9 +4,14 @@ EinsumNetwork probabilistic circuits (:func:`rat_spn`, :func:`poon_domingos`).""
 from .circuits import (EinsumNetwork, RegionGraph, poon_domingos, poon_domingos_graph,
                        random_binary_trees, rat_spn)
 from .dcgmm import DCGMM, ModelConfig, as_images
-from .gmm import GaussianMixture
+from .gmm import MixtureConfig, MixtureDensity
+from .gmm_estimator import GaussianMixture
+from .kmeans import kmeans
+from .base import Model
+from .registry import Family, family_names, get_family, register_family
 from .spec import ARCHITECTURES, LayerSpec, format_spec, parse_spec, resolve_architecture
 
-__all__ = ["DCGMM", "GaussianMixture", "ModelConfig", "as_images", "ARCHITECTURES", "LayerSpec", "format_spec",
+__all__ = ["Model", "Family", "register_family", "get_family", "family_names", "DCGMM",
+           "GaussianMixture", "MixtureDensity", "MixtureConfig", "kmeans", "ModelConfig", "as_images", "ARCHITECTURES", "LayerSpec", "format_spec",
            "parse_spec", "resolve_architecture", "EinsumNetwork", "RegionGraph", "poon_domingos",
            "poon_domingos_graph", "random_binary_trees", "rat_spn"]

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError, DataError, DeepmixError, InputError
-from ..models.gmm import GaussianMixture, MixtureDensity
+from ..models import GaussianMixture, MixtureDensity
 from ..utils.config import config_from_dict, config_to_dict
 from ..utils.io import write_json_atomic, write_text_atomic
 from .checkpoint import CONFIG_FILE, FORMAT, load_checkpoint, read_config, save_checkpoint

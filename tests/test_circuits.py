@@ -10,7 +10,8 @@ import torch
 from deepmix.errors import ConfigError, InputError, SpecError
 from deepmix.models import (EinsumNetwork, RegionGraph, poon_domingos, poon_domingos_graph, rat_spn,
                             random_binary_trees)
-from deepmix.training.objectives import fit_density, score_matching
+from deepmix.training import fit_density
+from deepmix.training.objectives import score_matching
 
 F64 = torch.float64
 

@@ -154,7 +154,7 @@ def test_checkpoints_from_the_device_load_anywhere(dev_model, tmp_path, digits):
 def test_flat_gmm_and_density_objectives_on_the_device(digits):
     from deepmix.models import GaussianMixture
     from deepmix.models.gmm import MixtureDensity
-    from deepmix.training.objectives import fit_density
+    from deepmix.training import fit_density
 
     flat = digits[0].reshape(len(digits[0]), -1).double()
     kw = dict(covariance_type="diag", random_state=0, max_iter=20)

@@ -16,7 +16,7 @@ from deepmix.cli import main as cli_main
 from deepmix.errors import CheckpointError
 from deepmix.models import GaussianMixture, MixtureDensity
 from deepmix.training.density_run import load_density, read_density_config
-from deepmix.training.objectives import fit_density
+from deepmix.training import fit_density
 
 
 @pytest.fixture

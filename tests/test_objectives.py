@@ -10,7 +10,8 @@ import torch
 
 from deepmix.errors import ConfigError
 from deepmix.models import GaussianMixture, MixtureDensity
-from deepmix.training.objectives import (fit_density, get_objective, nll, score_matching,
+from deepmix.training import fit_density
+from deepmix.training.objectives import (get_objective, nll, score_matching,
                                          sliced_score_matching)
 
 

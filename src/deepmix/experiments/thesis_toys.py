@@ -21,7 +21,7 @@ import torch
 
 from ..errors import ConfigError, DataError
 from ..models import GaussianMixture, MixtureDensity
-from ..training.objectives import fit_density
+from ..training.loop import fit_density
 
 __all__ = ["DATASETS", "PUBLISHED", "thesis_toy", "train_valid", "run_cell"]
 

@@ -107,9 +107,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
 
     @property
     def _device(self) -> torch.device:
-        from ..utils.device import resolve_device
+        # Resolved once per device value: the E-step asks for it in every row chunk.
+        cached = getattr(self, "_device_cache", None)
+        if cached is None or cached[0] != self.device:
+            from ..utils.device import resolve_device
 
-        return resolve_device(self.device)
+            cached = (self.device, resolve_device(self.device))
+            self._device_cache = cached
+        return cached[1]
 
     @property
     def model_(self) -> MixtureDensity:

@@ -3,9 +3,11 @@
 from .annealing import SigmaController, annealing_matrix, initial_sigma
 from .checkpoint import load_model, save_model
 from .config import TrainConfig
-from .objectives import OBJECTIVES, fit_density, get_objective, nll, score_matching, sliced_score_matching
+from .loop import FitConfig, fit, fit_density
+from .objectives import (OBJECTIVES, Objective, get_objective, make_objective, nll, score_matching,
+                         sliced_score_matching)
 from .trainer import train
 
 __all__ = ["SigmaController", "annealing_matrix", "initial_sigma", "load_model", "save_model",
-           "TrainConfig", "train", "OBJECTIVES", "fit_density", "get_objective", "nll",
+           "TrainConfig", "train", "FitConfig", "fit", "Objective", "make_objective", "OBJECTIVES", "fit_density", "get_objective", "nll",
            "score_matching", "sliced_score_matching"]

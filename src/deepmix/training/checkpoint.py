@@ -17,7 +17,7 @@ from ..errors import CheckpointError, DeepmixError
 from ..models.registry import family_of, get_family, model_config_dict, model_from_config_dict
 from ..utils.io import atomic_path, read_safetensors, write_json_atomic
 
-__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "save_model", "save_checkpoint",
+__all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "STATE_PREFIX", "save_model", "save_checkpoint",
            "read_config", "run_family", "load_model", "load_checkpoint"]
 
 CONFIG_FILE = "config.json"
@@ -25,11 +25,20 @@ WEIGHTS_FILE = "weights.safetensors"
 FORMAT = "deepmix-run/1"
 
 
+#: Prefix of the trainer's own tensors (optimiser moments, EM statistics, generator state) in
+#: ``weights.safetensors``; they are not model state and never reach ``load_state_dict``.
+STATE_PREFIX = "_trainer/"
+
+
 def save_checkpoint(model: torch.nn.Module, directory: str | Path,
-                    state: dict[str, Any] | None = None) -> Path:
-    """Atomically write ``weights.safetensors`` (tensors + JSON trainer ``state`` as metadata)."""
+                    state: dict[str, Any] | None = None,
+                    tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Atomically write ``weights.safetensors``: the model's tensors, the trainer's ``tensors``
+    (stored under :data:`STATE_PREFIX`) and the JSON trainer ``state`` as metadata."""
     directory = Path(directory)
+    extra = {STATE_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in (tensors or {}).items()}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tensors.update(extra)
     metadata = {"format": FORMAT, "state": json.dumps(state or {})}
     path = directory / WEIGHTS_FILE
     with atomic_path(path, suffix=".safetensors") as tmp:
@@ -38,7 +47,8 @@ def save_checkpoint(model: torch.nn.Module, directory: str | Path,
 
 
 def save_model(model: Any, directory: str | Path, *, train: dict | None = None,
-               data: dict | None = None, state: dict | None = None) -> Path:
+               data: dict | None = None, state: dict | None = None,
+               tensors: dict[str, torch.Tensor] | None = None) -> Path:
     """Write a loadable run folder: ``config.json`` and ``weights.safetensors``."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -48,7 +58,7 @@ def save_model(model: Any, directory: str | Path, *, train: dict | None = None,
         config["train"] = train
     if data is not None:
         config["data"] = data
-    save_checkpoint(model, directory, state)
+    save_checkpoint(model, directory, state, tensors)
     write_json_atomic(directory / CONFIG_FILE, config)
     return directory
 
@@ -89,10 +99,18 @@ def run_family(config: dict) -> str:
     return family
 
 
-def load_checkpoint(model: torch.nn.Module, directory: str | Path) -> dict[str, Any]:
-    """Load weights into ``model`` (shapes must match exactly); returns the trainer state."""
+def load_checkpoint(model: torch.nn.Module, directory: str | Path,
+                    trainer_tensors: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Load weights into ``model`` (shapes must match exactly); returns the trainer state.
+
+    The trainer's own tensors go into ``trainer_tensors`` (prefix removed) when it is given.
+    """
     path = Path(directory) / WEIGHTS_FILE
     tensors, metadata = read_safetensors(path, "weights file", FORMAT)
+    extra = {k[len(STATE_PREFIX):]: tensors.pop(k) for k in list(tensors)
+             if k.startswith(STATE_PREFIX)}
+    if trainer_tensors is not None:
+        trainer_tensors.update(extra)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))

@@ -36,7 +36,7 @@ from ..models import GaussianMixture, MixtureDensity
 from ..utils.config import config_from_dict, config_to_dict
 from ..utils.io import write_json_atomic, write_text_atomic
 from .checkpoint import CONFIG_FILE, FORMAT, load_checkpoint, read_config, save_checkpoint
-from .objectives import fit_density
+from .loop import fit_density
 
 __all__ = ["DensityModelConfig", "DensityTrainConfig", "DensityDataConfig", "DENSITY_OBJECTIVES",
            "TOY_DATA", "IMAGE_DATA", "load_density_data", "train_density", "load_density",

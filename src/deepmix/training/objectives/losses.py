@@ -12,7 +12,7 @@ Each is a loss to *minimise*, averaged over the batch:
 Models with closed forms (:class:`deepmix.models.gmm.MixtureDensity`: ``score_and_laplacian``,
 ``hessian_quadratic``) use them, at the cost of one likelihood pass; any other model goes through
 autograd (``method="autograd"`` forces that route: D + 1 backward passes for SM, two for SSM).
-EM is not a loss: it is :meth:`deepmix.models.GaussianMixture.fit`.
+EM is not a loss: it is an :class:`~deepmix.training.objectives.EMObjective`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,9 @@ from typing import Any, Callable
 
 import torch
 
-from ..errors import ConfigError
+from ...errors import ConfigError
 
-__all__ = ["OBJECTIVES", "get_objective", "nll", "score_matching", "sliced_score_matching",
-           "fit_density"]
+__all__ = ["OBJECTIVES", "get_objective", "nll", "score_matching", "sliced_score_matching"]
 
 
 def nll(model: Any, x: torch.Tensor, **_: Any) -> torch.Tensor:
@@ -96,43 +95,4 @@ def get_objective(name: str) -> Callable[..., torch.Tensor]:
         return OBJECTIVES[name.lower()]
     except (KeyError, AttributeError):
         raise ConfigError(f"Unknown objective '{name}'; expected one of "
-                          f"{', '.join(OBJECTIVES)} (EM: GaussianMixture.fit)") from None
-
-
-def fit_density(model: torch.nn.Module, data: torch.Tensor, objective: str = "mle", *,
-                epochs: int = 10, batch_size: int | None = None, lr: float = 0.05,
-                optimizer: str = "adam", clip: float | None = None, seed: int = 0,
-                callback: Callable[[int, float], None] | None = None,
-                **objective_options: Any) -> list[float]:
-    """Minimise ``objective`` over ``data`` (N, D) with a torch optimiser; returns epoch losses.
-
-    ``batch_size=None`` means full batch (the thesis' 2-D runs). Data order and slices are
-    seeded by ``seed``. ``callback(epoch, mean_loss)`` runs after every epoch (epochs count
-    from 1): run folders log metrics and checkpoints through it, so this stays the one loop.
-    """
-    loss_fn = get_objective(objective)
-    opt_cls = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}.get(optimizer)
-    if opt_cls is None:
-        raise ConfigError(f"Unknown optimizer '{optimizer}'; expected adam or sgd")
-    opt = opt_cls(model.parameters(), lr=lr)
-    gen = torch.Generator(device=data.device).manual_seed(seed)
-    N = data.shape[0]
-    B = N if batch_size is None else min(batch_size, N)
-    history = []
-    for _ in range(epochs):
-        order = torch.randperm(N, generator=gen, device=data.device) if B < N else None
-        total, count = 0.0, 0
-        for start in range(0, N, B):
-            xb = data if order is None else data[order[start:start + B]]
-            loss = loss_fn(model, xb, generator=gen, **objective_options)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            opt.step()
-            total += float(loss.detach()) * xb.shape[0]
-            count += xb.shape[0]
-        history.append(total / count)
-        if callback is not None:
-            callback(len(history), history[-1])
-    return history
+                          f"{', '.join(OBJECTIVES)} (EM: objective 'em')") from None

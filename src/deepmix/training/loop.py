@@ -1,0 +1,377 @@
+r"""The training loop every family shares.
+
+:func:`fit` runs ``epochs`` passes over the data in batches (a fresh order per epoch, drawn from
+one seeded generator), calls the objective's pieces (:mod:`deepmix.training.objectives`), logs
+one ``metrics.jsonl`` row per epoch, checkpoints the run folder at epoch ends (and every
+``checkpoint_every`` steps where the objective allows), and turns Ctrl-C into a checkpoint
+between two steps. ``resume=True`` continues a run to exactly the result of an uninterrupted
+one: the model, the objective's tensors (optimiser moments, EM statistics) and the generator
+state are all in the checkpoint.
+
+``metrics.jsonl`` rows (one schema for every family): ``epoch``, ``step``, ``loss`` (mean of
+the objective's batch losses over the epoch; absent for epoch 0, the initialisation),
+``seconds`` (cumulative training time, evaluation excluded), ``samples_per_s``, and whatever
+the ``evaluate`` callback returns (e.g. ``train_nll``, ``valid_nll``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import CheckpointError, ConfigError, InputError
+from ..models.registry import family_of
+from ..utils.config import config_from_dict, config_to_dict
+from ..utils.device import resolve_device
+from ..utils.io import write_text_atomic
+from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_config, save_model
+from .objectives import Objective, make_objective, objective_class
+
+__all__ = ["FitConfig", "fit", "fit_density", "METRICS_FILE", "defer_sigint", "restore_sigint"]
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class FitConfig:
+    """Options of the loop itself, the same for every family (``"train"`` ``"loop"``).
+
+    Arguments:
+        epochs: passes over the training data (EM: iterations).
+        batch_size: rows per step; None means the whole data set (full batch).
+        seed: seeds the initialisation, the data order and the objective's randomness.
+        device: torch device of the run.
+        checkpoint_every: also checkpoint every N steps (0: at epoch ends only).
+    """
+
+    epochs: int = 10
+    batch_size: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "seed", "checkpoint_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name} must be an integer, got {v!r}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size is not None and (isinstance(self.batch_size, bool) or not
+                                            isinstance(self.batch_size, int) or
+                                            self.batch_size < 1):
+            raise ConfigError(f"batch_size must be an integer >= 1 or None, got "
+                              f"{self.batch_size!r}")
+        if self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint_every must be >= 0, got {self.checkpoint_every}")
+        if not isinstance(self.device, str):
+            self.device = str(self.device)
+
+
+def defer_sigint(flag: list[bool]) -> Any:
+    """Turn Ctrl-C into a flag checked between steps (main thread only; else None)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        flag.append(True)
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:
+        return None
+
+
+def restore_sigint(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _train_section(objective: Objective, cfg: FitConfig) -> dict[str, Any]:
+    return {"objective": objective.name, "options": config_to_dict(objective.options),
+            "loop": config_to_dict(cfg)}
+
+
+def read_train_section(directory: Path, family: str) -> tuple[Objective, FitConfig]:
+    """The objective and loop options a run folder was trained with (strict)."""
+    saved = read_config(directory)
+    section = saved.get("train")
+    where = f"{directory / CONFIG_FILE} 'train'"
+    if not isinstance(section, dict) or set(section) - {"objective", "options", "loop"} \
+            or "objective" not in section:
+        raise CheckpointError(f"{where}: not a training section of the deepmix loop "
+                              f"(expected objective, options, loop)")
+    try:
+        objective = make_objective(family, section["objective"], section.get("options") or {})
+        cfg = config_from_dict(FitConfig, section.get("loop") or {}, where=f"{where} 'loop'")
+    except ConfigError as exc:
+        raise CheckpointError(str(exc)) from None
+    return objective, cfg
+
+
+def _generator_state(gen: torch.Generator) -> torch.Tensor:
+    return gen.get_state().clone()
+
+
+def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
+        config: FitConfig | None = None, out_dir: str | Path | None = None,
+        resume: bool = False, progress: bool = False, data_info: dict | None = None,
+        evaluate: Callable[[Any], dict[str, float]] | None = None,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        stop_after_steps: int | None = None, initialize: bool = True,
+        **options: Any) -> list[dict[str, Any]]:
+    """Train ``model`` on ``data`` (rows along dim 0) with ``objective``; returns the metric rows.
+
+    Arguments:
+        model: a registered family's module (see :mod:`deepmix.models.base`).
+        data: the training rows, already in the model's input format.
+        objective: an :class:`~deepmix.training.objectives.Objective`, or its name for the
+            model's family (``options`` then are its options).
+        config: the loop's :class:`FitConfig`; keyword ``options`` that are FitConfig fields
+            override it.
+        out_dir: run folder (config.json, weights.safetensors, metrics.jsonl); None: in memory.
+        resume: continue the run in ``out_dir`` (same data); only ``epochs`` may grow.
+        progress: show a progress bar.
+        data_info: what the data were, stored in config.json's ``"data"``.
+        evaluate: ``evaluate(model) -> {name: value}`` after the initialisation and every epoch
+            (time excluded from ``seconds``), e.g. training and validation NLL.
+        callback: called with every metrics row (after it is written).
+        stop_after_steps: stop after this global step with a checkpoint, as an interruption.
+        initialize: let the objective initialise the model from the data first (fresh runs);
+            False trains the model as it is.
+    """
+    family = _family_name(model, needed=out_dir is not None)
+    loop_fields = set(FitConfig.__dataclass_fields__)
+    loop_over = {k: options.pop(k) for k in list(options) if k in loop_fields}
+    cfg = config or FitConfig()
+    if loop_over:
+        cfg = FitConfig(**{**config_to_dict(cfg), **loop_over})
+    if isinstance(objective, str):
+        objective = make_objective(family, objective, options or None)
+    elif options:
+        raise ConfigError(f"unknown option(s) {', '.join(sorted(options))}: give objective "
+                          f"options to the objective itself")
+    if "*" not in objective.families and family not in objective.families:
+        raise ConfigError(f"objective '{objective.name}' trains {', '.join(objective.families)} "
+                          f"models, not '{family}'")
+    out = Path(out_dir) if out_dir is not None else None
+    state: dict[str, Any] = {}
+    trainer_tensors: dict[str, torch.Tensor] = {}
+    if resume:
+        if out is None:
+            raise ConfigError("resume needs the run folder out_dir")
+        saved_objective, saved_cfg = read_train_section(out, family)
+        if saved_objective.name != objective.name or saved_objective.options != objective.options:
+            objective = saved_objective          # the run's own objective decides
+        epochs = loop_over.get("epochs", config.epochs if config is not None else None)
+        cfg = FitConfig(**{**config_to_dict(saved_cfg),
+                           "epochs": int(epochs or saved_cfg.epochs)})
+        state = load_checkpoint(model, out, trainer_tensors)
+        saved_data = read_config(out).get("data")
+        data_info = data_info or saved_data
+    device = resolve_device(cfg.device)
+    model.to(device)
+    if not torch.is_tensor(data):
+        raise InputError(f"training data must be a tensor, got {type(data).__name__}")
+    x = data.to(device)
+    N = int(x.shape[0])
+    if N == 0:
+        raise InputError("no training rows")
+    data_info = dict(data_info or {})
+    if resume and data_info.get("n") not in (None, N):
+        raise InputError(f"resume with {N} training rows, but the run was trained on "
+                         f"{data_info['n']}: use the same data")
+    data_info["n"] = N
+    B = N if cfg.batch_size is None else min(cfg.batch_size, N)
+    steps_per_epoch = math.ceil(N / B)
+    total = cfg.epochs * steps_per_epoch
+    gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
+    history: list[dict[str, Any]] = []
+    metrics_path = out / METRICS_FILE if out is not None else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        if not resume and (out / WEIGHTS_FILE).exists():
+            raise CheckpointError(f"{out} already holds a run: pass resume to continue it, or "
+                                  f"choose another folder")
+    step = int(state.get("step", 0))
+    if resume and not state:
+        raise CheckpointError(f"{out / WEIGHTS_FILE} holds no loop state: nothing to resume")
+    paused = 0.0
+    seconds0 = float(state.get("seconds", 0.0))
+    t0 = time.perf_counter()
+
+    def row_metrics(row: dict[str, Any]) -> dict[str, Any]:
+        nonlocal paused
+        if evaluate is not None:
+            t = time.perf_counter()
+            row.update(evaluate(model))
+            paused += time.perf_counter() - t
+        return row
+
+    if resume:
+        history = _read_rows(metrics_path, step)  # type: ignore[arg-type]
+        gen.set_state(trainer_tensors.pop("loop.generator").to(gen.get_state().device))
+        objective.bind(model)
+        objective.load_state_tensors({k[len("objective."):]: v.to(device)
+                                      for k, v in trainer_tensors.items()
+                                      if k.startswith("objective.")})
+    else:
+        if initialize:
+            # A CPU generator of its own: the same seed initialises alike on every device.
+            objective.start(model, x, torch.Generator().manual_seed(cfg.seed))
+        objective.bind(model)
+        history = [row_metrics({"epoch": 0, "step": 0, "seconds": 0.0})]
+    if metrics_path is not None:
+        write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
+    train_section = _train_section(objective, cfg)
+    epoch_loss = torch.tensor(float(state.get("epoch_loss", 0.0)), dtype=torch.float64,
+                              device=device)
+    epoch_rows = int(state.get("epoch_rows", 0))
+
+    def checkpoint() -> None:
+        if out is None:
+            return
+        tensors = {"loop.generator": _generator_state(gen)}
+        if epoch_state is not None and step % steps_per_epoch:
+            tensors["loop.epoch_generator"] = epoch_state
+        tensors.update({f"objective.{k}": v for k, v in objective.state_tensors().items()})
+        now = seconds0 + time.perf_counter() - t0 - paused
+        save_model(model, out, train=train_section, data=data_info, tensors=tensors,
+                   state={"step": step, "epoch_loss": float(epoch_loss),
+                          "epoch_rows": epoch_rows, "seconds": now})
+
+    if out is not None and not resume:
+        checkpoint()  # the initialised model: an interrupted first epoch resumes from here
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, initial=step, desc=f"train {family}", unit="step",
+                   file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    stop_at = total if stop_after_steps is None else min(total, stop_after_steps)
+    interrupted: list[bool] = []
+    previous = defer_sigint(interrupted)
+    fh = open(metrics_path, "a", encoding="utf-8") if metrics_path is not None else None
+    order: torch.Tensor | None = None
+    # Inside an epoch a checkpoint also keeps the generator as it was when the epoch's order
+    # was drawn, so a resumed run redraws the same order and then goes on with the generator
+    # as it was at the checkpoint (the objective's own draws, e.g. SSM slices).
+    epoch_state = trainer_tensors.get("loop.epoch_generator")
+    pending_order = epoch_state is not None
+    t_epoch = time.perf_counter()
+    try:
+        while step < stop_at and not interrupted:
+            epoch, b = divmod(step, steps_per_epoch)
+            if b == 0:
+                epoch_state = _generator_state(gen)
+                epoch_loss.zero_()
+                epoch_rows = 0
+                t_epoch = time.perf_counter()
+                order = torch.randperm(N, generator=gen, device=x.device) if B < N else None
+            elif pending_order:
+                replay = torch.Generator(device=x.device)
+                replay.set_state(epoch_state)  # type: ignore[arg-type]
+                order = torch.randperm(N, generator=replay, device=x.device) if B < N else None
+            pending_order = False
+            batch = x if order is None else x[order[b * B:(b + 1) * B]]
+            loss = objective.step(model, batch, gen)
+            epoch_loss += loss.to(torch.float64) * batch.shape[0]
+            epoch_rows += int(batch.shape[0])
+            step += 1
+            if bar is not None:
+                bar.update(1)
+            if step % steps_per_epoch == 0:
+                objective.end_epoch(model)
+                mean = float(epoch_loss) / max(epoch_rows, 1)
+                if not math.isfinite(mean):
+                    raise ConfigError(f"objective '{objective.name}' loss became {mean} in epoch "
+                                      f"{epoch + 1}; lower the learning rate or set clip")
+                now = seconds0 + time.perf_counter() - t0 - paused
+                row = row_metrics({"epoch": epoch + 1, "step": step, "loss": mean,
+                                   "seconds": now,
+                                   "samples_per_s": epoch_rows / max(
+                                       time.perf_counter() - t_epoch, 1e-9)})
+                history.append(row)
+                if fh is not None:
+                    fh.write(json.dumps(row) + "\n")
+                    fh.flush()
+                if bar is not None:
+                    bar.set_postfix_str(f"loss={mean:.4g}")
+                if callback is not None:
+                    callback(row)
+                epoch_loss.zero_()
+                epoch_rows = 0
+                checkpoint()
+            elif objective.resumable_mid_epoch and (
+                    (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                    or step == stop_at or interrupted):
+                checkpoint()
+        if interrupted:
+            raise KeyboardInterrupt
+    finally:
+        restore_sigint(previous)
+        if bar is not None:
+            bar.close()
+        if fh is not None:
+            fh.close()
+    return history
+
+
+def _family_name(model: Any, needed: bool) -> str:
+    """The registered family of ``model``; any ``nn.Module`` with a ``log_prob`` may still be
+    trained in memory by the family-independent (gradient) objectives."""
+    try:
+        return family_of(model).name
+    except ConfigError:
+        if needed or not hasattr(model, "log_prob"):
+            raise
+        return "*"
+
+
+def _read_rows(path: Path, upto_step: int) -> list[dict]:
+    if path is None or not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash; the checkpoint decides what is kept
+        if row.get("step", 0) <= upto_step:
+            rows.append(row)
+    return rows
+
+
+def fit_density(model: torch.nn.Module, data: torch.Tensor, objective: str = "mle", *,
+                epochs: int = 10, batch_size: int | None = None, lr: float = 0.05,
+                optimizer: str = "adam", clip: float | None = None, seed: int = 0,
+                callback: Callable[[int, float], None] | None = None,
+                **objective_options: Any) -> list[float]:
+    """Minimise a gradient ``objective`` over ``data`` (N, D); returns the epoch losses.
+
+    A shortcut for :func:`fit` without a run folder: ``batch_size=None`` means full batch
+    (the thesis' 2-D runs), ``callback(epoch, mean_loss)`` runs after every epoch.
+    """
+    family = _family_name(model, needed=False)
+    cls = objective_class(family, objective)
+    opts = {"lr": lr, "optimizer": optimizer, "clip": clip, **objective_options}
+    if "init" not in opts:
+        opts["init"] = None
+    obj = cls(cls.options_class(**opts))
+    rows = fit(model, data, obj, config=FitConfig(epochs=epochs, batch_size=batch_size,
+                                                  seed=seed, device=str(data.device)),
+               initialize=False,
+               callback=None if callback is None else
+               (lambda row: callback(row["epoch"], row["loss"])))
+    return [r["loss"] for r in rows if "loss" in r]

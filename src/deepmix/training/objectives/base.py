@@ -1,0 +1,113 @@
+"""What an objective supplies to the training loop, and the objective registry.
+
+The loop (:func:`deepmix.training.loop.fit`) owns batches, order, seeds, device, progress,
+``metrics.jsonl``, checkpoints, resume and Ctrl-C. An objective supplies only
+
+- :meth:`Objective.start`: initialisation from the training data (fresh runs only);
+- :meth:`Objective.bind`: per-run machinery such as an optimiser (fresh and resumed runs);
+- :meth:`Objective.step`: one batch (a gradient step, or E-step statistics); returns the
+  batch's mean loss as a 0-d tensor, so the loop never synchronises with the device per step;
+- :meth:`Objective.end_epoch`: work at the end of a pass (the M-step of batch EM);
+- :meth:`Objective.state_tensors` / :meth:`Objective.load_state_tensors`: whatever resume
+  needs beyond the model (optimiser moments, accumulated statistics).
+
+Objectives register under ``(family, name)``; ``family = "*"`` serves every family with a
+differentiable ``log_prob``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ...errors import ConfigError
+from ...utils.config import config_from_dict
+
+__all__ = ["Objective", "ObjectiveOptions", "register_objective", "objective_class",
+           "objective_names", "make_objective"]
+
+
+@dataclass
+class ObjectiveOptions:
+    """Options shared by every objective (none yet); each objective subclasses this."""
+
+
+class Objective:
+    """Base class of the pieces an objective plugs into the loop (see the module docstring)."""
+
+    #: Registry name, e.g. ``"mle"``, ``"em"``.
+    name: ClassVar[str] = ""
+    #: Families it trains; ``("*",)`` means any family with a differentiable ``log_prob``.
+    families: ClassVar[tuple[str, ...]] = ("*",)
+    #: Its options dataclass (the ``"objective"`` part of a run's ``"train"`` section).
+    options_class: ClassVar[type] = ObjectiveOptions
+    #: Whether :meth:`state_tensors` captures a mid-epoch state (else checkpoints fall on
+    #: epoch ends, and an interrupted epoch is redone on resume).
+    resumable_mid_epoch: ClassVar[bool] = True
+
+    def __init__(self, options: Any = None) -> None:
+        if options is None:
+            options = self.options_class()
+        elif isinstance(options, dict):
+            options = config_from_dict(self.options_class, options,
+                                       where=f"objective '{self.name}' options")
+        elif not isinstance(options, self.options_class):
+            raise ConfigError(f"objective '{self.name}' takes {self.options_class.__name__} "
+                              f"options, got {type(options).__name__}")
+        self.options = options
+
+    def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:
+        """Initialise ``model`` from the training data (fresh runs only)."""
+
+    def bind(self, model: Any) -> None:
+        """Set up per-run state (e.g. the optimiser) for ``model``."""
+
+    def step(self, model: Any, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Process one batch; return its mean loss (0-d tensor, not synchronised)."""
+        raise NotImplementedError
+
+    def end_epoch(self, model: Any) -> None:
+        """Called after the last batch of every epoch."""
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            raise ConfigError(f"objective '{self.name}' keeps no state, but the checkpoint "
+                              f"holds {sorted(tensors)[:3]}")
+
+
+_OBJECTIVES: dict[tuple[str, str], type[Objective]] = {}
+
+
+def register_objective(cls: type[Objective]) -> type[Objective]:
+    """Class decorator: register ``cls`` under each of its families and its name."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a class attribute name")
+    for fam in cls.families:
+        _OBJECTIVES[(fam, cls.name)] = cls
+    return cls
+
+
+def objective_names(family: str) -> list[str]:
+    """Objective names that can train ``family`` (specific ones first)."""
+    own = [n for f, n in _OBJECTIVES if f == family]
+    return own + [n for f, n in _OBJECTIVES if f == "*" and n not in own]
+
+
+def objective_class(family: str, name: str) -> type[Objective]:
+    """The objective class of ``name`` for ``family``; a one-line error naming the choices."""
+    key = str(name).lower()
+    cls = _OBJECTIVES.get((family, key)) or _OBJECTIVES.get(("*", key))
+    if cls is None:
+        raise ConfigError(f"Unknown objective '{name}' for model family '{family}'; expected "
+                          f"one of {', '.join(objective_names(family))}")
+    return cls
+
+
+def make_objective(family: str, name: str, options: Any = None) -> Objective:
+    """An objective instance for ``family`` with ``options`` (dataclass, dict or None)."""
+    return objective_class(family, name)(options)

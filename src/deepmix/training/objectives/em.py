@@ -1,0 +1,164 @@
+r"""EM objectives: an E-step that accumulates sufficient statistics over the batches of an epoch,
+and a closed-form M-step at its end (batch EM: one EM iteration per epoch).
+
+- flat GMM (:class:`GaussianMixtureEM`): statistics :math:`\sum_n r_{nk}`, :math:`\sum_n r_{nk}
+  x_n`, :math:`\sum_n r_{nk} x_n x_n^T` (or its diagonal / trace), the M-step of scikit-learn's
+  ``GaussianMixture`` (same ``reg_covar``, same initialisations);
+- circuits (:class:`CircuitEM`): expected counts by differentiating the circuit (Peharz et al.),
+  the EinsumNetwork M-step.
+
+The loss logged per batch is the mean negative log-likelihood under the parameters the E-step
+saw, so an epoch's loss is EM's training NLL before that epoch's update.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from ...errors import ConfigError
+from ...models.gmm_estimator import INIT_METHODS, GaussianMixture
+from .base import Objective, ObjectiveOptions, register_objective
+
+__all__ = ["GaussianMixtureEMOptions", "GaussianMixtureEM", "CircuitEMOptions", "CircuitEM"]
+
+
+@dataclass
+class GaussianMixtureEMOptions(ObjectiveOptions):
+    """Options of flat-GMM EM.
+
+    Arguments:
+        init: ``"kmeans"``, ``"k-means++"`` or ``"random"`` (as
+            :class:`~deepmix.models.GaussianMixture`).
+        reg_covar: added to the diagonal of every covariance.
+    """
+
+    init: str = "kmeans"
+    reg_covar: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.init not in INIT_METHODS:
+            raise ConfigError(f"Unknown init '{self.init}'; expected one of "
+                              f"{', '.join(INIT_METHODS)}")
+        if not self.reg_covar >= 0:
+            raise ConfigError(f"reg_covar must be >= 0, got {self.reg_covar}")
+
+
+@register_objective
+class GaussianMixtureEM(Objective):
+    """Batch EM for the flat GMM family (``gmm``)."""
+
+    name = "em"
+    families = ("gmm",)
+    options_class = GaussianMixtureEMOptions
+
+    def _engine(self, model: Any) -> GaussianMixture:
+        # The estimator's E-step, statistics and M-step are the one implementation of flat-GMM
+        # EM; here they run on the loop's batches and write into the model.
+        return GaussianMixture(model.n_components, covariance_type=model.covariance_type,
+                               reg_covar=self.options.reg_covar,
+                               init_params=self.options.init, dtype=model.means.dtype,
+                               device=model.means.device)
+
+    def _read(self, model: Any) -> None:
+        with torch.no_grad():
+            e = self.engine
+            e.weights_, e.means_ = model.weights.detach(), model.means.detach().clone()
+            e.covariances_ = model.covariances.detach()
+
+    def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:
+        engine = self._engine(model)
+        with torch.no_grad():
+            engine._initialize(data, engine._squares(data), generator)
+            model.set_moments(engine.weights_, engine.means_, engine.covariances_)
+
+    def bind(self, model: Any) -> None:
+        self.engine = self._engine(model)
+        self._read(model)
+        self.stats: list[torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def step(self, model: Any, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        e = self.engine
+        if not hasattr(self, "_terms"):
+            self._terms = e._precision_terms()
+        XX = e._squares(batch)
+        lp = e._estimate_weighted_log_prob(batch, self._terms, XX)
+        norm = torch.logsumexp(lp, 1, keepdim=True)
+        resp = torch.exp(lp - norm)
+        stats = e._statistics(batch, resp, XX)
+        self.stats = list(stats) if self.stats is None else [a + b for a, b in
+                                                             zip(self.stats, stats)]
+        return -norm.mean()
+
+    @torch.no_grad()
+    def end_epoch(self, model: Any) -> None:
+        if self.stats is None:
+            return
+        e = self.engine
+        e._set_from_statistics(*self.stats)
+        model.set_moments(e.weights_, e.means_, e.covariances_)
+        self._read(model)     # the next E-step sees exactly what a resumed run would load
+        self.stats = None
+        del self._terms
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        if self.stats is None:
+            return {}
+        return {f"stats.{i}": t for i, t in enumerate(self.stats)}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            device = self.engine.means_.device
+            self.stats = [tensors[f"stats.{i}"].to(device) for i in range(len(tensors))]
+
+
+@dataclass
+class CircuitEMOptions(ObjectiveOptions):
+    """Options of circuit EM.
+
+    Arguments:
+        stepsize: None for batch EM (one update per epoch); otherwise online EM with
+            :math:`\\theta \\leftarrow (1-s)\\theta + s\\hat\\theta` after every ``frequency``
+            batches.
+        frequency: batches per online update.
+    """
+
+    stepsize: float | None = None
+    frequency: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stepsize is not None and not 0.0 < self.stepsize <= 1.0:
+            raise ConfigError(f"stepsize must lie in (0, 1], got {self.stepsize}")
+        if isinstance(self.frequency, bool) or not isinstance(self.frequency, int) \
+                or self.frequency < 1:
+            raise ConfigError(f"frequency must be an integer >= 1, got {self.frequency!r}")
+
+
+@register_objective
+class CircuitEM(Objective):
+    """EM for EinsumNetwork circuits (``circuit``): batch or online."""
+
+    name = "em"
+    families = ("circuit",)
+    options_class = CircuitEMOptions
+    # The accumulated statistics live inside the circuit between updates.
+    resumable_mid_epoch: ClassVar[bool] = False
+
+    def bind(self, model: Any) -> None:
+        model.reset_em_statistics()
+        self.batches = 0
+
+    def step(self, model: Any, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        logp = model.em_accumulate(batch)
+        self.batches += 1
+        if self.options.stepsize is not None and self.batches % self.options.frequency == 0:
+            model.em_update(self.options.stepsize)
+        return -logp.mean()
+
+    def end_epoch(self, model: Any) -> None:
+        if model._em_stats is not None:
+            model.em_update(self.options.stepsize)
+        self.batches = 0

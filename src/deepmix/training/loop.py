@@ -238,6 +238,11 @@ def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
     epoch_loss = torch.tensor(float(state.get("epoch_loss", 0.0)), dtype=torch.float64,
                               device=device)
     epoch_rows = int(state.get("epoch_rows", 0))
+    # Inside an epoch a checkpoint also keeps the generator as it was when the epoch's order
+    # was drawn, so a resumed run redraws the same order and then goes on with the generator
+    # as it was at the checkpoint (the objective's own draws, e.g. SSM slices).
+    epoch_state = trainer_tensors.get("loop.epoch_generator")
+    pending_order = epoch_state is not None
 
     def checkpoint() -> None:
         if out is None:
@@ -264,11 +269,6 @@ def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
     previous = defer_sigint(interrupted)
     fh = open(metrics_path, "a", encoding="utf-8") if metrics_path is not None else None
     order: torch.Tensor | None = None
-    # Inside an epoch a checkpoint also keeps the generator as it was when the epoch's order
-    # was drawn, so a resumed run redraws the same order and then goes on with the generator
-    # as it was at the checkpoint (the objective's own draws, e.g. SSM slices).
-    epoch_state = trainer_tensors.get("loop.epoch_generator")
-    pending_order = epoch_state is not None
     t_epoch = time.perf_counter()
     try:
         while step < stop_at and not interrupted:

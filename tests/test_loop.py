@@ -76,7 +76,7 @@ def test_the_run_folder_names_family_and_objective(tmp_path):
     assert config["family"] == "gmm"
     assert config["train"]["objective"] == "mle" and config["train"]["loop"]["batch_size"] == 60
     assert config["data"] == {"name": "blobs", "n": 240}
-    with pytest.raises(CheckpointError, match="holds a 'gmm' run, not a 'dcgmm' one"):
+    with pytest.raises(CheckpointError, match="holds a 'gmm' run; this needs a 'dcgmm' run"):
         load_model(tmp_path / "r", family="dcgmm")
     with pytest.raises(CheckpointError, match="already holds a run"):
         fit(_model(), _data(), "mle", out_dir=tmp_path / "r")

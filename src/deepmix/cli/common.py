@@ -79,14 +79,16 @@ def sampling_options(args: argparse.Namespace) -> dict:
             "sharpen": sharpen, "seed": args.seed}
 
 
-def load_run_and_data(args: argparse.Namespace) -> tuple[Any, str, Any]:
+def load_run_and_data(args: argparse.Namespace, family: str | None = "dcgmm"
+                      ) -> tuple[Any, str, Any]:
     """(model, data name, dataset) for a command's ``run_dir``, ``--data`` (default: the run's
-    own data set), ``--split``, ``--classes`` and ``--device``."""
+    own data set), ``--split``, ``--classes`` and ``--device``; a run of another ``family`` than
+    the command needs (None: any) is refused with one line naming both."""
     from ..data import load_images
     from ..training.checkpoint import load_model, read_config
 
     config = read_config(args.run_dir)
     data_name = args.data or config.get("data", {}).get("name", "mnist")
-    model = load_model(args.run_dir, device=args.device)
+    model = load_model(args.run_dir, device=args.device, family=family)
     ds = load_images(data_name, args.split, classes=parse_classes(args.classes))
     return model, str(data_name), ds

@@ -29,12 +29,25 @@ def run(args: argparse.Namespace) -> int:
     from ..plots.report import metrics_table
     from ..utils.io import atomic_path, write_json_atomic
 
-    model, data_name, ds = load_run_and_data(args)
-    summary, per = evaluate(model, ds.to_tensor(), batch_size=args.batch_size, levels=ds.levels,
-                            per_position=args.per_sample is not None)
+    model, data_name, ds = load_run_and_data(args, family=None)
+    if model.family == "dcgmm":
+        summary, per = evaluate(model, ds.to_tensor(), batch_size=args.batch_size,
+                                levels=ds.levels, per_position=args.per_sample is not None)
+    else:
+        from ..inference import evaluate_density
+        from .families import model_input
+
+        summary, per = evaluate_density(model, model_input(model, ds.to_tensor()),
+                                        batch_size=args.batch_size, levels=ds.levels)
     summary.update({"data": str(data_name), "split": args.split, "run": str(args.run_dir)})
-    print(f"{model.spec()} on {data_name}/{args.split} ({summary['n']} images)")
-    print(metrics_table(summary))
+    from .families import describe
+
+    print(f"{describe(model)} on {data_name}/{args.split} ({summary['n']} images)")
+    if model.family == "dcgmm":
+        print(metrics_table(summary))
+    else:
+        print(f"log-likelihood {summary['log_prob']:.3f} ± {summary['log_prob_std']:.3f} nats "
+              f"per image, {summary['bits_per_dim']:.4f} bits/dim")
     if args.json:
         write_json_atomic(args.json, summary)
         print(f"wrote {args.json}")

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     classes = parse_classes(args.classes)
     if classes is None and args.inliers is None:
         classes = data_info.get("classes")
-    model = load_model(args.run_dir, device=args.device)
+    model = load_model(args.run_dir, device=args.device, family="dcgmm")
     inliers = load_images(data_name, args.split, classes=classes).to_tensor()
     outliers, described = _outlier_images(args.outliers, data_name, args.split, inliers, args.seed)
     res = detect_outliers(model, inliers, outliers, layer, batch_size=args.batch_size)

@@ -32,6 +32,8 @@ def run(args: argparse.Namespace) -> int:
     from ..training.checkpoint import load_model
 
     model = load_model(args.run_dir, device=args.device)
+    if model.family != "dcgmm":
+        return _sample_flat(model, args)
     options = sampling_options(args)
     n, ncol, labels = args.n, None, None
     classes = parse_classes(args.classes)
@@ -41,5 +43,34 @@ def run(args: argparse.Namespace) -> int:
         n, ncol = len(labels), (args.n if len(classes) > 1 else None)
     png, npz = sample_to_files(model, n, args.out, args.npz, use_pi=args.use_pi,
                                batch_size=args.batch_size, labels=labels, ncol=ncol, **options)
+    print(f"wrote {png} and {npz}")
+    return 0
+
+
+def _sample_flat(model, args: argparse.Namespace) -> int:
+    """Families over flat pixel rows: ``model.sample`` reshaped to the run's image shape."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+
+    from ..errors import InputError
+    from ..plots import save_grid
+    from ..training.checkpoint import read_config
+    from ..utils.io import atomic_path
+
+    if args.classes is not None:
+        raise InputError(f"a '{model.family}' run has no classes to condition on (--class)")
+    shape = read_config(args.run_dir).get("data", {}).get("shape")
+    gen = torch.Generator().manual_seed(args.seed)
+    x = model.sample(args.n, generator=gen).detach().cpu().float().clamp(0.0, 1.0)
+    if shape is None or int(np.prod(shape)) != x[0].numel():
+        raise InputError(f"the run folder {args.run_dir} does not record an image shape for "
+                         f"its {x[0].numel()} values; no grid to draw")
+    images = x.reshape(args.n, *shape)
+    png = save_grid(images, args.out)
+    npz = Path(args.npz) if args.npz else Path(args.out).with_suffix(".npz")
+    with atomic_path(npz, suffix=".npz") as tmp:
+        np.savez_compressed(tmp, samples=images.numpy())
     print(f"wrote {png} and {npz}")
     return 0

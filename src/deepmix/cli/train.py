@@ -1,4 +1,4 @@
-"""``deepmix train``: train a DCGMM on a data set into a run folder."""
+"""``deepmix train``: train a model of any family (DCGMM, flat GMM, circuit) into a run folder."""
 
 from __future__ import annotations
 
@@ -8,10 +8,24 @@ from pathlib import Path
 
 from .common import parse_classes, positive_int
 
-HELP = "train a DCGMM (architecture name or spec) on a data set"
+HELP = "train a model (DCGMM by default; --model gmm or circuit) on a data set"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, metavar="FAMILY",
+                   help="model family: dcgmm (default), gmm or circuit (on --resume: the run's)")
+    p.add_argument("--objective", default=None,
+                   help="gmm/circuit: em (default), mle (alias sgd), sm or ssm")
+    p.add_argument("--k", type=positive_int, default=10,
+                   help="gmm: components; circuit: sums per region (default 10)")
+    p.add_argument("--covariance", default="diag", help="gmm: full, diag (default) or spherical")
+    p.add_argument("--structure", default="rat-spn", help="circuit: rat-spn (default) or pd")
+    p.add_argument("--depth", type=positive_int, default=3, help="circuit: RAT-SPN depth")
+    p.add_argument("--repetitions", type=positive_int, default=5,
+                   help="circuit: RAT-SPN repetitions")
+    p.add_argument("--pd-pieces", type=positive_int, default=4,
+                   help="circuit: Poon-Domingos cuts per side")
+    p.add_argument("--dtype", default="float64", help="gmm/circuit: float64 (default) or float32")
     p.add_argument("--arch", help="architecture name (A-G, 1L, 2L-a..2L-e, 3L-a, 3L-b) or spec "
                                   "such as F(8,2)-G(25)-F(11,1)-G(36); required unless --resume")
     p.add_argument("--data", help="mnist, fashion-mnist, digits or a folder of IDX files "
@@ -23,7 +37,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--lr", type=float, default=0.01, help="base SGD rate (reference 0.01)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="DCGMM: base SGD rate (reference 0.01); gmm/circuit gradient "
+                        "objectives: the optimiser's rate (default 0.05)")
     p.add_argument("--delay", type=float, default=0.1,
                    help="GMM layer L starts after delay*L of all steps (reference 0.1)")
     p.add_argument("--centroids-first", type=float, default=None, metavar="SIGMA",
@@ -36,7 +52,95 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _run_family(args: argparse.Namespace, family: str) -> int:
+    """Train (or resume) a flat-row family through the one training loop."""
+    from ..data import load_images
+    from ..training import FitConfig, fit, make_objective
+    from ..training.checkpoint import load_model, read_config
+    from .families import DEFAULT_OBJECTIVE, build_model, describe, model_input
+
+    out = Path(args.out)
+    if args.resume:
+        saved = read_config(out)
+        data_info = saved.get("data", {})
+        data_name = args.data or data_info.get("name", "mnist")
+        classes = parse_classes(args.classes) if args.classes else data_info.get("classes")
+        dequantize = bool(data_info.get("dequantize", False))
+        model = load_model(out, family=family)
+        ds = load_images(data_name, "train", classes=classes)
+        objective, config = None, None
+    else:
+        data_name = args.data or "mnist"
+        classes = parse_classes(args.classes)
+        dequantize = bool(args.dequantize)
+        name = args.objective or DEFAULT_OBJECTIVE.get(family, "mle")
+        options = {} if args.lr is None else {"lr": args.lr}
+        objective = make_objective(family, name, options or None)   # errors before data
+        if name in ("sm", "ssm") and not dequantize:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{name.upper()} on quantised pixels is unbounded below; add "
+                              f"--dequantize")
+        ds = load_images(data_name, "train", classes=classes)
+        model = build_model(family, args, ds.shape)
+        config = FitConfig(epochs=args.epochs or 10, batch_size=args.batch_size, seed=args.seed,
+                           device=args.device, checkpoint_every=args.checkpoint_every)
+        data_info = {"name": str(data_name), "split": "train", "classes": classes,
+                     "levels": ds.levels, "shape": list(ds.shape), "dequantize": dequantize}
+        print(f"training {describe(model)} by {objective.name} on {data_name} ({len(ds)} "
+              f"images, {config.epochs} epochs, batch {config.batch_size}) into {out}",
+              file=sys.stderr)
+    import torch
+
+    gen = torch.Generator().manual_seed(args.seed)
+    x = model_input(model, ds.to_tensor(dequantize=dequantize, generator=gen))
+    try:
+        if args.resume:
+            overrides = {"epochs": args.epochs} if args.epochs else {}
+            rows = fit(model, x, _saved_objective(out, family), out_dir=out, resume=True,
+                       progress=not args.no_progress, data_info=data_info, **overrides)
+        else:
+            rows = fit(model, x, objective, config=config, out_dir=out,
+                       progress=not args.no_progress, data_info=data_info)
+    except KeyboardInterrupt:
+        print(f"interrupted: checkpoint saved in {out}; continue with "
+              f"deepmix train --out {out} --resume", file=sys.stderr)
+        return 130
+    last = rows[-1]
+    if "loss" in last:
+        print(f"epoch {last['epoch']}: loss {last['loss']:.4f}", file=sys.stderr)
+    print(f"run folder: {out}")
+    return 0
+
+
+def _saved_objective(out: Path, family: str):
+    from ..training.loop import read_train_section
+
+    return read_train_section(out, family)[0]
+
+
 def run(args: argparse.Namespace) -> int:
+    from ..training.checkpoint import read_config, run_family
+
+    family = args.model
+    if args.resume:
+        saved = run_family(read_config(Path(args.out)))
+        if family is not None and family != saved:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{args.out} holds a '{saved}' run; --model {family} does not "
+                              f"match (leave --model out on --resume)")
+        family = saved
+    family = family or "dcgmm"
+    from ..models import get_family
+
+    get_family(family)                       # an unknown family is named before anything runs
+    if family != "dcgmm":
+        return _run_family(args, family)
+    return _run_dcgmm(args)
+
+
+def _run_dcgmm(args: argparse.Namespace) -> int:
     from ..data import load_images
     from ..errors import ConfigError
     from ..layers.classifier import check_temperature
@@ -68,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
         ds = load_images(data_name, "train", classes=classes)
         model = DCGMM(args.arch, input_shape=ds.shape, seed=args.seed,
                       classifier_temperature=args.classifier_temperature)
-        cfg = TrainConfig(epochs=args.epochs or 3, batch_size=args.batch_size, lr=args.lr,
+        cfg = TrainConfig(epochs=args.epochs or 3, batch_size=args.batch_size,
+                          lr=0.01 if args.lr is None else args.lr,
                           delay=args.delay, centroids_first=args.centroids_first,
                           dequantize=args.dequantize, seed=args.seed,
                           checkpoint_every=args.checkpoint_every, device=args.device)

@@ -3,7 +3,7 @@ outliers and classification."""
 
 from .classification import (accuracy, choose_temperature, classifier_features, fit_classifier,
                              set_temperature)
-from .evaluation import evaluate, layer_sees_pixels
+from .evaluation import evaluate, evaluate_density, layer_sees_pixels
 from .inpainting import (as_observed, corrupt, flat_gmm_inpaint, inpaint, inpaint_unknown, make_mask,
                          mask_iou, missing_mse)
 from .outliers import InlierStatistics, detect_outliers, outlier_scores
@@ -11,7 +11,7 @@ from .sampling import sample_to_files
 from .sharpening import Sharpening, sharpen
 from .variants import variants
 
-__all__ = ["evaluate", "layer_sees_pixels", "sample_to_files", "Sharpening", "sharpen",
+__all__ = ["evaluate", "evaluate_density", "layer_sees_pixels", "sample_to_files", "Sharpening", "sharpen",
            "variants", "inpaint", "inpaint_unknown", "corrupt", "make_mask", "as_observed",
            "flat_gmm_inpaint", "missing_mse", "mask_iou", "accuracy", "classifier_features",
            "fit_classifier", "set_temperature", "choose_temperature", "InlierStatistics",

@@ -149,7 +149,7 @@ def load_model(directory: str | Path, device: str | torch.device = "cpu",
     except DeepmixError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
     if family is not None and name != family:
-        raise CheckpointError(f"{directory} holds a '{name}' run, not a '{family}' one")
+        raise CheckpointError(f"{directory} holds a '{name}' run; this needs a '{family}' run")
     section = config["model"]
     if isinstance(section, dict) and "family" in section and config.get("family") is None:
         section = {k: v for k, v in section.items() if k != "family"}  # legacy flat-GMM runs

@@ -1,0 +1,79 @@
+"""How the commands build, feed and describe each model family from command-line options.
+
+A family that trains on flat rows (the flat GMM, circuits) sees images flattened to (N, H*W*C)
+in its own dtype; DCGMM sees (N, H, W, C). Adding a family means one builder here.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+import torch
+
+from ..errors import ConfigError
+
+__all__ = ["BUILDERS", "DEFAULT_OBJECTIVE", "build_model", "model_input", "describe"]
+
+
+def _gmm(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
+    from ..models import MixtureDensity
+
+    H, W, C = shape
+    dtype = {"float64": torch.float64, "float32": torch.float32}.get(args.dtype)
+    if dtype is None:
+        raise ConfigError(f"Unknown dtype '{args.dtype}'; expected float64 or float32")
+    return MixtureDensity(args.k, H * W * C, args.covariance,
+                          parametrization="precision" if args.covariance == "full" else
+                          "covariance", dtype=dtype)
+
+
+def _circuit(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
+    from ..models import poon_domingos, rat_spn
+
+    H, W, C = shape
+    dtype = {"float64": torch.float64, "float32": torch.float32}.get(args.dtype)
+    if dtype is None:
+        raise ConfigError(f"Unknown dtype '{args.dtype}'; expected float64 or float32")
+    if args.structure == "rat-spn":
+        return rat_spn(H * W * C, args.depth, args.repetitions, args.k, seed=args.seed,
+                       dtype=dtype, init="em")
+    if args.structure == "pd":
+        if C != 1:
+            raise ConfigError("the Poon-Domingos structure takes grey images (one channel)")
+        return poon_domingos(H, W, [H / args.pd_pieces], args.k, seed=args.seed, dtype=dtype,
+                             init="em")
+    raise ConfigError(f"Unknown circuit structure '{args.structure}'; expected rat-spn or pd")
+
+
+#: family -> builder(args, image shape) of a fresh model.
+BUILDERS: dict[str, Callable[[argparse.Namespace, tuple[int, int, int]], Any]] = {
+    "gmm": _gmm, "circuit": _circuit}
+DEFAULT_OBJECTIVE = {"gmm": "em", "circuit": "em"}
+
+
+def build_model(family: str, args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
+    try:
+        builder = BUILDERS[family]
+    except KeyError:
+        raise ConfigError(f"Unknown model family '{family}'; expected dcgmm, "
+                          f"{', '.join(BUILDERS)}") from None
+    return builder(args, shape)
+
+
+def model_input(model: Any, images: torch.Tensor) -> torch.Tensor:
+    """Images (N, H, W, C) in [0, 1] as the model's input: flat rows in its dtype, except for
+    DCGMM, which takes images."""
+    if model.family == "dcgmm":
+        return images
+    x = images.reshape(images.shape[0], -1)
+    return x.to(dtype=model.dtype, device=model.device)
+
+
+def describe(model: Any) -> str:
+    """One line naming the model."""
+    if model.family == "dcgmm":
+        return model.spec()
+    if model.family == "gmm":
+        return f"flat GMM (K={model.n_components}, {model.covariance_type})"
+    return f"{model.family} {type(model).__name__}"

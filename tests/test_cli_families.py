@@ -1,0 +1,93 @@
+"""Every family through the same commands: train, resume, evaluate, sample; clear refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import deepmix
+from deepmix.cli.main import main
+from deepmix.models import MixtureDensity
+
+
+def _run(argv, capsys):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def gmm_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gmm") / "run"
+    assert main(["train", "--model", "gmm", "--data", "digits", "--k", "4", "--epochs", "2",
+                 "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+def test_train_gmm_writes_a_loadable_run(gmm_run):
+    config = json.loads((gmm_run / "config.json").read_text())
+    assert config["family"] == "gmm" and config["train"]["objective"] == "em"
+    assert config["data"]["shape"] == [8, 8, 1]
+    model = deepmix.load(gmm_run)
+    assert isinstance(model, MixtureDensity) and model.n_components == 4
+    rows = [json.loads(l) for l in (gmm_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+
+
+def test_evaluate_and_sample_take_a_gmm_run(gmm_run, tmp_path, capsys):
+    code, out, err = _run(["evaluate", gmm_run, "--json", tmp_path / "e.json"], capsys)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "e.json").read_text())
+    assert summary["family"] == "gmm" and summary["n"] > 0 and summary["log_prob"] > 0
+    code, out, err = _run(["sample", gmm_run, "--n", "9", "--out", tmp_path / "s.png"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "s.png").stat().st_size > 0 and (tmp_path / "s.npz").is_file()
+
+
+@pytest.mark.parametrize("command", [["cluster"], ["inpaint", "--out", "x.png"],
+                                     ["variants", "--out", "x.png"],
+                                     ["outliers", "--outliers", "0", "--out", "x"]])
+def test_dcgmm_commands_refuse_a_gmm_run_in_one_line(gmm_run, command, capsys, tmp_path,
+                                                     monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run([command[0], gmm_run, *command[1:]], capsys)
+    assert code == 2
+    assert err.strip() == f"deepmix: error: {gmm_run} holds a 'gmm' run; this needs a 'dcgmm' run"
+    assert not any(tmp_path.iterdir())          # nothing written
+
+
+def test_resume_continues_and_refuses_another_family(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "gmm", "--data", "digits", "--k", "3", "--epochs", "1",
+                 "--out", str(out), "--no-progress"]) == 0
+    code, _, err = _run(["train", "--out", out, "--resume", "--epochs", "2", "--no-progress"],
+                        capsys)
+    assert code == 0, err
+    rows = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 3
+    code, _, err = _run(["train", "--model", "dcgmm", "--out", out, "--resume"], capsys)
+    assert code == 2 and "holds a 'gmm' run; --model dcgmm does not match" in err
+
+
+def test_unknown_family_and_objective_are_one_line_errors(tmp_path, capsys):
+    code, _, err = _run(["train", "--model", "flow", "--data", "digits", "--out",
+                         tmp_path / "a"], capsys)
+    assert code == 2 and err.startswith("deepmix: error: Unknown model family 'flow'")
+    code, _, err = _run(["train", "--model", "gmm", "--objective", "magic", "--data", "digits",
+                         "--out", tmp_path / "b"], capsys)
+    assert code == 2 and "Unknown objective 'magic' for model family 'gmm'" in err
+    code, _, err = _run(["train", "--model", "gmm", "--objective", "ssm", "--data", "digits",
+                         "--out", tmp_path / "c"], capsys)
+    assert code == 2 and "--dequantize" in err
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_fit_gmm_run_is_evaluated_like_any_other(tmp_path, capsys):
+    out = tmp_path / "fg"
+    assert main(["fit-gmm", "--data", "digits", "--k", "2", "--covariance", "diag",
+                 "--epochs", "2", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    code, text, err = _run(["evaluate", out, "--data", "digits"], capsys)
+    assert code == 0, err
+    assert "flat GMM (K=2, diag)" in text

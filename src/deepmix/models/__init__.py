@@ -1,8 +1,6 @@
 """Whole models: :class:`DCGMM` and its spec language, the flat :class:`GaussianMixture`,
 EinsumNetwork probabilistic circuits (:func:`rat_spn`, :func:`poon_domingos`)."""
 
-from .circuits import (EinsumNetwork, RegionGraph, poon_domingos, poon_domingos_graph,
-                       random_binary_trees, rat_spn)
 from .dcgmm import DCGMM, ModelConfig, as_images
 from .gmm import MixtureConfig, MixtureDensity
 from .gmm_estimator import GaussianMixture
@@ -10,8 +8,12 @@ from .kmeans import kmeans
 from .base import Model
 from .registry import Family, family_names, get_family, register_family
 from .spec import ARCHITECTURES, LayerSpec, format_spec, parse_spec, resolve_architecture
+# after dcgmm and gmm: families register in import order (dcgmm, gmm, circuit)
+from .circuits import (CircuitConfig, EinsumNetwork, RegionGraph, poon_domingos,  # noqa: E402,I001
+                       poon_domingos_graph, random_binary_trees, rat_spn)
 
 __all__ = ["Model", "Family", "register_family", "get_family", "family_names", "DCGMM",
-           "GaussianMixture", "MixtureDensity", "MixtureConfig", "kmeans", "ModelConfig", "as_images", "ARCHITECTURES", "LayerSpec", "format_spec",
-           "parse_spec", "resolve_architecture", "EinsumNetwork", "RegionGraph", "poon_domingos",
-           "poon_domingos_graph", "random_binary_trees", "rat_spn"]
+           "ModelConfig", "as_images", "GaussianMixture", "MixtureDensity", "MixtureConfig",
+           "kmeans", "ARCHITECTURES", "LayerSpec", "format_spec", "parse_spec",
+           "resolve_architecture", "EinsumNetwork", "CircuitConfig", "RegionGraph",
+           "poon_domingos", "poon_domingos_graph", "random_binary_trees", "rat_spn"]

@@ -1,15 +1,9 @@
-r"""EinsumNetworks: vectorised probabilistic circuits over region graphs (RAT-SPN, Poon-Domingos).
+r"""The EinsumNetwork: a vectorised probabilistic circuit over a region graph.
 
-A *region graph* has regions (scopes = sets of variables) and partitions (a region split into
-exactly two disjoint child regions whose union is the parent scope: smooth and decomposable).
-Every region carries a vector of densities: K = ``num_input_distributions`` at leaf regions,
-K = ``num_sums`` at inner regions and one density at the root.
+Every region carries a vector of densities: K = ``num_input_distributions`` at leaf regions
+(products of the per-variable factors of :mod:`.leaves`), K = ``num_sums`` at inner regions and
+one density at the root.
 
-- Leaf region with replica r, scope S: :math:`\log \ell_k(x) = \sum_{d\in S} \log f_{d,k,r}(x_d)`,
-  with Gaussian :math:`f_{d,k,r} = \mathcal N(\mu_{d,k,r}, \operatorname{diag}\sigma^2_{d,k,r})`
-  over the ``num_dims`` channels of variable d (fully factorised leaves), or
-  :math:`\mathrm{Binomial}(N, p_{d,k,r})` on integer-valued pixels 0..N (``leaf="binomial"``, the
-  thesis' image setup), where x is treated as continuous in the score.
 - Einsum (one per partition with children a, b):
   :math:`o_c = \sum_{i,j} W_{ijc}\, a_i b_j`, :math:`W \ge 0`, :math:`\sum_{ij} W_{ijc} = 1`.
 - Mixing (a region with several partitions):
@@ -28,237 +22,31 @@ closed-form score and Laplacian for exact score matching, see :meth:`EinsumNetwo
 and EM *through the gradient* (:meth:`EinsumNetwork.em_accumulate` / :meth:`em_update` /
 :meth:`fit_em`): for a normalised weight w, :math:`n(w) = w\,\partial_w \sum_b \log p(x_b)` is the
 expected count of its edge, and :math:`q_{b,d,k,r} = \partial \log p(x_b)/\partial \log f_{d,k,r}(x_{b,d})`
-the posterior responsibility of a leaf factor.
+the posterior responsibility of a leaf factor (the leaf layer turns q into its statistics and
+its M-step). Sampling and completion: :mod:`.sampling`.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections import defaultdict
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ConfigError, InputError, SpecError
+from ...errors import ConfigError, InputError, SpecError
+from ..base import Model
+from ..registry import register_family
+from .config import CircuitConfig, dtype_name
+from .leaves import BinomialLeaves, GaussianLeaves, Leaves, make_leaves
+from .region_graph import RegionGraph
+from .sampling import draw
 
-__all__ = ["RegionGraph", "random_binary_trees", "poon_domingos_graph", "EinsumNetwork", "rat_spn",
-           "poon_domingos"]
+__all__ = ["EinsumNetwork"]
 
-_LOG_2PI = math.log(2.0 * math.pi)
-
-
-# ----------------------------------------------------------------------------------------------
-# Region graphs
-# ----------------------------------------------------------------------------------------------
-
-@dataclass
-class RegionGraph:
-    """A region graph over variables ``0 .. num_var-1``.
-
-    Arguments:
-        num_var: number of variables D.
-        scopes: the scope of every region (region id = position); equal scopes are allowed
-            (RAT-SPN repetitions) and are distinct regions.
-        partitions: ``(parent, left, right)`` region ids; every partition splits its parent into
-            two disjoint halves whose union is the parent's scope.
-        root: id of the root region (scope = all variables).
-        replicas: replica index of every leaf region's parameters (default 0); leaf regions of
-            one replica must not overlap, so each replica is a set of per-variable densities.
-    """
-
-    num_var: int
-    scopes: list[tuple[int, ...]]
-    partitions: list[tuple[int, int, int]]
-    root: int
-    replicas: dict[int, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.scopes = [tuple(sorted(int(v) for v in s)) for s in self.scopes]
-        self.partitions = [tuple(int(i) for i in p) for p in self.partitions]  # type: ignore[misc]
-        self.validate()
-
-    @property
-    def leaves(self) -> list[int]:
-        parents = {p for p, _, _ in self.partitions}
-        return [r for r in range(len(self.scopes)) if r not in parents]
-
-    @property
-    def num_replicas(self) -> int:
-        return 1 + max((self.replicas.get(r, 0) for r in self.leaves), default=0)
-
-    def validate(self) -> None:
-        """Raise :class:`SpecError` unless the graph is a smooth, decomposable, acyclic DAG."""
-        n = len(self.scopes)
-        if self.num_var < 1:
-            raise SpecError(f"A region graph needs at least one variable, got num_var={self.num_var}")
-        if not 0 <= self.root < n:
-            raise SpecError(f"Root region {self.root} does not exist ({n} regions)")
-        for r, s in enumerate(self.scopes):
-            if not s:
-                raise SpecError(f"Region {r} has an empty scope")
-            if len(set(s)) != len(s) or s[0] < 0 or s[-1] >= self.num_var:
-                raise SpecError(f"Region {r} has scope {s} outside 0..{self.num_var - 1} or with repeats")
-        if set(self.scopes[self.root]) != set(range(self.num_var)):
-            raise SpecError(f"The root scope covers {len(self.scopes[self.root])} of {self.num_var} variables")
-        for k, (p, a, b) in enumerate(self.partitions):
-            if not all(0 <= i < n for i in (p, a, b)):
-                raise SpecError(f"Partition {k} {(p, a, b)} names a region that does not exist")
-            sa, sb = set(self.scopes[a]), set(self.scopes[b])
-            if sa & sb:
-                raise SpecError(f"Partition {k} of region {p} is not decomposable: children {a} and {b} "
-                                f"share variables {sorted(sa & sb)[:5]}")
-            if sa | sb != set(self.scopes[p]):
-                raise SpecError(f"Partition {k} of region {p} is not smooth: its children cover "
-                                f"{sorted(sa | sb)[:8]}... not the parent scope {self.scopes[p][:8]}...")
-        # Acyclic and connected: every region reachable from the root, a topological order exists.
-        children = defaultdict(list)
-        for p, a, b in self.partitions:
-            children[p] += [a, b]
-        seen, stack = {self.root}, [self.root]
-        while stack:
-            for c in children[stack.pop()]:
-                if c not in seen:
-                    seen.add(c)
-                    stack.append(c)
-        if len(seen) != n:
-            raise SpecError(f"{n - len(seen)} regions are not reachable from the root")
-        self.heights()  # raises on cycles
-        for rep in set(self.replicas.get(r, 0) for r in self.leaves):
-            covered: list[int] = []
-            for r in self.leaves:
-                if self.replicas.get(r, 0) == rep:
-                    covered += self.scopes[r]
-            if len(covered) != len(set(covered)):
-                raise SpecError(f"Leaf regions of replica {rep} overlap; give overlapping leaves "
-                                f"different replicas")
-
-    def heights(self) -> list[int]:
-        """Height of every region: 0 at leaves, 1 + the largest child height otherwise."""
-        n = len(self.scopes)
-        children: dict[int, list[int]] = defaultdict(list)
-        for p, a, b in self.partitions:
-            children[p] += [a, b]
-        height = [-1] * n
-        state = [0] * n  # 0 new, 1 on the stack, 2 done
-        for start in range(n):
-            if state[start]:
-                continue
-            stack = [(start, iter(children[start]))]
-            state[start] = 1
-            while stack:
-                node, it = stack[-1]
-                nxt = next(it, None)
-                if nxt is None:
-                    stack.pop()
-                    height[node] = 1 + max((height[c] for c in children[node]), default=-1)
-                    state[node] = 2
-                elif state[nxt] == 1:
-                    raise SpecError(f"The region graph has a cycle through region {nxt}")
-                elif state[nxt] == 0:
-                    state[nxt] = 1
-                    stack.append((nxt, iter(children[nxt])))
-        return height
-
-
-def random_binary_trees(num_var: int, depth: int, repetitions: int, *, seed: int = 0) -> RegionGraph:
-    """RAT-SPN region graph: ``repetitions`` random binary trees of ``depth`` splits under one root.
-
-    Each repetition splits the root scope, then every resulting region, ``depth`` times into two
-    halves of a fresh random permutation of its scope (first half ``round(n/2)``, at least one
-    variable each); its leaf regions get replica r. The root mixes the R repetitions.
-    """
-    if depth < 1 or repetitions < 1:
-        raise SpecError(f"RAT-SPN needs depth >= 1 and repetitions >= 1, got {depth} and {repetitions}")
-    if 2 ** depth > num_var:
-        raise SpecError(f"RAT-SPN depth {depth} needs 2**depth <= num_var, got num_var={num_var}")
-    rng = np.random.default_rng(seed)
-    scopes: list[tuple[int, ...]] = [tuple(range(num_var))]
-    partitions: list[tuple[int, int, int]] = []
-    replicas: dict[int, int] = {}
-    for r in range(repetitions):
-        frontier = [0]
-        for _ in range(depth):
-            nxt = []
-            for reg in frontier:
-                scope = list(scopes[reg])
-                perm = rng.permutation(scope)
-                cut = min(max(int(round(len(scope) / 2)), 1), len(scope) - 1)
-                ids = []
-                for half in (perm[:cut], perm[cut:]):
-                    scopes.append(tuple(sorted(int(v) for v in half)))
-                    ids.append(len(scopes) - 1)
-                partitions.append((reg, ids[0], ids[1]))
-                nxt += ids
-            frontier = nxt
-        for leaf in frontier:
-            replicas[leaf] = r
-    return RegionGraph(num_var, scopes, partitions, root=0, replicas=replicas)
-
-
-def _cut_points(length: int, delta: float) -> list[int]:
-    return [int(math.ceil(i * delta)) for i in range(1, int(math.floor((length - 1) / delta)) + 1)]
-
-
-def poon_domingos_graph(height: int, width: int, deltas: Sequence[float | Sequence[float]]) -> RegionGraph:
-    """Poon-Domingos region graph of a ``height`` x ``width`` image (variable = ``y * width + x``).
-
-    Cut points on an axis of length s with displacement δ are ``ceil(i δ)``, i = 1..floor((s-1)/δ).
-    Starting at the full image, every rectangle is split at every cut point strictly inside it, on
-    both axes, using the coarsest δ that has such a point; equal rectangles are one shared region.
-    Rectangles without interior cut points are leaves. ``deltas`` holds numbers or (δ_y, δ_x) pairs.
-    """
-    if height < 1 or width < 1:
-        raise SpecError(f"Poon-Domingos needs a positive image shape, got {height}x{width}")
-    pairs = []
-    for d in deltas:
-        dy, dx = (float(d), float(d)) if np.isscalar(d) else (float(d[0]), float(d[1]))  # type: ignore[index]
-        if dy <= 0 or dx <= 0:
-            raise SpecError(f"Poon-Domingos deltas must be positive, got {d}")
-        pairs.append((dy, dx))
-    if not pairs:
-        raise SpecError("Poon-Domingos needs at least one delta")
-    pairs.sort(key=lambda p: -p[0] * p[1])  # coarsest first
-    cuts = [(_cut_points(height, dy), _cut_points(width, dx)) for dy, dx in pairs]
-    ids: dict[tuple[int, int, int, int], int] = {}
-    scopes: list[tuple[int, ...]] = []
-    partitions: list[tuple[int, int, int]] = []
-
-    def region(box: tuple[int, int, int, int]) -> tuple[int, bool]:
-        if box in ids:
-            return ids[box], False
-        y0, y1, x0, x1 = box
-        scopes.append(tuple(y * width + x for y in range(y0, y1) for x in range(x0, x1)))
-        ids[box] = len(scopes) - 1
-        return ids[box], True
-
-    root, _ = region((0, height, 0, width))
-    queue = [(0, height, 0, width)]
-    while queue:
-        box = queue.pop()
-        y0, y1, x0, x1 = box
-        for cy, cx in cuts:
-            inner_y = [c for c in cy if y0 < c < y1]
-            inner_x = [c for c in cx if x0 < c < x1]
-            if inner_y or inner_x:
-                break
-        else:
-            continue
-        children = [((y0, c, x0, x1), (c, y1, x0, x1)) for c in inner_y]
-        children += [((y0, y1, x0, c), (y0, y1, c, x1)) for c in inner_x]
-        for a, b in children:
-            ia, new_a = region(a)
-            ib, new_b = region(b)
-            partitions.append((ids[box], ia, ib))
-            queue += [bx for bx, new in ((a, new_a), (b, new_b)) if new]
-    return RegionGraph(height * width, scopes, partitions, root=root)
-
-
-# ----------------------------------------------------------------------------------------------
-# The network
-# ----------------------------------------------------------------------------------------------
 
 @dataclass
 class _EinsumGroup:
@@ -291,15 +79,18 @@ class _Layer:
     out_slots: dict[int, torch.Tensor]
 
 
-class EinsumNetwork(nn.Module):
-    r"""A smooth, decomposable probabilistic circuit over a :class:`RegionGraph`, with Gaussian leaves.
+@register_family
+class EinsumNetwork(Model):
+    r"""A smooth, decomposable probabilistic circuit over a :class:`RegionGraph` (family ``"circuit"``).
 
     .. math:: \log p(x) = \log o_{\text{root}}(x)
 
     with the leaf, einsum and mixing layers of the module docstring. Weights are softmaxes of
-    unconstrained logits over their normalisation axes ((i, j) for einsum, partitions for mixing);
-    Gaussian leaves have unconstrained means and
-    :math:`\sigma^2 = v_{\min} + (v_{\max} - v_{\min})\,\mathrm{sigmoid}(\rho)`.
+    unconstrained logits over their normalisation axes ((i, j) for einsum, partitions for mixing).
+    The leaf layer :attr:`leaves` is a :class:`~.leaves.GaussianLeaves` (unconstrained means,
+    :math:`\sigma^2 = v_{\min} + (v_{\max} - v_{\min})\,\mathrm{sigmoid}(\rho)`) or a
+    :class:`~.leaves.BinomialLeaves`; its parameters are registered here (``mean`` and
+    ``var_raw``, or ``prob_raw``), next to the weight logits ``einsum_<i>`` and ``mixing_<i>``.
 
     Arguments:
         graph: the region graph.
@@ -315,7 +106,11 @@ class EinsumNetwork(nn.Module):
             bounds; Binomial p ~ U(0.01, 0.99)). :meth:`init_leaves_from_data` is a data-driven
             alternative for the leaves.
         seed: seed of the initialisation.
-        dtype: parameter dtype.
+        dtype: parameter dtype, ``torch.float32`` or ``torch.float64`` (or their names).
+
+    :attr:`config` (a :class:`~.config.CircuitConfig`, the graph included) rebuilds the circuit
+    with :meth:`from_config`; with the state_dict that is the whole fitted model
+    (:func:`deepmix.training.checkpoint.save_model` / ``load_model``).
 
     Known limit: SSM/SM through autograd in float32 can give non-finite parameter gradients once
     weights become extreme (an inner sum far below its max shift: its second derivative
@@ -323,48 +118,63 @@ class EinsumNetwork(nn.Module):
     float64, or skip non-finite steps (``benchmarks/objectives/mnist_circuits.py`` does).
     """
 
+    family = "circuit"
+    config_class = CircuitConfig
+
     def __init__(self, graph: RegionGraph, num_sums: int = 10, num_input_distributions: int | None = None,
                  *, num_dims: int = 1, leaf: str = "gaussian", total_count: int = 255,
                  min_var: float = 1e-4, max_var: float = 10.0,
-                 init: str = "gradient", seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
+                 init: str = "gradient", seed: int = 0, dtype: torch.dtype | str = torch.float32) -> None:
         super().__init__()
-        num_input_distributions = num_sums if num_input_distributions is None else num_input_distributions
-        for name, v in (("num_sums", num_sums), ("num_input_distributions", num_input_distributions),
-                        ("num_dims", num_dims)):
-            if int(v) != v or v < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {v}")
-        if not 0 < min_var < max_var:
-            raise ConfigError(f"Need 0 < min_var < max_var, got {min_var} and {max_var}")
-        if leaf not in ("gaussian", "binomial"):
-            raise ConfigError(f"Unknown leaf '{leaf}'; expected 'gaussian' or 'binomial'")
-        if leaf == "binomial" and (int(total_count) != total_count or total_count < 1):
-            raise ConfigError(f"total_count must be a positive integer, got {total_count}")
-        if init not in ("gradient", "em"):
-            raise ConfigError(f"Unknown init '{init}'; expected 'gradient' or 'em'")
         if not isinstance(graph, RegionGraph):
             raise SpecError(f"graph must be a RegionGraph, got {type(graph).__name__}")
+        # the config validates every option (a ConfigError naming it)
+        self._config = CircuitConfig.from_graph(
+            graph, num_sums=num_sums, num_input_distributions=num_input_distributions,
+            num_dims=num_dims, leaf=leaf, total_count=total_count, min_var=min_var,
+            max_var=max_var, init=init, seed=seed, dtype=dtype_name(dtype))
+        cfg = self._config
         self.graph = graph
-        self.num_var, self.num_dims = graph.num_var, int(num_dims)
-        self.num_sums, self.num_input_distributions = int(num_sums), int(num_input_distributions)
+        self.num_var, self.num_dims = graph.num_var, cfg.num_dims
+        self.num_sums, self.num_input_distributions = cfg.num_sums, int(cfg.num_input_distributions or 0)
         self.num_replicas = graph.num_replicas
-        self.min_var, self.max_var = float(min_var), float(max_var)
-        self.leaf, self.total_count = leaf, int(total_count)
+        self.min_var, self.max_var = cfg.min_var, cfg.max_var
+        self.leaf, self.total_count = cfg.leaf, int(cfg.total_count)
         self._compile(graph)
-        D, R, K, C = self.num_var, self.num_replicas, self.num_input_distributions, self.num_dims
-        if leaf == "gaussian":
-            self.mean = nn.Parameter(torch.zeros(D, R, K, C, dtype=dtype))
-            self.var_raw = nn.Parameter(torch.zeros(D, R, K, C, dtype=dtype))
-        else:
-            self.prob_raw = nn.Parameter(torch.zeros(D, R, K, C, dtype=dtype))
+        shape = (self.num_var, self.num_replicas, self.num_input_distributions, self.num_dims)
+        #: The leaf layer: parameter definitions, log-density, derivatives, EM, init and draws.
+        self.leaves: Leaves = make_leaves(cfg.leaf, shape, min_var=cfg.min_var, max_var=cfg.max_var,
+                                          total_count=cfg.total_count)
+        dt = cfg.torch_dtype
+        for name, p in self.leaves.create_parameters(dt).items():
+            self.register_parameter(name, p)
         for g in (g for layer in self.layers for g in layer.groups):
             self.register_parameter(g.param, nn.Parameter(
-                torch.zeros(len(g.left), g.k_left * g.k_right, g.k_out, dtype=dtype)))
+                torch.zeros(len(g.left), g.k_left * g.k_right, g.k_out, dtype=dt)))
         for mix in (m for layer in self.layers for m in layer.mixing.values()):
             # only real (region, partition) pairs are parameters: the count is exact
             self.register_parameter(mix.param, nn.Parameter(
-                torch.zeros(int(mix.mask.sum()) * mix.k_out, dtype=dtype)))
-        self.reset_parameters(init, seed)
+                torch.zeros(int(mix.mask.sum()) * mix.k_out, dtype=dt)))
+        self.reset_parameters(cfg.init, cfg.seed)
         self._em_stats: dict[str, torch.Tensor] | None = None
+
+    # -- the model protocol ------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: CircuitConfig) -> "EinsumNetwork":
+        """A freshly initialised circuit of ``config`` (graph, options, init and seed)."""
+        if not isinstance(config, CircuitConfig):
+            raise ConfigError(f"from_config needs a CircuitConfig, got {type(config).__name__}")
+        return cls(config.graph(), config.num_sums, config.num_input_distributions,
+                   num_dims=config.num_dims, leaf=config.leaf, total_count=config.total_count,
+                   min_var=config.min_var, max_var=config.max_var, init=config.init,
+                   seed=config.seed, dtype=config.dtype)
+
+    @property
+    def config(self) -> CircuitConfig:
+        """The :class:`~.config.CircuitConfig` that rebuilds this circuit; ``dtype`` is the
+        parameters' current dtype (a circuit converted with ``.double()`` saves as float64)."""
+        return dataclasses.replace(self._config, dtype=dtype_name(self._ref.dtype))
 
     # -- structure ---------------------------------------------------------------------------
 
@@ -457,7 +267,7 @@ class EinsumNetwork(nn.Module):
         g = self.graph
         return (f"num_var={self.num_var}, num_dims={self.num_dims}, regions={len(g.scopes)}, "
                 f"partitions={len(g.partitions)}, replicas={self.num_replicas}, num_sums={self.num_sums}, "
-                f"num_input_distributions={self.num_input_distributions}, leaf={self.leaf!r}, "
+                f"num_input_distributions={self.num_input_distributions}, {self.leaves.extra_repr()}, "
                 f"layers={len(self.layers)}")
 
     def num_parameters(self) -> int:
@@ -466,55 +276,45 @@ class EinsumNetwork(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, init: str = "gradient", seed: int = 0) -> None:
-        """Re-initialise all parameters (see the class docstring for ``init``)."""
+        """Re-initialise all parameters (see the class docstring for ``init``): the leaves first,
+        then the weight logits, from one generator seeded with ``seed``."""
+        if init not in ("gradient", "em"):
+            raise ConfigError(f"Unknown init '{init}'; expected 'gradient' or 'em'")
         gen = torch.Generator().manual_seed(seed)
         dt = self._ref.dtype
-
-        def randn(shape: Iterable[int]) -> torch.Tensor:
-            return torch.randn(tuple(shape), generator=gen, dtype=torch.float64).to(dt)
-
-        if self.leaf == "gaussian":
-            self.mean.copy_(randn(self.mean.shape))
-        if init == "gradient":
-            if self.leaf == "gaussian":
-                self.var_raw.copy_(randn(self.var_raw.shape))
+        self.leaves.reset(self._leaf_params(), init, gen)
+        for _, p in self._weight_params():
+            if init == "gradient":
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dt))
             else:
-                self.prob_raw.copy_(randn(self.prob_raw.shape))
-            for name, p in self._weight_params():
-                p.copy_(randn(p.shape))
-        else:
-            if self.leaf == "gaussian":
-                self._set_var(torch.ones_like(self.mean))
-            else:
-                self._set_prob(0.01 + 0.98 * torch.rand(self.prob_raw.shape, generator=gen, dtype=torch.float64))
-            for name, p in self._weight_params():
                 u = 0.01 + 0.98 * torch.rand(p.shape, generator=gen, dtype=torch.float64)
                 p.copy_(u.log().to(dt))  # the softmax normalises U(0.01, 0.99)
 
     def _weight_params(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if n.startswith(("einsum_", "mixing_"))]
 
+    def _leaf_params(self) -> dict[str, torch.Tensor]:
+        """The leaf layer's parameters, name -> tensor (what every :class:`Leaves` method takes)."""
+        return {name: getattr(self, name) for name in self.leaves.parameter_names}
+
     @property
     def _ref(self) -> torch.Tensor:
         """A leaf parameter: its device and dtype are the model's."""
-        return self.mean if self.leaf == "gaussian" else self.prob_raw
+        return getattr(self, self.leaves.parameter_names[0])
 
-    def _set_prob(self, prob: torch.Tensor) -> None:
-        self.prob_raw.data.copy_((10.0 * torch.logit(prob.double().clamp(1e-6, 1 - 1e-6))).to(self.prob_raw.dtype))
+    @property
+    def variance(self) -> torch.Tensor:
+        """Gaussian leaf variances (D, R, K, C)."""
+        if not isinstance(self.leaves, GaussianLeaves):
+            raise AttributeError(f"a circuit with {self.leaf} leaves has no variances")
+        return self.leaves.variance(self._leaf_params())
 
     @property
     def probability(self) -> torch.Tensor:
         """Binomial leaf success probabilities (D, R, K, C)."""
-        return torch.sigmoid(0.1 * self.prob_raw)
-
-    def _set_var(self, var: torch.Tensor) -> None:
-        frac = ((var.double() - self.min_var) / (self.max_var - self.min_var)).clamp(1e-7, 1 - 1e-7)
-        self.var_raw.data.copy_(torch.logit(frac).to(self.var_raw.dtype))
-
-    @property
-    def variance(self) -> torch.Tensor:
-        """Leaf variances (D, R, K, C)."""
-        return self.min_var + (self.max_var - self.min_var) * torch.sigmoid(self.var_raw)
+        if not isinstance(self.leaves, BinomialLeaves):
+            raise AttributeError(f"a circuit with {self.leaf} leaves has no success probabilities")
+        return self.leaves.probability(self._leaf_params())
 
     def _weights(self) -> dict[str, torch.Tensor]:
         """Normalised weights: einsum (P, Ki*Kj, Ko) over dim 1; mixing (M, Cmax, Ko) over dim 1."""
@@ -559,24 +359,14 @@ class EinsumNetwork(nn.Module):
             x = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         elif x.numel() and not bool(torch.isfinite(x).all()):
             raise InputError("x contains NaN or infinite values; pass mask=... to marginalise missing entries")
-        if self.leaf == "binomial" and x.numel():
-            lo, hi = float(x.detach().min()), float(x.detach().max())
-            if lo < 0 or hi > self.total_count:
-                raise InputError(f"Binomial leaves need values in [0, {self.total_count}], got [{lo:g}, {hi:g}]")
+        self.leaves.check_input(x)
         return x, mask
 
     # -- forward -----------------------------------------------------------------------------
 
     def _leaf_log_density(self, x: torch.Tensor) -> torch.Tensor:
         """log f_{d,r,k}(x_d): (N, D, R, K), summed over the channels."""
-        if self.leaf == "binomial":
-            n, xe = self.total_count, x[:, :, None, None, :]
-            log_binom = math.lgamma(n + 1) - torch.lgamma(xe + 1) - torch.lgamma(n - xe + 1)
-            z = 0.1 * self.prob_raw
-            return (log_binom + xe * nn.functional.logsigmoid(z) + (n - xe) * nn.functional.logsigmoid(-z)).sum(-1)
-        var = self.variance
-        diff = x[:, :, None, None, :] - self.mean
-        return (-0.5 * (_LOG_2PI + var.log() + diff * diff / var)).sum(-1)
+        return self.leaves.log_density(self._leaf_params(), x)
 
     def _forward(self, logf: torch.Tensor, weights: dict[str, torch.Tensor],
                  keep: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -661,15 +451,7 @@ class EinsumNetwork(nn.Module):
 
     def _leaf_derivatives(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """First and second x-derivatives of every log f (broadcast to (N, D, R, K, C))."""
-        xe = x[:, :, None, None, :]
-        if self.leaf == "gaussian":
-            var = self.variance
-            return -(xe - self.mean) / var, (-1.0 / var).expand(x.shape[0], *var.shape)
-        # d/dx log Binomial(x; n, p) with x continuous: digamma and trigamma terms
-        n, z = self.total_count, 0.1 * self.prob_raw
-        g = torch.digamma(n - xe + 1) - torch.digamma(xe + 1) + z
-        h = -torch.polygamma(1, xe + 1) - torch.polygamma(1, n - xe + 1)
-        return g, h.expand_as(g)
+        return self.leaves.derivatives(self._leaf_params(), x)
 
     # -- EM through the gradient --------------------------------------------------------------
 
@@ -678,8 +460,8 @@ class EinsumNetwork(nn.Module):
 
         With :math:`L = \sum_b \log p(x_b)`: weight counts :math:`n = W \odot \partial L/\partial W`,
         leaf responsibilities :math:`q = \partial L / \partial \log f` (summing to 1 over (k, r)
-        for every sample and variable) and the statistics :math:`\sum_b q`, :math:`\sum_b q x`,
-        :math:`\sum_b q x^2`.
+        for every sample and variable) and the leaf layer's statistics (:math:`\sum_b q`,
+        :math:`\sum_b q x`, and :math:`\sum_b q x^2` for Gaussian leaves).
         """
         x, _ = self._prepare(x)
         x = x.detach()
@@ -689,9 +471,7 @@ class EinsumNetwork(nn.Module):
             logp = self._forward(logf, weights)[0]
             grads = torch.autograd.grad(logp.sum(), [logf, *weights.values()])
         q = grads[0]                                                             # (N, D, R, K)
-        stats = {"leaf_n": q.sum(0), "leaf_x": torch.einsum("ndrk,ndc->drkc", q, x)}
-        if self.leaf == "gaussian":
-            stats["leaf_xx"] = torch.einsum("ndrk,ndc->drkc", q, x * x)
+        stats = self.leaves.em_statistics(q, x)
         for (name, w), gw in zip(weights.items(), grads[1:]):
             stats[name] = w.detach() * gw
         if self._em_stats is None:
@@ -710,10 +490,10 @@ class EinsumNetwork(nn.Module):
         r"""M-step from the accumulated statistics, then reset them.
 
         :math:`\hat W \propto n` over each normalisation axis; leaves in expectation form
-        :math:`\hat\phi = (\sum q x, \sum q x^2) / (\sum q + 10^{-12})`. With ``stepsize`` s
-        (online / stepwise EM), :math:`\theta \leftarrow (1-s)\theta + s\hat\theta` in (W, φ) space,
-        weights clamped to >= 1e-16 and renormalised. Variances are projected onto
-        [min_var, max_var] after every update.
+        :math:`\hat\phi = (\sum q x, \sum q x^2) / (\sum q + 10^{-12})` (:meth:`.leaves.Leaves.em_update`).
+        With ``stepsize`` s (online / stepwise EM), :math:`\theta \leftarrow (1-s)\theta + s\hat\theta`
+        in (W, φ) space, weights clamped to >= 1e-16 and renormalised. Variances are projected
+        onto [min_var, max_var] after every update.
         """
         if self._em_stats is None:
             raise ConfigError("em_update called without statistics; call em_accumulate first")
@@ -727,20 +507,7 @@ class EinsumNetwork(nn.Module):
                 self._update_weights(g.param, st[g.param], current[g.param], s, None)
             for m in layer.mixing.values():
                 self._update_weights(m.param, st[m.param], current[m.param], s, m.mask[..., None])
-        denom = st["leaf_n"][..., None] + 1e-12
-        if self.leaf == "binomial":
-            # expectation parameter E[x] = N p: the stepwise update is linear in p
-            p = (1 - s) * self.probability.detach() + s * st["leaf_x"] / denom / self.total_count
-            self._set_prob(p)
-            self._em_stats = None
-            return
-        mu_hat, xx_hat = st["leaf_x"] / denom, st["leaf_xx"] / denom
-        mu, var = self.mean.detach(), self.variance.detach()
-        mu_new = (1 - s) * mu + s * mu_hat
-        xx_new = (1 - s) * (var + mu * mu) + s * xx_hat
-        var_new = (xx_new - mu_new * mu_new).clamp(self.min_var, self.max_var)
-        self.mean.data.copy_(mu_new)
-        self._set_var(var_new)
+        self.leaves.em_update(self._leaf_params(), st, s)
         self._em_stats = None
 
     def _update_weights(self, name: str, counts: torch.Tensor, current: torch.Tensor, s: float,
@@ -804,102 +571,14 @@ class EinsumNetwork(nn.Module):
         R, K = self.num_replicas, self.num_input_distributions
         rows = torch.randint(0, data.shape[0], (R * K,), generator=gen).to(data.device)
         pick = data[rows].reshape(R, K, self.num_var, self.num_dims).permute(2, 0, 1, 3)   # (D,R,K,C)
-        if self.leaf == "binomial":
-            self._set_prob((pick.double() + 0.5) / (self.total_count + 1.0))
-            return
-        sd = data.std(0).clamp_min(1e-3)[:, None, None, :]
-        noise = torch.randn(pick.shape, generator=gen, dtype=torch.float64).to(pick)
-        self.mean.data.copy_(pick + 0.01 * sd * noise)
-        self._set_var((sd * sd).expand_as(pick).clamp(self.min_var, self.max_var))
+        self.leaves.init_from_data(self._leaf_params(), pick, data, gen)
 
     # -- sampling ----------------------------------------------------------------------------
 
-    @torch.no_grad()
     def _draw(self, n: int, x: torch.Tensor | None, mask: torch.Tensor | None, mode: str,
               generator: torch.Generator | None) -> torch.Tensor:
-        """Top-down pass: ``mode`` "sample" (ancestral / posterior sampling) or "mpe" (argmax)."""
-        dev, dt = self._ref.device, self._ref.dtype
-        # Draws happen where the generator lives: a CPU generator (the default) gives the same
-        # samples on every device, a generator on the model's device avoids the copies.
-        gdev = generator.device if generator is not None else torch.device("cpu")
-        weights = self._weights()
-        kept = None
-        if x is not None:
-            logf = self._leaf_log_density(x)
-            if mask is not None:
-                logf = logf * mask[:, :, None, None].to(logf.dtype)
-            kept = self._forward(logf, weights, keep=True)[1]
-
-        def choose(logits: torch.Tensor) -> torch.Tensor:
-            if mode == "sample":
-                u = torch.rand(logits.shape, generator=generator, dtype=torch.float64,
-                               device=gdev).to(dev)
-                logits = logits - torch.log(-torch.log(u.clamp_min(1e-300))).to(logits.dtype)  # Gumbel-max
-            return logits.argmax(-1)
-
-        sizes = {self._leaf_k: self._n_leaf_regions}
-        for layer in self.layers:
-            for ko, slots in layer.out_slots.items():
-                sizes[ko] = sizes.get(ko, 0) + len(slots)
-        choice = {k: torch.full((n, c), -1, dtype=torch.long, device=dev) for k, c in sizes.items()}
-        choice[self._root_k][:, self._root_slot] = 0
-        for li in range(len(self.layers) - 1, -1, -1):
-            layer = self.layers[li]
-            pchoice = {ko: torch.full((n, c), -1, dtype=torch.long, device=dev)
-                       for ko, c in layer.n_parts.items()}
-            for ko, slots in layer.out_slots.items():
-                n_single = len(layer.single[ko])
-                pchoice[ko][:, layer.single[ko]] = choice[ko][:, slots[:n_single]]
-                if ko in layer.mixing:
-                    m = layer.mixing[ko]
-                    o = choice[ko][:, slots[n_single:]]                                  # (n, M)
-                    oc = o.clamp_min(0)
-                    w = weights[m.param].permute(0, 2, 1)                                # (M, Ko, Cmax)
-                    logits = w[torch.arange(len(m.index), device=dev), oc].log()         # (n, M, Cmax)
-                    if kept is not None:
-                        vals = kept["parts"][li][ko][:, m.index]                         # (n, M, Cmax, Ko)
-                        logits = logits + vals.gather(3, oc[:, :, None, None].expand(*vals.shape[:3], 1))[..., 0]
-                    c = choose(logits)
-                    part = m.index[torch.arange(len(m.index), device=dev), c]            # (n, M)
-                    pchoice[ko].scatter_(1, part, o)
-            for g in layer.groups:
-                o = pchoice[g.k_out][:, g.part_pos]                                      # (n, P)
-                active = o >= 0
-                w = weights[g.param].permute(0, 2, 1)                                    # (P, Ko, KiKj)
-                logits = w[torch.arange(len(g.left), device=dev), o.clamp_min(0)].log()  # (n, P, KiKj)
-                if kept is not None:
-                    a = kept["store"][g.k_left][:, g.left]
-                    b = kept["store"][g.k_right][:, g.right]
-                    logits = logits + (a[..., :, None] + b[..., None, :]).flatten(2)
-                ij = choose(logits)
-                i, j = ij // g.k_right, ij % g.k_right
-                minus = torch.full_like(i, -1)
-                choice[g.k_left].scatter_reduce_(1, g.left.expand(n, -1), torch.where(active, i, minus), "amax")
-                choice[g.k_right].scatter_reduce_(1, g.right.expand(n, -1), torch.where(active, j, minus), "amax")
-        k = choice[self._leaf_k][:, self._leaf_slot]                                     # (n, pairs)
-        active = k >= 0
-        d, r = self._leaf_var, self._leaf_rep
-        kk = k.clamp_min(0)
-        if self.leaf == "binomial":
-            p = self.probability[d[None], r[None], kk].double()                          # (n, pairs, C)
-            count = torch.full_like(p, float(self.total_count))
-            if mode == "sample":
-                mu = torch.binomial(count.to(gdev), p.to(gdev),
-                                    generator=generator).to(device=dev, dtype=dt)
-            else:  # the mode of Binomial(N, p)
-                mu = torch.floor((count + 1) * p).clamp_max(self.total_count).to(dt)
-        else:
-            mu = self.mean[d[None], r[None], kk]                                        # (n, pairs, C)
-            if mode == "sample":
-                sd = self.variance[d[None], r[None], kk].sqrt()
-                eps = torch.randn(mu.shape, generator=generator, dtype=torch.float64,
-                                  device=gdev).to(device=dev, dtype=dt)
-                mu = mu + sd * eps
-        out = torch.zeros(n, self.num_var, self.num_dims, dtype=dt, device=dev)
-        out.index_add_(1, d, mu * active[..., None].to(dt))  # exactly one active factor per variable
-        if x is not None and mask is not None:
-            out = torch.where(mask[..., None], x, out)
-        return out.reshape(n, -1) if self.num_dims == 1 else out
+        """Top-down pass (:func:`.sampling.draw`): ``mode`` "sample" or "mpe"."""
+        return draw(self, n, x, mask, mode, generator)
 
     def sample(self, n: int | None = None, *, generator: torch.Generator | None = None,
                condition: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -935,30 +614,3 @@ class EinsumNetwork(nn.Module):
         if mask is None:
             raise InputError("complete needs a mask (True = observed)")
         return self._draw(x.shape[0], x, mask, method, generator)
-
-
-# ----------------------------------------------------------------------------------------------
-# Builders
-# ----------------------------------------------------------------------------------------------
-
-def rat_spn(num_var: int, depth: int, repetitions: int, num_sums: int = 10,
-            num_input_distributions: int | None = None, *, seed: int = 0, **options: Any) -> EinsumNetwork:
-    """RAT-SPN EinsumNetwork: :func:`random_binary_trees` (split seed ``seed``) with Gaussian leaves.
-
-    ``options`` go to :class:`EinsumNetwork` (``num_dims``, ``leaf``, ``total_count``, ``min_var``,
-    ``max_var``, ``init``, ``dtype``); the parameters are initialised from ``seed`` too.
-    """
-    graph = random_binary_trees(num_var, depth, repetitions, seed=seed)
-    return EinsumNetwork(graph, num_sums, num_input_distributions, seed=seed, **options)
-
-
-def poon_domingos(height: int, width: int, deltas: Sequence[float | Sequence[float]], num_sums: int = 10,
-                  num_input_distributions: int | None = None, *, seed: int = 0,
-                  **options: Any) -> EinsumNetwork:
-    """Poon-Domingos EinsumNetwork of a ``height`` x ``width`` image (:func:`poon_domingos_graph`).
-
-    The EinsumNetworks demo's ``pd_num_pieces`` p corresponds to ``deltas=[height / p]``
-    (p = 4 on 28x28: 7x7 leaf blocks). ``options`` go to :class:`EinsumNetwork`.
-    """
-    graph = poon_domingos_graph(height, width, deltas)
-    return EinsumNetwork(graph, num_sums, num_input_distributions, seed=seed, **options)

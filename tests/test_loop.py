@@ -113,3 +113,20 @@ def test_a_nonfinite_loss_stops_with_a_clear_error():
     x = _data()
     with pytest.raises(ConfigError, match="loss became"):
         fit(_model(), x * 1e200, "mle", config=FitConfig(epochs=1), initialize=False)
+
+
+@pytest.mark.parametrize("name,batch,stop", [("em", 40, 3), ("em", None, 2), ("mle", 40, 4)])
+def test_circuits_resume_like_an_uninterrupted_run(tmp_path, name, batch, stop):
+    from deepmix.models import rat_spn
+
+    x = _data(120, 3).float()
+    cfg = FitConfig(epochs=3, batch_size=batch, seed=1)
+    options = {"lr": 0.05} if name == "mle" else {}
+    ref = rat_spn(3, 1, 2, 3, seed=0, init="em")
+    fit(ref, x, name, config=cfg, out_dir=tmp_path / "a", **options)
+    part = rat_spn(3, 1, 2, 3, seed=0, init="em")
+    fit(part, x, name, config=cfg, out_dir=tmp_path / "b", stop_after_steps=stop, **options)
+    again = deepmix.load(tmp_path / "b")
+    fit(again, x, name, config=cfg, out_dir=tmp_path / "b", resume=True)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k

@@ -111,3 +111,16 @@ def test_inpaint_unknown_mask_reports_iou(run_dir, tmp_path, capsys):
     result = json.loads(js.read_text())
     assert 0 <= result["iou"] <= 1 and "IoU" in out
     assert result["mse_missing"] < result["mse_missing_corrupted_input"]
+
+
+def test_sample_quality_of_one_run_through_main(run_dir, tmp_path, monkeypatch, capsys):
+    # --run has dest "run": it must not replace the command's own entry point.
+    monkeypatch.setenv("DEEPMIX_DATA", str(tmp_path / "cache"))  # the reference CNN's cache
+    js = tmp_path / "q.json"
+    code, out, err = run(capsys, "sample-quality", "digits", "--run", str(run_dir), "--n", "5",
+                         "--epochs", "1", "--json", str(js))
+    assert code == 0, err
+    assert "Traceback" not in err and "sample quality" in out
+    q = json.loads(js.read_text())
+    assert q["runs"]["runs"] == [str(run_dir)] and set(q["runs"]["per_class"]) == {
+        str(c) for c in range(10)}

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
-        p.set_defaults(run=module.run)
+        # A private dest: a command's own option may be called --run (sample-quality's is).
+        p.set_defaults(_command=module.run)
     return parser
 
 
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(threads)
     try:
-        return int(args.run(args) or 0)
+        return int(args._command(args) or 0)
     except DeepmixError as exc:
         print(f"deepmix: error: {exc}", file=sys.stderr)
         return 2

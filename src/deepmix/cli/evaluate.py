@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="data set (default: the run's own)")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--classes", help="evaluate on these classes only, e.g. 0 or 1-9")
-    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the summary as JSON ('-': stdout)")
     p.add_argument("--per-sample", metavar="FILE.npz",
                    help="write per-sample (and per-position) log-likelihoods to an .npz")
     p.add_argument("--batch-size", type=positive_int, default=500)
@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..inference import evaluate
     from ..plots.report import metrics_table
-    from ..utils.io import atomic_path, write_json_atomic
+    from ..utils.io import atomic_path, write_json_output
 
     model, data_name, ds = load_run_and_data(args, family=None)
     if model.family == "dcgmm":
@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"log-likelihood {summary['log_prob']:.3f} ± {summary['log_prob_std']:.3f} nats "
               f"per image, {summary['bits_per_dim']:.4f} bits/dim")
     if args.json:
-        write_json_atomic(args.json, summary)
-        print(f"wrote {args.json}")
+        if write_json_output(args.json, summary):
+            print(f"wrote {args.json}")
     if args.per_sample:
         with atomic_path(Path(args.per_sample), suffix=".npz") as tmp:
             np.savez_compressed(tmp, **{k.replace("/", "_"): v.numpy() for k, v in per.items()})

@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="unknown-mask in-painting: detected pixel mask, or the paper's eq. 9")
     p.add_argument("--stats-images", type=positive_int, default=5000,
                    help="training images for the inlier statistics (with --unknown)")
-    p.add_argument("--json", metavar="FILE", help="also write the errors as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the errors as JSON ('-': stdout)")
     p.add_argument("--device", default="cpu")
 
 
@@ -98,14 +98,14 @@ def _write(args: argparse.Namespace, result: dict, rows: list, summary: str, lay
     import torch
 
     from ..plots import save_grid
-    from ..utils.io import write_json_atomic
+    from ..utils.io import write_json_output
 
     save_grid(torch.cat(rows).cpu(), args.out, ncol=rows[0].shape[0])
     print(summary)
     print(f"wrote {args.out} (rows: {layout})")
     if args.json:
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}")
+        if write_json_output(args.json, result):
+            print(f"wrote {args.json}")
     return 0
 
 

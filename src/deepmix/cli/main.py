@@ -12,11 +12,13 @@ same cores (two 2-thread trainings on 2 cores ran about 100x slower than one).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Sequence
 
 from ..errors import DeepmixError
+from ..utils.io import is_stdout, json_stdout
 from .common import positive_int
 from . import (cluster, demo, evaluate, fetch, fit_gmm, inpaint, outliers, report, sample,
                sample_quality, train, variants)
@@ -38,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module in COMMANDS.items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
-        p.set_defaults(run=module.run)
+        # A private dest: a command's own option may be called --run (sample-quality's is).
+        p.set_defaults(_command=module.run)
     return parser
 
 
@@ -62,7 +65,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         torch.set_num_threads(threads)
     try:
-        return int(args.run(args) or 0)
+        if is_stdout(getattr(args, "json", None)):
+            # --json -: the JSON is the command's output on stdout; its report lines go to stderr.
+            with json_stdout(sys.stdout), contextlib.redirect_stdout(sys.stderr):
+                return int(args._command(args) or 0)
+        return int(args._command(args) or 0)
     except DeepmixError as exc:
         print(f"deepmix: error: {exc}", file=sys.stderr)
         return 2

@@ -62,6 +62,38 @@ def _outlier_images(spec: str, inlier_data: str, split: str, like, seed: int):
     return ds.to_tensor(), f"{name}/{split}" + (f" classes {classes}" if classes else "")
 
 
+def _same_data(a: object, b: object) -> bool:
+    canon = lambda v: str(v).strip().lower().replace("_", "-")  # noqa: E731 (as the registry)
+    return a is not None and b is not None and canon(a) == canon(b)
+
+
+def _check_outlier_classes(spec: str, data_name: str, inlier_classes: list[int] | None,
+                           config: dict) -> None:
+    """Outlier classes of the inlier data set must be neither inliers nor classes the run was
+    trained on; otherwise the AUROC measures nothing (class 0 among the inliers: ~50 %)."""
+    outlier_classes = parse_classes(spec)
+    if not outlier_classes:
+        return
+    shown = lambda cs: ",".join(str(c) for c in cs)  # noqa: E731
+    data_info = config.get("data") or {}
+    if "classes" in data_info and _same_data(data_name, data_info.get("name")):
+        trained = data_info["classes"]  # None: every class
+        seen = outlier_classes if trained is None else sorted(set(outlier_classes) & set(trained))
+        if seen:
+            raise ConfigError(
+                f"--outliers {spec}: class(es) {shown(seen)} of {data_name} are among the run's "
+                f"training classes ({'all' if trained is None else shown(trained)}), so they "
+                f"are no outliers; train on the other classes (e.g. --classes 1-9 with "
+                f"--outliers 0), or give another data set or 'noise'")
+    both = outlier_classes if inlier_classes is None else sorted(
+        set(outlier_classes) & set(inlier_classes))
+    if both:
+        raise ConfigError(
+            f"--outliers {spec}: class(es) {shown(both)} of {data_name} are also inliers "
+            f"(classes {'all' if inlier_classes is None else shown(inlier_classes)}); choose "
+            f"inlier --classes without them")
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import load_images
     from ..inference.outliers import InlierStatistics, detect_outliers
@@ -77,6 +109,8 @@ def run(args: argparse.Namespace) -> int:
     if classes is None and args.inliers is None:
         classes = data_info.get("classes")
     model = load_model(args.run_dir, device=args.device, family="dcgmm")
+    if args.outliers[:1].isdigit():
+        _check_outlier_classes(args.outliers, data_name, classes, config)
     inliers = load_images(data_name, args.split, classes=classes).to_tensor()
     outliers, described = _outlier_images(args.outliers, data_name, args.split, inliers, args.seed)
     res = detect_outliers(model, inliers, outliers, layer, batch_size=args.batch_size)

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retrain", action="store_true", help="train the reference CNN anew")
     p.add_argument("--epochs", type=positive_int,
                    help="epochs of the reference CNN (default: 3, or 600 steps on small sets)")
-    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON ('-': stdout)")
     p.add_argument("--device", default="cpu")
 
 
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..metrics.sample_quality import (load_reference_classifier, sample_quality,
                                           sample_quality_of_models, train_reference_classifier)
     from ..training.checkpoint import load_model
-    from ..utils.io import write_json_atomic
+    from ..utils.io import write_json_output
 
     if args.retrain:
         clf = train_reference_classifier(args.data, epochs=args.epochs, progress=True)
@@ -74,6 +74,6 @@ def run(args: argparse.Namespace) -> int:
         per = ", ".join(f"{c}: {100 * a:.1f}" for c, a in res["per_class"].items())
         print(f"sample quality {100 * res['accuracy']:.2f}% ({args.n} per class; {per})")
     if args.json:
-        write_json_atomic(args.json, result)
-        print(f"wrote {args.json}")
+        if write_json_output(args.json, result):
+            print(f"wrote {args.json}")
     return 0

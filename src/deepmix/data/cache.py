@@ -1,14 +1,16 @@
 """Where data sets are cached, and reading / writing the cached ``.npz`` files.
 
 A cache file holds ``x_train, y_train, x_test, y_test`` (uint8 images NHW, uint8 labels). It is
-written atomically, so a file under the final name is always a complete one.
+written atomically, so a file under the final name is always a complete one. On use, its arrays
+are checked against the data set's known digests (:func:`verify_arrays`), so a file that was
+changed or replaced after the download is refused, not trained on.
 """
 
 from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import numpy as np
 from deepmix.errors import DataError
 from deepmix.utils.io import atomic_path
 
-__all__ = ["SPLIT_KEYS", "cache_dir", "cache_path", "save_npz", "load_npz"]
+__all__ = ["SPLIT_KEYS", "cache_dir", "cache_path", "save_npz", "load_npz", "verify_arrays"]
 
 #: The arrays every cache file holds.
 SPLIT_KEYS: tuple[str, ...] = ("x_train", "y_train", "x_test", "y_test")
@@ -92,3 +94,38 @@ def load_npz(path: str | os.PathLike, name: str, keys: Sequence[str] = SPLIT_KEY
                 f"{len(y)} labels; {fix}."
             )
     return out
+
+
+# (file, size, mtime, array) -> digest: each cache array is hashed once per process while the
+# file is unchanged (MNIST's train images take about 0.1 s).
+_DIGESTS: dict[tuple[str, int, int, str], str] = {}
+
+
+def verify_arrays(
+    path: str | os.PathLike,
+    name: str,
+    arrays: Mapping[str, np.ndarray],
+    digest: Callable[[str, np.ndarray], str],
+    expected: Mapping[str, str],
+) -> None:
+    """Check the arrays read from cache file ``path`` of data set ``name`` against ``expected``.
+
+    ``digest(key, array)`` computes what ``expected[key]`` holds. Raises :class:`DataError`
+    naming the file, the array and how to replace the file when a digest differs.
+    """
+    path = Path(path)
+    st = path.stat()
+    for key, arr in arrays.items():
+        if key not in expected:
+            continue
+        memo = (str(path.resolve()), st.st_size, st.st_mtime_ns, key)
+        got = _DIGESTS.get(memo)
+        if got is None:
+            got = _DIGESTS[memo] = digest(key, arr)
+        if got != expected[key]:
+            raise DataError(
+                f"Data cache file {path} fails its digest check: {key} has sha256 {got[:16]}..., "
+                f"expected {expected[key][:16]}... (the file was changed or is not the "
+                f"downloaded {name}); delete it and run `deepmix fetch {name}`, or run "
+                f"`deepmix fetch {name} --force`."
+            )

@@ -4,7 +4,8 @@ The package holds one JSON file per class (``package/src/clothes/<k>.json``, ``{
 ints], ...]}``), 7 000 images each, without a train/test marker. Class 0 also holds two empty
 rows, which are dropped. Project convention: per class the **first 1 000** images are the test
 split and the other 6 000 the train split; classes are concatenated in order 0..9. The result is
-checked against pinned array digests, so a different conversion cannot pass silently.
+checked against pinned array digests, so a different conversion cannot pass silently; the cache
+file is checked against the same digests when it is used (:func:`cache_digest`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ __all__ = [
     "TARBALL_SHA256",
     "ARRAY_SHA256_PREFIX",
     "TEST_PER_CLASS",
+    "CACHE_SHA256",
+    "cache_digest",
     "arrays_from_tarball",
     "download",
 ]
@@ -41,6 +44,8 @@ ARRAY_SHA256_PREFIX: dict[str, str] = {
     "x_test": "0211f6e1214c87b2",
     "y_test": "a054c239a40ee7f2",
 }
+#: Expected :func:`cache_digest` of each array of the cache file.
+CACHE_SHA256: dict[str, str] = ARRAY_SHA256_PREFIX
 N_CLASSES = 10
 PER_CLASS = 7000
 TEST_PER_CLASS = 1000
@@ -62,6 +67,14 @@ def _class_images(raw: bytes, source: str) -> np.ndarray:
     if arr.min() < 0 or arr.max() > 255:
         raise DataError(f"Fashion-MNIST file {source} has pixel values outside 0..255.")
     return arr.astype(np.uint8).reshape(PER_CLASS, SIDE, SIDE)
+
+
+def cache_digest(key: str, arr: np.ndarray) -> str:
+    """First 16 hex digits of the sha256 of cache array ``key``'s uint8 C-order bytes."""
+    a = np.asarray(arr)
+    if a.dtype != np.uint8 and a.dtype.kind in "iu" and a.size and 0 <= a.min() and a.max() <= 255:
+        a = a.astype(np.uint8)
+    return sha256_bytes(np.ascontiguousarray(a).tobytes())[:16]
 
 
 def arrays_from_tarball(tgz: str | os.PathLike) -> dict[str, np.ndarray]:

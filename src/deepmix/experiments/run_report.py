@@ -57,8 +57,9 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
                  n_samples: int = 64, n_test: int = 1000, sharpen_iterations: int = 100,
                  seed: int = 0, device: str = "cpu") -> Path:
     """Write ``report.html`` (default inside ``run_dir``) and return its path."""
-    from ..inference.outliers import detect_outliers
-    from ..metrics.clustering import cluster_ids, clustering_report
+    from .dcgmm_outliers import detect_outliers
+    from ..inference.clustering import cluster_ids
+    from ..metrics.clustering import clustering_report
     from ..plots.roc import save_roc_curve
 
     run_dir = Path(run_dir)

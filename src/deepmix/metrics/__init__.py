@@ -8,14 +8,14 @@
   :func:`train_reference_classifier`, :func:`load_reference_classifier`, :func:`sample_quality`.
 """
 
-from .auroc import auroc, roc_curve
-from .clustering import cluster_ids, clustering_report, davies_bouldin, dunn_index, purity
+from .auroc import auroc, outlier_separation, roc_curve
+from .clustering import clustering_report, davies_bouldin, dunn_index, purity
 from .sample_quality import (ReferenceClassifier, SampleQualityCNN, classifier_path,
                              load_reference_classifier, sample_quality,
                              sample_quality_of_models,
                              train_reference_classifier)
 
-__all__ = ["auroc", "roc_curve", "cluster_ids", "clustering_report", "davies_bouldin",
+__all__ = ["auroc", "roc_curve", "outlier_separation", "clustering_report", "davies_bouldin",
            "dunn_index", "purity", "SampleQualityCNN", "ReferenceClassifier", "classifier_path",
            "train_reference_classifier", "load_reference_classifier", "sample_quality",
            "sample_quality_of_models"]

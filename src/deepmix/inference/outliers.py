@@ -16,8 +16,9 @@ position of a new image as an outlier when
 .. math:: \log p_L(a_{hw}(x)) < m_{hw} - c\, s_{hw}.
 
 How well the scores separate known inliers from outliers (AUROC) is a metric on arrays,
-:func:`deepmix.metrics.auroc.outlier_separation`; :func:`deepmix.experiments.dcgmm_outliers.detect_outliers`
-scores a model's layers and measures them in one call.
+:func:`deepmix.metrics.auroc.outlier_separation`;
+:func:`deepmix.experiments.dcgmm_outliers.detect_outliers` scores a model's layers and measures
+them in one call.
 """
 
 from __future__ import annotations

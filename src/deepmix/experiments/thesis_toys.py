@@ -1,14 +1,13 @@
 """The thesis' 2-D density estimation (pc-training spec §6.1): a full-covariance GMM trained by
 EM, gradient descent on the NLL (GD), exact score matching (SM) and sliced score matching (SSM).
 
-Data as in the thesis: 20 000 points (seed 42), centred, shuffled, 10 000 train / 10 000
-validation (:func:`deepmix.data.toys.thesis_toy`, :func:`deepmix.data.toys.thesis_train_valid`,
-re-exported here as ``thesis_toy`` and ``train_valid``). Init: pi uniform, Sigma = I, means =
-k-means centres of the training split (the thesis fitted k-means on all 20 000 points; deepmix
-keeps validation out). Gradient objectives run
-full-batch Adam for T steps at rate lr; EM runs T full-batch iterations with reg_covar 1e-6 and no
-convergence test. :data:`PUBLISHED` holds the thesis' validation log-likelihoods with the chosen
-(lr, T) of its grid search.
+Data as in the thesis: 20 000 points (seed 42), centred, shuffled, 10 000 train / 10 000 validation
+(:func:`deepmix.data.toys.thesis_toy`, :func:`deepmix.data.toys.thesis_train_valid`, re-exported
+here as ``thesis_toy`` and ``train_valid``). Init: pi uniform, Sigma = I, means = k-means centres
+of the training split (the thesis fitted k-means on all 20 000 points; deepmix keeps validation
+out). Gradient objectives run full-batch Adam for T steps at rate lr; EM runs T full-batch
+iterations with reg_covar 1e-6 and no convergence test. :data:`PUBLISHED` holds the thesis'
+validation log-likelihoods with the chosen (lr, T) of its grid search.
 """
 
 from __future__ import annotations

@@ -123,8 +123,9 @@ def test_inference_procedures_on_the_device(cpu_model, dev_model, digits):
 
 
 def test_outliers_classification_and_clustering_on_the_device(dev_model, cpu_model, digits):
-    from deepmix.inference import accuracy, detect_outliers, fit_classifier
-    from deepmix.metrics.clustering import cluster_ids
+    from deepmix.experiments.dcgmm_outliers import detect_outliers
+    from deepmix.inference import accuracy, fit_classifier
+    from deepmix.inference.clustering import cluster_ids
 
     images, labels = digits
     noise = torch.rand(100, 8, 8, 1)

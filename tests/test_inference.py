@@ -10,7 +10,8 @@ import torch
 
 import deepmix
 from deepmix.data import load_images
-from deepmix.inference import evaluate, layer_sees_pixels, sample_to_files
+from deepmix.experiments.sampling import sample_to_files
+from deepmix.inference import evaluate, layer_sees_pixels
 from deepmix.plots import image_grid
 
 

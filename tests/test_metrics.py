@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from deepmix.errors import CheckpointError, InputError
-from deepmix.inference.outliers import (InlierStatistics, detect_outliers, layer_scores,
-                                        outlier_scores, per_position_log_likelihood)
-from deepmix.metrics import (auroc, cluster_ids, clustering_report, davies_bouldin, dunn_index,
-                             purity, roc_curve)
+from deepmix.experiments.dcgmm_outliers import detect_outliers
+from deepmix.inference.clustering import cluster_ids
+from deepmix.inference.outliers import (InlierStatistics, layer_scores, outlier_scores,
+                                        per_position_log_likelihood)
+from deepmix.metrics import auroc, clustering_report, davies_bouldin, dunn_index, purity, roc_curve
 from deepmix.models import DCGMM
 
 
@@ -235,7 +236,7 @@ def test_sample_quality_cnn_trains_caches_and_checks(tmp_path, monkeypatch, digi
     import importlib
 
     # the package re-exports the function sample_quality under the module's name
-    sq = importlib.import_module("deepmix.metrics.sample_quality")
+    sq = importlib.import_module("deepmix.experiments.sample_quality")
     monkeypatch.setenv("DEEPMIX_DATA", str(tmp_path))
     torch.manual_seed(0)
     clf = sq.train_reference_classifier("digits", epochs=1, max_train=300)
@@ -290,7 +291,7 @@ def test_sample_quality_cnn_trains_caches_and_checks(tmp_path, monkeypatch, digi
 
 
 def test_sample_quality_cnn_shapes():
-    from deepmix.metrics import SampleQualityCNN
+    from deepmix.experiments.reference_cnn import SampleQualityCNN
 
     net = SampleQualityCNN((28, 28, 1))
     assert net.padding == "valid" and net(torch.rand(2, 1, 28, 28)).shape == (2, 10)
@@ -298,6 +299,33 @@ def test_sample_quality_cnn_shapes():
     assert SampleQualityCNN((32, 32, 3), 5)(torch.rand(1, 3, 32, 32)).shape == (1, 5)
     with pytest.raises(InputError, match="too small"):
         SampleQualityCNN((4, 4, 1))
+
+
+def test_sample_quality_metric_takes_any_classifier():
+    # The metric works on arrays: a callable giving logits or classes, or an object with predict.
+    from deepmix.metrics import sample_quality
+
+    x = torch.rand(7, 2)
+    by_logits = lambda b: torch.stack([b[:, 0], b[:, 1]], 1)  # noqa: E731  (argmax: larger column)
+    y = (x[:, 1] > x[:, 0]).long()
+    assert sample_quality(x, y, by_logits, batch_size=3) == 1.0
+    assert sample_quality(x, 1 - y, lambda b: (b[:, 1] > b[:, 0]).long()) == 0.0
+    with pytest.raises(InputError, match="not the data set name"):
+        sample_quality(x, y, "digits")
+    with pytest.raises(InputError, match="no images"):
+        sample_quality(torch.zeros(0, 2), [], by_logits)
+    with pytest.raises(InputError, match="7 labels for"):
+        sample_quality(x[:3], y, by_logits)
+
+
+def test_outlier_separation_on_arrays():
+    from deepmix.metrics import outlier_separation
+
+    res = outlier_separation(np.array([3.0, 2.0, 1.5]), torch.tensor([0.0, 1.0]))
+    assert res["auroc"] == 1.0 and (res["n_inliers"], res["n_outliers"]) == (3, 2)
+    assert res["inlier_mean"] == pytest.approx(6.5 / 3) and res["outlier_scores"].dtype == np.float64
+    with pytest.raises(InputError, match="NaN"):
+        outlier_separation([np.nan], [0.0])
 
 
 # -------------------------------------------------------------------------------- the CLI
@@ -339,7 +367,7 @@ def test_reference_classifier_runs_per_seed(tmp_path, monkeypatch):
     unsuffixed file."""
     import importlib
 
-    sq = importlib.import_module("deepmix.metrics.sample_quality")
+    sq = importlib.import_module("deepmix.experiments.sample_quality")
     monkeypatch.setenv("DEEPMIX_DATA", str(tmp_path))
     assert sq.classifier_path("digits").name == "digits.safetensors"
     assert sq.classifier_path("digits", 2).name == "digits_seed2.safetensors"

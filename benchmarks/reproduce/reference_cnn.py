@@ -4,8 +4,8 @@ training time per data set. The paper: > 99% on MNIST, ~91% on Fashion-MNIST (15
 usage: PYTHONPATH=src .venv/bin/python benchmarks/reproduce/reference_cnn.py
        [--datasets mnist fashion-mnist digits] [--epochs N] [--seeds 0 1 2] [--cached]
 
-Trains (and caches, as :func:`deepmix.metrics.load_reference_classifier` would) the CNN of each
-data set and CNN seed (the paper's Table III averages over 5 CNN runs; seed 0 is the one
+Trains (and caches, as :func:`deepmix.experiments.reference_cnn.load_reference_classifier`
+would) the CNN of each data set and CNN seed (the paper's Table III averages over 5 CNN runs; seed 0 is the one
 every single-CNN figure uses); ``--cached`` only reports the classifiers already in the cache. Writes
 benchmarks/results/reference_cnn.json and .md.
 """
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from deepmix.metrics.sample_quality import (classifier_path, load_reference_classifier,
-                                            train_reference_classifier)
+from deepmix.experiments.reference_cnn import (classifier_path, load_reference_classifier,
+                                               train_reference_classifier)
 from deepmix.utils.io import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent

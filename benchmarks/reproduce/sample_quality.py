@@ -33,7 +33,7 @@ from deepmix import DCGMM
 from deepmix.cli.common import top_s_arg
 from deepmix.errors import DeepmixError
 from deepmix.experiments.dcgmm_papers import PUBLISHED, markdown_table, trained_model
-from deepmix.metrics.sample_quality import load_reference_classifier, sample_quality_of_models
+from deepmix.experiments.sample_quality import load_reference_classifier, sample_quality_of_models
 from deepmix.training import TrainConfig
 from deepmix.utils.io import write_json_atomic, write_text_atomic
 

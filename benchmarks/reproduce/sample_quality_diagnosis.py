@@ -38,11 +38,11 @@ import torch.nn.functional as F
 
 from deepmix.data import load_images
 from deepmix.experiments.dcgmm_papers import markdown_table, trained_model
-from deepmix.inference import variants
-from deepmix.metrics.sample_quality import (
+from deepmix.experiments.reference_cnn import (
     ReferenceClassifier,
     load_reference_classifier,
 )
+from deepmix.inference import variants
 from deepmix.utils.io import write_json_atomic, write_text_atomic
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"

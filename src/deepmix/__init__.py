@@ -13,6 +13,7 @@ Quick use::
 
 from __future__ import annotations
 
+from . import data  # noqa: F401  (``deepmix.data.load_images`` after a bare ``import deepmix``)
 from .errors import DeepmixError
 from .models import ARCHITECTURES, DCGMM
 from .training import TrainConfig, load_model, train

@@ -23,7 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..metrics.clustering import cluster_ids, clustering_report
+    from ..inference.clustering import cluster_ids
+    from ..metrics.clustering import clustering_report
     from ..utils.io import write_json_output
 
     model, data_name, ds = load_run_and_data(args)

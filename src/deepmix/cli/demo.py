@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..data import fetch, load_images
     from ..errors import DataError
-    from ..inference import evaluate, sample_to_files
+    from ..experiments.sampling import sample_to_files
+    from ..inference import evaluate
     from ..models import DCGMM
     from ..plots import save_grid, write_report
     from ..training import TrainConfig, train

@@ -96,7 +96,8 @@ def _check_outlier_classes(spec: str, data_name: str, inlier_classes: list[int] 
 
 def run(args: argparse.Namespace) -> int:
     from ..data import load_images
-    from ..inference.outliers import InlierStatistics, detect_outliers
+    from ..experiments.dcgmm_outliers import detect_outliers
+    from ..inference.outliers import InlierStatistics
     from ..plots.roc import save_roc_curve
     from ..training.checkpoint import load_model, read_config
     from ..utils.io import write_json_atomic

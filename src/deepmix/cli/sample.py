@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..inference import sample_to_files
+    from ..experiments.sampling import sample_to_files
     from ..training.checkpoint import load_model
 
     model = load_model(args.run_dir, device=args.device)

@@ -35,8 +35,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..metrics.sample_quality import (load_reference_classifier, sample_quality,
-                                          sample_quality_of_models, train_reference_classifier)
+    from ..experiments.sample_quality import (load_reference_classifier, sample_quality,
+                                              sample_quality_of_models, train_reference_classifier)
     from ..training.checkpoint import load_model
     from ..utils.io import write_json_output
 

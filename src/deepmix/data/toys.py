@@ -1,21 +1,35 @@
 """2-D toy densities of the flow / score-matching literature, for quick density figures.
 
-All generators return float32 (n, 2) arrays roughly inside [-4, 4]^2, drawn with
-``numpy.random.default_rng(seed)`` so that a seed reproduces them exactly. ``noise`` is the
-standard deviation of isotropic Gaussian noise added to the points (``None``: the toy's default).
+Two families share the names halfmoons, spirals and board but not their shape:
+
+- :func:`make_toy` (:data:`TOYS`): deepmix's own generators. They return float32 (n, 2) arrays
+  roughly inside [-4, 4]^2, drawn with ``numpy.random.default_rng(seed)`` so that a seed
+  reproduces them exactly. ``noise`` is the standard deviation of isotropic Gaussian noise added
+  to the points (``None``: the toy's default).
+- :func:`thesis_toy` (:data:`THESIS_TOYS`): the thesis' versions (pc-training spec §6.1), with
+  their own geometry (scikit-learn's ``make_moons`` with noise 0.1; spirals with uniform jitter;
+  a checkerboard scaled by 2), float64, centred and shuffled, 20 000 points of seed 42 by
+  default. :func:`thesis_train_valid` is the thesis' 10 000 train / 10 000 validation split of
+  them, the data of ``deepmix fit-gmm --data halfmoons`` and of
+  :mod:`deepmix.experiments.thesis_toys`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from deepmix.errors import DataError
 
-__all__ = ["TOYS", "SIERPINSKI_VERTICES", "make_toy"]
+__all__ = ["TOYS", "SIERPINSKI_VERTICES", "make_toy", "THESIS_TOYS", "thesis_toy",
+           "thesis_train_valid"]
 
 TOYS: tuple[str, ...] = ("halfmoons", "spirals", "board", "swissroll", "sierpinski")
+#: The thesis' toys (:func:`thesis_toy`): same names as three of :data:`TOYS`, other shapes.
+THESIS_TOYS: tuple[str, ...] = ("halfmoons", "spirals", "board")
 
 #: Corners of the Sierpinski triangle: equilateral, side 4, centroid at the origin.
 SIERPINSKI_VERTICES = np.array(
@@ -100,3 +114,36 @@ def make_toy(name: str, n: int, *, seed: int | None = None, noise: float | None 
     if std > 0:
         points = points + std * rng.standard_normal(points.shape)
     return points.astype(np.float32)
+
+
+def thesis_toy(name: str, n: int = 20_000, seed: int = 42) -> np.ndarray:
+    """The thesis' version of a 2-D toy set, centred and shuffled, float64 (n, 2).
+
+    Not the same points as :func:`make_toy` of the same name (see the module docstring).
+    """
+    rng = np.random.default_rng(seed)
+    if name == "halfmoons":
+        from sklearn.datasets import make_moons
+
+        x = make_moons(n, noise=0.1, random_state=seed)[0]
+    elif name == "spirals":
+        m = n // 2
+        t = np.sqrt(rng.uniform(size=m)) * 3 * math.pi
+        arm = np.stack([-t * np.cos(t) + 0.5 * rng.uniform(size=m),
+                        t * np.sin(t) + 0.5 * rng.uniform(size=m)], 1)
+        x = np.concatenate([arm, -arm]) / 3 + 0.1 * rng.normal(size=(2 * m, 2))
+    elif name == "board":
+        x1 = rng.uniform(-2, 2, n)
+        x2 = rng.uniform(size=n) - 2 * rng.integers(0, 2, n) + np.floor(x1) % 2
+        x = 2 * np.stack([x1, x2], 1)
+    else:
+        raise DataError(f"Unknown thesis toy '{name}'; known: {', '.join(THESIS_TOYS)}")
+    x = x[rng.permutation(len(x))]
+    return (x - x.mean(0)).astype(np.float64)
+
+
+def thesis_train_valid(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The thesis' split of :func:`thesis_toy` ``name``: (train, valid) float64 tensors of
+    10 000 x 2 each (the default 20 000 points of seed 42)."""
+    x = torch.from_numpy(thesis_toy(name))
+    return x[:10_000], x[10_000:]

@@ -24,24 +24,30 @@ Two protocols:
   :data:`REFERENCE_TRAIN_OPTIONS`. Two details of those scripts are not copied: G's layer delays
   0.1/0.15/0.2 (deepmix uses 0.1 per layer) and the reference's normalisation of mixture weights
   over all positions of an independent layer (a bug; deepmix normalises per position).
+
+:func:`detect_outliers` is the measurement for any trained model and any inliers/outliers: the
+scores come from :mod:`deepmix.inference.outliers`, their separation from
+:func:`deepmix.metrics.auroc.outlier_separation`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from ..data import load_images
+from ..inference.outliers import layer_scores
+from ..metrics.auroc import auroc, outlier_separation
 from ..models.dcgmm import DCGMM
 from ..models.spec import LayerSpec, format_spec, parse_spec, resolve_architecture
-from ..metrics.auroc import auroc
 from .dcgmm_papers import PUBLISHED as PAPER_FIGURES
 
 __all__ = ["PUBLISHED", "ARCHS", "DATASETS", "PROTOCOLS", "REFERENCE_PROTOCOL",
            "REFERENCE_TRAIN_OPTIONS", "published", "protocol_spec", "protocol_epochs",
-           "protocol_train_options", "run_cell"]
+           "protocol_train_options", "run_cell", "detect_outliers"]
 
 ARCHS = ("A", "B", "C", "D", "E", "F", "G")
 DATASETS = ("mnist", "fashion-mnist")
@@ -171,3 +177,25 @@ def run_cell(arch: str, dataset: str, *, seed: int = 0, epochs: int | None = 3,
 
 def _batched(fn, x: torch.Tensor, layer: int, batch: int) -> torch.Tensor:
     return torch.cat([fn(x[i:i + batch], layer) for i in range(0, len(x), batch)]).cpu()
+
+
+def detect_outliers(model: Any, inliers: Any, outliers: Any, layer: int | Sequence[int] | str = -1,
+                    *, batch_size: int = 500) -> dict[str, Any]:
+    """Score known inliers and outliers with GMM layer(s) and measure the separation by AUROC.
+
+    Returns, for a single ``layer``, ``{"layer", "auroc", "fpr", "tpr", "thresholds",
+    "n_inliers", "n_outliers", "inlier_mean", "outlier_mean", "inlier_scores",
+    "outlier_scores"}`` (curves and scores as numpy arrays; inliers are the positive class); for
+    a list of layers or "all", ``{"layers": {L: that dict}, "best_layer": L}``.
+    """
+    single = isinstance(layer, (int, np.integer))
+    s_in = layer_scores(model, inliers, layer, batch_size=batch_size)
+    s_out = layer_scores(model, outliers, layer, batch_size=batch_size)
+    results = {}
+    for L in s_in:
+        a, b = s_in[L].double().numpy(), s_out[L].double().numpy()
+        results[L] = {"layer": L, **outlier_separation(a, b)}
+    if single:
+        return next(iter(results.values()))
+    best = max(results, key=lambda L: results[L]["auroc"])
+    return {"layers": results, "best_layer": best}

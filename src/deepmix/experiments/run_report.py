@@ -57,9 +57,10 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
                  n_samples: int = 64, n_test: int = 1000, sharpen_iterations: int = 100,
                  seed: int = 0, device: str = "cpu") -> Path:
     """Write ``report.html`` (default inside ``run_dir``) and return its path."""
-    from ..inference.outliers import detect_outliers
-    from ..metrics.clustering import cluster_ids, clustering_report
+    from ..inference.clustering import cluster_ids
+    from ..metrics.clustering import clustering_report
     from ..plots.roc import save_roc_curve
+    from .dcgmm_outliers import detect_outliers
 
     run_dir = Path(run_dir)
     t0 = time.perf_counter()

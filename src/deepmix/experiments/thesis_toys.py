@@ -1,12 +1,13 @@
 """The thesis' 2-D density estimation (pc-training spec §6.1): a full-covariance GMM trained by
 EM, gradient descent on the NLL (GD), exact score matching (SM) and sliced score matching (SSM).
 
-Data as in the thesis: 20 000 points (seed 42), centred, shuffled, 10 000 train / 10 000
-validation. Init: pi uniform, Sigma = I, means = k-means centres of the training split (the thesis
-fitted k-means on all 20 000 points; deepmix keeps validation out). Gradient objectives run
-full-batch Adam for T steps at rate lr; EM runs T full-batch iterations with reg_covar 1e-6 and no
-convergence test. :data:`PUBLISHED` holds the thesis' validation log-likelihoods with the chosen
-(lr, T) of its grid search.
+Data as in the thesis: 20 000 points (seed 42), centred, shuffled, 10 000 train / 10 000 validation
+(:func:`deepmix.data.toys.thesis_toy`, :func:`deepmix.data.toys.thesis_train_valid`, re-exported
+here as ``thesis_toy`` and ``train_valid``). Init: pi uniform, Sigma = I, means = k-means centres
+of the training split (the thesis fitted k-means on all 20 000 points; deepmix keeps validation
+out). Gradient objectives run full-batch Adam for T steps at rate lr; EM runs T full-batch
+iterations with reg_covar 1e-6 and no convergence test. :data:`PUBLISHED` holds the thesis'
+validation log-likelihoods with the chosen (lr, T) of its grid search.
 """
 
 from __future__ import annotations
@@ -16,16 +17,19 @@ import time
 import warnings
 from typing import Any
 
-import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..data.toys import THESIS_TOYS, thesis_toy, thesis_train_valid
+from ..errors import ConfigError
 from ..models import GaussianMixture, MixtureDensity
 from ..training.loop import fit_density
 
 __all__ = ["DATASETS", "PUBLISHED", "thesis_toy", "train_valid", "run_cell"]
 
-DATASETS = ("halfmoons", "spirals", "board")
+DATASETS = THESIS_TOYS
+
+#: The thesis' 10 000 / 10 000 split; the data now live in :mod:`deepmix.data.toys`.
+train_valid = thesis_train_valid
 
 #: (data, K) -> objective -> (validation mean LL in nats, lr or None for EM, T)
 PUBLISHED: dict[tuple[str, int], dict[str, tuple[float, float | None, int]]] = {
@@ -39,34 +43,6 @@ PUBLISHED: dict[tuple[str, int], dict[str, tuple[float, float | None, int]]] = {
     ("board", 60): {"em": (-3.64, None, 100), "gd": (-3.59, .025, 200), "sm": (-3.72, .01, 100), "ssm": (-3.72, .01, 100)},
     ("board", 100): {"em": (-3.60, None, 100), "gd": (-3.57, .01, 200), "sm": (-3.73, .025, 50), "ssm": (-3.70, .025, 50)},
 }
-
-
-def thesis_toy(name: str, n: int = 20_000, seed: int = 42) -> np.ndarray:
-    """The thesis' version of a 2-D toy set, centred and shuffled, float64 (n, 2)."""
-    rng = np.random.default_rng(seed)
-    if name == "halfmoons":
-        from sklearn.datasets import make_moons
-
-        x = make_moons(n, noise=0.1, random_state=seed)[0]
-    elif name == "spirals":
-        m = n // 2
-        t = np.sqrt(rng.uniform(size=m)) * 3 * math.pi
-        arm = np.stack([-t * np.cos(t) + 0.5 * rng.uniform(size=m),
-                        t * np.sin(t) + 0.5 * rng.uniform(size=m)], 1)
-        x = np.concatenate([arm, -arm]) / 3 + 0.1 * rng.normal(size=(2 * m, 2))
-    elif name == "board":
-        x1 = rng.uniform(-2, 2, n)
-        x2 = rng.uniform(size=n) - 2 * rng.integers(0, 2, n) + np.floor(x1) % 2
-        x = 2 * np.stack([x1, x2], 1)
-    else:
-        raise DataError(f"Unknown thesis toy '{name}'; known: {', '.join(DATASETS)}")
-    x = x[rng.permutation(len(x))]
-    return (x - x.mean(0)).astype(np.float64)
-
-
-def train_valid(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(thesis_toy(name))
-    return x[:10_000], x[10_000:]
 
 
 def run_cell(data: str, K: int, objective: str, *, lr: float | None = None, T: int | None = None,

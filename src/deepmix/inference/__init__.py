@@ -1,18 +1,21 @@
 """What trained models are used for: evaluation, sampling, sharpening, variants, in-painting,
-outliers and classification."""
+outliers, clustering and classification.
+
+Writing samples to files (PNG grid + .npz) is :func:`deepmix.experiments.sampling.sample_to_files`:
+pictures belong to :mod:`deepmix.plots`, which inference does not import."""
 
 from .classification import (accuracy, choose_temperature, classifier_features, fit_classifier,
                              set_temperature)
+from .clustering import cluster_ids
 from .evaluation import evaluate, evaluate_density, layer_sees_pixels
-from .inpainting import (as_observed, corrupt, flat_gmm_inpaint, inpaint, inpaint_unknown, make_mask,
-                         mask_iou, missing_mse)
-from .outliers import InlierStatistics, detect_outliers, outlier_scores
-from .sampling import sample_to_files
+from .inpainting import flat_gmm_inpaint, inpaint, inpaint_unknown, mask_iou, missing_mse
+from .masks import as_observed, corrupt, make_mask
+from .outliers import InlierStatistics, outlier_scores
 from .sharpening import Sharpening, sharpen
 from .variants import variants
 
-__all__ = ["evaluate", "evaluate_density", "layer_sees_pixels", "sample_to_files", "Sharpening", "sharpen",
+__all__ = ["evaluate", "evaluate_density", "layer_sees_pixels", "Sharpening", "sharpen",
            "variants", "inpaint", "inpaint_unknown", "corrupt", "make_mask", "as_observed",
            "flat_gmm_inpaint", "missing_mse", "mask_iou", "accuracy", "classifier_features",
            "fit_classifier", "set_temperature", "choose_temperature", "InlierStatistics",
-           "detect_outliers", "outlier_scores"]
+           "outlier_scores", "cluster_ids"]

@@ -1,4 +1,4 @@
-r"""Outlier detection with a DCGMM: per-sample scores, per-position inlier statistics, AUROC.
+r"""Outlier detection with a DCGMM: per-sample scores and per-position inlier statistics.
 
 Every GMM layer :math:`L` of a DCGMM is a density model of its own input, so every layer gives an
 outlier score, the position mean of its log-likelihood (Gepperth & Pfülb, Sec. III-H / V-B):
@@ -14,6 +14,11 @@ standard deviation :math:`s_{hw}` of :math:`\log p_L(a_{hw})` over training imag
 position of a new image as an outlier when
 
 .. math:: \log p_L(a_{hw}(x)) < m_{hw} - c\, s_{hw}.
+
+How well the scores separate known inliers from outliers (AUROC) is a metric on arrays,
+:func:`deepmix.metrics.auroc.outlier_separation`;
+:func:`deepmix.experiments.dcgmm_outliers.detect_outliers` scores a model's layers and measures
+them in one call.
 """
 
 from __future__ import annotations
@@ -28,8 +33,7 @@ import torch
 from ..errors import CheckpointError, InputError
 from ..utils.io import atomic_path
 
-__all__ = ["outlier_scores", "layer_scores", "per_position_log_likelihood", "InlierStatistics",
-           "detect_outliers"]
+__all__ = ["outlier_scores", "layer_scores", "per_position_log_likelihood", "InlierStatistics"]
 
 #: Format tag of a saved :class:`InlierStatistics` file.
 FORMAT = "deepmix-inlier-statistics/1"
@@ -110,33 +114,6 @@ def outlier_scores(model: Any, x: Any, layer: int = -1, *, batch_size: int = 500
     of GMM layer ``layer`` (0-based, negative from the top; default the top). Low = atypical."""
     L = _layer_numbers(model, layer)[0]
     return layer_scores(model, x, L, batch_size=batch_size)[L]
-
-
-def detect_outliers(model: Any, inliers: Any, outliers: Any, layer: int | Sequence[int] | str = -1,
-                    *, batch_size: int = 500) -> dict[str, Any]:
-    """Score known inliers and outliers with GMM layer(s) and measure the separation by AUROC.
-
-    Returns, for a single ``layer``, ``{"layer", "auroc", "fpr", "tpr", "thresholds",
-    "n_inliers", "n_outliers", "inlier_mean", "outlier_mean", "inlier_scores",
-    "outlier_scores"}`` (curves and scores as numpy arrays; inliers are the positive class); for
-    a list of layers or "all", ``{"layers": {L: that dict}, "best_layer": L}``.
-    """
-    from ..metrics.auroc import roc_curve
-
-    single = isinstance(layer, (int, np.integer))
-    s_in = layer_scores(model, inliers, layer, batch_size=batch_size)
-    s_out = layer_scores(model, outliers, layer, batch_size=batch_size)
-    results = {}
-    for L in s_in:
-        a, b = s_in[L].double().numpy(), s_out[L].double().numpy()
-        curve = roc_curve(a, b)
-        results[L] = {"layer": L, **curve, "n_inliers": int(a.size), "n_outliers": int(b.size),
-                      "inlier_mean": float(a.mean()), "outlier_mean": float(b.mean()),
-                      "inlier_scores": a, "outlier_scores": b}
-    if single:
-        return next(iter(results.values()))
-    best = max(results, key=lambda L: results[L]["auroc"])
-    return {"layers": results, "best_layer": best}
 
 
 class InlierStatistics:

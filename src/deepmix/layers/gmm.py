@@ -11,7 +11,7 @@ computed as one matrix product of :math:`[x, x^2]` with :math:`[d^2\mu, -\tfrac1
 an N x H x W x K x D tensor). The layer outputs the responsibilities
 :math:`r = \mathrm{softmax}_k(s_k)`, its true log-likelihood is
 :math:`\log\sum_k e^{s_k} - \tfrac D2\log 2\pi`, and it trains by SGD *ascent* on the annealed
-max-component loss of :mod:`deepmix.training.annealing` with closed-form gradients (see
+max-component loss of :mod:`deepmix.layers.annealing` with closed-form gradients (see
 :meth:`GMM.train_step`).
 """
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpecError
-from ..training.annealing import annealing_matrix, initial_sigma
+from .annealing import annealing_matrix, initial_sigma
 from .base import Layer, Shape
 
 __all__ = ["GMM"]

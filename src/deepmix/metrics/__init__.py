@@ -1,21 +1,18 @@
-"""Numbers about results: outlier-detection AUROC, clustering indices, sample quality.
+"""Numbers about results, computed on arrays and tensors (never on models): outlier-detection
+AUROC, clustering indices, sample quality.
 
-- :mod:`~deepmix.metrics.auroc`: :func:`auroc`, :func:`roc_curve` (inliers are the positive
-  class, scored by log-likelihood).
-- :mod:`~deepmix.metrics.clustering`: :func:`cluster_ids` (top-GMM component), :func:`dunn_index`,
-  :func:`davies_bouldin`, :func:`purity`, :func:`clustering_report`.
-- :mod:`~deepmix.metrics.sample_quality`: the paper's Table VII CNN,
-  :func:`train_reference_classifier`, :func:`load_reference_classifier`, :func:`sample_quality`.
+- :mod:`~deepmix.metrics.auroc`: :func:`auroc`, :func:`roc_curve`, :func:`outlier_separation`
+  (inliers are the positive class, scored by log-likelihood).
+- :mod:`~deepmix.metrics.clustering`: :func:`dunn_index`, :func:`davies_bouldin`, :func:`purity`,
+  :func:`clustering_report` (a DCGMM's cluster ids: :func:`deepmix.inference.cluster_ids`).
+- :mod:`~deepmix.metrics.sample_quality`: :func:`sample_quality`, a classifier's accuracy on
+  generated samples (the paper's Table VII CNN and the whole protocol:
+  :mod:`deepmix.experiments.reference_cnn`, :mod:`deepmix.experiments.sample_quality`).
 """
 
-from .auroc import auroc, roc_curve
-from .clustering import cluster_ids, clustering_report, davies_bouldin, dunn_index, purity
-from .sample_quality import (ReferenceClassifier, SampleQualityCNN, classifier_path,
-                             load_reference_classifier, sample_quality,
-                             sample_quality_of_models,
-                             train_reference_classifier)
+from .auroc import auroc, outlier_separation, roc_curve
+from .clustering import clustering_report, davies_bouldin, dunn_index, purity
+from .sample_quality import sample_quality
 
-__all__ = ["auroc", "roc_curve", "cluster_ids", "clustering_report", "davies_bouldin",
-           "dunn_index", "purity", "SampleQualityCNN", "ReferenceClassifier", "classifier_path",
-           "train_reference_classifier", "load_reference_classifier", "sample_quality",
-           "sample_quality_of_models"]
+__all__ = ["auroc", "roc_curve", "outlier_separation", "clustering_report", "davies_bouldin",
+           "dunn_index", "purity", "sample_quality"]

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["auroc", "roc_curve", "as_scores"]
+__all__ = ["auroc", "roc_curve", "outlier_separation", "as_scores"]
 
 
 def as_scores(scores: Any, what: str = "scores") -> np.ndarray:
@@ -95,3 +95,18 @@ def roc_curve(inlier_scores: Any, outlier_scores: Any) -> dict[str, Any]:
     fpr, tpr, thresholds = sk_roc_curve(y, s)
     return {"fpr": fpr, "tpr": tpr, "thresholds": thresholds,
             "auroc": float(roc_auc_score(y, s))}
+
+
+def outlier_separation(inlier_scores: Any, outlier_scores: Any) -> dict[str, Any]:
+    """How well scores separate known inliers from known outliers, in one dict.
+
+    Keys: ``"auroc"``, ``"fpr"``, ``"tpr"``, ``"thresholds"`` (as :func:`roc_curve`),
+    ``"n_inliers"``, ``"n_outliers"``, ``"inlier_mean"``, ``"outlier_mean"`` and the scores
+    themselves as float64 numpy arrays, ``"inlier_scores"``, ``"outlier_scores"``.
+    """
+    a, b = _validate(inlier_scores, "inlier scores"), _validate(outlier_scores, "outlier scores")
+    curve = roc_curve(a, b)
+    return {**curve, "n_inliers": int(a.size), "n_outliers": int(b.size),
+            "inlier_mean": float(a.mean()), "outlier_mean": float(b.mean()),
+            "inlier_scores": a, "outlier_scores": b}
+

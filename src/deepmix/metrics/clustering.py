@@ -1,10 +1,7 @@
-r"""Clustering with a DCGMM and the indices that judge a clustering.
+r"""The indices that judge a clustering, on arrays: points (or images) and their cluster ids.
 
-Cluster ids (Gepperth & Pfülb, "Image modeling with deep convolutional GMMs", Sec. V-D): the
-component of the top GMM layer that is most responsible for an image. When the top GMM has
-several positions (:math:`H W > 1`) the responsibilities :math:`\gamma_{hwk}` are averaged over
-positions first, :math:`c(x) = \arg\max_k \frac1{HW}\sum_{hw}\gamma_{hwk}(x)` (a soft vote: a
-component that explains most of the image wins; with one position it is the plain argmax).
+The cluster ids of a DCGMM come from :func:`deepmix.inference.clustering.cluster_ids` (the top
+GMM layer's most responsible component); this module only measures a given clustering.
 
 Indices, computed on the pixel vectors :math:`x_n \in \mathbb R^D` of the images:
 
@@ -30,7 +27,7 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["cluster_ids", "dunn_index", "davies_bouldin", "purity", "clustering_report"]
+__all__ = ["dunn_index", "davies_bouldin", "purity", "clustering_report"]
 
 
 def _as_points(x: Any, what: str = "points") -> torch.Tensor:
@@ -53,24 +50,6 @@ def _as_labels(labels: Any, n: int, what: str = "cluster ids") -> torch.Tensor:
     if y.ndim != 1 or y.shape[0] != n:
         raise InputError(f"{what} must have shape ({n},) to match the points, got {tuple(y.shape)}")
     return y.long()
-
-
-@torch.no_grad()
-def cluster_ids(model: Any, x: Any, *, batch_size: int = 500) -> torch.Tensor:
-    r"""Cluster id of each image, (N,): :math:`\arg\max_k` of the top GMM layer's
-    responsibilities, averaged over its positions (see the module docstring). Works whether or
-    not a classifier sits above the top GMM."""
-    if int(batch_size) < 1:
-        raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    images = model.check_images(x)
-    top = max(model.gmm_indices)
-    out = []
-    for start in range(0, images.shape[0], int(batch_size)):
-        h = images[start:start + batch_size]
-        for layer in model.layers[:top + 1]:
-            h = layer(h)
-        out.append(h.flatten(1, 2).mean(1).argmax(1).cpu())  # (n, H*W, K) -> mean -> argmax
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 def dunn_index(x: Any, labels: Any, *, chunk_size: int | None = None,

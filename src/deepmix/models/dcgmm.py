@@ -441,7 +441,7 @@ class DCGMM(Model):
         # Without a control signal sampling starts at the top GMM; a classifier's signal also
         # passes the layers between it and the top GMM.
         first = last if control is not None else max(self.gmm_indices)
-        from ..inference.sharpening import sharpening_hook
+        from .sharpening import sharpening_hook
 
         out = self.top_down(control, first, n=n, top_s=top_s, divisor=divisor, use_pi=use_pi,
                             pooling=pooling, generator=generator, fuse=fuse,

@@ -1,4 +1,8 @@
-"""Sampling to files: a PNG grid and an .npz of the samples."""
+"""Sampling to files: a PNG grid and an .npz of the samples.
+
+(Formerly ``deepmix.inference.sampling``: writing pictures needs :mod:`deepmix.plots`, which only
+``experiments`` and ``cli`` may import.)
+"""
 
 from __future__ import annotations
 

@@ -46,9 +46,6 @@ ALLOWED = {
     # DCGMM.fit / DCGMM.save late-import training.trainer / training.checkpoint; both methods
     # are moving to a top-level api.py (the lead's change), which removes this edge.
     ("models/dcgmm.py", "training"),
-    # training/density_run.py still takes its thesis toys from experiments.thesis_toys; they now
-    # live in deepmix.data.toys (thesis_train_valid) and density_run is being switched to it.
-    ("training/density_run.py", "experiments"),
 }
 
 

@@ -174,9 +174,9 @@ def load_density_data(cfg: DensityDataConfig, dtype: torch.dtype = torch.float64
     """(train (N, D), valid (M, D)) tensors of ``cfg``; toy splits are the thesis' 10k / 10k."""
     name = cfg.name
     if name in ("halfmoons", "spirals", "board"):
-        from ..experiments.thesis_toys import train_valid
+        from ..data.toys import thesis_train_valid
 
-        train, valid = train_valid(name)
+        train, valid = thesis_train_valid(name)
     elif name in TOY_DATA:
         from ..data.toys import make_toy
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import signal
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -260,10 +259,9 @@ def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
         checkpoint()  # the initialised model: an interrupted first epoch resumes from here
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from ..utils.progress import progress_bar
 
-        bar = tqdm(total=total, initial=step, desc=f"train {family}", unit="step",
-                   file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        bar = progress_bar(total, initial=step, desc=f"train {family}", unit="step")
     stop_at = total if stop_after_steps is None else min(total, stop_after_steps)
     interrupted: list[bool] = []
     previous = defer_sigint(interrupted)

@@ -432,3 +432,26 @@ def test_train_function_with_config_object(digits):
     b.fit(digits[0][:40], epochs=1, batch_size=20, lr=0.05, progress=False)
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k])
+
+
+def test_too_short_training_warns_that_sigma_cannot_anneal(digits):
+    x = digits[0][:200]
+    model = DCGMM("F(4,4,2,2)-G(4)-F(3,3,1,1)-G(4)", input_shape=(8, 8, 1), seed=0)
+    with pytest.warns(UserWarning, match="never anneal") as caught:
+        model.fit(x, epochs=5, batch_size=100, progress=False)  # 10 steps, window 100
+    assert len([w for w in caught if "never anneal" in str(w.message)]) == 1
+    msg = str(caught[0].message)
+    assert "GMM layer(s) 0, 1" in msg and "runs 10 steps" in msg and "window is 100" in msg
+    assert "at least 167 epochs" in msg  # layer 1: 90 % of 2 steps per epoch and "smaller batch size" in msg
+    # Long enough for both layers (layer 1 starts after 10 % of the steps): no warning.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        history = DCGMM("F(4,4,2,2)-G(4)-F(3,3,1,1)-G(4)", input_shape=(8, 8, 1), seed=0).fit(
+            x, epochs=2, batch_size=50, window=2, progress=False)  # 8 steps, 3 windows = 6
+    assert history[-1]["step"] == 8
+    # Only the delayed top layer too short: it alone is named.
+    with pytest.warns(UserWarning, match=r"GMM layer\(s\) 1: .*; 3 for those layers"):
+        DCGMM("F(4,4,2,2)-G(4)-F(3,3,1,1)-G(4)", input_shape=(8, 8, 1), seed=0).fit(
+            x, epochs=3, batch_size=100, window=2, delay=0.5, progress=False)

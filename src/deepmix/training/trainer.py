@@ -16,6 +16,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,23 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
     total = cfg.epochs * steps_per_epoch
     gmms = model.gmm_layers
     starts = [int(cfg.delay * L * total) for L in range(len(gmms))]
+    # The sigma controller's first window sets its baseline and the second its first change, so
+    # a GMM layer's sigma can first anneal at the end of its third window of training steps.
+    need = 3 * cfg.window
+    trainable = [L for L in range(len(gmms)) if cfg.delay * L < 1]
+    short = [L for L in trainable if total - starts[L] < need]
+    if short:
+        epochs = cfg.epochs
+        while any(epochs * steps_per_epoch - int(cfg.delay * L * epochs * steps_per_epoch) < need
+                  for L in trainable):
+            epochs += 1
+        warnings.warn(
+            f"sigma will never anneal in GMM layer(s) {', '.join(map(str, short))}: training "
+            f"runs {total} steps ({cfg.epochs} epochs x {steps_per_epoch} batches of {B} of {N} "
+            f"images; {', '.join(str(total - starts[L]) for L in short)} for those layers), but "
+            f"the controller window is {cfg.window} steps and sigma first moves after 3 windows "
+            f"({need} steps); train at least {epochs} epochs or use a smaller batch size",
+            UserWarning, stacklevel=2)
     if state:
         controllers = [SigmaController.from_state(s) for s in state["controllers"]]
         acc = [torch.tensor(v, dtype=torch.float64, device=device) for v in state["acc"]]

@@ -28,8 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float64", help="gmm/circuit: float64 (default) or float32")
     p.add_argument("--arch", help="architecture name (A-G, 1L, 2L-a..2L-e, 3L-a, 3L-b) or spec "
                                   "such as F(8,2)-G(25)-F(11,1)-G(36); required unless --resume")
-    p.add_argument("--data", help="mnist, fashion-mnist, digits or a folder of IDX files "
-                                  "(default mnist; on --resume the run's own)")
+    p.add_argument("--data", help="mnist, fashion-mnist, digits, a folder of IDX files or "
+                                  "PNG/JPEG images, or an .npy/.npz of images (default mnist; "
+                                  "on --resume the run's own)")
     p.add_argument("--classes", help="train on these classes only, e.g. 1-9 or 0,3,5")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3)")
     p.add_argument("--batch-size", type=positive_int, default=100)
@@ -85,7 +86,7 @@ def _run_family(args: argparse.Namespace, family: str) -> int:
         model = build_model(family, args, ds.shape)
         config = FitConfig(epochs=args.epochs or 10, batch_size=args.batch_size, seed=args.seed,
                            device=args.device, checkpoint_every=args.checkpoint_every)
-        data_info = {"name": str(data_name), "split": "train", "classes": classes,
+        data_info = {"name": _data_name(data_name), "split": "train", "classes": classes,
                      "levels": ds.levels, "shape": list(ds.shape), "dequantize": dequantize}
         print(f"training {describe(model)} by {objective.name} on {data_name} ({len(ds)} "
               f"images, {config.epochs} epochs, batch {config.batch_size}) into {out}",
@@ -177,7 +178,7 @@ def _run_dcgmm(args: argparse.Namespace) -> int:
                           delay=args.delay, centroids_first=args.centroids_first,
                           dequantize=args.dequantize, seed=args.seed,
                           checkpoint_every=args.checkpoint_every, device=args.device)
-        data_info = {"name": str(data_name), "split": "train", "classes": classes,
+        data_info = {"name": _data_name(data_name), "split": "train", "classes": classes,
                      "levels": ds.levels}
         print(f"training {model.spec()} on {data_name} ({len(ds)} images, "
               f"{cfg.epochs} epochs, batch {cfg.batch_size}) into {out}", file=sys.stderr)
@@ -190,3 +191,11 @@ def _run_dcgmm(args: argparse.Namespace) -> int:
             return 130
     print(f"run folder: {out}")
     return 0
+
+
+def _data_name(name: str) -> str:
+    """A data set name as stored in config.json: a path becomes absolute, so later commands
+    find the data from any folder."""
+    import os
+
+    return os.path.abspath(name) if os.path.exists(name) else str(name)

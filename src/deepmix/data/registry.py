@@ -11,6 +11,7 @@ from types import ModuleType
 from deepmix.data import digits, fashion_mnist, mnist
 from deepmix.data.cache import cache_path, load_npz, save_npz, verify_arrays
 from deepmix.data.dataset import ImageDataset
+from deepmix.data.files import is_array_file, is_image_folder, load_array_file, load_image_folder
 from deepmix.data.idx import load_idx_folder
 from deepmix.data.npm import progress
 from deepmix.errors import DataError
@@ -32,7 +33,8 @@ def _canonical(name: str) -> str:
 
 def _unknown(name: str) -> DataError:
     return DataError(
-        f"Unknown data set '{name}'; known: {', '.join(DATASETS)}, or a folder holding IDX files."
+        f"Unknown data set '{name}'; known: {', '.join(DATASETS)}, or the path of an .npy / .npz "
+        f"file of images or of a folder holding IDX files or PNG / JPEG images."
     )
 
 
@@ -87,9 +89,15 @@ def load_images(
     """Load one split of an image data set.
 
     Arguments:
-        name: ``mnist``, ``fashion-mnist``, ``digits``, or a path to a folder holding IDX files
-            (``{train,t10k}-{images-idx3,labels-idx1}-ubyte``, plain or ``.gz``).
-        split: ``train`` or ``test``. For ``digits`` the test split is every 5th image.
+        name: ``mnist``, ``fashion-mnist``, ``digits``, or a path: a folder holding IDX files
+            (``{train,t10k}-{images-idx3,labels-idx1}-ubyte``, plain or ``.gz``), an ``.npy``
+            file of images (N, H, W[, C]) (uint8 0..255 or float in [0, 1]), an ``.npz`` with
+            ``images`` (and optionally ``labels``) or ``x_train`` / ``x_test`` (and ``y_*``),
+            or a folder of PNG / JPEG images (optionally one subfolder per class, or ``train/``
+            and ``test/`` parts); see :mod:`deepmix.data.files`.
+        split: ``train`` or ``test``. For ``digits``, and for a user's file or image folder
+            without its own train/test parts, the test split is every 5th image (index 0, 5,
+            10, ...) and the train split the other images.
         classes: Keep only images with these labels.
         download: Fetch ``mnist`` / ``fashion-mnist`` into the cache if it is missing. A cached
             file is checked against the data set's known digests (once per process); one that
@@ -110,10 +118,22 @@ def load_images(
     elif key == digits.NAME:
         images, labels = digits.load_digits_split(split)
         data = ImageDataset(key, images, labels, digits.LEVELS)
+    elif is_array_file(name):
+        data = load_array_file(name, split)
     elif Path(name).expanduser().is_dir():
         folder = Path(name).expanduser()
-        images, labels = load_idx_folder(folder, split)
-        data = ImageDataset(str(folder), images, labels, 256)
+        has_idx = any("idx" in p.name and "ubyte" in p.name for p in folder.iterdir())
+        if not has_idx and is_image_folder(folder):
+            data = load_image_folder(folder, split)
+        elif not has_idx:
+            raise DataError(
+                f"Data folder {folder} holds neither IDX files (train-images-idx3-ubyte[.gz], "
+                f"...) nor PNG / JPEG images (directly, one subfolder per class, or in train/ "
+                f"and test/)."
+            )
+        else:
+            images, labels = load_idx_folder(folder, split)
+            data = ImageDataset(str(folder), images, labels, 256)
     elif any(sep in name for sep in ("/", "\\")) or name.startswith("."):
         raise DataError(f"Data folder {name} does not exist; known data sets: {', '.join(DATASETS)}.")
     else:

@@ -16,7 +16,7 @@ import deepmix
 from deepmix import DCGMM
 from deepmix.errors import CheckpointError, DeepmixError
 from deepmix.training import checkpoint as ckpt
-from deepmix.training import trainer as trainer_mod
+from deepmix.training import loop as trainer_mod
 
 SPEC = "F(4,4,2,2)-G(9)-F(3,3,1,1)-G(4,independent)"
 
@@ -50,9 +50,10 @@ def test_trainer_run_folder_loads_to_the_trained_model(trained, digits):
     config = json.loads((run / "config.json").read_text())
     assert config["format"] == "deepmix-run/1"
     assert config["model"]["spec"] == SPEC and config["model"]["input_shape"] == [8, 8, 1]
-    assert config["train"]["epochs"] == 2 and config["data"]["n"] == 200
+    assert config["family"] == "dcgmm" and config["train"]["objective"] == "dcgmm"
+    assert config["train"]["loop"]["epochs"] == 2 and config["data"]["n"] == 200
     state = ckpt.load_checkpoint(DCGMM(SPEC, (8, 8, 1)), run)
-    assert state["step"] == 8 and len(state["controllers"]) == 2
+    assert state["step"] == 8 and len(state["objective"]["controllers"]) == 2
 
 
 def test_save_load_round_trip(tmp_path, digits):
@@ -225,12 +226,12 @@ def test_checkpoints_at_epoch_ends_and_every_n_steps(tmp_path, digits, monkeypat
     model = DCGMM("F(4,4,4,4)-G(4)", (8, 8, 1))
     model.fit(digits[0][:100], epochs=2, batch_size=20, checkpoint_every=3,
               out_dir=tmp_path / "r", progress=False)
-    assert steps == [3, 5, 6, 9, 10]
+    assert steps == [0, 3, 5, 6, 9, 10]   # 0: the initialised model, before the first step
     steps.clear()
     DCGMM("F(4,4,4,4)-G(4)", (8, 8, 1)).fit(digits[0][:100], epochs=2, batch_size=20,
                                              out_dir=tmp_path / "s", stop_after_steps=7,
                                              progress=False)
-    assert steps == [5, 7]
+    assert steps == [0, 5, 7]
 
 
 def test_keyboard_interrupt_mid_step_then_resume_equals_uninterrupted(tmp_path, digits):

@@ -59,7 +59,7 @@ def test_resume_continues_to_more_epochs(tmp_path, capsys):
                        "--no-progress")
     assert code == 0, err
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["train"]["epochs"] == 2
+    assert cfg["train"]["loop"]["epochs"] == 2
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -254,7 +254,8 @@ def test_default_delay_is_one_tenth_per_layer(digits):
 def _metrics(path) -> dict[int, dict]:
     rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
-        row.pop("images_per_s")
+        row.pop("samples_per_s")
+        row.pop("seconds")
     return {row["step"]: row for row in rows}
 
 

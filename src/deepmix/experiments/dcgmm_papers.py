@@ -49,8 +49,14 @@ def _finished_run(run: Path, cfg: TrainConfig, spec: str, classes: list[int] | N
     from ..utils.config import config_to_dict
     from ..utils.io import read_safetensors
 
+    from ..training.trainer import read_train_config
+
     config = read_config(run)
-    saved, data = config.get("train", {}), config.get("data", {})
+    data = config.get("data", {})
+    try:
+        saved = config_to_dict(read_train_config(run))
+    except DeepmixError:
+        return False
     if any(saved.get(k) != v for k, v in config_to_dict(cfg).items()
            if k not in ("device", "checkpoint_every")):
         return False

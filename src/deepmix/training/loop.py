@@ -33,7 +33,7 @@ from ..utils.config import config_from_dict, config_to_dict
 from ..utils.device import resolve_device
 from ..utils.io import write_text_atomic
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_config, save_model
-from .objectives import Objective, make_objective, objective_class
+from .objectives import LoopInfo, Objective, make_objective, objective_class
 
 __all__ = ["FitConfig", "fit", "fit_density", "METRICS_FILE", "defer_sigint", "restore_sigint"]
 
@@ -103,15 +103,30 @@ def _train_section(objective: Objective, cfg: FitConfig) -> dict[str, Any]:
 
 
 def read_train_section(directory: Path, family: str) -> tuple[Objective, FitConfig]:
-    """The objective and loop options a run folder was trained with (strict)."""
+    """The objective and loop options a run folder was trained with (strict).
+
+    DCGMM folders written before the loop held a flat ``TrainConfig`` there; they read as the
+    ``dcgmm`` objective with the same options.
+    """
     saved = read_config(directory)
     section = saved.get("train")
     where = f"{directory / CONFIG_FILE} 'train'"
-    if not isinstance(section, dict) or set(section) - {"objective", "options", "loop"} \
-            or "objective" not in section:
-        raise CheckpointError(f"{where}: not a training section of the deepmix loop "
-                              f"(expected objective, options, loop)")
+    if not isinstance(section, dict):
+        raise CheckpointError(f"{where}: the run folder has no training section: nothing to "
+                              f"resume")
     try:
+        if "objective" not in section and family == "dcgmm":
+            from .config import TrainConfig
+            from .objectives import split_train_config
+
+            loop, options = split_train_config(config_from_dict(TrainConfig, section,
+                                                                where=where))
+            return make_objective("dcgmm", "dcgmm", options), FitConfig(**loop)
+        unknown = sorted(set(section) - {"objective", "options", "loop"})
+        if unknown or "objective" not in section:
+            raise CheckpointError(f"{where}: " + (f"unknown key(s) {', '.join(unknown)}; "
+                                                  if unknown else "no 'objective'; ")
+                                  + "known: objective, options, loop")
         objective = make_objective(family, section["objective"], section.get("options") or {})
         cfg = config_from_dict(FitConfig, section.get("loop") or {}, where=f"{where} 'loop'")
     except ConfigError as exc:
@@ -123,9 +138,10 @@ def _generator_state(gen: torch.Generator) -> torch.Tensor:
     return gen.get_state().clone()
 
 
-def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
-        config: FitConfig | None = None, out_dir: str | Path | None = None,
-        resume: bool = False, progress: bool = False, data_info: dict | None = None,
+def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
+        config: FitConfig | None = None, targets: Any = None,
+        out_dir: str | Path | None = None, resume: bool = False, progress: bool = False,
+        data_info: dict | None = None,
         evaluate: Callable[[Any], dict[str, float]] | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
         stop_after_steps: int | None = None, initialize: bool = True,
@@ -134,14 +150,16 @@ def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
 
     Arguments:
         model: a registered family's module (see :mod:`deepmix.models.base`).
-        data: the training rows, already in the model's input format.
+        data: the training rows, in a form the objective's ``check`` accepts.
         objective: an :class:`~deepmix.training.objectives.Objective`, or its name for the
             model's family (``options`` then are its options).
         config: the loop's :class:`FitConfig`; keyword ``options`` that are FitConfig fields
             override it.
+        targets: per-row targets (class labels) for objectives that use them.
         out_dir: run folder (config.json, weights.safetensors, metrics.jsonl); None: in memory.
-        resume: continue the run in ``out_dir`` (same data); only ``epochs`` may grow.
-        progress: show a progress bar.
+        resume: continue the run in ``out_dir`` (same data); only ``epochs`` may change, and
+            the run's own objective and options are used.
+        progress: show a progress bar (plain lines when stderr is not a terminal).
         data_info: what the data were, stored in config.json's ``"data"``.
         evaluate: ``evaluate(model) -> {name: value}`` after the initialisation and every epoch
             (time excluded from ``seconds``), e.g. training and validation NLL.
@@ -170,23 +188,22 @@ def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
     if resume:
         if out is None:
             raise ConfigError("resume needs the run folder out_dir")
-        saved_objective, saved_cfg = read_train_section(out, family)
-        if saved_objective.name != objective.name or saved_objective.options != objective.options:
-            objective = saved_objective          # the run's own objective decides
+        objective, saved_cfg = read_train_section(out, family)   # the run's own objective
         epochs = loop_over.get("epochs", config.epochs if config is not None else None)
         cfg = FitConfig(**{**config_to_dict(saved_cfg),
                            "epochs": int(epochs or saved_cfg.epochs)})
         state = load_checkpoint(model, out, trainer_tensors)
-        saved_data = read_config(out).get("data")
-        data_info = data_info or saved_data
+        if not state or "step" not in state:
+            raise CheckpointError(f"{out / WEIGHTS_FILE} holds no trainer state: nothing to "
+                                  f"resume")
+        data_info = data_info or read_config(out).get("data")
+    elif out is not None and (out / WEIGHTS_FILE).exists():
+        raise CheckpointError(f"{out} already holds a run: pass resume to continue it, or "
+                              f"choose another folder")
     device = resolve_device(cfg.device)
     model.to(device)
-    if not torch.is_tensor(data):
-        raise InputError(f"training data must be a tensor, got {type(data).__name__}")
-    x = data.to(device)
+    x, y = objective.check(model, data, targets)
     N = int(x.shape[0])
-    if N == 0:
-        raise InputError("no training rows")
     data_info = dict(data_info or {})
     if resume and data_info.get("n") not in (None, N):
         raise InputError(f"resume with {N} training rows, but the run was trained on "
@@ -195,22 +212,19 @@ def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
     B = N if cfg.batch_size is None else min(cfg.batch_size, N)
     steps_per_epoch = math.ceil(N / B)
     total = cfg.epochs * steps_per_epoch
+    info = LoopInfo(n=N, batch_size=B, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
+                    seed=cfg.seed, device=device, has_targets=y is not None,
+                    data_info=data_info)
     gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
-    history: list[dict[str, Any]] = []
     metrics_path = out / METRICS_FILE if out is not None else None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        if not resume and (out / WEIGHTS_FILE).exists():
-            raise CheckpointError(f"{out} already holds a run: pass resume to continue it, or "
-                                  f"choose another folder")
     step = int(state.get("step", 0))
-    if resume and not state:
-        raise CheckpointError(f"{out / WEIGHTS_FILE} holds no loop state: nothing to resume")
     paused = 0.0
     seconds0 = float(state.get("seconds", 0.0))
     t0 = time.perf_counter()
 
-    def row_metrics(row: dict[str, Any]) -> dict[str, Any]:
+    def with_evaluation(row: dict[str, Any]) -> dict[str, Any]:
         nonlocal paused
         if evaluate is not None:
             t = time.perf_counter()
@@ -220,8 +234,10 @@ def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
 
     if resume:
         history = _read_rows(metrics_path, step)  # type: ignore[arg-type]
-        gen.set_state(trainer_tensors.pop("loop.generator").to(gen.get_state().device))
-        objective.bind(model)
+        if "loop.generator" in trainer_tensors:
+            gen.set_state(trainer_tensors["loop.generator"])
+        objective.bind(model, info)
+        objective.load_state_dict(state.get("objective", state))
         objective.load_state_tensors({k[len("objective."):]: v.to(device)
                                       for k, v in trainer_tensors.items()
                                       if k.startswith("objective.")})
@@ -229,8 +245,9 @@ def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
         if initialize:
             # A CPU generator of its own: the same seed initialises alike on every device.
             objective.start(model, x, torch.Generator().manual_seed(cfg.seed))
-        objective.bind(model)
-        history = [row_metrics({"epoch": 0, "step": 0, "seconds": 0.0})]
+        objective.bind(model, info)
+        history = [] if objective.log_every else [
+            with_evaluation({"epoch": 0, "step": 0, "seconds": 0.0})]
     if metrics_path is not None:
         write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
     train_section = _train_section(objective, cfg)
@@ -241,7 +258,6 @@ def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
     # was drawn, so a resumed run redraws the same order and then goes on with the generator
     # as it was at the checkpoint (the objective's own draws, e.g. SSM slices).
     epoch_state = trainer_tensors.get("loop.epoch_generator")
-    pending_order = epoch_state is not None
 
     def checkpoint() -> None:
         if out is None:
@@ -253,7 +269,18 @@ def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
         now = seconds0 + time.perf_counter() - t0 - paused
         save_model(model, out, train=train_section, data=data_info, tensors=tensors,
                    state={"step": step, "epoch_loss": float(epoch_loss),
-                          "epoch_rows": epoch_rows, "seconds": now})
+                          "epoch_rows": epoch_rows, "seconds": now,
+                          "objective": objective.state_dict()})
+
+    fh = open(metrics_path, "a", encoding="utf-8") if metrics_path is not None else None
+
+    def emit(row: dict[str, Any]) -> None:
+        history.append(row)
+        if fh is not None:
+            fh.write(json.dumps(row) + "\n")
+            fh.flush()
+        if callback is not None:
+            callback(row)
 
     if out is not None and not resume:
         checkpoint()  # the initialised model: an interrupted first epoch resumes from here
@@ -261,53 +288,65 @@ def fit(model: Any, data: torch.Tensor, objective: Objective | str = "mle", *,
     if progress:
         from ..utils.progress import progress_bar
 
-        bar = progress_bar(total, initial=step, desc=f"train {family}", unit="step")
+        bar = progress_bar(total, initial=step, desc="train", unit="step")
     stop_at = total if stop_after_steps is None else min(total, stop_after_steps)
     interrupted: list[bool] = []
     previous = defer_sigint(interrupted)
-    fh = open(metrics_path, "a", encoding="utf-8") if metrics_path is not None else None
     order: torch.Tensor | None = None
-    t_epoch = time.perf_counter()
+    pending_order = step % steps_per_epoch != 0
+    t_epoch = t_window = time.perf_counter()
+    step_window = step
     try:
         while step < stop_at and not interrupted:
             epoch, b = divmod(step, steps_per_epoch)
-            if b == 0:
-                epoch_state = _generator_state(gen)
-                epoch_loss.zero_()
-                epoch_rows = 0
-                t_epoch = time.perf_counter()
-                order = torch.randperm(N, generator=gen, device=x.device) if B < N else None
-            elif pending_order:
-                replay = torch.Generator(device=x.device)
-                replay.set_state(epoch_state)  # type: ignore[arg-type]
-                order = torch.randperm(N, generator=replay, device=x.device) if B < N else None
-            pending_order = False
-            batch = x if order is None else x[order[b * B:(b + 1) * B]]
-            loss = objective.step(model, batch, gen)
-            epoch_loss += loss.to(torch.float64) * batch.shape[0]
+            if b == 0 or pending_order:
+                draw = gen
+                if b == 0:
+                    epoch_state = _generator_state(gen)
+                    epoch_loss.zero_()
+                    epoch_rows = 0
+                    t_epoch = time.perf_counter()
+                elif epoch_state is not None:
+                    draw = torch.Generator(device=x.device)
+                    draw.set_state(epoch_state)
+                order = objective.epoch_order(info, epoch, draw, x.device)
+                pending_order = False
+            idx = None if order is None else order[b * B:(b + 1) * B]
+            batch = x[b * B:(b + 1) * B] if idx is None else x[idx]
+            batch_y = None if y is None else (y[b * B:(b + 1) * B] if idx is None else y[idx])
+            loss = objective.step(model, batch, generator=gen, step=step, targets=batch_y)
+            if loss is not None:
+                epoch_loss += loss.to(torch.float64) * batch.shape[0]
             epoch_rows += int(batch.shape[0])
             step += 1
             if bar is not None:
                 bar.update(1)
+            every = objective.log_every
+            if every and (step % every == 0 or step == total):
+                now = time.perf_counter()
+                emit({"step": step, "epoch": step / steps_per_epoch,
+                      "seconds": seconds0 + now - t0 - paused,
+                      "samples_per_s": (step - step_window) * B / max(now - t_window, 1e-9),
+                      **objective.log_row()})
+                t_window, step_window = now, step
+                postfix = objective.progress_postfix()
+                if bar is not None and postfix:
+                    bar.set_postfix_str(postfix)
             if step % steps_per_epoch == 0:
                 objective.end_epoch(model)
-                mean = float(epoch_loss) / max(epoch_rows, 1)
-                if not math.isfinite(mean):
-                    raise ConfigError(f"objective '{objective.name}' loss became {mean} in epoch "
-                                      f"{epoch + 1}; lower the learning rate or set clip")
-                now = seconds0 + time.perf_counter() - t0 - paused
-                row = row_metrics({"epoch": epoch + 1, "step": step, "loss": mean,
-                                   "seconds": now,
-                                   "samples_per_s": epoch_rows / max(
-                                       time.perf_counter() - t_epoch, 1e-9)})
-                history.append(row)
-                if fh is not None:
-                    fh.write(json.dumps(row) + "\n")
-                    fh.flush()
-                if bar is not None:
-                    bar.set_postfix_str(f"loss={mean:.4g}")
-                if callback is not None:
-                    callback(row)
+                if not every:
+                    mean = float(epoch_loss) / max(epoch_rows, 1)
+                    if not math.isfinite(mean):
+                        raise ConfigError(f"objective '{objective.name}' loss became {mean} in "
+                                          f"epoch {epoch + 1}; lower the learning rate or set "
+                                          f"clip")
+                    now = seconds0 + time.perf_counter() - t0 - paused
+                    emit(with_evaluation({
+                        "epoch": epoch + 1, "step": step, "loss": mean, "seconds": now,
+                        "samples_per_s": epoch_rows / max(time.perf_counter() - t_epoch,
+                                                          1e-9)}))
+                    if bar is not None:
+                        bar.set_postfix_str(f"loss={mean:.4g}")
                 epoch_loss.zero_()
                 epoch_rows = 0
                 checkpoint()

@@ -6,14 +6,15 @@ Gradient objectives (``mle``/``sgd``, ``sm``, ``ssm``) train any family with a d
 (:func:`nll`, :func:`score_matching`, :func:`sliced_score_matching`) stay importable here.
 """
 
-from .base import (Objective, ObjectiveOptions, make_objective, objective_class, objective_names,
+from .base import (LoopInfo, Objective, ObjectiveOptions, make_objective, objective_class, objective_names,
                    register_objective)
+from .dcgmm import DCGMMObjective, DCGMMOptions, split_train_config
 from .em import CircuitEM, CircuitEMOptions, GaussianMixtureEM, GaussianMixtureEMOptions
 from .gradient import (GradientObjective, GradientOptions, MaximumLikelihood, ScoreMatching,
                        SlicedOptions, SlicedScoreMatching)
 from .losses import OBJECTIVES, get_objective, nll, score_matching, sliced_score_matching
 
-__all__ = ["Objective", "ObjectiveOptions", "make_objective", "objective_class", "objective_names",
+__all__ = ["LoopInfo", "DCGMMObjective", "DCGMMOptions", "split_train_config", "Objective", "ObjectiveOptions", "make_objective", "objective_class", "objective_names",
            "register_objective", "GaussianMixtureEM", "GaussianMixtureEMOptions", "CircuitEM",
            "CircuitEMOptions", "GradientObjective", "GradientOptions", "SlicedOptions",
            "MaximumLikelihood", "ScoreMatching", "SlicedScoreMatching", "OBJECTIVES",

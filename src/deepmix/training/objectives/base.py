@@ -3,13 +3,19 @@
 The loop (:func:`deepmix.training.loop.fit`) owns batches, order, seeds, device, progress,
 ``metrics.jsonl``, checkpoints, resume and Ctrl-C. An objective supplies only
 
+- :meth:`Objective.check`: validate and convert the data (and targets) for the model;
 - :meth:`Objective.start`: initialisation from the training data (fresh runs only);
-- :meth:`Objective.bind`: per-run machinery such as an optimiser (fresh and resumed runs);
+- :meth:`Objective.bind`: per-run machinery such as an optimiser (fresh and resumed runs),
+  given the run's :class:`LoopInfo`;
 - :meth:`Objective.step`: one batch (a gradient step, or E-step statistics); returns the
-  batch's mean loss as a 0-d tensor, so the loop never synchronises with the device per step;
+  batch's mean loss as a 0-d tensor (or None when the objective logs by itself), so the loop
+  never synchronises with the device per step;
 - :meth:`Objective.end_epoch`: work at the end of a pass (the M-step of batch EM);
-- :meth:`Objective.state_tensors` / :meth:`Objective.load_state_tensors`: whatever resume
-  needs beyond the model (optimiser moments, accumulated statistics).
+- :meth:`Objective.epoch_order`: the data order of an epoch (default: a permutation from the
+  loop's generator);
+- ``log_every`` + :meth:`Objective.log_row`: rows every N steps instead of per epoch;
+- :meth:`Objective.state_dict` (JSON) and :meth:`Objective.state_tensors`: whatever resume
+  needs beyond the model (controllers, optimiser moments, accumulated statistics).
 
 Objectives register under ``(family, name)``; ``family = "*"`` serves every family with a
 differentiable ``log_prob``.
@@ -17,7 +23,7 @@ differentiable ``log_prob``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -25,8 +31,26 @@ import torch
 from ...errors import ConfigError
 from ...utils.config import config_from_dict
 
-__all__ = ["Objective", "ObjectiveOptions", "register_objective", "objective_class",
+__all__ = ["LoopInfo", "Objective", "ObjectiveOptions", "register_objective", "objective_class",
            "objective_names", "make_objective"]
+
+
+@dataclass
+class LoopInfo:
+    """What the loop tells an objective about the run it is bound to."""
+
+    n: int
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    seed: int
+    device: torch.device
+    has_targets: bool = False
+    data_info: dict = field(default_factory=dict)
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
 
 
 @dataclass
@@ -58,18 +82,55 @@ class Objective:
                               f"options, got {type(options).__name__}")
         self.options = options
 
+    #: Write a metrics row every this many steps (and at the end) from :meth:`log_row`,
+    #: instead of one row per epoch; None: per epoch.
+    log_every: int | None = None
+
+    def check(self, model: Any, data: Any, targets: Any) -> tuple[torch.Tensor, Any]:
+        """The training data (and targets) as the model takes them; errors name the problem."""
+        from ...errors import InputError
+
+        if not torch.is_tensor(data):
+            raise InputError(f"training data must be a tensor, got {type(data).__name__}")
+        if data.shape[0] == 0:
+            raise InputError("no training rows")
+        return data.to(model.device), targets
+
     def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:
         """Initialise ``model`` from the training data (fresh runs only)."""
 
-    def bind(self, model: Any) -> None:
+    def bind(self, model: Any, info: LoopInfo) -> None:
         """Set up per-run state (e.g. the optimiser) for ``model``."""
 
-    def step(self, model: Any, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Process one batch; return its mean loss (0-d tensor, not synchronised)."""
+    def epoch_order(self, info: LoopInfo, epoch: int, generator: torch.Generator,
+                    device: torch.device) -> torch.Tensor | None:
+        """The order of epoch ``epoch``'s rows (None: as stored); default a permutation drawn
+        from the loop's ``generator`` when batches are smaller than the data."""
+        if info.batch_size >= info.n:
+            return None
+        return torch.randperm(info.n, generator=generator, device=device)
+
+    def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int,
+             targets: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Process one batch; return its mean loss (0-d tensor, not synchronised) or None."""
         raise NotImplementedError
 
     def end_epoch(self, model: Any) -> None:
         """Called after the last batch of every epoch."""
+
+    def log_row(self) -> dict[str, Any]:
+        """Values for a metrics row when ``log_every`` is set."""
+        return {}
+
+    def progress_postfix(self) -> str | None:
+        return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-able state for resume (controllers, counters)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         return {}

@@ -74,13 +74,14 @@ class GaussianMixtureEM(Objective):
             engine._initialize(data, engine._squares(data), generator)
             model.set_moments(engine.weights_, engine.means_, engine.covariances_)
 
-    def bind(self, model: Any) -> None:
+    def bind(self, model: Any, info: Any = None) -> None:
         self.engine = self._engine(model)
         self._read(model)
         self.stats: list[torch.Tensor] | None = None
 
     @torch.no_grad()
-    def step(self, model: Any, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
+             targets: torch.Tensor | None = None) -> torch.Tensor:
         e = self.engine
         if not hasattr(self, "_terms"):
             self._terms = e._precision_terms()
@@ -147,11 +148,12 @@ class CircuitEM(Objective):
     # The accumulated statistics live inside the circuit between updates.
     resumable_mid_epoch: ClassVar[bool] = False
 
-    def bind(self, model: Any) -> None:
+    def bind(self, model: Any, info: Any = None) -> None:
         model.reset_em_statistics()
         self.batches = 0
 
-    def step(self, model: Any, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
+             targets: torch.Tensor | None = None) -> torch.Tensor:
         logp = model.em_accumulate(batch)
         self.batches += 1
         if self.options.stepsize is not None and self.batches % self.options.frequency == 0:

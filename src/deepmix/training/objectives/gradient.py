@@ -93,13 +93,14 @@ class GradientObjective(Objective):
             raise ConfigError(f"init '{init}' needs a family with initialize(); "
                               f"{type(model).__name__} has none")
 
-    def bind(self, model: Any) -> None:
+    def bind(self, model: Any, info: Any = None) -> None:
         self.params = [p for p in model.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError(f"{type(model).__name__} has no trainable parameters")
         self.optimizer = _OPTIMIZERS[self.options.optimizer](self.params, lr=self.options.lr)
 
-    def step(self, model: Any, batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
+             targets: torch.Tensor | None = None) -> torch.Tensor:
         loss = self.loss(model, batch, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

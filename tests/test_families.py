@@ -92,3 +92,17 @@ def test_log_prob_without_a_density_names_the_alternative():
     model = DCGMM("F(4,2)-G(3)", (8, 8, 1))          # overlapping patches: no image density
     with pytest.raises(NoDensityError, match="log_likelihood"):
         model.log_prob(torch.rand(2, 8, 8, 1))
+
+
+@pytest.mark.parametrize("family", family_names())
+def test_fit_and_save_are_the_same_for_every_family(family, tmp_path):
+    model, x = _example(family)
+    g = torch.Generator().manual_seed(9)
+    data = x.repeat(8, *([1] * (x.ndim - 1)))
+    data = data + 0.05 * torch.rand(data.shape, generator=g, dtype=data.dtype)
+    rows = model.fit(data, epochs=2, batch_size=20, progress=False)
+    assert rows and rows[-1]["step"] == 4 and rows[-1]["epoch"] == 2   # 40 rows, batches of 20
+    model.save(tmp_path / "run")
+    back = deepmix.load(tmp_path / "run")
+    torch.testing.assert_close(back.log_prob(x), model.log_prob(x))
+    assert back.default_objective == model.default_objective

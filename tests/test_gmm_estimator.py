@@ -92,3 +92,9 @@ def test_bad_parameters_are_named_at_the_door():
     gm.set_params(covariance_type="tied")
     with pytest.raises(deepmix.DeepmixError, match="Unknown covariance type 'tied'"):
         gm.fit(np.zeros((10, 2)))
+
+
+def test_degenerate_data_get_scikit_learns_advice_not_a_linalg_traceback():
+    X = np.repeat(np.array([[0.0, 1.0], [2.0, 3.0]]), 5, axis=0)
+    with pytest.raises(deepmix.DeepmixError, match="ill-defined empirical covariance.*reg_covar"):
+        GaussianMixture(3, covariance_type="full", reg_covar=0.0, random_state=0).fit(X)

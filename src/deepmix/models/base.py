@@ -26,7 +26,24 @@ from torch import nn
 
 from ..errors import InputError
 
-__all__ = ["Model"]
+__all__ = ["Model", "install_training"]
+
+# Training lives above models (models <- training); it installs its entry points here when
+# deepmix.training is imported, so every model has fit/save without models importing training.
+_TRAINING: dict[str, Any] = {}
+
+
+def install_training(*, fit: Any, save: Any) -> None:
+    """Called by :mod:`deepmix.training` to provide :meth:`Model.fit` and :meth:`Model.save`."""
+    _TRAINING.update(fit=fit, save=save)
+
+
+def _training(name: str) -> Any:
+    # ``import deepmix`` (which any ``deepmix.models`` import runs first) imports training.
+    try:
+        return _TRAINING[name]
+    except KeyError:
+        raise RuntimeError("deepmix.training is not imported; import deepmix first") from None
 
 
 class Model(nn.Module):
@@ -36,6 +53,8 @@ class Model(nn.Module):
     family: ClassVar[str] = ""
     #: The dataclass of :attr:`config`; ``from_config(config_class(...))`` rebuilds the model.
     config_class: ClassVar[type]
+    #: The objective :meth:`fit` uses when none is named.
+    default_objective: ClassVar[str] = "mle"
 
     config: Any
 
@@ -52,6 +71,18 @@ class Model(nn.Module):
                condition: Any = None) -> torch.Tensor:
         """``n`` samples; ``condition`` as the family documents it (None: unconditional)."""
         raise NotImplementedError(f"{type(self).__name__}.sample")
+
+    def fit(self, data: Any, targets: Any = None, *, objective: Any = None,
+            **options: Any) -> list[dict]:
+        """Train in place on ``data`` with ``objective`` (default :attr:`default_objective`);
+        ``options`` are the loop's (epochs, batch_size, seed, device, out_dir, resume, ...) and
+        the objective's. Returns the metrics rows (see :func:`deepmix.training.fit`)."""
+        return _training("fit")(self, data, targets, objective=objective, **options)
+
+    def save(self, directory: Any) -> Any:
+        """Write a run folder (``config.json`` + ``weights.safetensors``) that
+        ``deepmix.load`` rebuilds; written atomically."""
+        return _training("save")(self, directory)
 
     # ------------------------------------------------------------------------------ helpers
     @property

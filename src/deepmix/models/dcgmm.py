@@ -100,6 +100,7 @@ class DCGMM(Model):
 
     family = "dcgmm"
     config_class = ModelConfig
+    default_objective = "dcgmm"
 
     def __init__(self, spec: str, input_shape: Sequence[int] | None = None, *,
                  mu_init: float = 0.1, d_init: float = math.sqrt(20.0), d_min: float = 0.1,
@@ -474,13 +475,6 @@ class DCGMM(Model):
 
     # ---------------------------------------------------------------------------- convenience
     def fit(self, images: Any, labels: Any = None, **options: Any) -> list[dict]:
-        """Train in place (see :func:`deepmix.training.train` for options); returns the history."""
-        from ..training.trainer import train
-
-        return train(self, images, labels, **options)
-
-    def save(self, directory: Any) -> None:
-        """Write ``config.json`` + ``weights.safetensors`` into ``directory`` (atomically)."""
-        from ..training.checkpoint import save_model
-
-        save_model(self, directory)
+        """Train in place (see :func:`deepmix.training.train` for options, the fields of
+        :class:`~deepmix.training.TrainConfig`); returns the history."""
+        return super().fit(images, labels, **options)

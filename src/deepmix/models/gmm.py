@@ -93,6 +93,7 @@ class MixtureDensity(Model):
 
     family = "gmm"
     config_class = MixtureConfig
+    default_objective = "em"
 
     def __init__(self, n_components: int, n_features: int, covariance_type: str = "diag", *,
                  parametrization: str = "covariance", generator: torch.Generator | None = None,

@@ -168,7 +168,14 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """What the E-step needs: precision (Cholesky) factors and log-determinants."""
         cov = self.covariances_
         if self.covariance_type == "full":
-            L = torch.linalg.cholesky(cov)                                        # Sigma = L L^T
+            L, info = torch.linalg.cholesky_ex(cov)                              # Sigma = L L^T
+            if bool((info != 0).any()):
+                # scikit-learn's advice, in its words: the data do not support K full Gaussians.
+                raise InputError(f"Fitting the mixture failed: component(s) "
+                                 f"{(info != 0).nonzero().flatten().tolist()[:5]} have an "
+                                 f"ill-defined empirical covariance (too few distinct points); "
+                                 f"use fewer components, increase reg_covar (now "
+                                 f"{self.reg_covar:g}) or a diag covariance")
             eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L)
             prec_chol = torch.linalg.solve_triangular(L, eye, upper=False).transpose(-1, -2)
             log_det = -2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # log|P|

@@ -20,7 +20,7 @@ from .config import TrainConfig
 from .loop import METRICS_FILE, FitConfig, fit, read_train_section
 from .objectives import split_train_config
 
-__all__ = ["train", "read_train_config", "METRICS_FILE"]
+__all__ = ["train", "fit_model", "read_train_config", "METRICS_FILE"]
 
 
 def read_train_config(directory: str | Path) -> TrainConfig:
@@ -69,3 +69,12 @@ def train(model: Any, images: Any, labels: Any = None, *, config: TrainConfig | 
     return fit(model, images, DCGMMObjective(options), config=fit_config, targets=labels,
                out_dir=out_dir, resume=resume, progress=progress, data_info=data_info,
                stop_after_steps=stop_after_steps)
+
+
+def fit_model(model: Any, data: Any, targets: Any = None, *, objective: Any = None,
+              **options: Any) -> list[dict]:
+    """``model.fit``: DCGMM through :func:`train` (its options are :class:`TrainConfig`'s),
+    any other family through :func:`~deepmix.training.loop.fit` with its default objective."""
+    if model.family == "dcgmm" and objective in (None, "dcgmm"):
+        return train(model, data, targets, **options)
+    return fit(model, data, objective or model.default_objective, targets=targets, **options)

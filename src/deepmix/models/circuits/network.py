@@ -120,6 +120,7 @@ class EinsumNetwork(Model):
 
     family = "circuit"
     config_class = CircuitConfig
+    default_objective = "em"
 
     def __init__(self, graph: RegionGraph, num_sums: int = 10, num_input_distributions: int | None = None,
                  *, num_dims: int = 1, leaf: str = "gaussian", total_count: int = 255,

@@ -200,3 +200,20 @@ def test_run_cell_records_curves_and_keeps_the_model():
     assert r["valid_nll_curve"][-1] == pytest.approx(-r["valid_ll"], rel=1e-12)
     r = run_cell("halfmoons", 3, "em", T=3, record_curve=False)
     assert r["train_nll_curve"] == [] and math.isfinite(r["valid_ll"])
+
+
+@pytest.mark.parametrize("objective", ["em", "ssm"])
+def test_fit_gmm_resume_equals_an_uninterrupted_run(tmp_path, cli, objective):
+    common = ["--data", "halfmoons", "--objective", objective, "--k", "3", "--n-train", "300",
+              "--batch-size", "100", "--quiet"]
+    assert cli("fit-gmm", *common, "--epochs", "4", "--out", str(tmp_path / "a"))[0] == 0
+    assert cli("fit-gmm", *common, "--epochs", "2", "--out", str(tmp_path / "b"))[0] == 0
+    code, text, err = cli("fit-gmm", "--out", str(tmp_path / "b"), "--resume", "--epochs", "4")
+    assert code == 0, err and "resumed" in text
+    a, b = load_density(tmp_path / "a"), load_density(tmp_path / "b")
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    code, _, err = cli("fit-gmm", *common, "--epochs", "1", "--out", str(tmp_path / "a"))
+    assert code == 2 and "already holds a run" in err
+    code, _, err = cli("train", "--out", str(tmp_path / "a"), "--resume")
+    assert code == 2 and "deepmix fit-gmm --out" in err

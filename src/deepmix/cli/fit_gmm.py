@@ -22,7 +22,7 @@ def _optional_float(text: str) -> float | None:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     # Names are checked by the config dataclasses, not by argparse choices, so that a bad value
     # gets the same one-line "deepmix: error: ..." as a bad value in a config.json.
-    p.add_argument("--data", required=True,
+    p.add_argument("--data", default=None,
                    help="halfmoons, spirals, board (the thesis' 10k/10k splits), swissroll, "
                         "sierpinski, mnist, fashion-mnist, digits, or an (N, D) .npy file")
     p.add_argument("--objective", default="em", help="em (default), sgd, sm or ssm")
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--covariance", default="full", help="full (default) or diag")
     p.add_argument("--parametrization", default="covariance",
                    help="covariance (thesis: Sigma = L L^T + 1e-6 I) or precision")
-    p.add_argument("--epochs", type=positive_int, default=100,
+    p.add_argument("--epochs", type=positive_int, default=None,
                    help="EM iterations or passes over the data (default 100)")
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate (default 0.05)")
     p.add_argument("--batch-size", type=positive_int, default=None,
@@ -48,14 +48,39 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float64", help="float64 (default) or float32")
     p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
     p.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (its own options; --epochs may extend it)")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..training.density_run import (DensityDataConfig, DensityModelConfig,
                                         DensityTrainConfig, load_density_data, train_density)
 
+    import torch
+
+    if args.resume:
+        import dataclasses
+
+        from ..training.density_run import read_density_config
+
+        model_cfg, train_cfg, data_cfg = read_density_config(args.out)
+        if args.epochs is not None:
+            train_cfg = dataclasses.replace(train_cfg, epochs=args.epochs)
+        dtype = torch.float64 if model_cfg.dtype == "float64" else torch.float32
+        data = load_density_data(data_cfg, dtype)
+        _, metrics = train_density(args.out, model_cfg, train_cfg, data_cfg, data=data,
+                                   verbose=not args.quiet, resume=True)
+        last = metrics[-1]
+        print(f"resumed {args.out} to epoch {last['epoch']}: valid LL "
+              f"{-last['valid_nll']:.4f} nats")
+        return 0
+    if args.data is None:
+        from ..errors import ConfigError
+
+        raise ConfigError("--data is required (or --resume to continue a run)")
+
     train_cfg = DensityTrainConfig(
-        objective=str(args.objective).lower(), epochs=args.epochs, lr=args.lr,
+        objective=str(args.objective).lower(), epochs=args.epochs or 100, lr=args.lr,
         batch_size=args.batch_size, init=args.init, seed=args.seed, reg_covar=args.reg_covar,
         clip=args.clip, n_slices=args.n_slices, projection=args.projection)
     data_cfg = DensityDataConfig(name=args.data, n_train=args.n_train,
@@ -63,8 +88,6 @@ def run(args: argparse.Namespace) -> int:
     # Validate the model options before loading (possibly large) data.
     DensityModelConfig(n_components=args.k, covariance_type=args.covariance,
                        parametrization=args.parametrization, dtype=args.dtype)
-    import torch
-
     dtype = torch.float64 if args.dtype == "float64" else torch.float32
     data = load_density_data(data_cfg, dtype)
     model_cfg = DensityModelConfig(n_components=args.k, n_features=int(data[0].shape[1]),

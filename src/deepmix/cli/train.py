@@ -64,6 +64,11 @@ def _run_family(args: argparse.Namespace, family: str) -> int:
     if args.resume:
         saved = read_config(out)
         data_info = saved.get("data", {})
+        if "valid_fraction" in data_info:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{out} was written by deepmix fit-gmm (rows with a validation "
+                              f"split); continue it with deepmix fit-gmm --out {out} --resume")
         data_name = args.data or data_info.get("name", "mnist")
         classes = parse_classes(args.classes) if args.classes else data_info.get("classes")
         dequantize = bool(data_info.get("dequantize", False))

@@ -1,29 +1,24 @@
-r"""A flat GMM trained by EM, SGD-MLE, score matching or sliced score matching, as a run folder.
+r"""A flat GMM trained by EM, SGD-MLE, score matching or sliced score matching on rows of
+numbers (2-D toys, ``.npy`` matrices, flattened images), as a standard run folder.
 
-The run folder (architecture: "a run folder is the unit of reproducibility") holds
+This is what ``deepmix fit-gmm`` runs: data loading with a train/validation split
+(:class:`DensityDataConfig`), the model (:class:`DensityModelConfig`) and the options
+(:class:`DensityTrainConfig`) map onto the one training loop, :func:`deepmix.training.fit`,
+with the flat-GMM objectives (``em``, ``sgd``, ``sm``, ``ssm``). The run folder is the loop's:
 
-- ``config.json``: ``{"format", "model", "train", "data"}``, each section a strict dataclass
-  (:class:`DensityModelConfig`, :class:`DensityTrainConfig`, :class:`DensityDataConfig`);
-  unknown keys and wrongly typed values are errors;
-- ``weights.safetensors``: the :class:`~deepmix.models.gmm.MixtureDensity` parameters;
+- ``config.json``: ``family`` "gmm", the :class:`~deepmix.models.gmm.MixtureConfig`, the
+  loop's ``train`` section (objective, options, loop) and ``data`` (the
+  :class:`DensityDataConfig` fields and ``n``); strict, unknown keys are errors;
+- ``weights.safetensors``: the :class:`~deepmix.models.gmm.MixtureDensity` (+ trainer state);
 - ``metrics.jsonl``: one line per epoch (EM: per iteration; epoch 0 = the initialisation) with
   ``train_nll`` and ``valid_nll`` (mean :math:`-\log p(x)` in nats), the objective's ``loss``
-  (gradient objectives) and ``seconds``, the cumulative training time without evaluation;
+  and ``seconds``, the cumulative training time without evaluation;
 - ``report.md``: what was trained on what, and the final numbers.
-
-Every objective stores the same model class, so one loader (:func:`load_density`) serves all:
-EM fits a :class:`~deepmix.models.gmm.GaussianMixture` (classical closed-form EM, spec §2.1) and
-converts it with :meth:`MixtureDensity.from_mixture`; ``sgd``/``sm``/``ssm`` minimise the loss of
-:mod:`deepmix.training.objectives` through :func:`~deepmix.training.objectives.fit_density`
-(the one gradient loop, with a per-epoch callback for the log).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,17 +27,16 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, ConfigError, DataError, DeepmixError, InputError
-from ..models import GaussianMixture, MixtureDensity
+from ..models import MixtureConfig, MixtureDensity
 from ..utils.config import config_from_dict, config_to_dict
-from ..utils.io import write_json_atomic, write_text_atomic
-from .checkpoint import CONFIG_FILE, FORMAT, load_checkpoint, read_config, save_checkpoint
-from .loop import fit_density
+from ..utils.io import write_text_atomic
+from .checkpoint import CONFIG_FILE, load_model, read_config
+from .loop import METRICS_FILE
 
 __all__ = ["DensityModelConfig", "DensityTrainConfig", "DensityDataConfig", "DENSITY_OBJECTIVES",
            "TOY_DATA", "IMAGE_DATA", "load_density_data", "train_density", "load_density",
            "read_density_config", "is_density_run", "METRICS_FILE"]
 
-METRICS_FILE = "metrics.jsonl"
 DENSITY_OBJECTIVES = ("em", "sgd", "sm", "ssm")
 #: 2-D sets: the thesis' versions (spec §6.1, 10 000 train / 10 000 validation) and two more toys.
 TOY_DATA = ("halfmoons", "spirals", "board", "swissroll", "sierpinski")
@@ -226,21 +220,40 @@ def _mean_nll(model: MixtureDensity, x: torch.Tensor, chunk: int = 8192) -> floa
     return -total / len(x)
 
 
+def _objective(train_cfg: DensityTrainConfig) -> Any:
+    """The loop objective of a density run's training options."""
+    from .objectives import make_objective
+
+    if train_cfg.objective == "em":
+        return make_objective("gmm", "em", {"init": train_cfg.init,
+                                            "reg_covar": train_cfg.reg_covar})
+    options: dict[str, Any] = {"lr": train_cfg.lr, "clip": train_cfg.clip,
+                               "init": train_cfg.init}
+    if train_cfg.objective == "ssm":
+        options.update(n_slices=train_cfg.n_slices, projection=train_cfg.projection)
+    return make_objective("gmm", train_cfg.objective, options)
+
+
 def train_density(out_dir: str | Path, model_cfg: DensityModelConfig,
                   train_cfg: DensityTrainConfig, data_cfg: DensityDataConfig, *,
                   data: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  verbose: bool = True) -> tuple[MixtureDensity, list[dict[str, Any]]]:
-    """Train a flat GMM and write its run folder; returns (model, per-epoch metrics).
+                  verbose: bool = True, resume: bool = False,
+                  ) -> tuple[MixtureDensity, list[dict[str, Any]]]:
+    """Train a flat GMM on the one loop and write its run folder; returns (model, metric rows).
 
     ``model_cfg.n_features`` must equal the data's D. ``data`` = (train, valid) overrides
-    loading ``data_cfg`` (tests, notebooks); the config still records ``data_cfg``.
+    loading ``data_cfg`` (tests, notebooks); the config still records ``data_cfg``. With
+    ``resume`` the run in ``out_dir`` continues to ``train_cfg.epochs``.
     """
+    from .loop import FitConfig, fit
+
     if train_cfg.objective in ("sm", "ssm") and _is_quantised(data_cfg.name) \
             and not data_cfg.dequantize:
         raise ConfigError(f"{train_cfg.objective.upper()} on quantised pixels is unbounded "
                           f"below (zero score, -1/sigma^2 on constant pixels); dequantize the "
                           f"data (--dequantize)")
     dtype = _DTYPES[model_cfg.dtype]
+    objective = _objective(train_cfg)          # bad options fail before any data is loaded
     train, valid = data if data is not None else load_density_data(data_cfg, dtype)
     train, valid = train.to(dtype), valid.to(dtype)
     for what, x in (("training", train), ("validation", valid)):
@@ -251,74 +264,24 @@ def train_density(out_dir: str | Path, model_cfg: DensityModelConfig,
         raise InputError(f"Expected n_samples >= n_components but got n_components = "
                          f"{model_cfg.n_components}, n_samples = {train.shape[0]}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {"format": FORMAT, "model": config_to_dict(model_cfg),
-              "train": config_to_dict(train_cfg), "data": config_to_dict(data_cfg)}
-    write_json_atomic(out / CONFIG_FILE, config)
-    metrics: list[dict[str, Any]] = []
-    metrics_path = out / METRICS_FILE
-    metrics_path.unlink(missing_ok=True)  # a fresh run replaces an old log, never appends to it
-    t0 = time.perf_counter()
-    paused = 0.0
+    model = load_density(out) if resume else model_cfg.build()
+    cfg = FitConfig(epochs=train_cfg.epochs, batch_size=train_cfg.batch_size,
+                    seed=train_cfg.seed, device=str(train.device))
 
-    def log(epoch: int, now: float, train_nll: float, valid_nll: float,
-            loss: float | None) -> None:
-        # ``now``: when the callback started, so the evaluation is not booked as training time.
-        row = {"epoch": epoch, "train_nll": train_nll, "valid_nll": valid_nll,
-               "seconds": now - t0 - paused}
-        if loss is not None:
-            row["loss"] = loss
-        metrics.append(row)
-        with open(metrics_path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(row) + "\n")
+    def evaluate(m: MixtureDensity) -> dict[str, float]:
+        return {"train_nll": _mean_nll(m, train), "valid_nll": _mean_nll(m, valid)}
+
+    def show(row: dict[str, Any]) -> None:
         if verbose:
-            print(f"epoch {epoch:4d}: train NLL {train_nll:.4f}, valid NLL {valid_nll:.4f}"
-                  + (f", loss {loss:.4g}" if loss is not None else ""), flush=True)
+            loss = row.get("loss")
+            print(f"epoch {row['epoch']:4d}: train NLL {row['train_nll']:.4f}, valid NLL "
+                  f"{row['valid_nll']:.4f}" + (f", loss {loss:.4g}" if loss is not None else ""),
+                  flush=True)
 
-    if train_cfg.objective == "em":
-        gm = GaussianMixture(model_cfg.n_components, covariance_type=model_cfg.covariance_type,
-                             max_iter=train_cfg.epochs, tol=0.0, reg_covar=train_cfg.reg_covar,
-                             init_params=train_cfg.init, random_state=train_cfg.seed,
-                             dtype=dtype, device=train.device)
-
-        def em_step(it: int, mean_ll: float, model: GaussianMixture) -> None:
-            nonlocal paused
-            t = time.perf_counter()
-            # EM's own E-step already gives the training LL of the current parameters.
-            log(it, t, -mean_ll, -model.score(valid), None)
-            paused += time.perf_counter() - t
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # tol=0: "not converged" by design
-            gm.fit(train, callback=em_step)
-        model = MixtureDensity.from_mixture(gm, dtype=dtype,
-                                            parametrization=model_cfg.parametrization)
-    else:
-        model = model_cfg.build()
-        gen = torch.Generator().manual_seed(train_cfg.seed)
-        model.initialize(train, train_cfg.init, generator=gen)
-        t = time.perf_counter()
-        log(0, t, _mean_nll(model, train), _mean_nll(model, valid), None)
-        paused += time.perf_counter() - t
-
-        def grad_epoch(epoch: int, loss: float) -> None:
-            nonlocal paused
-            t = time.perf_counter()
-            if not math.isfinite(loss):
-                raise ConfigError(f"{train_cfg.objective} loss became {loss} at epoch {epoch}; "
-                                  f"lower --lr or set --clip")
-            log(epoch, t, _mean_nll(model, train), _mean_nll(model, valid), loss)
-            paused += time.perf_counter() - t
-
-        options: dict[str, Any] = {}
-        if train_cfg.objective == "ssm":
-            options = {"n_slices": train_cfg.n_slices, "projection": train_cfg.projection}
-        fit_density(model, train, train_cfg.objective, epochs=train_cfg.epochs,
-                    batch_size=train_cfg.batch_size, lr=train_cfg.lr, clip=train_cfg.clip,
-                    seed=train_cfg.seed, callback=grad_epoch, **options)
-    final = {"train_nll": _mean_nll(model, train), "valid_nll": _mean_nll(model, valid),
-             "seconds": metrics[-1]["seconds"] if metrics else 0.0}
-    save_checkpoint(model, out, {"epochs": train_cfg.epochs, "final": final})
+    metrics = fit(model, train, objective, config=cfg, out_dir=out, resume=resume,
+                  data_info=config_to_dict(data_cfg), evaluate=evaluate, callback=show)
+    final = {"train_nll": metrics[-1]["train_nll"], "valid_nll": metrics[-1]["valid_nll"],
+             "seconds": metrics[-1]["seconds"]}
     _write_report(out, model_cfg, train_cfg, data_cfg, final, len(train), len(valid))
     return model, metrics
 
@@ -343,25 +306,44 @@ def _write_report(out: Path, model_cfg: DensityModelConfig, train_cfg: DensityTr
 
 def read_density_config(directory: str | Path
                         ) -> tuple[DensityModelConfig, DensityTrainConfig, DensityDataConfig]:
-    """The three strict sections of a density run's ``config.json``."""
+    """The model, training and data options of a density run (strict)."""
+    from .loop import read_train_section
+
+    directory = Path(directory)
     config = read_config(directory)
-    where = f"{Path(directory) / CONFIG_FILE}"
+    where = f"{directory / CONFIG_FILE}"
     try:
-        model = config_from_dict(DensityModelConfig, config["model"], where=f"{where} 'model'")
-        train = config_from_dict(DensityTrainConfig, config.get("train", {}),
-                                 where=f"{where} 'train'")
-        data = config_from_dict(DensityDataConfig, config.get("data", {}), where=f"{where} 'data'")
+        section = dict(config["model"])
+        section.pop("family", None)            # folders written before the loop
+        mc = config_from_dict(MixtureConfig, section, where=f"{where} 'model'")
+        model = DensityModelConfig(n_components=mc.n_components, n_features=mc.n_features,
+                                   covariance_type=mc.covariance_type,
+                                   parametrization=mc.parametrization, dtype=mc.dtype)
+        train_section = config.get("train", {})
+        if "objective" in train_section and "loop" not in train_section:
+            train = config_from_dict(DensityTrainConfig, train_section, where=f"{where} 'train'")
+        else:
+            objective, loop = read_train_section(directory, "gmm")
+            o = objective.options
+            train = DensityTrainConfig(
+                objective=objective.name, epochs=loop.epochs, batch_size=loop.batch_size,
+                seed=loop.seed, init=getattr(o, "init", None) or "kmeans",
+                lr=getattr(o, "lr", DensityTrainConfig.lr),
+                reg_covar=getattr(o, "reg_covar", DensityTrainConfig.reg_covar),
+                clip=getattr(o, "clip", None), n_slices=getattr(o, "n_slices", 1),
+                projection=getattr(o, "projection", "gaussian"))
+        data_section = {k: v for k, v in config.get("data", {}).items() if k != "n"}
+        data = config_from_dict(DensityDataConfig, data_section, where=f"{where} 'data'")
     except DeepmixError as exc:
         raise CheckpointError(str(exc)) from None
     return model, train, data
 
 
 def load_density(directory: str | Path, device: str | torch.device = "cpu") -> MixtureDensity:
-    """Rebuild the :class:`MixtureDensity` of a density run folder from the folder alone."""
-    model_cfg, _, _ = read_density_config(directory)
-    model = model_cfg.build()
-    load_checkpoint(model, directory)
-    return model.to(device)
+    """Rebuild the :class:`MixtureDensity` of a density run folder from the folder alone
+    (its options are checked strictly too)."""
+    read_density_config(directory)
+    return load_model(directory, device=device, family="gmm")
 
 
 def is_density_run(config: dict) -> bool:

@@ -248,6 +248,8 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
         objective.bind(model, info)
         history = [] if objective.log_every else [
             with_evaluation({"epoch": 0, "step": 0, "seconds": 0.0})]
+        if history and callback is not None:
+            callback(history[0])
     if metrics_path is not None:
         write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
     train_section = _train_section(objective, cfg)
@@ -410,5 +412,5 @@ def fit_density(model: torch.nn.Module, data: torch.Tensor, objective: str = "ml
                                                   seed=seed, device=str(data.device)),
                initialize=False,
                callback=None if callback is None else
-               (lambda row: callback(row["epoch"], row["loss"])))
+               (lambda row: callback(row["epoch"], row["loss"]) if "loss" in row else None))
     return [r["loss"] for r in rows if "loss" in r]

@@ -191,6 +191,10 @@ class MixtureDensity(Model):
              - 0.5 * (x.shape[1] * _LOG_2PI + maha))
         return a, g, R @ R.transpose(-1, -2)
 
+    def check_input(self, x: Any) -> torch.Tensor:
+        """``x`` as an (N, D) tensor of the model's dtype and device (errors name the problem)."""
+        return self._check(x)
+
     def _check(self, x: Any) -> torch.Tensor:
         return _as_matrix(x, self.means.dtype, self.means.device, n_features=self.n_features)
 

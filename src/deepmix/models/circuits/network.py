@@ -535,32 +535,26 @@ class EinsumNetwork(Model):
         self.em_update(stepsize)
         return float(logp.mean())
 
+    def check_input(self, x: Any) -> torch.Tensor:
+        """``x`` as a tensor after the checks of :meth:`log_prob` (shape, dtype, NaN)."""
+        self._prepare(x)
+        return torch.from_numpy(x) if isinstance(x, np.ndarray) else x
+
     def fit_em(self, data: torch.Tensor, *, epochs: int = 1, batch_size: int = 100,
                stepsize: float | None = None, frequency: int = 1, seed: int = 0) -> list[float]:
         """EM over ``data`` for ``epochs``; returns the mean log-likelihood seen in each epoch.
 
         ``stepsize=None``: batch EM (statistics of the whole epoch, one update per epoch).
         Otherwise online EM: after every ``frequency`` batches a stepwise update with ``stepsize``.
+        A shortcut for ``fit(data, objective="em", ...)`` on the one training loop.
         """
         if epochs < 1 or batch_size < 1 or frequency < 1:
             raise ConfigError(f"epochs, batch_size and frequency must be >= 1, got "
                               f"{epochs}, {batch_size}, {frequency}")
-        data, _ = self._prepare(data)
-        gen = torch.Generator().manual_seed(seed)
-        N = data.shape[0]
-        history = []
-        self.reset_em_statistics()
-        for _ in range(epochs):
-            order = torch.randperm(N, generator=gen).to(data.device)
-            total = 0.0
-            for b, start in enumerate(range(0, N, batch_size)):
-                total += float(self.em_accumulate(data[order[start:start + batch_size]]).sum())
-                if stepsize is not None and (b + 1) % frequency == 0:
-                    self.em_update(stepsize)
-            if self._em_stats is not None:
-                self.em_update(stepsize)
-            history.append(total / N)
-        return history
+        rows = self.fit(data, objective="em", stepsize=stepsize, frequency=frequency,
+                        epochs=epochs, batch_size=batch_size, seed=seed, device=str(self.device),
+                        initialize=False)
+        return [-r["loss"] for r in rows if "loss" in r]
 
     @torch.no_grad()
     def init_leaves_from_data(self, data: torch.Tensor, seed: int = 0) -> None:

@@ -90,6 +90,8 @@ class Objective:
         """The training data (and targets) as the model takes them; errors name the problem."""
         from ...errors import InputError
 
+        if hasattr(model, "check_input"):
+            data = model.check_input(data)
         if not torch.is_tensor(data):
             raise InputError(f"training data must be a tensor, got {type(data).__name__}")
         if data.shape[0] == 0:

@@ -148,6 +148,11 @@ class CircuitEM(Objective):
     # The accumulated statistics live inside the circuit between updates.
     resumable_mid_epoch: ClassVar[bool] = False
 
+    def epoch_order(self, info: Any, epoch: int, generator: torch.Generator,
+                    device: torch.device) -> torch.Tensor:
+        # Every epoch in a fresh order, a full batch too (as EinsumNetwork.fit_em always did).
+        return torch.randperm(info.n, generator=generator, device=device)
+
     def bind(self, model: Any, info: Any = None) -> None:
         model.reset_em_statistics()
         self.batches = 0
@@ -158,7 +163,7 @@ class CircuitEM(Objective):
         self.batches += 1
         if self.options.stepsize is not None and self.batches % self.options.frequency == 0:
             model.em_update(self.options.stepsize)
-        return -logp.mean()
+        return -logp.double().mean()   # float64: the epoch mean sums many batches
 
     def end_epoch(self, model: Any) -> None:
         if model._em_stats is not None:

@@ -26,7 +26,9 @@ def _model(ct: str = "diag") -> MixtureDensity:
     return MixtureDensity(3, 3, ct, dtype=torch.float64)
 
 
-CASES = [("em", {}, None), ("em", {}, 50), ("mle", {"lr": 0.05}, 50), ("ssm", {"lr": 0.02, "n_slices": 2}, 64),
+CASES = [("em", {}, None), ("em", {}, 50), ("mle", {"lr": 0.05}, 50),
+         ("mle", {"lr": 0.05, "lr_decay_every": 1, "lr_decay": 0.5, "clip": 1.0,
+                  "skip_nonfinite": True}, 50), ("ssm", {"lr": 0.02, "n_slices": 2}, 64),
          ("sm", {"lr": 0.02}, 100)]
 
 
@@ -130,3 +132,13 @@ def test_circuits_resume_like_an_uninterrupted_run(tmp_path, name, batch, stop):
     fit(again, x, name, config=cfg, out_dir=tmp_path / "b", resume=True)
     for k, v in ref.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_nonfinite_steps_can_be_skipped_and_counted():
+    from deepmix.training.objectives import MaximumLikelihood
+
+    x = _data()
+    x[5, 0] = 1e200                      # one row makes its batch's loss infinite
+    obj = MaximumLikelihood({"lr": 0.05, "skip_nonfinite": True})
+    rows = fit(_model(), x, obj, config=FitConfig(epochs=2, batch_size=40), initialize=False)
+    assert obj.skipped == 2 and all(np.isfinite(r["loss"]) for r in rows[1:])

@@ -39,10 +39,11 @@ from pathlib import Path
 
 import torch
 
+import deepmix
 from deepmix.data import load_images
 from deepmix.models import EinsumNetwork, poon_domingos, rat_spn
 from deepmix.plots.grids import save_grid
-from deepmix.training.objectives import get_objective
+from deepmix.training import FitConfig, make_objective
 from deepmix.utils.io import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -101,32 +102,22 @@ def train(model: EinsumNetwork, objective: str, x: torch.Tensor, epochs: int, de
     in float32 the second derivatives of a log-einsum-exp whose inner sum is tiny can overflow
     under SSM, and one NaN step would otherwise poison every parameter through Adam.
     """
-    gen = torch.Generator().manual_seed(seed)
-    times, skipped = [], 0
+    times: list[float] = []
     if objective == "em":
         for e in range(epochs):
             t = time.perf_counter()
             model.fit_em(x, epochs=1, batch_size=100, stepsize=0.05, frequency=1, seed=seed + e)
             times.append(time.perf_counter() - t)
-        return times, skipped
-    loss_fn = get_objective("mle" if objective == "sgd" else objective)
-    opt = torch.optim.Adam(model.parameters(), lr=0.2)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=decay_every, gamma=0.5)
-    for _ in range(epochs):
-        t = time.perf_counter()
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), 100):
-            loss = loss_fn(model, x[order[i:i + 100]], generator=gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            if not (torch.isfinite(loss) and torch.isfinite(norm)):
-                skipped += 1
-                continue
-            opt.step()
-        sched.step()
-        times.append(time.perf_counter() - t)
-    return times, skipped
+        return times, 0
+    # The library's loop: Adam at 0.2 halved every decay_every epochs, clipping at 1.0,
+    # non-finite steps skipped and counted.
+    obj = make_objective("circuit", "mle" if objective == "sgd" else objective,
+                         {"lr": 0.2, "clip": 1.0, "lr_decay_every": decay_every,
+                          "lr_decay": 0.5, "skip_nonfinite": True})
+    rows = deepmix.fit(model, x, obj, config=FitConfig(epochs=epochs, batch_size=100, seed=seed),
+                       initialize=False)
+    seconds = [r["seconds"] for r in rows]
+    return [b - a for a, b in zip(seconds, seconds[1:])], obj.skipped
 
 
 @torch.no_grad()

@@ -256,6 +256,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
     epoch_loss = torch.tensor(float(state.get("epoch_loss", 0.0)), dtype=torch.float64,
                               device=device)
     epoch_rows = int(state.get("epoch_rows", 0))
+    loss_rows = int(state.get("loss_rows", epoch_rows))
     # Inside an epoch a checkpoint also keeps the generator as it was when the epoch's order
     # was drawn, so a resumed run redraws the same order and then goes on with the generator
     # as it was at the checkpoint (the objective's own draws, e.g. SSM slices).
@@ -271,7 +272,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
         now = seconds0 + time.perf_counter() - t0 - paused
         save_model(model, out, train=train_section, data=data_info, tensors=tensors,
                    state={"step": step, "epoch_loss": float(epoch_loss),
-                          "epoch_rows": epoch_rows, "seconds": now,
+                          "epoch_rows": epoch_rows, "loss_rows": loss_rows, "seconds": now,
                           "objective": objective.state_dict()})
 
     fh = open(metrics_path, "a", encoding="utf-8") if metrics_path is not None else None
@@ -306,7 +307,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                 if b == 0:
                     epoch_state = _generator_state(gen)
                     epoch_loss.zero_()
-                    epoch_rows = 0
+                    epoch_rows = loss_rows = 0
                     t_epoch = time.perf_counter()
                 elif epoch_state is not None:
                     draw = torch.Generator(device=x.device)
@@ -319,6 +320,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
             loss = objective.step(model, batch, generator=gen, step=step, targets=batch_y)
             if loss is not None:
                 epoch_loss += loss.to(torch.float64) * batch.shape[0]
+                loss_rows += int(batch.shape[0])
             epoch_rows += int(batch.shape[0])
             step += 1
             if bar is not None:
@@ -337,7 +339,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
             if step % steps_per_epoch == 0:
                 objective.end_epoch(model)
                 if not every:
-                    mean = float(epoch_loss) / max(epoch_rows, 1)
+                    mean = float(epoch_loss) / loss_rows if loss_rows else math.nan
                     if not math.isfinite(mean):
                         raise ConfigError(f"objective '{objective.name}' loss became {mean} in "
                                           f"epoch {epoch + 1}; lower the learning rate or set "
@@ -350,7 +352,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                     if bar is not None:
                         bar.set_postfix_str(f"loss={mean:.4g}")
                 epoch_loss.zero_()
-                epoch_rows = 0
+                epoch_rows = loss_rows = 0
                 checkpoint()
             elif objective.resumable_mid_epoch and (
                     (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)

@@ -34,12 +34,20 @@ class GradientOptions(ObjectiveOptions):
         init: initialisation of the model from the training data before the first step,
             by the family's ``initialize`` (flat GMM: ``"kmeans"`` or ``"random"``); None
             uses the family's default where it has one.
+        lr_decay_every: multiply the rate by ``lr_decay`` every this many epochs (None: off).
+        lr_decay: the factor of that step schedule.
+        skip_nonfinite: skip a step whose loss or gradient norm is not finite instead of
+            stopping (as mixed-precision loss scalers do); skipped steps are counted in
+            ``skipped`` and left out of the epoch's mean loss.
     """
 
     lr: float = 0.05
     optimizer: str = "adam"
     clip: float | None = None
     init: str | None = None
+    lr_decay_every: int | None = None
+    lr_decay: float = 0.5
+    skip_nonfinite: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and self.lr > 0
@@ -50,6 +58,13 @@ class GradientOptions(ObjectiveOptions):
                               f"{' or '.join(_OPTIMIZERS)}")
         if self.clip is not None and not self.clip > 0:
             raise ConfigError(f"clip must be > 0, got {self.clip}")
+        if self.lr_decay_every is not None and (isinstance(self.lr_decay_every, bool) or not
+                                                isinstance(self.lr_decay_every, int) or
+                                                self.lr_decay_every < 1):
+            raise ConfigError(f"lr_decay_every must be an integer >= 1 or None, got "
+                              f"{self.lr_decay_every!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"lr_decay must lie in (0, 1], got {self.lr_decay}")
 
 
 @dataclass
@@ -98,16 +113,44 @@ class GradientObjective(Objective):
         if not self.params:
             raise ConfigError(f"{type(model).__name__} has no trainable parameters")
         self.optimizer = _OPTIMIZERS[self.options.optimizer](self.params, lr=self.options.lr)
+        o = self.options
+        self.scheduler = (torch.optim.lr_scheduler.StepLR(self.optimizer, o.lr_decay_every,
+                                                          gamma=o.lr_decay)
+                          if o.lr_decay_every is not None else None)
+        self.skipped = 0
 
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
-             targets: torch.Tensor | None = None) -> torch.Tensor:
+             targets: torch.Tensor | None = None) -> torch.Tensor | None:
         loss = self.loss(model, batch, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        norm = None
         if self.options.clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.params, self.options.clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.options.clip)
+        if self.options.skip_nonfinite:
+            # One host sync per step, the price of the check; off by default.
+            if norm is None:
+                norm = torch.nn.utils.clip_grad_norm_(self.params, float("inf"))
+            if not (bool(torch.isfinite(loss)) and bool(torch.isfinite(norm))):
+                self.skipped += 1
+                return None
         self.optimizer.step()
         return loss.detach()
+
+    def end_epoch(self, model: Any) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"skipped": self.skipped, "lr": [g["lr"] for g in self.optimizer.param_groups],
+                "scheduler": None if self.scheduler is None else self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.skipped = int(state.get("skipped", 0))
+        for group, lr in zip(self.optimizer.param_groups, state.get("lr", [])):
+            group["lr"] = lr          # a schedule has moved it
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
 
     # The optimiser's moments, flattened to named tensors (safetensors holds no nesting).
     def state_tensors(self) -> dict[str, torch.Tensor]:

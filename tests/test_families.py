@@ -70,6 +70,13 @@ def test_bad_input_is_one_clear_error(family):
         model.log_prob(bad)
     with pytest.raises(DeepmixError, match="positive integer|>= 1"):
         model.sample(0)
+    for dtype in (torch.bool, torch.complex64):
+        with pytest.raises(DeepmixError, match="dtype"):
+            model.log_prob(x.to(dtype))
+        with pytest.raises(DeepmixError, match="dtype"):
+            model.fit(x.to(dtype), epochs=1)
+    with pytest.raises(DeepmixError, match="tensor or numpy array|numpy array or torch tensor"):
+        model.log_prob("pixels")
 
 
 @pytest.mark.parametrize("family", family_names())

@@ -345,6 +345,9 @@ class EinsumNetwork(Model):
         elif not (x.ndim == 3 and x.shape[1:] == (D, C)):
             want = f"(N, {D})" if C == 1 else f"(N, {D}, {C}) or (N, {D * C})"
             raise InputError(f"x has shape {tuple(x.shape)}; this circuit expects {want}")
+        if x.dtype == torch.bool or x.is_complex():
+            raise InputError(f"x has dtype {x.dtype}; expected real numbers (integer counts "
+                             f"for Binomial leaves)")
         if not x.is_floating_point():
             x = x.to(self._ref.dtype)
         x = x.to(device=self._ref.device, dtype=self._ref.dtype)

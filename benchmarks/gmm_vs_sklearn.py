@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from deepmix.data import load_images
-from deepmix.models import GaussianMixture
+from deepmix import GaussianMixture
 from deepmix.utils.io import write_json_atomic
 
 HERE = Path(__file__).resolve().parent

@@ -153,7 +153,7 @@ def test_checkpoints_from_the_device_load_anywhere(dev_model, tmp_path, digits):
 
 
 def test_flat_gmm_and_density_objectives_on_the_device(digits):
-    from deepmix.models import GaussianMixture
+    from deepmix import GaussianMixture
     from deepmix.models.gmm import MixtureDensity
     from deepmix.training import fit_density
 

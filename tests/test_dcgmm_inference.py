@@ -15,7 +15,8 @@ from deepmix.inference import (Sharpening, as_observed, flat_gmm_inpaint, inpain
                                variants)
 from deepmix.inference.sharpening import sharpening_objective
 from deepmix.layers import GMM
-from deepmix.models import DCGMM, GaussianMixture
+from deepmix import GaussianMixture
+from deepmix.models import DCGMM
 from deepmix.models.spec import format_spec, parse_spec
 from deepmix.training.checkpoint import load_model
 

@@ -10,7 +10,8 @@ import torch
 
 import deepmix
 from deepmix.errors import CheckpointError, ConfigError, DeepmixError
-from deepmix.models import DCGMM, GaussianMixture, MixtureDensity
+from deepmix import GaussianMixture
+from deepmix.models import DCGMM, MixtureDensity
 from deepmix.training import FitConfig, fit, make_objective
 from deepmix.training.checkpoint import load_model
 
@@ -86,7 +87,7 @@ def test_the_run_folder_names_family_and_objective(tmp_path):
 
 def test_bad_objectives_and_options_are_named():
     with pytest.raises(ConfigError, match="Unknown objective 'magic' for model family 'gmm'; "
-                                          "expected one of em, mle"):
+                                          "expected one of em, stepwise-em, mle"):
         fit(_model(), _data(), "magic")
     with pytest.raises(ConfigError, match="unknown key"):
         fit(_model(), _data(), "mle", momentum=0.9)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from deepmix.errors import ConfigError
-from deepmix.models import GaussianMixture, MixtureDensity
+from deepmix import GaussianMixture
+from deepmix.models import MixtureDensity
 from deepmix.training import fit_density
 from deepmix.training.objectives import (get_objective, nll, score_matching,
                                          sliced_score_matching)

@@ -27,7 +27,7 @@ from deepmix.data import load_images
 from deepmix.experiments.dcgmm_papers import markdown_table, trained_model
 from deepmix.inference import (as_observed, flat_gmm_inpaint, inpaint, make_mask, missing_mse,
                                variants)
-from deepmix.models import GaussianMixture
+from deepmix import GaussianMixture
 from deepmix.plots import save_grid
 from deepmix.utils.io import write_json_atomic, write_text_atomic
 

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from . import data  # noqa: F401  (``deepmix.data.load_images`` after a bare ``import deepmix``)
 from .errors import DeepmixError
-from .models import ARCHITECTURES, DCGMM, GaussianMixture, Model
-from .training import FitConfig, TrainConfig, fit, load_model, save_model, train
+from .models import ARCHITECTURES, DCGMM, Model
+from .training import FitConfig, GaussianMixture, TrainConfig, fit, load_model, save_model, train
 
 __version__ = "0.1.0"
 __all__ = ["DCGMM", "GaussianMixture", "Model", "ARCHITECTURES", "TrainConfig", "train",

@@ -21,7 +21,8 @@ import torch
 
 from ..data.toys import THESIS_TOYS, thesis_toy, thesis_train_valid
 from ..errors import ConfigError
-from ..models import GaussianMixture, MixtureDensity
+from ..models import MixtureDensity
+from ..training import GaussianMixture
 from ..training.loop import fit_density
 
 __all__ = ["DATASETS", "PUBLISHED", "thesis_toy", "train_valid", "run_cell"]

@@ -222,7 +222,7 @@ def _gmm_activations(model: Any, x: torch.Tensor) -> list[torch.Tensor]:
 @torch.no_grad()
 def flat_gmm_inpaint(gm: Any, images: Any, observed: Any) -> torch.Tensor:
     r"""Conditional mean :math:`E[x_{miss} | x_{obs}] = \sum_k p(k|x_{obs}) \mu_{k,miss}` of a flat
-    diagonal (or spherical) :class:`~deepmix.models.GaussianMixture`; the baseline of the
+    diagonal (or spherical) :class:`~deepmix.training.GaussianMixture`; the baseline of the
     in-painting benchmark. Observed pixels are kept."""
     if getattr(gm, "covariance_type", None) not in ("diag", "spherical"):
         raise InputError("flat_gmm_inpaint needs a fitted GaussianMixture with diag or "

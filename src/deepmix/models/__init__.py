@@ -3,7 +3,6 @@ EinsumNetwork probabilistic circuits (:func:`rat_spn`, :func:`poon_domingos`).""
 
 from .dcgmm import DCGMM, ModelConfig, as_images
 from .gmm import MixtureConfig, MixtureDensity
-from .gmm_estimator import GaussianMixture
 from .kmeans import kmeans
 from .base import Model
 from .registry import Family, family_names, get_family, register_family
@@ -13,7 +12,7 @@ from .circuits import (CircuitConfig, EinsumNetwork, RegionGraph, poon_domingos,
                        poon_domingos_graph, random_binary_trees, rat_spn)
 
 __all__ = ["Model", "Family", "register_family", "get_family", "family_names", "DCGMM",
-           "ModelConfig", "as_images", "GaussianMixture", "MixtureDensity", "MixtureConfig",
+           "ModelConfig", "as_images", "MixtureDensity", "MixtureConfig",
            "kmeans", "ARCHITECTURES", "LayerSpec", "format_spec", "parse_spec",
            "resolve_architecture", "EinsumNetwork", "CircuitConfig", "RegionGraph",
            "poon_domingos", "poon_domingos_graph", "random_binary_trees", "rat_spn"]

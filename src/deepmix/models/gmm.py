@@ -5,7 +5,7 @@ r"""The flat Gaussian mixture family: :class:`MixtureDensity`, a differentiable 
 with full, diagonal or spherical covariances. It is what a flat-GMM run folder holds and what
 ``deepmix.load`` returns for one; gradient objectives (SGD-MLE, SM, SSM) train its parameters,
 EM sets them in closed form (:meth:`MixtureDensity.set_moments`). The scikit-learn estimator
-:class:`~deepmix.models.gmm_estimator.GaussianMixture` fits one by EM; :func:`kmeans` lives in
+:class:`~deepmix.training.GaussianMixture` fits one by EM; :func:`kmeans` lives in
 :mod:`deepmix.models.kmeans`.
 """
 
@@ -309,6 +309,16 @@ class MixtureDensity(Model):
         self.logits.copy_(torch.log(weights).to(dtype))
         self.means.copy_(means.to(dtype))
         cov = covariances
+        if self.covariance_type == "full":
+            info = torch.linalg.cholesky_ex(cov)[1]
+            if bool((info != 0).any()):
+                raise InputError(f"Fitting the mixture failed: component(s) "
+                                 f"{(info != 0).nonzero().flatten().tolist()[:5]} have an "
+                                 f"ill-defined covariance (too few distinct points); use fewer "
+                                 f"components, a larger reg_covar or a diag covariance")
+        elif not bool((cov > 0).all()):
+            raise InputError("Fitting the mixture failed: a component has zero variance (too "
+                             "few distinct points); use fewer components or a larger reg_covar")
         if self.covariance_type == "diag":
             self.log_var.copy_(torch.log(cov).to(dtype))
         elif self.covariance_type == "spherical":

@@ -145,6 +145,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
         evaluate: Callable[[Any], dict[str, float]] | None = None,
         callback: Callable[[dict[str, Any]], None] | None = None,
         stop_after_steps: int | None = None, initialize: bool = True,
+        until: Callable[[list[dict[str, Any]]], bool] | None = None,
         **options: Any) -> list[dict[str, Any]]:
     """Train ``model`` on ``data`` (rows along dim 0) with ``objective``; returns the metric rows.
 
@@ -167,6 +168,8 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
         stop_after_steps: stop after this global step with a checkpoint, as an interruption.
         initialize: let the objective initialise the model from the data first (fresh runs);
             False trains the model as it is.
+        until: ``until(rows) -> bool`` after every epoch row; True ends training there (with a
+            checkpoint), e.g. EM's convergence test.
     """
     family = _family_name(model, needed=out_dir is not None)
     loop_fields = set(FitConfig.__dataclass_fields__)
@@ -232,6 +235,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
             paused += time.perf_counter() - t
         return row
 
+    objective.prepare(model, x)
     if resume:
         history = _read_rows(metrics_path, step)  # type: ignore[arg-type]
         if "loop.generator" in trainer_tensors:
@@ -314,10 +318,11 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                     draw.set_state(epoch_state)
                 order = objective.epoch_order(info, epoch, draw, x.device)
                 pending_order = False
-            idx = None if order is None else order[b * B:(b + 1) * B]
-            batch = x[b * B:(b + 1) * B] if idx is None else x[idx]
-            batch_y = None if y is None else (y[b * B:(b + 1) * B] if idx is None else y[idx])
-            loss = objective.step(model, batch, generator=gen, step=step, targets=batch_y)
+            rows = slice(b * B, (b + 1) * B) if order is None else order[b * B:(b + 1) * B]
+            batch = x[rows]
+            batch_y = None if y is None else y[rows]
+            loss = objective.step(model, batch, generator=gen, step=step, targets=batch_y,
+                                  rows=rows)
             if loss is not None:
                 epoch_loss += loss.to(torch.float64) * batch.shape[0]
                 loss_rows += int(batch.shape[0])
@@ -354,6 +359,8 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                 epoch_loss.zero_()
                 epoch_rows = loss_rows = 0
                 checkpoint()
+                if until is not None and until(history):
+                    break
             elif objective.resumable_mid_epoch and (
                     (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                     or step == stop_at or interrupted):

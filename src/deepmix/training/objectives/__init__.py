@@ -9,13 +9,14 @@ Gradient objectives (``mle``/``sgd``, ``sm``, ``ssm``) train any family with a d
 from .base import (LoopInfo, Objective, ObjectiveOptions, make_objective, objective_class, objective_names,
                    register_objective)
 from .dcgmm import DCGMMObjective, DCGMMOptions, split_train_config
-from .em import CircuitEM, CircuitEMOptions, GaussianMixtureEM, GaussianMixtureEMOptions
+from .em import (CircuitEM, CircuitEMOptions, GaussianMixtureEM, GaussianMixtureEMOptions,
+                 GaussianMixtureStepwiseEM, StepwiseEMOptions)
 from .gradient import (GradientObjective, GradientOptions, MaximumLikelihood, ScoreMatching,
                        SlicedOptions, SlicedScoreMatching)
 from .losses import OBJECTIVES, get_objective, nll, score_matching, sliced_score_matching
 
 __all__ = ["LoopInfo", "DCGMMObjective", "DCGMMOptions", "split_train_config", "Objective", "ObjectiveOptions", "make_objective", "objective_class", "objective_names",
-           "register_objective", "GaussianMixtureEM", "GaussianMixtureEMOptions", "CircuitEM",
+           "register_objective", "GaussianMixtureEM", "GaussianMixtureEMOptions", "GaussianMixtureStepwiseEM", "StepwiseEMOptions", "CircuitEM",
            "CircuitEMOptions", "GradientObjective", "GradientOptions", "SlicedOptions",
            "MaximumLikelihood", "ScoreMatching", "SlicedScoreMatching", "OBJECTIVES",
            "get_objective", "nll", "score_matching", "sliced_score_matching"]

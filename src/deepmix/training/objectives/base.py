@@ -98,6 +98,10 @@ class Objective:
             raise InputError("no training rows")
         return data.to(model.device), targets
 
+    def prepare(self, model: Any, data: torch.Tensor) -> None:
+        """Precompute per-row quantities once per fit (fresh and resumed runs); ``step``
+        receives the ``rows`` of its batch to index them."""
+
     def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:
         """Initialise ``model`` from the training data (fresh runs only)."""
 
@@ -113,8 +117,9 @@ class Objective:
         return torch.randperm(info.n, generator=generator, device=device)
 
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int,
-             targets: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Process one batch; return its mean loss (0-d tensor, not synchronised) or None."""
+             targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor | None:
+        """Process one batch (``rows``: its slice or indices into the data); return its mean
+        loss (0-d tensor, not synchronised) or None."""
         raise NotImplementedError
 
     def end_epoch(self, model: Any) -> None:

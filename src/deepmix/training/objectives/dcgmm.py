@@ -147,7 +147,7 @@ class DCGMMObjective(Objective):
 
     # -------------------------------------------------------------------------------- step
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int,
-             targets: torch.Tensor | None = None) -> None:
+             targets: torch.Tensor | None = None, rows: Any = None) -> None:
         o = self.options
         h = batch
         nb = h.shape[0]

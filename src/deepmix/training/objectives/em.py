@@ -19,10 +19,11 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import ConfigError
-from ...models.gmm_estimator import INIT_METHODS, GaussianMixture
+from ..gmm_em import INIT_METHODS, MixtureEM
 from .base import Objective, ObjectiveOptions, register_objective
 
-__all__ = ["GaussianMixtureEMOptions", "GaussianMixtureEM", "CircuitEMOptions", "CircuitEM"]
+__all__ = ["GaussianMixtureEMOptions", "GaussianMixtureEM", "StepwiseEMOptions",
+           "GaussianMixtureStepwiseEM", "CircuitEMOptions", "CircuitEM"]
 
 
 @dataclass
@@ -31,7 +32,7 @@ class GaussianMixtureEMOptions(ObjectiveOptions):
 
     Arguments:
         init: ``"kmeans"``, ``"k-means++"`` or ``"random"`` (as
-            :class:`~deepmix.models.GaussianMixture`).
+            :class:`~deepmix.training.GaussianMixture`).
         reg_covar: added to the diagonal of every covariance.
     """
 
@@ -48,30 +49,37 @@ class GaussianMixtureEMOptions(ObjectiveOptions):
 
 @register_objective
 class GaussianMixtureEM(Objective):
-    """Batch EM for the flat GMM family (``gmm``)."""
+    """Batch EM for the flat GMM family (``gmm``): one EM iteration per epoch."""
 
     name = "em"
     families = ("gmm",)
     options_class = GaussianMixtureEMOptions
 
-    def _engine(self, model: Any) -> GaussianMixture:
-        # The estimator's E-step, statistics and M-step are the one implementation of flat-GMM
-        # EM; here they run on the loop's batches and write into the model.
-        return GaussianMixture(model.n_components, covariance_type=model.covariance_type,
-                               reg_covar=self.options.reg_covar,
-                               init_params=self.options.init, dtype=model.means.dtype,
-                               device=model.means.device)
+    def _engine(self, model: Any) -> MixtureEM:
+        return MixtureEM(model.n_components, model.covariance_type,
+                         reg_covar=self.options.reg_covar, init_params=self.options.init,
+                         dtype=model.means.dtype, device=model.means.device)
 
     def _read(self, model: Any) -> None:
+        # The next E-step sees exactly the parameters a resumed run would load.
         with torch.no_grad():
             e = self.engine
             e.weights_, e.means_ = model.weights.detach(), model.means.detach().clone()
             e.covariances_ = model.covariances.detach()
+        self._terms = None
+
+    def prepare(self, model: Any, data: torch.Tensor) -> None:
+        # x^2 (or its row sums) once per fit, as the E-step on [x, x^2] wants it.
+        self._squares = self._engine(model).squares(data)
+
+    def epoch_order(self, info: Any, epoch: int, generator: torch.Generator,
+                    device: torch.device) -> None:
+        return None           # batch EM's statistics do not depend on the order of the rows
 
     def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:
         engine = self._engine(model)
         with torch.no_grad():
-            engine._initialize(data, engine._squares(data), generator)
+            engine.initialize(data, self._squares, generator)
             model.set_moments(engine.weights_, engine.means_, engine.covariances_)
 
     def bind(self, model: Any, info: Any = None) -> None:
@@ -81,15 +89,19 @@ class GaussianMixtureEM(Objective):
 
     @torch.no_grad()
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
-             targets: torch.Tensor | None = None) -> torch.Tensor:
+             targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor:
         e = self.engine
-        if not hasattr(self, "_terms"):
-            self._terms = e._precision_terms()
-        XX = e._squares(batch)
-        lp = e._estimate_weighted_log_prob(batch, self._terms, XX)
+        if self._terms is None:
+            self._terms = e.precision_terms()
+        XX = None
+        if self._squares is not None and rows is not None:
+            XX = self._squares[rows]
+        elif self._squares is not None:
+            XX = e.squares(batch)
+        lp = e.weighted_log_prob(batch, self._terms, XX)
         norm = torch.logsumexp(lp, 1, keepdim=True)
         resp = torch.exp(lp - norm)
-        stats = e._statistics(batch, resp, XX)
+        stats = e.statistics(batch, resp, XX)
         self.stats = list(stats) if self.stats is None else [a + b for a, b in
                                                              zip(self.stats, stats)]
         return -norm.mean()
@@ -99,11 +111,10 @@ class GaussianMixtureEM(Objective):
         if self.stats is None:
             return
         e = self.engine
-        e._set_from_statistics(*self.stats)
+        e.set_from_statistics(*self.stats)
         model.set_moments(e.weights_, e.means_, e.covariances_)
-        self._read(model)     # the next E-step sees exactly what a resumed run would load
+        self._read(model)
         self.stats = None
-        del self._terms
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         if self.stats is None:
@@ -114,6 +125,75 @@ class GaussianMixtureEM(Objective):
         if tensors:
             device = self.engine.means_.device
             self.stats = [tensors[f"stats.{i}"].to(device) for i in range(len(tensors))]
+
+
+@dataclass
+class StepwiseEMOptions(GaussianMixtureEMOptions):
+    r"""Stepwise EM adds its step size :math:`\eta_t = (t + 2)^{-\alpha}`.
+
+    Arguments:
+        step_decay: :math:`\alpha` in (0.5, 1].
+    """
+
+    step_decay: float = 0.7
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.5 < self.step_decay <= 1.0:
+            raise ConfigError(f"step_decay must lie in (0.5, 1], got {self.step_decay}")
+
+
+@register_objective
+class GaussianMixtureStepwiseEM(GaussianMixtureEM):
+    r"""Stepwise EM (Liang & Klein, 2009) for flat GMMs: after every batch the running
+    statistics move towards the batch's by :math:`\eta_t`, then the M-step runs."""
+
+    name = "stepwise-em"
+    options_class = StepwiseEMOptions
+
+    def _engine(self, model: Any) -> MixtureEM:
+        e = super()._engine(model)
+        e.step_decay = self.options.step_decay
+        return e
+
+    def epoch_order(self, info: Any, epoch: int, generator: torch.Generator,
+                    device: torch.device) -> torch.Tensor:
+        return torch.randperm(info.n, generator=generator, device=device)
+
+    def bind(self, model: Any, info: Any = None) -> None:
+        super().bind(model, info)
+        self.engine._running, self.engine._steps = None, 0
+
+    @torch.no_grad()
+    def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
+             targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor:
+        e = self.engine
+        XX = None if self._squares is None else self._squares[rows]
+        lower = e.stepwise_update(batch, XX)
+        model.set_moments(e.weights_, e.means_, e.covariances_)
+        running, steps = e._running, e._steps
+        self._read(model)
+        e._running, e._steps = running, steps
+        return torch.tensor(-lower, dtype=torch.float64)
+
+    def end_epoch(self, model: Any) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.engine._steps}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.engine._steps = int(state.get("steps", 0))
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        r = self.engine._running
+        return {} if r is None else {f"running.{i}": t for i, t in enumerate(r)}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors:
+            device = self.engine.means_.device
+            self.engine._running = tuple(tensors[f"running.{i}"].to(device)
+                                         for i in range(len(tensors)))
 
 
 @dataclass
@@ -158,7 +238,7 @@ class CircuitEM(Objective):
         self.batches = 0
 
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
-             targets: torch.Tensor | None = None) -> torch.Tensor:
+             targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor:
         logp = model.em_accumulate(batch)
         self.batches += 1
         if self.options.stepsize is not None and self.batches % self.options.frequency == 0:

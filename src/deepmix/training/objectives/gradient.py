@@ -120,7 +120,7 @@ class GradientObjective(Objective):
         self.skipped = 0
 
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
-             targets: torch.Tensor | None = None) -> torch.Tensor | None:
+             targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor | None:
         loss = self.loss(model, batch, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

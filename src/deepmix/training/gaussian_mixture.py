@@ -1,4 +1,4 @@
-r"""The scikit-learn estimator of the flat GMM family, fitted by EM in PyTorch.
+r"""The scikit-learn estimator of the flat GMM family, fitted by EM on the one training loop.
 
 .. math:: p(x) = \sum_{k=1}^K \pi_k\, \mathcal N(x; \mu_k, \Sigma_k), \qquad
    \log p(x) = \operatorname{logsumexp}_k \bigl(\log\pi_k + \log\mathcal N(x;\mu_k,\Sigma_k)\bigr),
@@ -14,6 +14,7 @@ Parameters convert to and from :class:`sklearn.mixture.GaussianMixture`.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -21,18 +22,16 @@ import torch
 from sklearn.base import BaseEstimator, DensityMixin
 
 from ..errors import ConfigError, InputError
-from ..utils.tensors import LOG_2PI as _LOG_2PI
+from ..models.gmm import COVARIANCE_TYPES, MixtureDensity
 from ..utils.tensors import as_matrix as _as_matrix
 from ..utils.tensors import row_chunks as _chunks
-from .gmm import COVARIANCE_TYPES, MixtureDensity
-from .kmeans import kmeans
+from .gmm_em import INIT_METHODS, MixtureEM
+from .loop import FitConfig, fit
+from .objectives import GaussianMixtureEM, GaussianMixtureStepwiseEM
 
-__all__ = ["GaussianMixture", "INIT_METHODS"]
+__all__ = ["GaussianMixture"]
 
-INIT_METHODS = ("kmeans", "k-means++", "random")
-
-
-class GaussianMixture(DensityMixin, BaseEstimator):
+class GaussianMixture(MixtureEM, DensityMixin, BaseEstimator):
     r"""Gaussian mixture fitted by EM, with scikit-learn's estimator API.
 
     Arguments:
@@ -106,17 +105,6 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             raise ConfigError(f"dtype must be torch.float32 or torch.float64, got {self.dtype}")
 
     @property
-    def _device(self) -> torch.device:
-        # Resolved once per device value: the E-step asks for it in every row chunk.
-        cached = getattr(self, "_device_cache", None)
-        if cached is None or cached[0] != self.device:
-            from ..utils.device import resolve_device
-
-            cached = (self.device, resolve_device(self.device))
-            self._device_cache = cached
-        return cached[1]
-
-    @property
     def model_(self) -> MixtureDensity:
         r"""The fitted density as the family's ``nn.Module`` (every parameter registered:
         ``state_dict()``, ``.to()``, safetensors and ``deepmix.load`` see it)."""
@@ -149,247 +137,88 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             gm.covariances_ = as_t(model.covariances)
         return gm
 
-    # --------------------------------------------------------------------------- parameters
-    @property
-    def n_features_in_(self) -> int:
-        self._check_fitted()
-        return int(self.means_.shape[1])  # type: ignore[union-attr]
-
-    def _check_fitted(self) -> None:
-        if self.means_ is None:
-            raise InputError("this GaussianMixture is not fitted yet: call fit first")
-
-    def _n_parameters(self) -> int:
-        K, D = self.means_.shape  # type: ignore[union-attr]
-        cov = {"full": K * D * (D + 1) // 2, "diag": K * D, "spherical": K}[self.covariance_type]
-        return int(cov + K * D + K - 1)
-
-    def _precision_terms(self) -> dict[str, torch.Tensor]:
-        """What the E-step needs: precision (Cholesky) factors and log-determinants."""
-        cov = self.covariances_
-        if self.covariance_type == "full":
-            L, info = torch.linalg.cholesky_ex(cov)                              # Sigma = L L^T
-            if bool((info != 0).any()):
-                # scikit-learn's advice, in its words: the data do not support K full Gaussians.
-                raise InputError(f"Fitting the mixture failed: component(s) "
-                                 f"{(info != 0).nonzero().flatten().tolist()[:5]} have an "
-                                 f"ill-defined empirical covariance (too few distinct points); "
-                                 f"use fewer components, increase reg_covar (now "
-                                 f"{self.reg_covar:g}) or a diag covariance")
-            eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L)
-            prec_chol = torch.linalg.solve_triangular(L, eye, upper=False).transpose(-1, -2)
-            log_det = -2.0 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)  # log|P|
-            return {"prec_chol": prec_chol, "half_log_det_prec": 0.5 * log_det}
-        prec = 1.0 / cov                                  # (K, D) or (K,)
-        if self.covariance_type == "diag":
-            half = 0.5 * torch.log(prec).sum(-1)
-        else:
-            half = 0.5 * self.means_.shape[1] * torch.log(prec)  # type: ignore[union-attr]
-        return {"prec": prec, "half_log_det_prec": half}
-
-    def _estimate_weighted_log_prob(self, X: torch.Tensor, terms: dict,
-                                    XX: torch.Tensor | None = None) -> torch.Tensor:
-        r""":math:`\log\pi_k + \log\mathcal N(x; \mu_k, \Sigma_k)`, (N, K).
-
-        ``XX`` may hold x^2 precomputed (diag) or its row sums (spherical).
-        """
-        mu = self.means_
-        D = X.shape[1]
-        if self.covariance_type == "diag":
-            P = terms["prec"]
-            XX = X * X if XX is None else XX
-            maha = torch.addmm((P * mu * mu).sum(1), XX, P.T)
-            maha = torch.addmm(maha, X, (P * mu).T, alpha=-2.0)
-        elif self.covariance_type == "spherical":
-            p = terms["prec"]
-            x2 = (X * X).sum(1) if XX is None else XX
-            maha = torch.addmm((mu * mu).sum(1) + x2[:, None], X, mu.T, alpha=-2.0) * p
-        else:
-            U = terms["prec_chol"]                                               # (K, D, D)
-            maha = torch.stack([(((X - mu[k]) @ U[k]) ** 2).sum(1)
-                                for k in range(mu.shape[0])], dim=1)
-        maha = maha.clamp_min(0.0)  # the expanded square may dip below 0 by rounding
-        return (torch.log(self.weights_) + terms["half_log_det_prec"]
-                - 0.5 * (D * _LOG_2PI + maha))
-
-    def _squares(self, X: torch.Tensor) -> torch.Tensor | None:
-        """x^2 (diag) or its row sums (spherical), computed once per fit."""
-        if self.covariance_type == "diag":
-            return X * X
-        if self.covariance_type == "spherical":
-            return (X * X).sum(1)
-        return None
-
-    # ---------------------------------------------------------------------------------- EM
-    def _statistics(self, X: torch.Tensor, resp: torch.Tensor, XX: torch.Tensor | None
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Sufficient statistics (sum r, sum r x, sum r x^2 or r x x^T), over row chunks."""
-        N, D = X.shape
-        K = self.n_components
-        nk = resp.sum(0)
-        sx = torch.zeros(K, D, dtype=self.dtype, device=self._device)
-        full = self.covariance_type == "full"
-        sxx = torch.zeros((K, D, D) if full else (K, D) if self.covariance_type == "diag" else (K,),
-                          dtype=self.dtype, device=self._device)
-        for rows in _chunks(N, self.batch_size):
-            x, r = X[rows], resp[rows]
-            sx.addmm_(r.T, x)
-            if full:
-                for k in range(K):
-                    sxx[k].addmm_((x * r[:, k:k + 1]).T, x)
-            elif self.covariance_type == "diag":
-                sxx.addmm_(r.T, XX[rows])
-            else:
-                sxx.add_(r.T @ XX[rows])
-        return nk, sx, sxx
-
-    def _set_from_statistics(self, nk: torch.Tensor, sx: torch.Tensor, sxx: torch.Tensor) -> None:
-        """Closed-form M-step: parameters from (possibly averaged) sufficient statistics."""
-        D = sx.shape[1]
-        nk = nk + 10.0 * torch.finfo(self.dtype).eps
-        means = sx / nk[:, None]
-        if self.covariance_type == "full":
-            cov = sxx / nk[:, None, None] - means[:, :, None] * means[:, None, :]
-            cov = 0.5 * (cov + cov.transpose(-1, -2))
-            cov = cov + self.reg_covar * torch.eye(D, dtype=self.dtype, device=self._device)
-        elif self.covariance_type == "diag":
-            cov = (sxx / nk[:, None] - means * means).clamp_min(0.0) + self.reg_covar
-        else:
-            cov = (sxx / nk - (means * means).sum(1)).clamp_min(0.0) / D + self.reg_covar
-        self.weights_ = nk / nk.sum()
-        self.means_ = means
-        self.covariances_ = cov
-
-    def _m_step(self, X: torch.Tensor, resp: torch.Tensor, XX: torch.Tensor | None) -> None:
-        """Closed-form M-step from sufficient statistics accumulated over row chunks."""
-        self._set_from_statistics(*self._statistics(X, resp, XX))
-
-    def _e_step(self, X: torch.Tensor, XX: torch.Tensor | None) -> tuple[float, torch.Tensor]:
-        """Mean log-likelihood of X and the responsibilities (N, K), in row chunks."""
-        terms = self._precision_terms()
-        total = torch.zeros((), dtype=self.dtype, device=self._device)
-        resp = torch.empty(X.shape[0], self.n_components, dtype=self.dtype, device=self._device)
-        for rows in _chunks(X.shape[0], self.batch_size):
-            lp = self._estimate_weighted_log_prob(X[rows], terms,
-                                                  None if XX is None else XX[rows])
-            norm = torch.logsumexp(lp, 1, keepdim=True)
-            total += norm.sum()
-            torch.exp(lp - norm, out=resp[rows])
-        return float(total) / X.shape[0], resp
-
-    def _initialize(self, X: torch.Tensor, XX: torch.Tensor | None, gen: torch.Generator) -> None:
-        N, D = X.shape
-        K = self.n_components
-        if self.init_params in ("kmeans", "k-means++"):
-            # Only an initialisation: float32 halves its cost at no visible loss.
-            X32 = X.to(torch.float32)
-            _, labels = kmeans(X32, K, generator=gen, chunk=self.batch_size,
-                               n_iter=300 if self.init_params == "kmeans" else 0)
-            onehot = torch.nn.functional.one_hot(labels, K).to(self.dtype)
-            self._m_step(X, onehot, XX)
-            return
-        idx = torch.randperm(N, generator=gen)[:K].to(X.device)
-        w = torch.rand(K, generator=gen, dtype=self.dtype).to(X.device) + 1e-3
-        mean = X.mean(0)
-        if self.covariance_type == "full":
-            Xc = X - mean
-            cov = (Xc.T @ Xc) / N + self.reg_covar * torch.eye(D, dtype=self.dtype, device=X.device)
-            cov = cov.expand(K, D, D).clone()
-        else:
-            var = X.var(0, unbiased=False) + self.reg_covar
-            cov = var.expand(K, D).clone() if self.covariance_type == "diag" else \
-                var.mean().expand(K).clone()
-        self.weights_, self.means_, self.covariances_ = w / w.sum(), X[idx].clone(), cov
-
     @torch.no_grad()
     def fit(self, X: Any, y: Any = None, *,
             callback: Callable[[int, float, "GaussianMixture"], None] | None = None
             ) -> "GaussianMixture":
-        """Fit by EM (``n_init`` runs, the best lower bound kept); returns ``self``.
+        """Fit by EM on :func:`deepmix.training.fit` (``n_init`` runs, the best kept); returns
+        ``self``.
 
+        Iteration i is one E-step over all rows under the parameters of iteration i - 1 and the
+        M-step; EM stops when the mean log-likelihood of two E-steps in a row changes by less
+        than ``tol`` (scikit-learn's rule and bookkeeping: ``lower_bound_`` is the last E-step's
+        mean log-likelihood, ``n_iter_`` the number of M-steps). ``history_`` and ``seconds_``
+        hold every E-step's mean log-likelihood and the cumulative fit time at it.
         ``callback(iteration, mean_train_ll, self)`` runs after the initialisation (iteration 0)
-        and after every EM iteration, with the model holding the parameters whose mean training
-        log-likelihood is ``mean_train_ll``: run folders log per-iteration metrics through it.
-        ``seconds_`` holds the cumulative fit time at every entry of ``history_`` (callback time
-        excluded), for curves of likelihood against wall time.
+        and after every iteration with the model holding that iteration's parameters and their
+        mean training log-likelihood (an extra pass over the data per iteration, excluded from
+        ``seconds_``).
         """
-        import time
-
         self._check_params()
         X = _as_matrix(X, self.dtype, self._device)
-        N = X.shape[0]
+        N, D = X.shape
         if N < self.n_components:
             raise InputError(f"Expected n_samples >= n_components but got n_components = "
                              f"{self.n_components}, n_samples = {N}")
-        # A CPU generator: the same random_state gives the same fit on every device.
-        gen = torch.Generator()
-        gen.manual_seed(int(self.random_state) if self.random_state is not None
-                        else int(torch.seed() % 2**63))
-        XX = self._squares(X)
+        base = (int(self.random_state) if self.random_state is not None
+                else int(torch.seed() % 2**31))
         best: tuple | None = None
-        for _ in range(self.n_init):
-            start, paused = time.perf_counter(), 0.0
-            self._initialize(X, XX, gen)
-            self._running, self._steps = None, 0
-            history: list[float] = []
-            seconds: list[float] = []
-            converged = False
-            lower, resp = self._e_step(X, XX)
-            history.append(lower)
-            seconds.append(time.perf_counter() - start)
-            if callback is not None:
-                t = time.perf_counter()
-                callback(0, lower, self)
-                paused += time.perf_counter() - t
-            n_iter = 0
-            for n_iter in range(1, self.max_iter + 1):
-                if self.em == "batch":
-                    self._m_step(X, resp, XX)
-                else:
-                    order = torch.randperm(N, generator=gen).to(self._device)
-                    for rows in _chunks(N, self.stepwise_batch):
-                        idx = order[rows]
-                        self._stepwise_update(X[idx], None if XX is None else XX[idx])
-                new_lower, resp = self._e_step(X, XX)
-                history.append(new_lower)
-                seconds.append(time.perf_counter() - start - paused)
-                if callback is not None:
-                    t = time.perf_counter()
-                    callback(n_iter, new_lower, self)
-                    paused += time.perf_counter() - t
-                if self.verbose:
-                    print(f"EM iteration {n_iter}: mean log-likelihood {new_lower:.6f}")
-                change, lower = new_lower - lower, new_lower
-                if abs(change) < self.tol:
-                    converged = True
-                    break
-            if best is None or lower > best[0]:
-                best = (lower, self.weights_, self.means_, self.covariances_, converged, n_iter,
-                        history, seconds)
-        assert best is not None
-        (self.lower_bound_, self.weights_, self.means_, self.covariances_, self.converged_,
-         self.n_iter_, self.history_, self.seconds_) = best
-        if not self.converged_:
-            import warnings
+        for run in range(self.n_init):
+            # Full covariances in the precision parametrisation: exact for any fitted Sigma.
+            model = MixtureDensity(self.n_components, D, self.covariance_type,
+                                   parametrization="precision" if self.covariance_type == "full"
+                                   else "covariance", dtype=self.dtype)
+            options = {"init": self.init_params, "reg_covar": self.reg_covar}
+            if self.em == "batch":
+                objective = GaussianMixtureEM(options)
+                batch = self.batch_size
+            else:
+                objective = GaussianMixtureStepwiseEM({**options, "step_decay": self.step_decay})
+                batch = self.stepwise_batch
+            lls: list[float] = []
 
+            def converged(rows: list[dict], lls: list[float] = lls) -> bool:
+                if "loss" in rows[-1]:
+                    lls.append(-rows[-1]["loss"])
+                    if self.verbose:
+                        print(f"EM iteration {rows[-1]['epoch']}: mean log-likelihood of the "
+                              f"E-step {lls[-1]:.6f}")
+                return len(lls) >= 2 and abs(lls[-1] - lls[-2]) < self.tol
+
+            evaluate = None
+            if callback is not None:
+                def evaluate(m: MixtureDensity) -> dict[str, float]:
+                    self._set_moments_from(m)
+                    return {"train_ll": float(m.log_prob(X).mean())}
+
+            rows = fit(model, X, objective,
+                       config=FitConfig(epochs=self.max_iter, batch_size=batch,
+                                        seed=base + run, device=str(X.device)),
+                       evaluate=evaluate, until=converged,
+                       callback=None if callback is None else
+                       (lambda r: callback(r["epoch"], r["train_ll"], self)))
+            history = lls
+            seconds = [r["seconds"] for r in rows[1:]]
+            done = len(lls) >= 2 and abs(lls[-1] - lls[-2]) < self.tol
+            lower = lls[-1] if lls else -math.inf
+            if best is None or lower > best[0]:
+                best = (lower, model, done, rows[-1]["epoch"], history, seconds)
+        assert best is not None
+        lower, model, done, n_iter, history, seconds = best
+        self._set_moments_from(model)
+        self.lower_bound_, self.converged_, self.n_iter_ = lower, done, int(n_iter)
+        self.history_, self.seconds_ = history, seconds
+        self._running, self._steps = None, 0
+        if not self.converged_:
             warnings.warn(f"EM did not converge in {self.max_iter} iterations (last change "
                           f"above tol={self.tol}); raise max_iter or tol", RuntimeWarning)
         return self
 
-    def _stepwise_update(self, X: torch.Tensor, XX: torch.Tensor | None) -> float:
-        """One stepwise-EM step on a minibatch; returns its mean log-likelihood before it."""
-        lower, resp = self._e_step(X, XX)
-        B = float(X.shape[0])
-        batch_stats = tuple(t / B for t in self._statistics(X, resp, XX))
-        if self._running is None:
-            self._running = batch_stats
-        else:
-            eta = (self._steps + 2) ** (-self.step_decay)
-            self._running = tuple((1.0 - eta) * old + eta * new
-                                  for old, new in zip(self._running, batch_stats))
-        self._steps += 1
-        self._set_from_statistics(*self._running)
-        return lower
+    def _set_moments_from(self, model: MixtureDensity) -> None:
+        with torch.no_grad():
+            self.weights_ = model.weights.detach().clone()
+            self.means_ = model.means.detach().clone()
+            self.covariances_ = model.covariances.detach().clone()
 
     @torch.no_grad()
     def partial_fit(self, X: Any, y: Any = None) -> "GaussianMixture":
@@ -402,7 +231,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """
         X = _as_matrix(X, self.dtype, self._device,
                        n_features=None if self.means_ is None else self.n_features_in_)
-        XX = self._squares(X)
+        XX = self.squares(X)
         if self.means_ is None:
             if X.shape[0] < self.n_components:
                 raise InputError(f"Expected n_samples >= n_components in the first batch but got "
@@ -410,9 +239,9 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             gen = torch.Generator()
             gen.manual_seed(int(self.random_state) if self.random_state is not None
                             else int(torch.seed() % 2**63))
-            self._initialize(X, XX, gen)
+            self.initialize(X, XX, gen)
             self._running, self._steps = None, 0
-        self.lower_bound_ = self._stepwise_update(X, XX)
+        self.lower_bound_ = self.stepwise_update(X, XX)
         self.n_iter_ += 1
         return self
 
@@ -422,8 +251,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Log-density of every row in nats, (N,) tensor."""
         self._check_fitted()
         X = _as_matrix(X, self.dtype, self._device, n_features=self.n_features_in_)
-        terms = self._precision_terms()
-        return torch.cat([torch.logsumexp(self._estimate_weighted_log_prob(X[r], terms), 1)
+        terms = self.precision_terms()
+        return torch.cat([torch.logsumexp(self.weighted_log_prob(X[r], terms), 1)
                           for r in _chunks(X.shape[0], self.batch_size)]) if X.shape[0] else \
             torch.zeros(0, dtype=self.dtype, device=self._device)
 
@@ -440,8 +269,8 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         """Responsibilities (N, K)."""
         self._check_fitted()
         X = _as_matrix(X, self.dtype, self._device, n_features=self.n_features_in_)
-        terms = self._precision_terms()
-        return torch.softmax(self._estimate_weighted_log_prob(X, terms), 1).cpu().numpy()
+        terms = self.precision_terms()
+        return torch.softmax(self.weighted_log_prob(X, terms), 1).cpu().numpy()
 
     def predict(self, X: Any) -> np.ndarray:
         """Most responsible component of every row."""
@@ -498,7 +327,7 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         sk.means_ = self.means_.cpu().double().numpy()
         sk.covariances_ = self.covariances_.cpu().double().numpy()
         if self.covariance_type == "full":
-            sk.precisions_cholesky_ = self._precision_terms()["prec_chol"].cpu().double().numpy()
+            sk.precisions_cholesky_ = self.precision_terms()["prec_chol"].cpu().double().numpy()
             sk.precisions_ = np.einsum("kij,klj->kil", sk.precisions_cholesky_,
                                        sk.precisions_cholesky_)
         else:

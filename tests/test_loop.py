@@ -118,13 +118,14 @@ def test_a_nonfinite_loss_stops_with_a_clear_error():
         fit(_model(), x * 1e200, "mle", config=FitConfig(epochs=1), initialize=False)
 
 
-@pytest.mark.parametrize("name,batch,stop", [("em", 40, 3), ("em", None, 2), ("mle", 40, 4)])
+@pytest.mark.parametrize("name,batch,stop", [("em", 40, 3), ("em", None, 2), ("mle", 40, 4),
+                                             ("ssm", 40, 4), ("sm", 60, 1)])
 def test_circuits_resume_like_an_uninterrupted_run(tmp_path, name, batch, stop):
     from deepmix.models import rat_spn
 
     x = _data(120, 3).float()
     cfg = FitConfig(epochs=3, batch_size=batch, seed=1)
-    options = {"lr": 0.05} if name == "mle" else {}
+    options = {} if name == "em" else {"lr": 0.05}
     ref = rat_spn(3, 1, 2, 3, seed=0, init="em")
     fit(ref, x, name, config=cfg, out_dir=tmp_path / "a", **options)
     part = rat_spn(3, 1, 2, 3, seed=0, init="em")

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -26,6 +27,10 @@ from .kmeans import kmeans
 from .registry import register_family
 
 __all__ = ["MixtureDensity", "MixtureConfig", "COVARIANCE_TYPES"]
+
+
+def _is_array(v: Any) -> bool:
+    return isinstance(v, torch.Tensor) or hasattr(v, "__array__")
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 
@@ -298,6 +303,75 @@ class MixtureDensity(Model):
         R = self._precision_factor()                        # P = R R^T, so Sigma = R^-T R^-1
         A = torch.linalg.inv(R).transpose(-1, -2)           # A A^T = Sigma
         return self.means[labels] + (A[labels] @ eps.unsqueeze(-1)).squeeze(-1)
+
+    @torch.no_grad()
+    def complete(self, x: Any, mask: Any, *, method: str = "mean",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        r"""Fill the missing entries (``mask`` False) of every row of x (N, D) from
+        :math:`p(x_m \mid x_o) = \sum_k p(k \mid x_o)\, \mathcal N(x_m; \mu_{k,m|o},
+        \Sigma_{k,m|o})` with :math:`\mu_{k,m|o} = \mu_{k,m} + \Sigma_{k,mo}\Sigma_{k,oo}^{-1}
+        (x_o - \mu_{k,o})`; ``method="mean"`` gives :math:`E[x_m \mid x_o]`, ``"sample"`` one
+        draw. Observed entries are returned unchanged; rows sharing a mask are done together.
+        """
+        if method not in ("mean", "sample"):
+            raise ConfigError(f"Unknown completion method '{method}'; expected 'mean' or "
+                              f"'sample'")
+        if not (_is_array(x) and _is_array(mask)):
+            raise InputError("complete needs x and mask as tensors or numpy arrays")
+        xt = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+        mt = mask if torch.is_tensor(mask) else torch.as_tensor(np.asarray(mask))
+        if mt.dtype != torch.bool or mt.shape != xt.shape:
+            raise InputError(f"mask must be a bool array of x's shape {tuple(xt.shape)} (True = "
+                             f"observed), got {mt.dtype} {tuple(mt.shape)}")
+        # Missing entries may hold anything (NaN included): only observed ones are checked.
+        x = self._check(torch.where(mt, xt, torch.zeros((), dtype=xt.dtype)))
+        m = mt.to(x.device)
+        out = x.clone()
+        patterns, which = torch.unique(m, dim=0, return_inverse=True)
+        cov = self.covariances.detach()
+        if self.covariance_type == "spherical":
+            cov = cov[:, None].expand_as(self.means)
+        log_w = torch.log_softmax(self.logits.detach(), 0)
+        mu = self.means.detach()
+        for p, obs in enumerate(patterns):
+            rows = (which == p).nonzero().flatten()
+            o, u = obs, ~obs
+            if not bool(u.any()):
+                continue
+            xo = x[rows][:, o]                                                  # (R, |o|)
+            diff = xo[:, None, :] - mu[None][:, :, o]                           # (R, K, |o|)
+            if self.covariance_type == "full":
+                L = torch.linalg.cholesky(cov[:, o][:, :, o])                   # (K, |o|, |o|)
+                z = torch.linalg.solve_triangular(L[None], diff[..., None], upper=False)[..., 0]
+                log_n = (-0.5 * (z * z).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1))
+                         .sum(-1) - 0.5 * int(o.sum()) * _LOG_2PI)
+                A = torch.linalg.solve_triangular(L, cov[:, o][:, :, u], upper=False)  # L^-1 S_ou
+                cond_mean = mu[None][:, :, u] + torch.einsum("kou,rko->rku", A, z)
+                cond_cov = cov[:, u][:, :, u] - A.transpose(-1, -2) @ A
+            else:
+                var = cov[:, o]
+                log_n = -0.5 * ((diff * diff) / var[None] + torch.log(var)[None]
+                                + _LOG_2PI).sum(-1)
+                cond_mean = mu[None][:, :, u].expand(len(rows), -1, -1)
+                cond_cov = None
+            post = torch.softmax(log_w[None] + log_n, 1)                        # (R, K)
+            if method == "mean":
+                fill = torch.einsum("rk,rku->ru", post, cond_mean)
+            else:
+                gdev = generator.device if generator is not None else torch.device("cpu")
+                k = torch.multinomial(post.to(gdev), 1, generator=generator).to(x.device)[:, 0]
+                eps = torch.randn(len(rows), int(u.sum()), generator=generator, dtype=x.dtype,
+                                  device=gdev).to(x.device)
+                mean_k = cond_mean[torch.arange(len(rows)), k]
+                if cond_cov is None:
+                    fill = mean_k + eps * cov[:, u][k].sqrt()
+                else:
+                    C = torch.linalg.cholesky(cond_cov)[k]
+                    fill = mean_k + (C @ eps[..., None])[..., 0]
+            block = out[rows]
+            block[:, u] = fill
+            out[rows] = block
+        return out
 
     @torch.no_grad()
     def set_moments(self, weights: torch.Tensor, means: torch.Tensor,

@@ -108,7 +108,9 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     config = read_config(run_dir)
-    model = load_model(run_dir, device=device)
+    # The page shows DCGMM layers, top-S samples and in-painting: other families are refused
+    # with one line before anything is written.
+    model = load_model(run_dir, device=device, family="dcgmm")
     info = config.get("data", {})
     data = data or info.get("name") or "mnist"
     classes = info.get("classes")

@@ -135,6 +135,27 @@ def test_demo_on_digits_writes_report(tmp_path, capsys):
     assert 0 <= figures["classification_accuracy"] <= 1
     assert 0 < figures["inpainting_mse_right-half"] < 1
     assert set(figures["outliers"]["auroc"]) == {"0", "1"}
+    # The outliers are the held-out class 0, which the model never saw (not uniform noise).
+    assert figures["outliers"]["protocol"] == "held-out classes"
+    assert figures["outliers"]["against"] == "digits test images of the held-out class 0"
+    assert figures["outliers"]["n_outliers"] == 42 and figures["outliers"]["n_inliers"] == 318
+    config = json.loads((out / "run" / "config.json").read_text())
+    assert config["data"]["classes"] == list(range(1, 10))
+    assert "held-out class 0" in report and "Protocol: held-out classes" in page
+    # The classifier fitted after training was saved with the trainer state kept (resume works).
+    assert deepmix.load(out / "run").classifier is not None
+    code, _, err = run(capsys, "train", "--out", str(out / "run"), "--resume", "--epochs", "3",
+                       "--no-progress")
+    assert code == 0, err
+
+
+def test_demo_outlier_class_option(tmp_path, capsys):
+    code, _, err = run(capsys, "demo", "--data", "digits", "--epochs", "1", "--out",
+                       str(tmp_path / "d"), "--no-progress", "--outlier-class", "12")
+    assert code == 2 and "--outlier-class 12 is not a class of the data" in err
+    with pytest.raises(SystemExit):
+        main(["demo", "--data", "digits", "--outlier-class", "x"])
+    assert "expected a class id or 'none'" in capsys.readouterr().err
 
 
 def test_unavailable_device_is_a_clear_error(tmp_path, capsys):

@@ -100,6 +100,15 @@ def test_report_command_writes_a_self_contained_page(run_dir, tmp_path, capsys):
     assert {"dunn", "davies_bouldin", "purity"} <= set(figures["clustering"])
     code, _, err = run(capsys, "report", str(tmp_path / "nothing"))
     assert code == 2 and "deepmix: error:" in err
+    # A run of another family: one line, and nothing written into its folder.
+    gmm = tmp_path / "gmm"
+    code, _, err = run(capsys, "train", "--model", "gmm", "--data", "digits", "--k", "3",
+                       "--epochs", "1", "--out", str(gmm), "--no-progress")
+    assert code == 0, err
+    before = sorted(p.name for p in gmm.iterdir())
+    code, _, err = run(capsys, "report", str(gmm))
+    assert code == 2 and "holds a 'gmm' run; this needs a 'dcgmm' run" in err
+    assert sorted(p.name for p in gmm.iterdir()) == before
 
 
 def test_inpaint_unknown_mask_reports_iou(run_dir, tmp_path, capsys):

@@ -1,21 +1,25 @@
-"""``deepmix report DIR``: one self-contained HTML page about a trained DCGMM run.
+"""``deepmix report DIR``: one self-contained HTML page (and, on request, Markdown) about a
+trained DCGMM run.
 
 The page shows what a person wants to look at rather than read in logs: the run's facts, the
 per-layer test log-likelihoods, plain and sharpened samples, class-conditional samples per class
 (when the model has a classifier), in-painting of hidden right halves and centres, the ROC curve
 of outlier detection, clustering indices and the classification accuracy. Every figure is also
-written to ``report.json`` and every picture to ``report_files/`` next to the page.
+written to ``report.json`` and every picture to ``report_files/`` next to the page. The page is
+written by :class:`deepmix.plots.report.Report`, the one writer of reports.
 
-Outliers for the ROC curve: the held-out classes when the run was trained on some classes only;
-otherwise the other of MNIST / Fashion-MNIST when it is cached; otherwise images of uniform
-noise (said on the page).
+Outliers for the ROC curve (:func:`outlier_images`, said on the page): the held-out classes when
+the run was trained on some classes only (the papers' protocol; the demo trains on 1-9 and holds
+out 0); otherwise the other of MNIST / Fashion-MNIST when it is cached; otherwise images of
+uniform noise, which every model separates almost perfectly (the page says so).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -23,40 +27,79 @@ from ..data import load_images
 from ..errors import DataError
 from ..inference import as_observed, evaluate, inpaint, make_mask, missing_mse
 from ..plots.grids import save_grid
-from ..plots.html import HtmlPage
+from ..plots.report import Report, layer_table
 from ..training.checkpoint import load_model, read_config
 from ..utils.io import write_json_atomic
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "outlier_images", "Outliers", "OUTLIER_PROTOCOLS"]
+
+#: The kinds of outliers :func:`outlier_images` returns, best first.
+OUTLIER_PROTOCOLS = ("held-out classes", "another data set", "uniform noise")
 
 
-def _outlier_images(data: str, classes: list[int] | None, shape: tuple, n: int,
-                    seed: int) -> tuple[torch.Tensor, str]:
+class Outliers(NamedTuple):
+    """Outlier images for a report: the images, what they are, the protocol (one of
+    :data:`OUTLIER_PROTOCOLS`) and a short label for figure titles."""
+
+    images: torch.Tensor
+    description: str
+    protocol: str
+    label: str
+
+
+def outlier_images(data: str, classes: Sequence[int] | None, shape: tuple, n: int,
+                   seed: int) -> Outliers:
+    """Up to ``n`` outlier images for a model trained on ``data`` (its ``classes``, or all).
+
+    The test images of the classes the model never saw; else the test images of the other of
+    MNIST / Fashion-MNIST (when cached); else uniform noise.
+    """
     if classes is not None:
         try:
             all_classes = sorted(set(load_images(data, "test").labels.tolist()))
             others = [c for c in all_classes if c not in classes]
             if others:
                 ds = load_images(data, "test", classes=others)
-                return ds.to_tensor()[:n], f"{data} test images of the held-out classes {others}"
-        except DataError:
+                what = f"held-out {'class' if len(others) == 1 else 'classes'} " \
+                       f"{_classes_text(others)}"
+                return Outliers(ds.to_tensor()[:n], f"{data} test images of the {what}",
+                                OUTLIER_PROTOCOLS[0], what)
+        except (DataError, AttributeError):
             pass
     other = {"mnist": "fashion-mnist", "fashion-mnist": "mnist"}.get(data)
     if other is not None:
         try:
             ds = load_images(other, "test", download=False)
             if ds.shape == tuple(shape):
-                return ds.to_tensor()[:n], f"{other} test images (another data set)"
+                return Outliers(ds.to_tensor()[:n], f"{other} test images (another data set)",
+                                OUTLIER_PROTOCOLS[1], f"{other} test images")
         except (DataError, TypeError):
             pass
     gen = torch.Generator().manual_seed(seed)
-    return torch.rand(n, *shape, generator=gen), "images of uniform noise"
+    return Outliers(torch.rand(n, *shape, generator=gen), "images of uniform noise",
+                    OUTLIER_PROTOCOLS[2], "uniform noise")
+
+
+def _classes_text(classes: Sequence[int]) -> str:
+    """``[1, 2, ..., 9]`` as ``1-9``, ``[0]`` as ``0``, ``[0, 3, 5]`` as ``0, 3, 5``."""
+    cs = sorted(int(c) for c in classes)
+    if len(cs) > 2 and cs == list(range(cs[0], cs[-1] + 1)):
+        return f"{cs[0]}-{cs[-1]}"
+    return ", ".join(map(str, cs))
 
 
 def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: str | None = None,
                  n_samples: int = 64, n_test: int = 1000, sharpen_iterations: int = 100,
-                 seed: int = 0, device: str = "cpu") -> Path:
-    """Write ``report.html`` (default inside ``run_dir``) and return its path."""
+                 seed: int = 0, device: str = "cpu", title: str | None = None,
+                 facts: Mapping[str, Any] | None = None,
+                 images: Mapping[str, str | os.PathLike] | None = None,
+                 notes: Sequence[str] = (), markdown: bool = False) -> Path:
+    """Write ``report.html`` (default inside ``run_dir``) and ``report.json``; return the page.
+
+    ``facts`` are added to the run's own, ``images`` (caption -> PNG) are shown after the
+    samples and ``notes`` at the end; ``markdown=True`` also writes the same report as
+    ``report.md`` next to the page (pictures linked from ``report_files/``).
+    """
     from ..inference.clustering import cluster_ids
     from ..metrics.clustering import clustering_report
     from ..plots.roc import save_roc_curve
@@ -65,7 +108,9 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
     run_dir = Path(run_dir)
     t0 = time.perf_counter()
     config = read_config(run_dir)
-    model = load_model(run_dir, device=device)
+    # The page shows DCGMM layers, top-S samples and in-painting: other families are refused
+    # with one line before anything is written.
+    model = load_model(run_dir, device=device, family="dcgmm")
     info = config.get("data", {})
     data = data or info.get("name") or "mnist"
     classes = info.get("classes")
@@ -76,27 +121,25 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
     x = model.check_images(test.to_tensor()[:n_test])
     y = torch.as_tensor(test.labels[:n_test])
     metrics: dict[str, Any] = {"run": str(run_dir), "data": data, "n_test": int(x.shape[0])}
+    seen = f"classes {_classes_text(classes)}" if classes else "all classes"
 
-    page = HtmlPage(f"deepmix report: {model.spec()}")
+    page = Report(title or f"deepmix report: {model.spec()}")
     train_cfg = config.get("train", {})
     page.facts({"model": f"{model.config.name or ''} {model.spec()}".strip(),
                 "input": "x".join(map(str, model.input_shape)),
-                "data": f"{data} (classes {classes if classes else 'all'}; "
-                        f"{info.get('n', '?')} training images)",
+                "data": f"{data} ({seen}; {info.get('n', '?')} training images)",
                 "training": f"{train_cfg.get('epochs', '?')} epochs, batch "
                             f"{train_cfg.get('batch_size', '?')}, seed {train_cfg.get('seed', '?')}",
-                "run folder": str(run_dir)})
+                "run folder": str(run_dir), **dict(facts or {})})
 
     summary, _ = evaluate(model, x, levels=test.levels)
     metrics["layers"] = summary["layers"]
-    page.heading(f"Test log-likelihood per GMM layer ({x.shape[0]} test images)")
-    page.table(["GMM layer", "spec", "positions x dims", "log-likelihood (nats, position mean)",
-                "sum over positions", "annealed loss", "bits/dim"],
-               [[r["layer"], r["spec"], f"{r['positions']} x {r['dims']}",
-                 f"{r['log_likelihood']:.3f} ± {r['log_likelihood_std']:.3f}",
-                 f"{r['log_likelihood_sum']:.2f}", f"{r['annealed_loss']:.3f}",
-                 f"{r['bits_per_dim']:.3f}" if "bits_per_dim" in r else "-"]
-                for r in summary["layers"]])
+    page.heading(f"Test log-likelihood per GMM layer ({x.shape[0]} test images, {seen})")
+    page.table(layer_table(summary))
+    if "log_prob" in summary:
+        metrics["log_prob"] = summary["log_prob"]
+        page.paragraph(f"Exact image log-density (the first GMM layer tiles the image): "
+                       f"{summary['log_prob']:.2f} nats per image.")
 
     def picture(name: str, images: torch.Tensor, caption: str, ncol: int | None = None) -> None:
         # Small images (8x8 digits) get bigger pixels, so the page shows them at a usable size.
@@ -115,17 +158,23 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
     picture("samples_sharpened", sharp,
             f"the same draws with sharpening ({sharpen_iterations} iterations, rate {rate:.3g})")
 
+    for caption, path in (images or {}).items():
+        page.heading(caption)
+        page.image(path, caption)
+
     if model.classifier is not None:
         from ..inference.classification import accuracy
 
         S = model.classifier.S
         per = 8
-        labels = torch.arange(S).repeat_interleave(per)
+        # Only the classes the model was trained on: a held-out class has no samples to show.
+        shown_classes = [c for c in (classes or range(S)) if 0 <= c < S]
+        labels = torch.as_tensor(shown_classes).repeat_interleave(per)
         page.heading("Class-conditional samples")
         # S=1 would make every draw of a class the same image (the class signal is fixed):
         # top-3 sampling shows the class's variety.
         picture("samples_by_class", model.sample(len(labels), labels=labels, seed=seed, top_s=3),
-                f"one row per class 0..{S - 1} (top-3 sampling)", ncol=per)
+                f"one row per class {_classes_text(shown_classes)} (top-3 sampling)", ncol=per)
         acc = accuracy(model, x, y.clamp_max(S - 1)) if int(y.max()) < S else None
         if acc is not None:
             metrics["classification_accuracy"] = acc
@@ -152,18 +201,29 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
     page.table(["mask", "MSE on hidden pixels"], rows)
 
     page.heading("Outlier detection")
-    outl, what = _outlier_images(data, classes, model.input_shape, x.shape[0], seed)
+    outl, what, protocol, label = outlier_images(data, classes, model.input_shape, x.shape[0],
+                                                 seed)
     res = detect_outliers(model, x, outl, "all")
     curves = {}
     table = []
     for L, r in res["layers"].items():
         curves[f"GMM layer {L}"] = r
         table.append([L, r["auroc"], r["inlier_mean"], r["outlier_mean"]])
-    metrics["outliers"] = {"against": what, "auroc": {int(L): r["auroc"]
-                                                      for L, r in res["layers"].items()}}
-    roc = save_roc_curve(curves, files / "roc.png", title=f"inliers: {data} test; outliers: {what}")
-    page.paragraph(f"Inliers: {x.shape[0]} {data} test images; outliers: {outl.shape[0]} {what}. "
-                   f"Score: position-mean log-likelihood of each GMM layer.")
+    metrics["outliers"] = {"against": what, "protocol": protocol, "n_inliers": int(x.shape[0]),
+                           "n_outliers": int(outl.shape[0]),
+                           "auroc": {int(L): r["auroc"] for L, r in res["layers"].items()}}
+    roc = save_roc_curve(curves, files / "roc.png",
+                         title=f"inliers: {data} test, {seen}\noutliers: {label}")
+    page.paragraph(f"Protocol: {protocol}. Inliers: {x.shape[0]} {data} test images ({seen}, "
+                   f"as trained); outliers: {outl.shape[0]} {what}. Score: position-mean "
+                   f"log-likelihood of each GMM layer; AUROC with inliers as the positive class.")
+    if protocol == OUTLIER_PROTOCOLS[0]:
+        page.paragraph("The outliers are images of a class the model never saw, as in the "
+                       "DCGMM papers' outlier tables.", note=True)
+    elif protocol == OUTLIER_PROTOCOLS[2]:
+        page.paragraph("Uniform noise is separated almost perfectly by every model: this figure "
+                       "says little. Train on some classes only (deepmix train --classes 1-9) to "
+                       "score the held-out ones.", note=True)
     page.table(["GMM layer", "AUROC", "inlier mean score", "outlier mean score"], table)
     page.image(roc, "ROC curves")
 
@@ -175,6 +235,8 @@ def build_report(run_dir: str | Path, *, out: str | Path | None = None, data: st
     page.table(["index", "value"], [[k2, v] for k2, v in rep.items()
                                     if isinstance(v, (int, float)) and k2 != "n"])
     metrics["seconds"] = time.perf_counter() - t0
-    page.paragraph(f"Report built in {metrics['seconds']:.1f} s.", note=True)
+    page.notes([*notes, f"Report built in {metrics['seconds']:.1f} s."])
     write_json_atomic(out.with_suffix(".json"), metrics)
-    return page.write(out)
+    if markdown:
+        page.write_markdown(out.with_suffix(".md"))
+    return page.write_html(out)

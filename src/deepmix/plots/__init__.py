@@ -1,6 +1,7 @@
-"""Pictures and reports: image grids (PNG) and Markdown run reports."""
+"""Pictures and reports: image grids (PNG), ROC curves, density plots, and the one writer of
+Markdown / HTML reports (:mod:`deepmix.plots.report`)."""
 
 from .grids import image_grid, save_grid
-from .report import write_report
+from .report import Report, Table, write_report
 
-__all__ = ["image_grid", "save_grid", "write_report"]
+__all__ = ["image_grid", "save_grid", "Report", "Table", "write_report"]

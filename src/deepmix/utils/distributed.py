@@ -28,7 +28,7 @@ import torch
 
 from ..errors import DistributedError
 
-__all__ = ["World", "SINGLE", "current_world", "init_from_env", "process_rank", "shard_bounds", "timeout_seconds",
+__all__ = ["World", "SINGLE", "current_world", "init_from_env", "process_rank", "shard_bounds", "launch_local", "launched", "timeout_seconds",
            "ENV_TIMEOUT"]
 
 #: Environment variable: seconds a collective (and the rendezvous) may wait for a peer.
@@ -225,3 +225,59 @@ def current_world(device: str | torch.device = "cpu") -> World:
     """The run's :class:`World`: the joined process group, joining it from the environment
     first when ``WORLD_SIZE > 1``; :data:`SINGLE` otherwise."""
     return init_from_env(device)
+
+
+def launched() -> bool:
+    """Whether this process was started by a launcher (torchrun, ``--nproc``): ``WORLD_SIZE``
+    is set."""
+    return bool(os.environ.get("WORLD_SIZE"))
+
+
+def launch_local(nproc: int, args: Sequence[str], *, threads: int | None = 1) -> int:
+    """Run ``python ARGS`` as ``nproc`` local processes of one process group: torchrun's own
+    launcher (:func:`torch.distributed.launcher.api.elastic_launch`, standalone rendezvous on
+    a free port), as ``torchrun --standalone --nproc-per-node N`` would.
+
+    Every worker gets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``
+    and, unless already set, ``DEEPMIX_THREADS=threads`` (one thread each by default: N workers
+    with several threads on N cores compete for them). Returns 0, 130 after Ctrl-C (the
+    workers agree on it and rank 0 checkpoints), or 2 when a worker stopped with its own
+    one-line error; a worker that dies otherwise raises
+    :class:`~deepmix.errors.DistributedError` naming the first failed rank, after torch's
+    agent has stopped the others.
+    """
+    import logging
+    import signal
+    import sys
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    if threads is not None and not os.environ.get("DEEPMIX_THREADS"):
+        os.environ["DEEPMIX_THREADS"] = str(threads)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    # The agent's own log lines would repeat what the one error line below says.
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
+                          monitor_interval=0.1, signals_to_handle="SIGTERM,SIGHUP,SIGQUIT")
+    # Ctrl-C reaches every worker through the terminal: they stop together and checkpoint;
+    # this agent waits for them rather than killing them first.
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        elastic_launch(config, entrypoint=sys.executable)(*args)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        if failure.exitcode == 130:
+            return 130
+        if failure.exitcode == 2:
+            return 2     # the worker printed its own one-line "deepmix: error: ..." already
+        how = (f"signal {failure.signal_name()}" if failure.exitcode < 0
+               else f"exit status {failure.exitcode}")
+        raise DistributedError(f"rank {rank} (pid {failure.pid}) of {nproc} died ({how}); the "
+                               f"other ranks were stopped; the last checkpoint stays loadable "
+                               f"(continue with --resume)") from None
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 0

@@ -19,7 +19,7 @@ import torch.distributed as dist
 
 import deepmix
 from deepmix.errors import DistributedError
-from deepmix.models import DCGMM, MixtureDensity
+from deepmix.models import DCGMM, MixtureDensity, rat_spn
 from deepmix.training import TrainConfig, fit, train
 from deepmix.utils.distributed import SINGLE, init_from_env, shard_bounds
 
@@ -148,6 +148,26 @@ def test_flat_gmm_em_on_two_processes_equals_one(tmp_path):
         torch.testing.assert_close(torch.tensor(got_losses), torch.tensor(losses), rtol=1e-6,
                                    atol=0)
         _close(got_state, state, rtol=1e-6, atol=1e-12)
+
+
+def _other_em(rank: int, name: str, batch: int):
+    x = _blobs(240, 6)
+    if name == "circuit-em":
+        model = rat_spn(6, 2, 2, 3, seed=2, dtype=torch.float64)
+        rows = fit(model, x, "em", epochs=3, batch_size=batch, seed=2, initialize=False)
+    else:
+        model = MixtureDensity(3, 6, "full", dtype=torch.float64)
+        rows = fit(model, x, "stepwise-em", epochs=2, batch_size=batch, seed=2)
+    return [r["loss"] for r in rows if "loss" in r], _state(model)
+
+
+@pytest.mark.parametrize("name", ["circuit-em", "stepwise-em"])
+def test_circuit_em_and_stepwise_em_on_two_processes_equal_one(tmp_path, name):
+    losses, state = _other_em(0, name, 80)
+    for got_losses, got_state in _ok(_run(2, _other_em, tmp_path, name, 40)):
+        torch.testing.assert_close(torch.tensor(got_losses), torch.tensor(losses), rtol=1e-6,
+                                   atol=0)
+        _close(got_state, state, rtol=1e-6, atol=1e-9)
 
 
 def _dcgmm(rank: int, images, labels, batch: int):

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import DistributedError
 
-__all__ = ["World", "SINGLE", "current_world", "init_from_env", "process_rank", "shard_bounds", "launch_local", "launched", "timeout_seconds",
+__all__ = ["World", "SINGLE", "current_world", "init_from_env", "process_rank", "shard_bounds", "launch_local", "launched", "COMM_STATS", "timeout_seconds",
            "ENV_TIMEOUT"]
 
 #: Environment variable: seconds a collective (and the rendezvous) may wait for a peer.
@@ -90,7 +90,8 @@ class World:
         for t in tensors[1:]:
             dtype = torch.promote_types(dtype, t.dtype)
         flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
-        self._collective(lambda: torch.distributed.all_reduce(flat), "all-reduce")
+        self._collective(lambda: torch.distributed.all_reduce(flat), "all-reduce",
+                         flat.numel() * flat.element_size())
         offset = 0
         for t in tensors:
             n = t.numel()
@@ -106,7 +107,8 @@ class World:
             by_dtype.setdefault(t.dtype, []).append(t)
         for group in by_dtype.values():
             flat = torch.cat([t.detach().reshape(-1) for t in group])
-            self._collective(lambda: torch.distributed.broadcast(flat, src), "broadcast")
+            self._collective(lambda: torch.distributed.broadcast(flat, src), "broadcast",
+                             flat.numel() * flat.element_size())
             offset = 0
             for t in group:
                 n = t.numel()
@@ -121,11 +123,15 @@ class World:
         self.all_reduce_([t])
         return bool(t.item() > 0)
 
-    def _collective(self, call, what: str) -> None:
+    def _collective(self, call, what: str, nbytes: int) -> None:
+        t = time.perf_counter()
         try:
             call()
         except (RuntimeError, ValueError) as exc:   # DistBackendError is a RuntimeError
             raise DistributedError(self._failure_message(what, exc)) from None
+        COMM_STATS["calls"] += 1
+        COMM_STATS["bytes"] += nbytes
+        COMM_STATS["seconds"] += time.perf_counter() - t
 
     def _failure_message(self, what: str, exc: BaseException) -> str:
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
@@ -162,6 +168,9 @@ class World:
 
 
 _calls = 0
+#: Collectives of this process so far: ``calls``, ``bytes`` (buffer sizes) and ``seconds``
+#: spent in them (waiting for slower ranks included); read by ``benchmarks/scaling.py``.
+COMM_STATS = {"calls": 0, "bytes": 0, "seconds": 0.0}
 #: One process: every collective is a no-op.
 SINGLE = World()
 

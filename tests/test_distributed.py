@@ -208,6 +208,19 @@ def test_gradient_objective_on_two_processes_equals_one_at_the_global_batch(tmp_
         _close(got_state, state, rtol=1e-6, atol=1e-9)
 
 
+def _empty_shard(rank: int, name: str, batch: int):
+    model = MixtureDensity(3, 4, "diag", dtype=torch.float64)
+    fit(model, _blobs(201), name, epochs=2, batch_size=batch, seed=2)
+    return _state(model)
+
+
+@pytest.mark.parametrize("name", ["em", "stepwise-em", "mle"])
+def test_an_empty_shard_of_a_short_last_batch_joins_the_reduction(tmp_path, name):
+    state = _empty_shard(0, name, 100)   # the last batch holds 1 row: rank 1 gets none
+    for got in _ok(_run(2, _empty_shard, tmp_path, name, 50)):
+        _close(got, state, rtol=1e-6, atol=1e-9)
+
+
 def _mle_run(rank: int, x, out, stop):
     return _mle(rank, x, 50, out=out, stop_after_steps=stop)
 

@@ -188,7 +188,7 @@ class MixtureEM:
             norm = torch.logsumexp(lp, 1, keepdim=True)
             total += norm.sum()
             torch.exp(lp - norm, out=resp[rows])
-        return float(total) / X.shape[0], resp
+        return float(total) / max(X.shape[0], 1), resp   # an empty shard of a short batch
 
     def initialize(self, X: torch.Tensor, XX: torch.Tensor | None, gen: torch.Generator) -> None:
         N, D = X.shape

@@ -129,9 +129,10 @@ class World:
             call()
         except (RuntimeError, ValueError) as exc:   # DistBackendError is a RuntimeError
             raise DistributedError(self._failure_message(what, exc)) from None
-        COMM_STATS["calls"] += 1
-        COMM_STATS["bytes"] += nbytes
-        COMM_STATS["seconds"] += time.perf_counter() - t
+        if what == "all-reduce":     # (the one broadcast of a fresh run is not a step's cost)
+            COMM_STATS["calls"] += 1
+            COMM_STATS["bytes"] += nbytes
+            COMM_STATS["seconds"] += time.perf_counter() - t
 
     def _failure_message(self, what: str, exc: BaseException) -> str:
         detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
@@ -168,7 +169,7 @@ class World:
 
 
 _calls = 0
-#: Collectives of this process so far: ``calls``, ``bytes`` (buffer sizes) and ``seconds``
+#: All-reduces of this process so far: ``calls``, ``bytes`` (buffer sizes) and ``seconds``
 #: spent in them (waiting for slower ranks included); read by ``benchmarks/scaling.py``.
 COMM_STATS = {"calls": 0, "bytes": 0, "seconds": 0.0}
 #: One process: every collective is a no-op.

@@ -19,6 +19,7 @@ A collective that fails because a peer died or stopped answering raises
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -135,7 +136,10 @@ class World:
             COMM_STATS["seconds"] += time.perf_counter() - t
 
     def _failure_message(self, what: str, exc: BaseException) -> str:
-        detail = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # gloo prefixes its source location: "[.../pair.cc:553] Connection closed by peer ..."
+        detail = re.sub(r"^\[[^\]]*\.(cc|cpp|h):\d+\]\s*", "", detail)
+        detail = detail.split(". This is typically")[0][:120]
         lost = self._unresponsive()
         who = (f"rank {', '.join(map(str, lost))} stopped" if lost else "a peer stopped")
         return (f"distributed training stopped on rank {self.rank} of {self.size}: {who} "
@@ -155,7 +159,7 @@ class World:
             store = _get_default_store()
             store.set(_ALIVE_KEY.format(call=_calls, rank=self.rank), "1")
             keys = {r: _ALIVE_KEY.format(call=_calls, rank=r) for r in others}
-            deadline = time.monotonic() + min(5.0, timeout_seconds())
+            deadline = time.monotonic() + min(3.0, timeout_seconds())
             missing = list(others)
             while missing and time.monotonic() < deadline:
                 missing = [r for r in missing if not store.check([keys[r]])]

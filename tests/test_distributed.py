@@ -254,6 +254,20 @@ def test_a_two_process_dcgmm_run_resumes_mid_epoch_on_one_process(tmp_path, digi
     _close(_state(model), _state(deepmix.load(tmp_path / "full")), rtol=1e-5, atol=1e-5)
 
 
+def _mle_resume(rank: int, x, out):
+    model = MixtureDensity(3, 4, "diag", dtype=torch.float64)
+    fit(model, x, "mle", out_dir=out, resume=True)
+    return _state(model)
+
+
+def test_a_one_process_run_resumes_on_two_processes_to_the_same_result(tmp_path):
+    x = _blobs(250)
+    _, full = _mle(0, x, 100)
+    _mle(0, x, 100, out=tmp_path / "part", stop_after_steps=4)
+    for got in _ok(_run(2, _mle_resume, tmp_path, x, tmp_path / "part")):
+        _close(got, full, rtol=1e-6, atol=1e-9)
+
+
 def _killed(rank: int, x, out):
     def die(row):
         if rank == 1 and row.get("epoch") == 2:

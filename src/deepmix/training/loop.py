@@ -267,6 +267,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
         history = _read_rows(metrics_path, step)  # type: ignore[arg-type]
         if "loop.generator" in trainer_tensors:
             gen.set_state(trainer_tensors["loop.generator"])
+        world.broadcast_(list(model.state_dict().values()))   # the checkpoint rank 0 read
         objective.bind(model, info)
         objective.load_state_dict(state.get("objective", state))
         objective.load_state_tensors({k[len("objective."):]: v.to(device)
@@ -276,8 +277,9 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
         if initialize:
             # A CPU generator of its own: the same seed initialises alike on every device.
             objective.start(model, x, torch.Generator().manual_seed(cfg.seed))
-            # Every rank initialised alike from the same seed; rank 0's copy makes it certain.
-            world.broadcast_(list(model.state_dict().values()))
+        # Every rank built and initialised the model alike from the same seed (or was handed
+        # it); rank 0's copy makes it certain.
+        world.broadcast_(list(model.state_dict().values()))
         objective.bind(model, info)
         history = [] if objective.log_every else [
             with_evaluation({"epoch": 0, "step": 0, "seconds": 0.0})]

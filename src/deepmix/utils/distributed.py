@@ -261,10 +261,10 @@ def launch_local(nproc: int, args: Sequence[str], *, threads: int | None = 1) ->
     agent has stopped the others.
     """
     import logging
-    import signal
     import sys
     import uuid
 
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
@@ -272,15 +272,17 @@ def launch_local(nproc: int, args: Sequence[str], *, threads: int | None = 1) ->
         os.environ["DEEPMIX_THREADS"] = str(threads)
         os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     # The agent's own log lines would repeat what the one error line below says.
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0,
-                          monitor_interval=0.1, signals_to_handle="SIGTERM,SIGHUP,SIGQUIT")
-    # Ctrl-C reaches every worker through the terminal: they stop together and checkpoint;
-    # this agent waits for them rather than killing them first.
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+                          monitor_interval=0.1, shutdown_timeout=120)
     try:
+        # Ctrl-C reaches this agent (the workers have process groups of their own); it passes
+        # SIGINT on to them, and they stop together at the next agreement and checkpoint.
         elastic_launch(config, entrypoint=sys.executable)(*args)
+    except SignalException:
+        return 130
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         if failure.exitcode == 130:
@@ -292,6 +294,4 @@ def launch_local(nproc: int, args: Sequence[str], *, threads: int | None = 1) ->
         raise DistributedError(f"rank {rank} (pid {failure.pid}) of {nproc} died ({how}); the "
                                f"other ranks were stopped; the last checkpoint stays loadable "
                                f"(continue with --resume)") from None
-    finally:
-        signal.signal(signal.SIGINT, previous)
     return 0

@@ -268,6 +268,28 @@ def test_a_one_process_run_resumes_on_two_processes_to_the_same_result(tmp_path)
         _close(got, full, rtol=1e-6, atol=1e-9)
 
 
+def _interrupted(rank: int, x, out):
+    def ctrl_c(row):
+        if rank == 1 and row.get("epoch") == 1:      # Ctrl-C reaches rank 1 only
+            os.kill(os.getpid(), signal.SIGINT)
+    try:
+        _mle(rank, x, 50, out=out, callback=ctrl_c)
+    except KeyboardInterrupt:
+        return "interrupted"
+    return "finished"
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    from deepmix.training.checkpoint import load_checkpoint
+
+    x = _blobs(250)
+    assert _ok(_run(2, _interrupted, tmp_path, x, tmp_path / "run")) == ["interrupted"] * 2
+    model = MixtureDensity(3, 4, "diag", dtype=torch.float64)
+    assert load_checkpoint(model, tmp_path / "run")["step"] == 6   # the next agreement
+    fit(model, x, "mle", out_dir=tmp_path / "run", resume=True)
+    _close(_state(model), _mle(0, x, 100)[1], rtol=1e-6, atol=1e-9)
+
+
 def _killed(rank: int, x, out):
     def die(row):
         if rank == 1 and row.get("epoch") == 2:

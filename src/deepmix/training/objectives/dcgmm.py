@@ -115,7 +115,8 @@ class DCGMMObjective(Objective):
         self.gmms = model.gmm_layers
         total = info.total_steps
         self.starts = [int(o.delay * L * total) for L in range(len(self.gmms))]
-        self._warn_if_sigma_cannot_anneal(info)
+        if info.world.is_main:   # one warning per run, not one per process
+            self._warn_if_sigma_cannot_anneal(info)
         device = info.device
         self.controllers = [SigmaController(float(g.sigma), o.sigma_min, o.sigma_decay, o.window,
                                             o.ratio_low, o.ratio_high) for g in self.gmms]

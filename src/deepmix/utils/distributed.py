@@ -29,8 +29,8 @@ import torch
 
 from ..errors import DistributedError
 
-__all__ = ["World", "SINGLE", "current_world", "init_from_env", "process_rank", "shard_bounds", "launch_local", "launched", "COMM_STATS", "timeout_seconds",
-           "ENV_TIMEOUT"]
+__all__ = ["World", "SINGLE", "current_world", "init_from_env", "process_rank", "shard_bounds",
+           "launch_local", "launched", "COMM_STATS", "timeout_seconds", "ENV_TIMEOUT"]
 
 #: Environment variable: seconds a collective (and the rendezvous) may wait for a peer.
 ENV_TIMEOUT = "DEEPMIX_DIST_TIMEOUT"
@@ -143,7 +143,8 @@ class World:
         lost = self._unresponsive()
         who = (f"rank {', '.join(map(str, lost))} stopped" if lost else "a peer stopped")
         return (f"distributed training stopped on rank {self.rank} of {self.size}: {who} "
-                f"(or did not answer within {timeout_seconds():g} s) during an {what} "
+                f"(or did not answer within {timeout_seconds():g} s) during "
+                f"{'an' if what[0] in 'aeiou' else 'a'} {what} "
                 f"[{detail}]")
 
     def _unresponsive(self) -> list[int]:

@@ -59,6 +59,8 @@ def _run(size: int, fn, tmp_path: Path, *args) -> list[dict | None]:
     port = _free_port()
     ctx = mp.get_context("fork")
     outs = [tmp_path / f"rank{r}.pt" for r in range(size)]
+    for o in outs:
+        o.unlink(missing_ok=True)          # a result is never one of an earlier run
     procs = [ctx.Process(target=_worker, args=(r, size, port, fn, args, outs[r]))
              for r in range(size)]
     for p in procs:

@@ -99,8 +99,8 @@ def _run_family(args: argparse.Namespace, family: str) -> int:
                      "levels": ds.levels, "shape": list(ds.shape), "dequantize": dequantize}
         if _main_rank():
             print(f"training {describe(model)} by {objective.name} on {data_name} ({len(ds)} "
-                  f"images, {config.epochs} epochs, batch {config.batch_size}) into {out}",
-                  file=sys.stderr)
+                  f"images, {config.epochs} epochs, batch {config.batch_size}"
+                  f"{_per_process()}) into {out}", file=sys.stderr)
     import torch
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -137,7 +137,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.nproc > 1 and not launched():
         # torchrun's own launcher runs this same command line once per process.
-        return launch_local(args.nproc, ["-m", "deepmix.cli.main", *getattr(args, "_argv", sys.argv[1:])])
+        argv = getattr(args, "_argv", sys.argv[1:])
+        return launch_local(args.nproc, ["-m", "deepmix.cli.main", *argv])
     try:
         return _run(args)
     finally:
@@ -152,6 +153,14 @@ def _main_rank() -> bool:
     from ..utils.distributed import process_rank
 
     return process_rank() == 0
+
+
+def _per_process() -> str:
+    """`` per process x N`` in a distributed run (the global batch is N times larger)."""
+    import os
+
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return f" per process x {size}" if size > 1 else ""
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -216,7 +225,8 @@ def _run_dcgmm(args: argparse.Namespace) -> int:
                      "levels": ds.levels}
         if _main_rank():
             print(f"training {model.spec()} on {data_name} ({len(ds)} images, "
-                  f"{cfg.epochs} epochs, batch {cfg.batch_size}) into {out}", file=sys.stderr)
+                  f"{cfg.epochs} epochs, batch {cfg.batch_size}{_per_process()}) into {out}",
+                  file=sys.stderr)
         try:
             train(model, ds.to_tensor(), ds.labels, config=cfg, out_dir=out,
                   progress=not args.no_progress, data_info=data_info)

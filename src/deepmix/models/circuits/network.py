@@ -206,6 +206,19 @@ class EinsumNetwork(Model):
         self.register_buffer("_leaf_var", torch.tensor(lv, dtype=torch.long), persistent=False)
         self.register_buffer("_leaf_rep", torch.tensor(lrep, dtype=torch.long), persistent=False)
         self._n_leaf_regions = len(leaves)
+        # The fused leaf layer: every leaf region's scope padded to the longest one; padding
+        # points at variable D, a zero feature row (so it adds exactly 0), and at variable 0 of
+        # the natural parameters (times that zero: no value, no gradient).
+        smax = max(len(graph.scopes[r]) for r in leaves)
+        var_pad = torch.full((len(leaves), smax), graph.num_var, dtype=torch.long)
+        for r in leaves:
+            var_pad[slot[r], :len(graph.scopes[r])] = torch.tensor(graph.scopes[r], dtype=torch.long)
+        rep = torch.tensor([graph.replicas.get(r, 0) for r in sorted(leaves, key=slot.__getitem__)],
+                           dtype=torch.long)
+        self.register_buffer("_region_var", var_pad, persistent=False)
+        self.register_buffer("_region_var_theta", var_pad.masked_fill(var_pad == graph.num_var, 0),
+                             persistent=False)
+        self.register_buffer("_region_rep", rep[:, None].expand(-1, smax).contiguous(), persistent=False)
         self._leaf_k = self.num_input_distributions   # the root is never a leaf (checked above)
         self.layers: list[_Layer] = []
         by_height: dict[int, list[int]] = defaultdict(list)
@@ -372,13 +385,44 @@ class EinsumNetwork(Model):
         """log f_{d,r,k}(x_d): (N, D, R, K), summed over the channels."""
         return self.leaves.log_density(self._leaf_params(), x)
 
+    def _leaf_regions(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                      theta: torch.Tensor | None = None) -> torch.Tensor:
+        r"""Log-densities of all leaf regions (N, L, K) in one batched matmul (fused path).
+
+        :math:`\log\ell_{l,k}(x) = \sum_{d\in S_l}\sum_f T_f(x_d)\,\theta_{d,r_l,k,f}` with the
+        leaf layer's features T (zeroed where ``mask`` is False: marginalised) and natural
+        parameters :math:`\theta` (default :meth:`.leaves.Leaves.natural`); equals summing
+        :meth:`_leaf_log_density` over every scope (the reference path, :meth:`_forward`).
+        """
+        feats = self.leaves.features(x)                                          # (N, D, F)
+        if mask is not None:
+            feats = feats * mask[..., None].to(feats.dtype)
+        if theta is None:
+            theta = self.leaves.natural(self._leaf_params())                      # (D, R, K, F)
+        L, S = self._region_var.shape
+        N, F = feats.shape[0], feats.shape[-1]
+        # (D + 1, F, N): variables first so the gather below is contiguous, plus the zero row
+        feats_t = nn.functional.pad(feats, (0, 0, 0, 1)).permute(1, 2, 0)
+        fx = feats_t[self._region_var].reshape(L, S * F, N)
+        th = theta[self._region_var_theta, self._region_rep]                     # (L, S, K, F)
+        th = th.transpose(1, 2).reshape(L, th.shape[2], S * F)
+        return torch.bmm(th, fx).permute(2, 0, 1)                                # (N, L, K)
+
     def _forward(self, logf: torch.Tensor, weights: dict[str, torch.Tensor],
                  keep: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Root log-density (N,) from leaf log-factors (N, D, R, K) (0 where marginalised)."""
+        """Reference path: root log-density (N,) from leaf log-factors (N, D, R, K) (0 where
+        marginalised), summed into the leaf regions factor by factor."""
         N = logf.shape[0]
         factors = logf[:, self._leaf_var, self._leaf_rep]                       # (N, pairs, K)
         leaf = torch.zeros(N, self._n_leaf_regions, logf.shape[-1], dtype=logf.dtype, device=logf.device)
-        store: dict[int, torch.Tensor] = {self._leaf_k: leaf.index_add(1, self._leaf_slot, factors)}
+        return self._inner(leaf.index_add(1, self._leaf_slot, factors), weights, keep)
+
+    def _inner(self, leaf: torch.Tensor, weights: dict[str, torch.Tensor],
+               keep: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Root log-density (N,) from the leaf regions' log-densities (N, L, K): einsum and
+        mixing layers; ``keep`` also returns every layer's values (for conditional draws)."""
+        N = leaf.shape[0]
+        store: dict[int, torch.Tensor] = {self._leaf_k: leaf}
         parts_kept = []
         for layer in self.layers:
             parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
@@ -392,7 +436,7 @@ class EinsumNetwork(Model):
                 parts[g.k_out].append((g.part_pos, prod.clamp_min(tiny).log() + a_max + b_max))
             part_store = {}
             for ko, items in parts.items():
-                t = torch.empty(N, layer.n_parts[ko], ko, dtype=logf.dtype, device=logf.device)
+                t = torch.empty(N, layer.n_parts[ko], ko, dtype=leaf.dtype, device=leaf.device)
                 pos = torch.cat([p for p, _ in items])
                 part_store[ko] = t.index_copy(1, pos, torch.cat([v for _, v in items], dim=1))
             for ko, pstore in part_store.items():
@@ -415,6 +459,12 @@ class EinsumNetwork(Model):
         With ``mask`` (N, D) bool, True = observed, the missing variables are marginalised
         exactly: their leaf factors become :math:`\log 1 = 0` (their values, even NaN, are ignored).
         """
+        x, mask = self._prepare(x, mask)
+        return self._inner(self._leaf_regions(x, mask), self._weights())[0]
+
+    def _log_prob_reference(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`log_prob` by the reference path: every leaf factor (N, D, R, K) evaluated and
+        summed into its region one by one (what the fused path must equal)."""
         x, mask = self._prepare(x, mask)
         logf = self._leaf_log_density(x)
         if mask is not None:
@@ -471,19 +521,37 @@ class EinsumNetwork(Model):
         x = x.detach()
         with torch.enable_grad():
             weights = {k: w.detach().requires_grad_(True) for k, w in self._weights().items()}
+            theta = self.leaves.natural(self._leaf_params()).detach().requires_grad_(True)
+            logp = self._inner(self._leaf_regions(x, theta=theta), weights)[0]
+            grads = torch.autograd.grad(logp.sum(), [theta, *weights.values()])
+        # dL/dtheta = sum_b q T(x_b): the statistics without forming q (N, D, R, K)
+        stats = self.leaves.natural_statistics(grads[0])
+        self._add_em_statistics(stats, weights, grads[1:])
+        return logp.detach()
+
+    def _em_accumulate_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`em_accumulate` by the reference path: q (N, D, R, K) from the leaf factors,
+        statistics by :meth:`.leaves.Leaves.em_statistics` (what the fused path must equal)."""
+        x, _ = self._prepare(x)
+        x = x.detach()
+        with torch.enable_grad():
+            weights = {k: w.detach().requires_grad_(True) for k, w in self._weights().items()}
             logf = self._leaf_log_density(x).detach().requires_grad_(True)
             logp = self._forward(logf, weights)[0]
             grads = torch.autograd.grad(logp.sum(), [logf, *weights.values()])
         q = grads[0]                                                             # (N, D, R, K)
-        stats = self.leaves.em_statistics(q, x)
-        for (name, w), gw in zip(weights.items(), grads[1:]):
+        self._add_em_statistics(self.leaves.em_statistics(q, x), weights, grads[1:])
+        return logp.detach()
+
+    def _add_em_statistics(self, stats: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+                           grads: Any) -> None:
+        for (name, w), gw in zip(weights.items(), grads):
             stats[name] = w.detach() * gw
         if self._em_stats is None:
             self._em_stats = stats
         else:
             for k, v in stats.items():
                 self._em_stats[k] = self._em_stats[k] + v
-        return logp.detach()
 
     def reset_em_statistics(self) -> None:
         """Forget the statistics accumulated since the last update."""

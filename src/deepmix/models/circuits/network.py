@@ -402,8 +402,8 @@ class EinsumNetwork(Model):
         L, S = self._region_var.shape
         N, F = feats.shape[0], feats.shape[-1]
         # (D + 1, F, N): variables first so the gather below is contiguous, plus the zero row
-        feats_t = nn.functional.pad(feats, (0, 0, 0, 1)).permute(1, 2, 0)
-        fx = feats_t[self._region_var].reshape(L, S * F, N)
+        feats_t = nn.functional.pad(feats, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()
+        fx = feats_t.index_select(0, self._region_var.flatten()).view(L, S * F, N)
         th = theta[self._region_var_theta, self._region_rep]                     # (L, S, K, F)
         th = th.transpose(1, 2).reshape(L, th.shape[2], S * F)
         return torch.bmm(th, fx).permute(2, 0, 1)                                # (N, L, K)

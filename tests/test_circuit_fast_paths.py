@@ -104,3 +104,21 @@ def test_float32_fused_path_is_within_float_tolerance_on_image_like_data():
     with torch.no_grad():
         fast = m.log_prob(xx).double()
     torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-2)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_slot_major_layers_keep_the_reference_values(case):
+    """The values conditional sampling reads (every store and partition store) are the
+    reference's, in the reference's (N, slots, K) layout."""
+    model = _randomise(CASES[case](), 8)
+    x = model._prepare(_data(model, 5, 9))[0]
+    leaf = model._leaf_regions(x)                                                # (L, N, K)
+    w = model._weights()
+    out, kept = model._inner(leaf, w, keep=True)
+    ref_out, ref = model._inner_reference(leaf.transpose(0, 1), w, keep=True)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-10)
+    for k in ref["store"]:
+        torch.testing.assert_close(kept["store"][k], ref["store"][k], rtol=1e-12, atol=1e-10)
+    for a, b in zip(kept["parts"], ref["parts"]):
+        for k in b:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-10)

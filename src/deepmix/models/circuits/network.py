@@ -77,6 +77,9 @@ class _Layer:
     mixing: dict[int, _Mixing]              # K_out -> mixing of the others
     # output slots in the K_out store, in the order [single regions..., mixed regions...]
     out_slots: dict[int, torch.Tensor]
+    # K_out -> partition positions of the groups' outputs concatenated in group order, or None
+    # when that order is already 0, 1, 2, ... (no scatter needed)
+    part_order: dict[int, torch.Tensor | None] = dataclasses.field(default_factory=dict)
 
 
 @register_family
@@ -260,7 +263,12 @@ class EinsumNetwork(Model):
                     slot[r] = n_slots[ko]
                     n_slots[ko] += 1
                 out_slots[ko] = torch.tensor([slot[r] for r in ones + many], dtype=torch.long)
-            self.layers.append(_Layer(groups, dict(n_parts), single, mixing, out_slots))
+            part_order: dict[int, torch.Tensor | None] = {}
+            for ko in n_parts:
+                order = torch.cat([g.part_pos for g in groups if g.k_out == ko])
+                identity = bool((order == torch.arange(len(order))).all())
+                part_order[ko] = None if identity else order
+            self.layers.append(_Layer(groups, dict(n_parts), single, mixing, out_slots, part_order))
         self._root_slot = slot[graph.root]
         self._root_k = size[graph.root]
 
@@ -273,6 +281,7 @@ class EinsumNetwork(Model):
                 g.left, g.right, g.part_pos = g.left.to(dev), g.right.to(dev), g.part_pos.to(dev)
             layer.single = {k: v.to(dev) for k, v in layer.single.items()}
             layer.out_slots = {k: v.to(dev) for k, v in layer.out_slots.items()}
+            layer.part_order = {k: None if v is None else v.to(dev) for k, v in layer.part_order.items()}
             for m in layer.mixing.values():
                 m.index, m.mask = m.index.to(dev), m.mask.to(dev)
         return self
@@ -387,7 +396,7 @@ class EinsumNetwork(Model):
 
     def _leaf_regions(self, x: torch.Tensor, mask: torch.Tensor | None = None,
                       theta: torch.Tensor | None = None) -> torch.Tensor:
-        r"""Log-densities of all leaf regions (N, L, K) in one batched matmul (fused path).
+        r"""Log-densities of all leaf regions, slot-major (L, N, K), in one batched matmul.
 
         :math:`\log\ell_{l,k}(x) = \sum_{d\in S_l}\sum_f T_f(x_d)\,\theta_{d,r_l,k,f}` with the
         leaf layer's features T (zeroed where ``mask`` is False: marginalised) and natural
@@ -405,22 +414,74 @@ class EinsumNetwork(Model):
         feats_t = nn.functional.pad(feats, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()
         fx = feats_t.index_select(0, self._region_var.flatten()).view(L, S * F, N)
         th = theta[self._region_var_theta, self._region_rep]                     # (L, S, K, F)
-        th = th.transpose(1, 2).reshape(L, th.shape[2], S * F)
-        return torch.bmm(th, fx).permute(2, 0, 1)                                # (N, L, K)
+        th = th.transpose(2, 3).reshape(L, S * F, th.shape[2])
+        return torch.bmm(fx.transpose(1, 2), th)                                 # (L, N, K)
 
     def _forward(self, logf: torch.Tensor, weights: dict[str, torch.Tensor],
-                 keep: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Reference path: root log-density (N,) from leaf log-factors (N, D, R, K) (0 where
-        marginalised), summed into the leaf regions factor by factor."""
+                 keep: bool = False, reference: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Root log-density (N,) from leaf log-factors (N, D, R, K) (0 where marginalised),
+        summed into the leaf regions factor by factor (``reference``: by the reference inner
+        layers too)."""
         N = logf.shape[0]
         factors = logf[:, self._leaf_var, self._leaf_rep]                       # (N, pairs, K)
         leaf = torch.zeros(N, self._n_leaf_regions, logf.shape[-1], dtype=logf.dtype, device=logf.device)
-        return self._inner(leaf.index_add(1, self._leaf_slot, factors), weights, keep)
+        leaf = leaf.index_add(1, self._leaf_slot, factors)
+        if reference:
+            return self._inner_reference(leaf, weights, keep)
+        return self._inner(leaf.transpose(0, 1), weights, keep)
 
     def _inner(self, leaf: torch.Tensor, weights: dict[str, torch.Tensor],
                keep: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Root log-density (N,) from the leaf regions' log-densities (N, L, K): einsum and
-        mixing layers; ``keep`` also returns every layer's values (for conditional draws)."""
+        """Root log-density (N,) from the leaf regions' log-densities, slot-major (L, N, K):
+        einsum and mixing layers; ``keep`` also returns every layer's values (N, slots, K) views,
+        for conditional draws).
+
+        Every store is slot-major, (slots, N, K), so gathering a layer's children is a contiguous
+        ``index_select`` and each einsum group is one ``bmm`` over its partitions without a
+        permuted copy; a layer whose groups fill its partitions in order skips the scatter."""
+        N = leaf.shape[1]
+        store: dict[int, torch.Tensor] = {self._leaf_k: leaf}
+        parts_kept = []
+        for layer in self.layers:
+            parts: dict[int, list[torch.Tensor]] = defaultdict(list)
+            for g in layer.groups:
+                a = store[g.k_left].index_select(0, g.left)                     # (P, N, Ki)
+                b = store[g.k_right].index_select(0, g.right)                   # (P, N, Kj)
+                a_max = a.detach().amax(-1, keepdim=True)
+                b_max = b.detach().amax(-1, keepdim=True)
+                outer = ((a - a_max).exp()[..., :, None] * (b - b_max).exp()[..., None, :]).flatten(2)
+                prod = torch.bmm(outer, weights[g.param])                       # (P, N, Ko)
+                tiny = torch.finfo(prod.dtype).tiny
+                parts[g.k_out].append(prod.clamp_min(tiny).log() + (a_max + b_max))
+            part_store = {}
+            for ko, items in parts.items():
+                vals = items[0] if len(items) == 1 else torch.cat(items, 0)
+                order = layer.part_order[ko]
+                part_store[ko] = vals if order is None else \
+                    torch.empty_like(vals).index_copy(0, order, vals)
+            for ko, pstore in part_store.items():
+                outs = []
+                if len(layer.single[ko]):
+                    outs.append(pstore.index_select(0, layer.single[ko]))
+                if ko in layer.mixing:
+                    m = layer.mixing[ko]
+                    M, C = m.index.shape
+                    vals = pstore.index_select(0, m.index.flatten()).view(M, C, N, ko)
+                    v_max = vals.detach().amax(1, keepdim=True)
+                    s = (weights[m.param][:, :, None, :] * (vals - v_max).exp()).sum(1)   # (M, N, Ko)
+                    outs.append(s.clamp_min(torch.finfo(s.dtype).tiny).log() + v_max[:, 0])
+                new = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+                store[ko] = torch.cat([store[ko], new], 0) if ko in store else new
+            parts_kept.append(part_store)
+        out = store[self._root_k][self._root_slot, :, 0]
+        if not keep:
+            return out, {}
+        return out, {"store": {k: v.transpose(0, 1) for k, v in store.items()},
+                     "parts": [{k: v.transpose(0, 1) for k, v in ps.items()} for ps in parts_kept]}
+
+    def _inner_reference(self, leaf: torch.Tensor, weights: dict[str, torch.Tensor],
+                         keep: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Reference of :meth:`_inner`, sample-major: leaf (N, L, K), stores (N, slots, K)."""
         N = leaf.shape[0]
         store: dict[int, torch.Tensor] = {self._leaf_k: leaf}
         parts_kept = []
@@ -469,7 +530,7 @@ class EinsumNetwork(Model):
         logf = self._leaf_log_density(x)
         if mask is not None:
             logf = logf * mask[:, :, None, None].to(logf.dtype)
-        return self._forward(logf, self._weights())[0]
+        return self._forward(logf, self._weights(), reference=True)[0]
 
     def marginal_log_prob(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``log_prob(x, mask)``: log-density of the observed entries (``mask`` True)."""
@@ -537,7 +598,7 @@ class EinsumNetwork(Model):
         with torch.enable_grad():
             weights = {k: w.detach().requires_grad_(True) for k, w in self._weights().items()}
             logf = self._leaf_log_density(x).detach().requires_grad_(True)
-            logp = self._forward(logf, weights)[0]
+            logp = self._forward(logf, weights, reference=True)[0]
             grads = torch.autograd.grad(logp.sum(), [logf, *weights.values()])
         q = grads[0]                                                             # (N, D, R, K)
         self._add_em_statistics(self.leaves.em_statistics(q, x), weights, grads[1:])

@@ -122,3 +122,18 @@ def test_slot_major_layers_keep_the_reference_values(case):
     for a, b in zip(kept["parts"], ref["parts"]):
         for k in b:
             torch.testing.assert_close(a[k], b[k], rtol=1e-12, atol=1e-10)
+
+
+def test_input_check_by_sum_still_tells_finite_from_nonfinite():
+    """The one-pass finite check (a finite sum) falls back to the exact one: huge finite
+    values whose float32 sum overflows are accepted, NaN and inf are refused."""
+    from deepmix.errors import InputError
+    m = rat_spn(8, 2, 2, 3)
+    x = torch.full((4, 8), 3e38)
+    assert torch.isinf(x.sum())
+    m.log_prob(x)                                   # no error: every entry is finite
+    for bad in (float("nan"), float("inf")):
+        y = torch.zeros(4, 8)
+        y[1, 2] = bad
+        with pytest.raises(InputError):
+            m.log_prob(y)

@@ -17,13 +17,20 @@ largest child height above), so every child is computed before its parents; all 
 one layer are evaluated by one einsum per (K_left, K_right, K_out) shape, then the regions with
 several partitions by one mixing step (padded to the largest partition count with zero weights).
 
+Fast paths (each tested equal to its reference): the leaf layer is evaluated in exponential-family
+form, :math:`\log\ell_{l,k} = \sum_{d\in S_l} T(x_d)\cdot\theta_{d,r_l,k}`, all leaf regions in
+one ``bmm`` (:meth:`EinsumNetwork._leaf_regions`; reference: every factor (N, D, R, K) summed
+into its region, :meth:`EinsumNetwork._forward`), and the inner layers keep their values
+slot-major (slots, N, K) (:meth:`EinsumNetwork._inner`; reference :meth:`EinsumNetwork._inner_reference`).
+
 Training: gradient objectives through ``log_prob`` (:func:`deepmix.training.fit_density`, with a
 closed-form score and Laplacian for exact score matching, see :meth:`EinsumNetwork.score_and_laplacian`),
 and EM *through the gradient* (:meth:`EinsumNetwork.em_accumulate` / :meth:`em_update` /
 :meth:`fit_em`): for a normalised weight w, :math:`n(w) = w\,\partial_w \sum_b \log p(x_b)` is the
 expected count of its edge, and :math:`q_{b,d,k,r} = \partial \log p(x_b)/\partial \log f_{d,k,r}(x_{b,d})`
 the posterior responsibility of a leaf factor (the leaf layer turns q into its statistics and
-its M-step). Sampling and completion: :mod:`.sampling`.
+its M-step); the fused path gets the leaf statistics as :math:`\partial L/\partial\theta = \sum_b q\,T(x_b)`
+without forming q. Sampling and completion: :mod:`.sampling`.
 """
 
 from __future__ import annotations

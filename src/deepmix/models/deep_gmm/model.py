@@ -136,8 +136,9 @@ class DeepGMM(Model):
 
     def random_paths(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, V) paths drawn uniformly."""
-        cols = [torch.randint(layer.n_values, (n, layer.n_vars), generator=generator)
-                for layer in self.layers]
+        where = generator.device if generator is not None else self.device
+        cols = [torch.randint(layer.n_values, (n, layer.n_vars), generator=generator,
+                              device=where) for layer in self.layers]
         return torch.cat(cols, 1).to(self.device)
 
     def check_invertible(self) -> None:

@@ -101,18 +101,18 @@ class _Shared(Transform):
     """Shared latent: one choice per layer (``c`` has one column)."""
 
     def forward(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self._by_value(h, c, self._apply)
+        return self._by_value(h, c, self._map)
 
     def inverse(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        return self._by_value(h, c, self._invert)
+        return self._by_value(h, c, self._unmap)
 
     def forward_all(self, h: torch.Tensor) -> torch.Tensor:
-        return torch.stack([self._apply(h, v) for v in range(self.n_values)])
+        return torch.stack([self._map(h, v) for v in range(self.n_values)])
 
-    def _apply(self, h: torch.Tensor, v: int) -> torch.Tensor:
+    def _map(self, h: torch.Tensor, v: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def _invert(self, h: torch.Tensor, v: int) -> torch.Tensor:
+    def _unmap(self, h: torch.Tensor, v: int) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -131,7 +131,7 @@ class FullTransform(_Shared):
         self.weight = nn.Parameter(torch.eye(D, dtype=dtype).repeat(n_values, 1, 1))
         self.bias = nn.Parameter(torch.zeros(n_values, D, dtype=dtype))
 
-    def _apply(self, h: torch.Tensor, v: int) -> torch.Tensor:
+    def _map(self, h: torch.Tensor, v: int) -> torch.Tensor:
         flat = h.reshape(h.shape[0], self.D)
         return (flat @ self.weight[v].T + self.bias[v]).reshape(h.shape)
 
@@ -140,7 +140,7 @@ class FullTransform(_Shared):
         out = torch.einsum("vij,nj->vni", self.weight, flat) + self.bias[:, None]
         return out.reshape(self.n_values, *h.shape)
 
-    def _invert(self, h: torch.Tensor, v: int) -> torch.Tensor:
+    def _unmap(self, h: torch.Tensor, v: int) -> torch.Tensor:
         flat = h.reshape(h.shape[0], self.D) - self.bias[v]
         return torch.linalg.solve(self.weight[v], flat.T).T.reshape(h.shape)
 
@@ -160,13 +160,13 @@ class DiagonalTransform(_Shared):
         self.log_scale = nn.Parameter(torch.zeros(n_values, self.P, self.Cb, dtype=dtype))
         self.bias = nn.Parameter(torch.zeros(n_values, self.P, self.Cb, dtype=dtype))
 
-    def _apply(self, h: torch.Tensor, v: int) -> torch.Tensor:
+    def _map(self, h: torch.Tensor, v: int) -> torch.Tensor:
         return h * self.log_scale[v].exp() + self.bias[v]
 
     def forward_all(self, h: torch.Tensor) -> torch.Tensor:
         return h[None] * self.log_scale.exp()[:, None] + self.bias[:, None]
 
-    def _invert(self, h: torch.Tensor, v: int) -> torch.Tensor:
+    def _unmap(self, h: torch.Tensor, v: int) -> torch.Tensor:
         return (h - self.bias[v]) * (-self.log_scale[v]).exp()
 
     def _logdet_table(self) -> torch.Tensor:
@@ -187,13 +187,13 @@ class SharedBlockTransform(_Shared):
                                                                             1, 1))
         self.bias = nn.Parameter(torch.zeros(n_values, self.P, self.Cb, dtype=dtype))
 
-    def _apply(self, h: torch.Tensor, v: int) -> torch.Tensor:
+    def _map(self, h: torch.Tensor, v: int) -> torch.Tensor:
         return torch.einsum("pij,npj->npi", self.weight[v], h) + self.bias[v]
 
     def forward_all(self, h: torch.Tensor) -> torch.Tensor:
         return torch.einsum("vpij,npj->vnpi", self.weight, h) + self.bias[:, None]
 
-    def _invert(self, h: torch.Tensor, v: int) -> torch.Tensor:
+    def _unmap(self, h: torch.Tensor, v: int) -> torch.Tensor:
         rhs = (h - self.bias[v]).permute(1, 2, 0)                      # (P, Cb, N)
         return torch.linalg.solve(self.weight[v], rhs).permute(2, 0, 1)
 
@@ -277,10 +277,10 @@ class HalfConvolution(_Shared):
             return torch.cat([a, b + sign * self._conv(a, v)], -1)
         return torch.cat([a + sign * self._conv(b, v), b], -1)
 
-    def _apply(self, h: torch.Tensor, v: int) -> torch.Tensor:
+    def _map(self, h: torch.Tensor, v: int) -> torch.Tensor:
         return self._couple(h, v, 1.0)
 
-    def _invert(self, h: torch.Tensor, v: int) -> torch.Tensor:
+    def _unmap(self, h: torch.Tensor, v: int) -> torch.Tensor:
         return self._couple(h, v, -1.0)
 
     def _logdet_table(self) -> torch.Tensor:

@@ -49,6 +49,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier-temperature", type=float, default=1.0, metavar="T",
                    help="a classifier layer sees tempered responsibilities softmax(log r / T) "
                         "(default 1: the papers' classifier; about 10 classifies better)")
+    p.add_argument("--layers", default="hc3,hc3,hc3,bd4",
+                   help="deep-gmm: layer spec, data side first, e.g. hc5,hc5,hc5,bd4 or "
+                        "hc3,ubd4 (full<n>, diag<n>, bd<n>, ubd<m>, hc<k>[x<n>])")
+    p.add_argument("--fold", type=positive_int, default=2,
+                   help="deep-gmm: fold factor r, images become (H/r, W/r, r*r*C)")
+    p.add_argument("--search", default="auto",
+                   help="deep-gmm: E-step path search, auto (default), exact or coordinate")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

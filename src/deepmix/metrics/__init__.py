@@ -13,6 +13,7 @@ AUROC, clustering indices, sample quality.
 from .auroc import auroc, outlier_separation, roc_curve
 from .clustering import clustering_report, davies_bouldin, dunn_index, purity
 from .sample_quality import sample_quality
+from .units import bits_per_dim, nats_per_dim
 
 __all__ = ["auroc", "roc_curve", "outlier_separation", "clustering_report", "davies_bouldin",
-           "dunn_index", "purity", "sample_quality"]
+           "dunn_index", "purity", "sample_quality", "bits_per_dim", "nats_per_dim"]

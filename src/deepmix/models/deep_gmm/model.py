@@ -374,22 +374,28 @@ class DeepGMM(Model):
         return per_pos.sum(1) + const
 
     # ---------------------------------------------------------------------- sampling
-    @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None,
-               condition: Any = None, paths: torch.Tensor | None = None) -> torch.Tensor:
+               condition: Any = None) -> torch.Tensor:
         """``n`` rows (n, D): a uniform path, :math:`\\epsilon \\sim N(0, I)`, the inverses from
-        layer L down to 1, unfolded. ``paths`` fixes the paths instead."""
-        n = self._check_n(n)
+        layer L down to 1, unfolded."""
         if condition is not None:
             raise InputError("the deep GMM samples unconditionally (condition=None)")
+        return self.sample_with_paths(n, generator=generator)[0]
+
+    @torch.no_grad()
+    def sample_with_paths(self, n: int, *, generator: torch.Generator | None = None,
+                          paths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows (n, D), their paths (n, V)); ``paths`` fixes the paths instead of drawing
+        them uniformly."""
+        n = self._check_n(n)
         self.check_invertible()
         c = self.random_paths(n, generator) if paths is None else paths.to(self.device)
-        eps = torch.randn(n, self.P, self.Cb, generator=generator, dtype=self.dtype)
+        eps = torch.randn(n, self.P, self.Cb, generator=generator, dtype=self.dtype,
+                          device=generator.device if generator is not None else self.device)
         h = eps.to(self.device)
-        parts = self.split(c)
-        for layer, cl in zip(reversed(self.layers), reversed(parts)):
+        for layer, cl in zip(reversed(self.layers), reversed(self.split(c))):
             h = layer.inverse(h, cl)
-        return self.unfold(h)
+        return self.unfold(h), c
 
     # ---------------------------------------------------------------------- initialisation
     @torch.no_grad()

@@ -37,7 +37,7 @@ _EXACT_BUDGET = 1 << 22
 
 
 def _log_normal(h: torch.Tensor, per_position: bool = False) -> torch.Tensor:
-    """:math:`\log N(h; 0, I)` over the last two dims (or the last one, per position)."""
+    r""":math:`\log N(h; 0, I)` over the last two dims (or the last one, per position)."""
     q = -0.5 * (h * h + _LOG_2PI)
     return q.sum(-1) if per_position else q.sum((-2, -1))
 
@@ -149,7 +149,7 @@ class DeepGMM(Model):
             if bool(bad.any()):
                 v = int(bad.nonzero()[0, 0])
                 raise ConfigError(f"deep GMM layer {i + 1} ({layer.spec()}) value {v} is not "
-                                  f"invertible (log|det| = {float(table[v])}); re-initialise "
+                                  f"invertible (log|det| = {float(table[v].detach())}); re-initialise "
                                   f"it")
 
     # ------------------------------------------------------------------------ path scores

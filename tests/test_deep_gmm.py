@@ -235,10 +235,12 @@ def test_exact_density_of_a_large_unshared_stack_and_no_density_otherwise():
 
 
 # ------------------------------------------------------------------------ 8. E step
-@pytest.mark.parametrize("layers", ["hc3,bd3,hc3,bd2,diag2", "ubd2,ubd2,bd2",
-                                    "ubd2,hc3,ubd2"])
-def test_e_step_exact_and_coordinate(layers):
-    m = _net((2, 2, 2), 1, layers, seed=14)
+@pytest.mark.parametrize("layers,update", [("hc3,bd3,hc3,bd2,diag2", "joint"),
+                                           ("ubd2,ubd2,bd2", "joint"),
+                                           ("ubd2,hc3,ubd2", "joint"),
+                                           ("ubd2,hc3,ubd2", "sequential")])
+def test_e_step_exact_and_coordinate(layers, update):
+    m = _net((2, 2, 2), 1, layers, seed=14, coupled_update=update)
     N = 40
     x = torch.randn(N, 8, generator=torch.Generator().manual_seed(15), dtype=D64) * 1.5
     paths = _all_paths(m)
@@ -256,7 +258,7 @@ def test_e_step_exact_and_coordinate(layers):
     assert (s1 >= s_start - 1e-10).all()                   # one pass never lowers a score
     assert (s_co >= s_start - 1e-10).all()                 # nor the whole E step
     agree = float((s_co >= s_ex - 1e-9).double().mean())
-    print(f"coordinate agrees with exact on {agree:.0%} of samples ({layers})")
+    print(f"coordinate agrees with exact on {agree:.0%} of samples ({layers}, {update})")
     assert agree > 0.3
 
 

@@ -75,6 +75,11 @@ class DeepGMMConfig:
         chunk_size: samples per chunk in path search (bounds memory).
         restarts: coordinate passes from a random path per E step (the paper: 2, after one pass
             from the previous paths).
+        coupled_update: how coordinate search updates an unshared layer whose positions are
+            coupled by a layer above (HC, full, shared): ``"joint"`` proposes every position's
+            argmax at once and keeps it only if the path score rises; ``"sequential"`` then
+            updates the rejected samples position by position (exact per coordinate, m x P
+            evaluations).
     """
 
     shape: tuple[int, ...] = (8, 8, 1)
@@ -86,6 +91,7 @@ class DeepGMMConfig:
     max_exact_paths: int = 10000
     chunk_size: int = 1000
     restarts: int = 2
+    coupled_update: str = "joint"
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -103,6 +109,9 @@ class DeepGMMConfig:
         if self.search not in SEARCH_METHODS:
             raise ConfigError(f"Unknown path search '{self.search}'; expected one of "
                               f"{', '.join(SEARCH_METHODS)}")
+        if self.coupled_update not in ("joint", "sequential"):
+            raise ConfigError(f"Unknown coupled_update '{self.coupled_update}'; expected joint "
+                              f"or sequential")
         for name in ("max_exact_paths", "chunk_size", "restarts"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "restarts"

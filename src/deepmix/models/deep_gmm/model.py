@@ -296,12 +296,32 @@ class DeepGMM(Model):
                         trial = c.clone()
                         trial[:, cols] = proposal
                         old, new = self._scores(h0, c), self._scores(h0, trial)
-                        c = torch.where((new > old)[:, None], trial, c)
+                        accept = new > old
+                        c = torch.where(accept[:, None], trial, c)
+                        if self.config.coupled_update == "sequential" and not bool(accept.all()):
+                            rest = (~accept).nonzero().squeeze(1)
+                            c[rest] = self._sequential(h0[rest], c[rest], i)
                 parts = self.split(c)
                 # Recompute h_{i+1..L} for the next layer's candidates.
                 for j in range(i, len(self.layers)):
                     hs[j + 1] = self.layers[j](hs[j], parts[j])
         return c, self._scores(h0, c)
+
+    def _sequential(self, h0: torch.Tensor, c: torch.Tensor, i: int) -> torch.Tensor:
+        """Position by position, the best value of layer i's variable at that position with all
+        others fixed (m full evaluations per position; never lowers the score)."""
+        layer = self.layers[i]
+        n, N = layer.n_values, h0.shape[0]
+        start = self.var_slices[i].start
+        hrep = h0.repeat(n, 1, 1)
+        values = torch.arange(n, device=h0.device).repeat_interleave(N)
+        for p in range(layer.n_vars):
+            trial = c.repeat(n, 1)
+            trial[:, start + p] = values
+            best = self._scores(hrep, trial).reshape(n, N).argmax(0)
+            c = c.clone()
+            c[:, start + p] = best
+        return c
 
     # ---------------------------------------------------------------------- evaluation
     def log_prob_lower_bound(self, x: Any, *, method: str | None = None,

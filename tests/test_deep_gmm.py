@@ -422,3 +422,33 @@ def test_initialisation_whitens_the_first_block_layer():
     assert float(h.mean(0).abs().max()) < 1e-8           # t = -W mean, perturbed W or not
     cov = torch.cov(h[:, 0].T)
     torch.testing.assert_close(cov, torch.eye(4, dtype=D64), atol=0.1, rtol=0)
+
+
+# ------------------------------------------------------------------------ commands
+def test_train_evaluate_sample_resume_through_the_cli(tmp_path, capsys):
+    from deepmix.cli.main import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "deep-gmm", "--data", "digits", "--layers", "hc3,bd2",
+                 "--fold", "2", "--dequantize", "--epochs", "2", "--out", str(out),
+                 "--no-progress"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["family"] == "deep-gmm" and config["train"]["objective"] == "hard-em"
+    model = deepmix.load(out)
+    assert isinstance(model, DeepGMM) and model.spec() == "hc3,bd2"
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--json", str(tmp_path / "e.json")]) == 0
+    assert "lower bound" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "e.json").read_text())
+    assert summary["exact"] and summary["lower_bound"] <= summary["log_prob"] + 1e-9
+    assert abs(summary["upper_bound_approx"] - summary["lower_bound"] - math.log(2)) < 1e-9
+    assert main(["sample", str(out), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").is_file()
+    assert main(["train", "--out", str(out), "--resume", "--epochs", "3", "--no-progress"]) == 0
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    capsys.readouterr()
+    assert main(["train", "--model", "deep-gmm", "--data", "digits", "--layers", "hc3,zz",
+                 "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepmix: error: deep GMM layer spec 'hc3,zz': cannot parse 'zz'")

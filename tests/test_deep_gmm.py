@@ -219,6 +219,11 @@ def test_unshared_factorisation_equals_brute_force(layers):
     brute = torch.logsumexp(torch.stack([m.path_score(x, c[None].expand(7, -1))
                                          for c in _all_paths(m)]), 0)
     torch.testing.assert_close(m._factorised(h0), brute, rtol=1e-10, atol=1e-10)
+    # The per-position argmax is the brute-force best path.
+    c, best, _ = m._factorised_all(h0)
+    per_path = torch.stack([m.path_score(x, p[None].expand(7, -1)) for p in _all_paths(m)])
+    torch.testing.assert_close(best, per_path.max(0).values, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(m.path_score(x, c), best, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(m.log_prob(x), brute, rtol=1e-10, atol=1e-10)
 
 
@@ -227,8 +232,13 @@ def test_exact_density_of_a_large_unshared_stack_and_no_density_otherwise():
     x = torch.randn(3, 64, generator=torch.Generator().manual_seed(1), dtype=D64)
     with torch.no_grad():
         lp = m.log_prob(x)
-        lb = m.log_prob_lower_bound(x, generator=torch.Generator().manual_seed(2))
+        lb = m.log_prob_lower_bound(x)                         # auto: exact per position
+        lb_coord = m.log_prob_lower_bound(x, method="coordinate",
+                                          generator=torch.Generator().manual_seed(2))
+        c, _ = m.search(x)
     assert (lb <= lp + 1e-9).all() and (lp <= lb + m.log_n_paths + 1e-9).all()
+    assert (lb_coord <= lb + 1e-9).all()
+    torch.testing.assert_close(m.path_score(x, c), lb)
     coupled = _net((8, 8, 1), 2, "ubd4,hc3,ubd4", seed=13)
     with pytest.raises(NoDensityError, match="log_prob_lower_bound"):
         coupled.log_prob(x)

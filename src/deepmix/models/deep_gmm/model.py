@@ -172,10 +172,25 @@ class DeepGMM(Model):
         return self.log_prior + _log_normal(h) + logdet
 
     # ---------------------------------------------------------------------- path search
+    def _chains(self) -> float:
+        """Chains per position of a factorising stack (inf if it does not factorise)."""
+        first = self.factorised_from()
+        if first is None:
+            return math.inf
+        return float(np.prod([layer.n_values for layer in self.layers[first:]]))
+
+    def _exact_tractable(self) -> bool:
+        return min(self.n_paths(), self._chains()) <= self.config.max_exact_paths
+
+    def _exact_chunk(self) -> int:
+        """Samples per chunk of exact enumeration (its largest tensor: #paths x chunk x D)."""
+        k = min(self.n_paths(), self._chains())
+        return int(max(1, min(self.config.chunk_size, _EXACT_BUDGET // max(1.0, k * self.D))))
+
     def _method(self, method: str | None) -> str:
         method = method or self.config.search
         if method == "auto":
-            method = "exact" if self.n_paths() <= self.config.max_exact_paths else "coordinate"
+            method = "exact" if self._exact_tractable() else "coordinate"
         if method not in ("exact", "coordinate"):
             raise ConfigError(f"Unknown path search '{method}'; expected exact, coordinate "
                               f"or auto")
@@ -196,11 +211,16 @@ class DeepGMM(Model):
         out_c, out_s = [], []
         step = self.config.chunk_size
         if method == "exact":
-            step = max(1, min(step, _EXACT_BUDGET // max(1, int(self.n_paths()) * self.D)))
+            step = self._exact_chunk()
         randoms = self.random_paths(x.shape[0], generator) if method == "coordinate" else None
         for a in range(0, x.shape[0], step):
             h0 = self.fold(x[a:a + step])
-            if method == "exact":
+            if method == "exact" and self.n_paths() > self.config.max_exact_paths:
+                if self._chains() > self.config.max_exact_paths:
+                    raise ConfigError(f"exact path search over {self.n_paths():.3g} paths is "
+                                      f"intractable; use search='coordinate'")
+                c, s, _ = self._factorised_all(h0)
+            elif method == "exact":
                 c, s, _ = self._enumerate(h0)
             else:
                 c, s = self._coordinate(h0, randoms[a:a + step], self.config.restarts)
@@ -354,19 +374,25 @@ class DeepGMM(Model):
         x = self.check_input(x)
         self.check_invertible()
         if self.n_paths() <= self.config.max_exact_paths:
-            step = max(1, min(self.config.chunk_size,
-                              _EXACT_BUDGET // max(1, int(self.n_paths()) * self.D)))
+            step = self._exact_chunk()
             return torch.cat([self._enumerate(self.fold(x[a:a + step]))[2]
                               for a in range(0, x.shape[0], step)])
         if self.factorised_from() is not None:
-            return torch.cat([self._factorised(self.fold(x[a:a + self.config.chunk_size]))
-                              for a in range(0, x.shape[0], self.config.chunk_size)])
+            step = self._exact_chunk()
+            return torch.cat([self._factorised(self.fold(x[a:a + step]))
+                              for a in range(0, x.shape[0], step)])
         raise NoDensityError(f"the deep GMM {self.spec()} has {self.n_paths():.3g} paths and "
                              f"does not factorise: its exact density is intractable; use "
                              f"log_prob_lower_bound or log_prob_upper_bound_approx")
 
     def _factorised(self, h0: torch.Tensor) -> torch.Tensor:
         """:math:`\\log p = \\sum_p \\log\\sum_{\\text{chains at } p}` (spec section 3)."""
+        return self._factorised_all(h0)[2]
+
+    def _factorised_all(self, h0: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a stack that factorises over positions: (best path (N, V), its score, exact
+        log p), by enumerating each position's chains of the mixing layers at once."""
         first = self.factorised_from()
         N = h0.shape[0]
         h = h0
@@ -377,6 +403,8 @@ class DeepGMM(Model):
             const = const + layer.logdet_table()[0] * layer.n_vars
         H = h[None]                                                   # (K, N, P, Cb)
         S = h0.new_zeros(1, N, self.P)
+        # chain k's value at every mixing layer (mixed radix, earlier layers slower)
+        chains = torch.zeros(1, 0, dtype=torch.long, device=h0.device)
         for layer in self.layers[first:]:
             K = H.shape[0]
             flat = H.reshape(K * N, *h.shape[1:])
@@ -390,8 +418,20 @@ class DeepGMM(Model):
             H = H.reshape(K * n, N, *h.shape[1:])
             S = (S[:, None] + table[None, :, None, None]).reshape(K * n, N, self.P)
             S = S - math.log(n)                                       # per-position prior
-        per_pos = torch.logsumexp(S + _log_normal(H, per_position=True), 0)   # (N, P)
-        return per_pos.sum(1) + const
+            values = torch.arange(n, device=h0.device)
+            chains = torch.cat([chains.repeat_interleave(n, 0),
+                                values.repeat(K)[:, None]], 1)
+        total = S + _log_normal(H, per_position=True)                 # (K, N, P)
+        exact = torch.logsumexp(total, 0).sum(1) + const
+        best_s, best_k = total.max(0)                                 # (N, P)
+        c = torch.zeros(N, self.n_vars, dtype=torch.long, device=h0.device)
+        j = 0
+        for layer, cols in zip(self.layers[first:], self.var_slices[first:]):
+            if layer.n_values > 1:
+                c[:, cols] = chains[best_k, j]
+                j += 1
+        # Deterministic layers below contribute no prior; the constant holds their log-dets.
+        return c, best_s.sum(1) + const, exact
 
     # ---------------------------------------------------------------------- sampling
     def sample(self, n: int, *, generator: torch.Generator | None = None,

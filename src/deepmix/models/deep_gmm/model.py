@@ -167,7 +167,8 @@ class DeepGMM(Model):
         h, logdet = self.transform(self.fold(x), c.to(self.device))
         return self.log_prior + _log_normal(h) + logdet
 
-    def _scores(self, h0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    def score_folded(self, h0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """:math:`s_c` of already folded, checked activities h0 (N, P, Cb)."""
         h, logdet = self.transform(h0, c)
         return self.log_prior + _log_normal(h) + logdet
 
@@ -283,7 +284,7 @@ class DeepGMM(Model):
         c = c.clone()
         N = h0.shape[0]
         if passes == 0:
-            return c, self._scores(h0, c)
+            return c, self.score_folded(h0, c)
         for _ in range(passes):
             hs = [h0]
             parts = self.split(c)
@@ -315,7 +316,7 @@ class DeepGMM(Model):
                         # where it raises the path score.
                         trial = c.clone()
                         trial[:, cols] = proposal
-                        old, new = self._scores(h0, c), self._scores(h0, trial)
+                        old, new = self.score_folded(h0, c), self.score_folded(h0, trial)
                         accept = new > old
                         c = torch.where(accept[:, None], trial, c)
                         if self.config.coupled_update == "sequential" and not bool(accept.all()):
@@ -325,7 +326,7 @@ class DeepGMM(Model):
                 # Recompute h_{i+1..L} for the next layer's candidates.
                 for j in range(i, len(self.layers)):
                     hs[j + 1] = self.layers[j](hs[j], parts[j])
-        return c, self._scores(h0, c)
+        return c, self.score_folded(h0, c)
 
     def _sequential(self, h0: torch.Tensor, c: torch.Tensor, i: int) -> torch.Tensor:
         """Position by position, the best value of layer i's variable at that position with all
@@ -338,7 +339,7 @@ class DeepGMM(Model):
         for p in range(layer.n_vars):
             trial = c.repeat(n, 1)
             trial[:, start + p] = values
-            best = self._scores(hrep, trial).reshape(n, N).argmax(0)
+            best = self.score_folded(hrep, trial).reshape(n, N).argmax(0)
             c = c.clone()
             c[:, start + p] = best
         return c
@@ -384,6 +385,10 @@ class DeepGMM(Model):
         raise NoDensityError(f"the deep GMM {self.spec()} has {self.n_paths():.3g} paths and "
                              f"does not factorise: its exact density is intractable; use "
                              f"log_prob_lower_bound or log_prob_upper_bound_approx")
+
+    def forward(self, x: Any) -> torch.Tensor:
+        """:meth:`log_prob`."""
+        return self.log_prob(x)
 
     def _factorised(self, h0: torch.Tensor) -> torch.Tensor:
         """:math:`\\log p = \\sum_p \\log\\sum_{\\text{chains at } p}` (spec section 3)."""

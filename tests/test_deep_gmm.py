@@ -462,3 +462,80 @@ def test_train_evaluate_sample_resume_through_the_cli(tmp_path, capsys):
                  "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("deepmix: error: deep GMM layer spec 'hc3,zz': cannot parse 'zz'")
+
+
+# ------------------------------------------------------------------------ gating
+def _gated(shape, fold_, layers, seed):
+    m = DeepGMM(DeepGMMConfig(shape=shape, fold=fold_, layers=layers, gating=True,
+                              gate_hidden=6))
+    _randomise(m, seed, scale=0.3)
+    with torch.no_grad():                     # gates far from uniform
+        for gate in m.gates:
+            if hasattr(gate, "out"):
+                gate.out.weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(seed))
+    return m
+
+
+def test_gated_net_is_normalised_and_its_sampler_matches_the_density():
+    m = _gated((1, 1, 2), 1, "full2,full3,full2", seed=31)
+    t = torch.linspace(-12, 12, 600, dtype=D64)
+    xx, yy = torch.meshgrid(t, t, indexing="ij")
+    pts = torch.stack([xx.reshape(-1), yy.reshape(-1)], 1)
+    with torch.no_grad():
+        p = m.log_prob(pts).exp() * (t[1] - t[0]) ** 2
+        x = m.sample(50_000, generator=torch.Generator().manual_seed(3))
+    assert abs(float(p.sum()) - 1.0) < 1e-3
+    mean = (p[:, None] * pts).sum(0)
+    var = (p[:, None] * (pts - mean) ** 2).sum(0)
+    assert ((x.mean(0) - mean).abs() < 5 * (var / 50_000).sqrt()).all()
+    # The gated prior is not uniform: the same net without gates has another density.
+    plain = DeepGMM(DeepGMMConfig(shape=(1, 1, 2), fold=1, layers="full2,full3,full2"))
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if k.startswith("layers")})
+    assert not torch.allclose(plain.log_prob(pts[:10]), m.log_prob(pts[:10]))
+
+
+@pytest.mark.parametrize("layers", ["hc3,bd3,bd2", "ubd2,ubd2"])
+def test_gated_e_step_exact_and_coordinate(layers):
+    m = _gated((2, 2, 2), 1, layers, seed=32)
+    N = 30
+    x = torch.randn(N, 8, generator=torch.Generator().manual_seed(33), dtype=D64)
+    with torch.no_grad():
+        per_path = torch.stack([m.path_score(x, c[None].expand(N, -1)) for c in _all_paths(m)])
+        c_ex, s_ex = m.search(x, method="exact")
+        start = m.random_paths(N, torch.Generator().manual_seed(34))
+        c_co, s_co = m.search(x, start, method="coordinate",
+                              generator=torch.Generator().manual_seed(35))
+        exact = m.log_prob(x)
+    torch.testing.assert_close(s_ex, per_path.max(0).values)
+    torch.testing.assert_close(exact, torch.logsumexp(per_path, 0))
+    assert (s_co >= m.path_score(x, start) - 1e-10).all()
+    torch.testing.assert_close(m.path_score(x, c_co), s_co)
+
+
+def test_gates_train_after_em_and_raise_the_lower_bound():
+    x = _blobs(300, seed=4)
+    m = DeepGMM(DeepGMMConfig(shape=(1, 1, 2), fold=1, layers="full4", gating=True,
+                              gate_hidden=8))
+    obj = deepmix.training.make_objective("deep-gmm", "hard-em", {
+        "lr": 0.02, "first_m_epochs": 30, "m_epochs": 30, "gating_epochs": 60,
+        "gating_lr": 0.01, "min_usage": 0})
+    deepmix.training.fit(m, x, obj, epochs=120, batch_size=100)
+    with torch.no_grad():
+        gated = m.path_score(x, obj.paths).mean()
+        # the same paths under the uniform prior: swap the gates' terms for log pi
+        gate_terms = sum(g.log_prob(h, c) for g, h, c in _gate_inputs(m, x, obj.paths))
+        uniform = (m.path_score(x, obj.paths) - gate_terms + m.log_prior).mean()
+    assert float(gated) > float(uniform) + 0.1       # the gates predict the paths
+    with pytest.raises(DeepmixError, match="gating=True"):
+        deepmix.training.fit(DeepGMM(DeepGMMConfig(shape=(1, 1, 2), fold=1, layers="full2")),
+                             x, "hard-em", epochs=1, gating_epochs=1)
+
+
+def _gate_inputs(m, x, c):
+    h = m.fold(x)
+    out = []
+    for layer, gate, cl in zip(m.layers, m.gates, m.split(c)):
+        h = layer(h, cl)
+        if hasattr(gate, "out"):
+            out.append((gate, h, cl))
+    return out

@@ -80,6 +80,9 @@ class DeepGMMConfig:
             argmax at once and keeps it only if the path score rises; ``"sequential"`` then
             updates the rejected samples position by position (exact per coordinate, m x P
             evaluations).
+        gating: the path prior is :math:`\\prod_l g_l(h_l)[c_l]` with a gating network per
+            mixing layer (:mod:`.gating`) instead of uniform; untrained gates are uniform.
+        gate_hidden: channels of the gates' two 3x3 convolutions.
     """
 
     shape: tuple[int, ...] = (8, 8, 1)
@@ -92,6 +95,8 @@ class DeepGMMConfig:
     chunk_size: int = 1000
     restarts: int = 2
     coupled_update: str = "joint"
+    gating: bool = False
+    gate_hidden: int = 64
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -112,7 +117,7 @@ class DeepGMMConfig:
         if self.coupled_update not in ("joint", "sequential"):
             raise ConfigError(f"Unknown coupled_update '{self.coupled_update}'; expected joint "
                               f"or sequential")
-        for name in ("max_exact_paths", "chunk_size", "restarts"):
+        for name in ("max_exact_paths", "chunk_size", "restarts", "gate_hidden"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "restarts"
                                                                    else 1):

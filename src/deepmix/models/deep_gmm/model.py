@@ -26,6 +26,7 @@ from ..base import Model
 from ..registry import register_family
 from .config import DeepGMMConfig, parse_layers
 from .folding import fold, unfold
+from .gating import Gate
 from .transforms import (DiagonalTransform, FullTransform, HalfConvolution, SharedBlockTransform,
                          Transform, UnsharedBlockTransform)
 
@@ -77,6 +78,11 @@ class DeepGMM(Model):
                        "bd": SharedBlockTransform, "ubd": UnsharedBlockTransform}[tok.kind]
                 layers.append(cls(self.grid, self.Cb, tok.n_values, dtype=dtype))
         self.layers = torch.nn.ModuleList(layers)
+        #: Gating networks, one per mixing layer (None elsewhere), when ``config.gating``.
+        self.gates = torch.nn.ModuleList(
+            [Gate(self.grid, self.Cb, layer.n_values, layer.unshared, config.gate_hidden,
+                  dtype=dtype) if config.gating and layer.n_values > 1 else torch.nn.Identity()
+             for layer in layers])
         offsets = np.cumsum([0] + [layer.n_vars for layer in layers])
         #: Columns of a path tensor that hold each layer's variables.
         self.var_slices = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
@@ -164,13 +170,29 @@ class DeepGMM(Model):
     def path_score(self, x: Any, c: torch.Tensor) -> torch.Tensor:
         """:math:`s_c(x)` (N,) for rows x and paths c (N, V); differentiable (the M step)."""
         x = self.check_input(x)
-        h, logdet = self.transform(self.fold(x), c.to(self.device))
-        return self.log_prior + _log_normal(h) + logdet
+        return self.score_folded(self.fold(x), c.to(self.device))
 
     def score_folded(self, h0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """:math:`s_c` of already folded, checked activities h0 (N, P, Cb)."""
-        h, logdet = self.transform(h0, c)
-        return self.log_prior + _log_normal(h) + logdet
+        if not self.config.gating:
+            h, logdet = self.transform(h0, c)
+            return self.log_prior + _log_normal(h) + logdet
+        h, total = h0, h0.new_zeros(h0.shape[0])
+        for i, (layer, cl) in enumerate(zip(self.layers, self.split(c))):
+            h = layer(h, cl)
+            total = total + layer.log_det(cl) + self._gate_term(i, h, cl)
+        return total + _log_normal(h)
+
+    def _gate_term(self, i: int, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor | float:
+        """:math:`\\log g_i(h_i)[c_i]` (0 for a layer without a gate)."""
+        gate = self.gates[i]
+        return gate.log_prob(h, c) if isinstance(gate, Gate) else 0.0
+
+    def gate_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.gates.parameters())
+
+    def transform_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.layers.parameters())
 
     # ---------------------------------------------------------------------- path search
     def _chains(self) -> float:
@@ -269,13 +291,22 @@ class DeepGMM(Model):
             Q = combos.shape[0]
             H = out.reshape(K * Q, N, *H.shape[2:])
             S = (S[:, None] + ld[None, :, None]).reshape(K * Q, N)
+            if self.config.gating:
+                gate = self.gates[self._layer_index(layer)]
+                cc = combos[None, :, None].expand(K, Q, N, combos.shape[1]).reshape(K * Q * N, -1)
+                g = gate.log_prob(H.reshape(K * Q * N, *H.shape[2:]), cc)
+                S = S + g.reshape(K * Q, N)
             C = torch.cat([C[:, None].expand(K, Q, N, C.shape[2]),
                            combos[None, :, None].expand(K, Q, N, combos.shape[1])], 3)
             C = C.reshape(K * Q, N, -1)
-        total = S + _log_normal(H) + self.log_prior            # (#paths, N)
+        prior = 0.0 if self.config.gating else self.log_prior
+        total = S + _log_normal(H) + prior                     # (#paths, N)
         best_s, best = total.max(0)
         best_c = C.gather(0, best[None, :, None].expand(1, N, C.shape[2]))[0]
         return best_c, best_s, torch.logsumexp(total, 0)
+
+    def _layer_index(self, layer: Transform) -> int:
+        return next(i for i, m in enumerate(self.layers) if m is layer)
 
     def _coordinate(self, h0: torch.Tensor, c: torch.Tensor,
                     passes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,19 +327,28 @@ class DeepGMM(Model):
                 n = layer.n_values
                 cand = layer.forward_all(hs[i])                            # (n, N, P, Cb)
                 hh = cand.reshape(n * N, *h0.shape[1:])
+                gates = hh.new_zeros(n * N)
+                if self.config.gating:
+                    values = torch.arange(n, device=h0.device).repeat_interleave(N)
+                    gates = gates + self._gate_term(i, hh, values[:, None].expand(
+                        n * N, layer.n_vars))
                 for j in range(i + 1, len(self.layers)):
-                    hh = self.layers[j](hh, parts[j].repeat(n, 1))
+                    cj = parts[j].repeat(n, 1)
+                    hh = self.layers[j](hh, cj)
+                    if self.config.gating:
+                        gates = gates + self._gate_term(j, hh, cj)
                 hh = hh.reshape(n, N, *h0.shape[1:])
                 table = layer.logdet_table()
                 cols = self.var_slices[i]
                 if not layer.unshared:
-                    sc = _log_normal(hh) + table[:, None]                     # (n, N)
+                    sc = _log_normal(hh) + table[:, None] + gates.reshape(n, N)   # (n, N)
                     c[:, cols] = sc.argmax(0)[:, None]
                 else:
                     # Per-position terms of candidate "value v at every position".
                     sc = _log_normal(hh, per_position=True) + table[:, None, None]  # (n, N, P)
                     proposal = sc.argmax(0)                                   # (N, P)
-                    if all(self.layers[j].per_position for j in range(i + 1, len(self.layers))):
+                    if not self.config.gating and all(
+                            self.layers[j].per_position for j in range(i + 1, len(self.layers))):
                         # The score separates over positions: the per-position argmax is exact.
                         c[:, cols] = proposal
                     else:
@@ -364,7 +404,7 @@ class DeepGMM(Model):
         if first is None:
             return None
         rest = self.layers[first:]
-        if all(layer.per_position and (layer.unshared or layer.n_values == 1) for layer in rest):
+        if not self.config.gating and all(layer.per_position and (layer.unshared or layer.n_values == 1) for layer in rest):
             return first
         return None
 
@@ -441,7 +481,8 @@ class DeepGMM(Model):
     # ---------------------------------------------------------------------- sampling
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                condition: Any = None) -> torch.Tensor:
-        """``n`` rows (n, D): a uniform path, :math:`\\epsilon \\sim N(0, I)`, the inverses from
+        """``n`` rows (n, D): a path from the prior (uniform, or the gates on the way down),
+        :math:`\\epsilon \\sim N(0, I)`, the inverses from
         layer L down to 1, unfolded."""
         if condition is not None:
             raise InputError("the deep GMM samples unconditionally (condition=None)")
@@ -458,8 +499,13 @@ class DeepGMM(Model):
         eps = torch.randn(n, self.P, self.Cb, generator=generator, dtype=self.dtype,
                           device=generator.device if generator is not None else self.device)
         h = eps.to(self.device)
-        for layer, cl in zip(reversed(self.layers), reversed(self.split(c))):
-            h = layer.inverse(h, cl)
+        gated = self.config.gating and paths is None
+        for i in reversed(range(len(self.layers))):
+            layer, cols = self.layers[i], self.var_slices[i]
+            if gated and isinstance(self.gates[i], Gate):
+                # c_i ~ g_i(h_i), drawn on the way down from the generation-side input
+                c[:, cols] = self.gates[i].sample(h, generator).to(self.device)
+            h = layer.inverse(h, c[:, cols])
         return self.unfold(h), c
 
     # ---------------------------------------------------------------------- initialisation

@@ -47,6 +47,10 @@ class HardEMOptions(ObjectiveOptions):
             max(2 Cb, 0.001 N); 0: never).
         search: the E step's path search (None: the model's ``search``).
         ridge: added to the covariances the initial whitening factorises.
+        gating_epochs: the run's last this many epochs train the gating networks (a model with
+            ``gating``) by cross-entropy on the last E step's paths, by Adam at ``gating_lr``;
+            the transformations stay fixed then (paper section 3).
+        gating_lr: Adam's rate for the gates.
     """
 
     lr: float = 1e-3
@@ -58,17 +62,19 @@ class HardEMOptions(ObjectiveOptions):
     min_usage: float | None = None
     search: str | None = None
     ridge: float = 1e-6
+    gating_epochs: int = 0
+    gating_lr: float = 1e-3
 
     def __post_init__(self) -> None:
-        for name in ("lr", "em_lr_decay", "final_lr_factor"):
+        for name in ("lr", "em_lr_decay", "final_lr_factor", "gating_lr"):
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and v > 0
                                            and math.isfinite(v)):
                 raise ConfigError(f"{name} must be a positive number, got {v!r}")
-        for name in ("final_updates", "first_m_epochs", "m_epochs"):
+        for name in ("final_updates", "first_m_epochs", "m_epochs", "gating_epochs"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name ==
-                                                                   "final_updates" else 1):
+            if isinstance(v, bool) or not isinstance(v, int) or v < (
+                    0 if name in ("final_updates", "gating_epochs") else 1):
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
         if self.min_usage is not None and not self.min_usage >= 0:
             raise ConfigError(f"min_usage must be >= 0 or None, got {self.min_usage}")
@@ -118,8 +124,13 @@ class HardEM(Objective):
 
     def bind(self, model: Any, info: Any) -> None:
         self.info = info
-        self.params = [p for p in model.parameters() if p.requires_grad]
+        if self.options.gating_epochs and not model.config.gating:
+            raise ConfigError("gating_epochs needs a model with gating=True")
+        self.params = [p for p in model.transform_parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=self.options.lr)
+        gates = model.gate_parameters()
+        self.gate_optimizer = torch.optim.Adam(gates, lr=self.options.gating_lr) \
+            if gates else None
         self.paths: torch.Tensor | None = None
         self.e_scores: list[float] = []
         self.reseeded: list[int] = []
@@ -159,6 +170,8 @@ class HardEM(Objective):
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int,
              targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor:
         epoch, b = divmod(step, self.info.steps_per_epoch)
+        if epoch >= self.info.epochs - self.options.gating_epochs and self.paths is not None:
+            return self._gate_step(model, batch, self.paths[rows])
         if b == 0 and (self.paths is None or self._m_step_of(epoch)[1] == epoch):
             self.e_step(model, generator)
         for group in self.optimizer.param_groups:
@@ -168,6 +181,24 @@ class HardEM(Objective):
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        return loss.detach()
+
+    def _gate_step(self, model: Any, batch: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the gates on the paths: :math:`-\\sum_l \\log g_l(h_l)[c_l]`."""
+        with torch.no_grad():
+            h = model.fold(batch)
+            inputs = []
+            for layer, cl in zip(model.layers, model.split(c)):
+                h = layer(h, cl)
+                inputs.append(h)
+        loss = batch.new_zeros(())
+        for i, (h, cl) in enumerate(zip(inputs, model.split(c))):
+            term = model._gate_term(i, h, cl)
+            if torch.is_tensor(term):
+                loss = loss - term.mean()
+        self.gate_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.gate_optimizer.step()
         return loss.detach()
 
     # ------------------------------------------------------------------------ resume
@@ -180,20 +211,29 @@ class HardEM(Objective):
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {} if self.paths is None else {"paths": self.paths}
-        for index, state in self.optimizer.state_dict()["state"].items():
-            for key, value in state.items():
-                out[f"optimizer.{index}.{key}"] = value if torch.is_tensor(value) else \
-                    torch.tensor(value)
+        for prefix, opt in (("optimizer", self.optimizer), ("gate_optimizer",
+                                                           self.gate_optimizer)):
+            if opt is None:
+                continue
+            for index, state in opt.state_dict()["state"].items():
+                for key, value in state.items():
+                    out[f"{prefix}.{index}.{key}"] = value if torch.is_tensor(value) else \
+                        torch.tensor(value)
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         tensors = dict(tensors)
         if "paths" in tensors:
             self.paths = tensors.pop("paths").long()
-        sd = self.optimizer.state_dict()
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for name, value in tensors.items():
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-        sd["state"] = state
-        self.optimizer.load_state_dict(sd)
+        for prefix, opt in (("optimizer", self.optimizer), ("gate_optimizer",
+                                                           self.gate_optimizer)):
+            if opt is None:
+                continue
+            sd = opt.state_dict()
+            state: dict[int, dict[str, torch.Tensor]] = {}
+            for name, value in tensors.items():
+                head, index, key = name.split(".", 2)
+                if head == prefix:
+                    state.setdefault(int(index), {})[key] = value
+            sd["state"] = state
+            opt.load_state_dict(sd)

@@ -441,11 +441,12 @@ def test_train_evaluate_sample_resume_through_the_cli(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--model", "deep-gmm", "--data", "digits", "--layers", "hc3,bd2",
                  "--fold", "2", "--dequantize", "--epochs", "2", "--out", str(out),
-                 "--no-progress"]) == 0
+                 "--gating", "--gating-epochs", "1", "--no-progress"]) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["family"] == "deep-gmm" and config["train"]["objective"] == "hard-em"
     model = deepmix.load(out)
-    assert isinstance(model, DeepGMM) and model.spec() == "hc3,bd2"
+    assert isinstance(model, DeepGMM) and model.spec() == "hc3,bd2" and model.config.gating
+    assert config["train"]["options"]["gating_epochs"] == 1
     capsys.readouterr()
     assert main(["evaluate", str(out), "--json", str(tmp_path / "e.json")]) == 0
     assert "lower bound" in capsys.readouterr().out

@@ -50,7 +50,8 @@ def _deep_gmm(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
     from ..models import DeepGMM, DeepGMMConfig
 
     return DeepGMM(DeepGMMConfig(shape=tuple(shape), fold=args.fold, layers=args.layers,
-                                 dtype=args.dtype, seed=args.seed, search=args.search))
+                                 dtype=args.dtype, seed=args.seed, search=args.search,
+                                 gating=args.gating))
 
 
 #: family -> builder(args, image shape) of a fresh model.

@@ -6,7 +6,8 @@ Analysis direction (data -> noise): :math:`h_0 = \mathrm{fold}(x)`,
 
 .. math:: s_c(x) = \log\pi_c + \log N(h_L; 0, I) + \sum_l \log|\det J_{f_{l,c_l}}|
 
-with a uniform prior :math:`\log\pi_c = -\sum_{\text{vars}}\log(\#\text{values})`, and
+with a uniform prior :math:`\log\pi_c = -\sum_{\text{vars}}\log(\#\text{values})` (or, with
+``gating``, :math:`\log\pi_c(x) = \sum_l \log g_l(h_l)[c_l]`, see :mod:`.gating`), and
 :math:`p(x) = \sum_c e^{s_c(x)}`, a GMM with one component per path. Paths are LongTensors of
 shape (N, V): the variables of every layer, data side first (one column for a shared layer, P
 for an unshared one; see :attr:`DeepGMM.var_slices`).

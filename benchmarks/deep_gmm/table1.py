@@ -18,43 +18,15 @@ layers, and 3+ HC reach the full Gaussian with far fewer parameters.
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import deepmix
-from deepmix.data import load_images
-from deepmix.metrics import bits_per_dim
+from common import RESULTS, full_gaussian, splits, summary
 from deepmix.models import DeepGMM, DeepGMMConfig
 from deepmix.utils.io import write_json_atomic, write_text_atomic
-
-HERE = Path(__file__).resolve().parent
-RESULTS = HERE.parent / "results"
-
-
-def dequantised(split: str, seed: int) -> torch.Tensor:
-    ds = load_images("mnist", split)
-    v = torch.from_numpy(ds.images.reshape(len(ds), -1).astype(np.float64))
-    u = torch.rand(v.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    return (v + u) / 128.0 - 1.0
-
-
-def full_gaussian(train: torch.Tensor, ridge: float = 1e-9):
-    mean = train.mean(0)
-    xc = train - mean
-    cov = xc.T @ xc / train.shape[0] + ridge * torch.eye(train.shape[1], dtype=train.dtype)
-    mvn = torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
-    D = train.shape[1]
-    return mvn.log_prob, D * (D + 1) // 2 + D
-
-
-def summary(ll: torch.Tensor) -> dict:
-    ll = ll.double()
-    return {"nats": float(ll.mean()), "se": float(ll.std() / math.sqrt(len(ll))),
-            "bits_per_dim": bits_per_dim(float(ll.mean()), 784)}
 
 
 def main() -> None:
@@ -68,11 +40,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    full = dequantised("train", 0)
-    test = dequantised("test", 1)
-    train, valid = full[:50000], full[50000:]
-    if args.quick:
-        train, valid, test = train[:5000], valid[:1000], test[:2000]
+    train, valid, test = splits(args.quick)
     updates = args.updates or (1000 if args.quick else 10000)
     rows = []
     logp, params = full_gaussian(train)

@@ -540,3 +540,15 @@ def _gate_inputs(m, x, c):
         if hasattr(gate, "out"):
             out.append((gate, h, cl))
     return out
+
+
+def test_evaluation_summary_without_an_exact_density():
+    from deepmix.inference.deep_gmm import evaluate_deep_gmm
+
+    m = _net((4, 4, 2), 1, "ubd2,hc3,ubd2", seed=40)           # 2^32 paths, coupled
+    x = torch.randn(6, 32, generator=torch.Generator().manual_seed(41), dtype=D64)
+    summary, per = evaluate_deep_gmm(m, x, batch_size=4)
+    assert not summary["exact"] and "log_prob" not in per
+    assert summary["log_prob"] == summary["lower_bound"]
+    assert math.isclose(summary["upper_bound_approx"] - summary["lower_bound"],
+                        32 * math.log(2), rel_tol=1e-12)

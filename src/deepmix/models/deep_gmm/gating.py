@@ -53,7 +53,11 @@ class Gate(nn.Module):
     def sample(self, h: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Choices (N, n_vars) drawn from :math:`g(h)`."""
         p = self.log_probs(h).exp()
+        if generator is not None:
+            p = p.to(generator.device)          # draw where the generator lives
         if self.unshared:
             N, P, n = p.shape
-            return torch.multinomial(p.reshape(N * P, n), 1, generator=generator).reshape(N, P)
-        return torch.multinomial(p, 1, generator=generator)
+            c = torch.multinomial(p.reshape(N * P, n), 1, generator=generator).reshape(N, P)
+        else:
+            c = torch.multinomial(p, 1, generator=generator)
+        return c.to(h.device)

@@ -375,7 +375,7 @@ def test_gradcheck_through_logdets_and_half_convolutions():
 
 def test_config_round_trip_rebuilds_an_identical_model(tmp_path):
     cfg = DeepGMMConfig(shape=(4, 4, 1), fold=2, layers="hc3x2,bd2,ubd3,diag2", seed=4,
-                        search="coordinate")
+                        search="coordinate", gating=True, gate_hidden=5)
     m = DeepGMM(cfg)
     text = json.dumps(config_to_dict(cfg))
     again = DeepGMM(config_from_dict(DeepGMMConfig, json.loads(text)))

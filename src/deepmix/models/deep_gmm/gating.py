@@ -11,6 +11,8 @@ at zero, so an untrained gate is the uniform prior. Generation samples :math:`c_
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,7 +24,8 @@ class Gate(nn.Module):
     """The softmax network of one mixing layer."""
 
     def __init__(self, grid: tuple[int, int], channels: int, n_values: int, unshared: bool,
-                 hidden: int = 64, dtype: torch.dtype = torch.float64) -> None:
+                 hidden: int = 64, dtype: torch.dtype = torch.float64,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.grid = grid
         self.unshared = unshared
@@ -31,6 +34,13 @@ class Gate(nn.Module):
         self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1, dtype=dtype)
         self.out = nn.Conv2d(hidden, n_values, 1, dtype=dtype)
         with torch.no_grad():
+            # torch's default bound 1/sqrt(fan_in), drawn from the model's seed, so a config
+            # rebuilds the same gates
+            for conv in (self.conv1, self.conv2):
+                bound = 1.0 / math.sqrt(conv.weight[0].numel())
+                for p in (conv.weight, conv.bias):
+                    p.copy_(torch.rand(p.shape, generator=generator, dtype=dtype) * 2 * bound
+                            - bound)
             self.out.weight.zero_()
             self.out.bias.zero_()
 

@@ -79,10 +79,12 @@ class DeepGMM(Model):
                        "bd": SharedBlockTransform, "ubd": UnsharedBlockTransform}[tok.kind]
                 layers.append(cls(self.grid, self.Cb, tok.n_values, dtype=dtype))
         self.layers = torch.nn.ModuleList(layers)
-        #: Gating networks, one per mixing layer (None elsewhere), when ``config.gating``.
+        #: Gating networks, one per mixing layer (Identity elsewhere), when ``config.gating``.
+        gate_gen = torch.Generator().manual_seed(config.seed + 1)
         self.gates = torch.nn.ModuleList(
             [Gate(self.grid, self.Cb, layer.n_values, layer.unshared, config.gate_hidden,
-                  dtype=dtype) if config.gating and layer.n_values > 1 else torch.nn.Identity()
+                  dtype=dtype, generator=gate_gen)
+             if config.gating and layer.n_values > 1 else torch.nn.Identity()
              for layer in layers])
         offsets = np.cumsum([0] + [layer.n_vars for layer in layers])
         #: Columns of a path tensor that hold each layer's variables.

@@ -491,7 +491,7 @@ def test_gated_net_is_normalised_and_its_sampler_matches_the_density():
     assert ((x.mean(0) - mean).abs() < 5 * (var / 20_000).sqrt()).all()
     # The gated prior is not uniform: the same net without gates has another density.
     plain = DeepGMM(DeepGMMConfig(shape=(1, 1, 2), fold=1, layers="full2,full3,full2"))
-    plain.load_state_dict({k: v for k, v in m.state_dict().items() if k.startswith("layers")})
+    plain.load_state_dict({k: v for k, v in m.state_dict().items() if k.startswith(("layers", "offset"))})
     assert not torch.allclose(plain.log_prob(pts[:10]), m.log_prob(pts[:10]))
 
 
@@ -552,3 +552,22 @@ def test_evaluation_summary_without_an_exact_density():
     assert summary["log_prob"] == summary["lower_bound"]
     assert math.isclose(summary["upper_bound_approx"] - summary["lower_bound"],
                         32 * math.log(2), rel_tol=1e-12)
+
+
+def test_centring_is_a_shift_of_the_density():
+    g = torch.Generator().manual_seed(50)
+    x = torch.randn(300, 16, generator=g, dtype=D64) * 0.5 + 3.0
+    m = DeepGMM(DeepGMMConfig(shape=(4, 4, 1), fold=2, layers="hc3,bd2"))
+    m.initialize(x, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(m.offset, x.mean(0))
+    _randomise(m.layers, 51, scale=0.1)
+    # p(x) of the centred model is the uncentred model's density at x - offset
+    plain = DeepGMM(DeepGMMConfig(shape=(4, 4, 1), fold=2, layers="hc3,bd2", center=False))
+    plain.load_state_dict({**m.state_dict(), "offset": torch.zeros(16, dtype=D64)})
+    torch.testing.assert_close(m.log_prob(x), plain.log_prob(x - m.offset))
+    s = m.sample(4000, generator=torch.Generator().manual_seed(1))
+    assert float((s.mean(0) - plain.sample(4000, generator=torch.Generator().manual_seed(1))
+                  .mean(0) - m.offset).abs().max()) < 1e-10
+    off = DeepGMM(DeepGMMConfig(shape=(4, 4, 1), fold=2, layers="hc3,bd2", center=False))
+    off.initialize(x)
+    assert float(off.offset.abs().max()) == 0.0

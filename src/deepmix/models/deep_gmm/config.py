@@ -80,6 +80,10 @@ class DeepGMMConfig:
             argmax at once and keeps it only if the path score rises; ``"sequential"`` then
             updates the rejected samples position by position (exact per coordinate, m x P
             evaluations).
+        center: [deepmix] :meth:`~deepmix.models.DeepGMM.initialize` stores the training mean
+            and the model folds ``x - mean`` (a shift, log-det 0), so the half-convolutions'
+            zero padding and kernels see centred data; on MNIST's constant background this is
+            what lets HC layers learn (see docs/deep-gmm.md).
         gating: the path prior is :math:`\\prod_l g_l(h_l)[c_l]` with a gating network per
             mixing layer (:mod:`.gating`) instead of uniform; untrained gates are uniform.
         gate_hidden: channels of the gates' two 3x3 convolutions.
@@ -95,6 +99,7 @@ class DeepGMMConfig:
     chunk_size: int = 1000
     restarts: int = 2
     coupled_update: str = "joint"
+    center: bool = True
     gating: bool = False
     gate_hidden: int = 64
 

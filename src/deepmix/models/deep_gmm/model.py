@@ -93,6 +93,8 @@ class DeepGMM(Model):
         #: :math:`\log \#\text{paths} = \sum_{\text{vars}} \log \#\text{values}`.
         self.log_n_paths = float(sum(layer.n_vars * math.log(layer.n_values)
                                      for layer in layers))
+        #: Subtracted before folding (the training mean after initialize, with ``center``).
+        self.register_buffer("offset", torch.zeros(self.D, dtype=dtype))
         g = torch.Generator().manual_seed(config.seed)
         self._perturb(g)
 
@@ -131,13 +133,14 @@ class DeepGMM(Model):
         return as_matrix(x, self.dtype, self.device, n_features=self.D)
 
     def fold(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) rows -> (N, P, Cb) folded activities (see :mod:`.folding`)."""
+        """(N, D) rows -> (N, P, Cb) folded activities of ``x - offset`` (see :mod:`.folding`)."""
+        x = x - self.offset
         return fold(x.reshape(x.shape[0], *self.config.shape), self.config.fold)
 
     def unfold(self, h: torch.Tensor) -> torch.Tensor:
         """(N, P, Cb) -> (N, D) rows."""
         H, W, _ = self.config.shape
-        return unfold(h, self.config.fold, (H, W)).reshape(h.shape[0], self.D)
+        return unfold(h, self.config.fold, (H, W)).reshape(h.shape[0], self.D) + self.offset
 
     def split(self, c: torch.Tensor) -> list[torch.Tensor]:
         """A path tensor (N, V) as the per-layer choice tensors (N, n_vars_l)."""
@@ -530,8 +533,8 @@ class DeepGMM(Model):
     @torch.no_grad()
     def initialize(self, x: Any, init: str | None = None, *,
                    generator: torch.Generator | None = None, ridge: float = 1e-6) -> "DeepGMM":
-        """[deepmix] HC kernels at 0; the first BD / full / diagonal layer from the data side
-        whitens its input (per position for shared BD, pooled over positions for an unshared
+        """[deepmix] the offset at the data mean (``center``); HC kernels at 0; the first BD /
+        full / diagonal layer from the data side whitens its input (per position for shared BD, pooled over positions for an unshared
         bank): :math:`W = \\mathrm{chol}(\\Sigma + \\epsilon I)^{-1}`, :math:`t = -W\\mu`;
         every other layer the identity; all with relative noise N(0, 0.01²)."""
         if init not in (None, "whiten"):
@@ -550,6 +553,7 @@ class DeepGMM(Model):
                                    .expand_as(layer.weight))
                 layer.bias.zero_()
         self._perturb(g)
+        self.offset.copy_(x.mean(0) if self.config.center else torch.zeros_like(self.offset))
         h = self.fold(x)
         zeros = torch.zeros(h.shape[0], self.P, dtype=torch.long, device=self.device)
         for layer in self.layers:

@@ -107,8 +107,13 @@ class DeepGMM(Model):
         return ",".join(layer.spec() for layer in self.layers)
 
     def n_params(self) -> int:
-        """Number of parameters (biases included)."""
+        """Number of parameters of the transformations (biases included; gates excluded, see
+        :meth:`n_gate_params`)."""
         return sum(layer.n_params() for layer in self.layers)
+
+    def n_gate_params(self) -> int:
+        """Number of parameters of the gating networks (0 without ``gating``)."""
+        return sum(p.numel() for p in self.gates.parameters())
 
     def n_paths(self) -> float:
         """The number of paths :math:`\\prod_{\\text{vars}} \\#\\text{values}` (a float:

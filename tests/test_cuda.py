@@ -218,3 +218,23 @@ def test_cli_runs_on_the_device(tmp_path, monkeypatch):
     assert main(["report", str(run), "--device", DEVICE]) == 0
     report = json.loads((run / "report.json").read_text())
     assert report
+
+
+def test_deep_gmm_on_the_device():
+    from deepmix.models import DeepGMM, DeepGMMConfig
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 16, generator=gen, dtype=torch.float64)
+    cfg = DeepGMMConfig(shape=(4, 4, 1), fold=2, layers="hc3,bd2,ubd2", gating=True,
+                        gate_hidden=4)
+    a, b = DeepGMM(cfg), DeepGMM(cfg)
+    a.fit(x, epochs=3, batch_size=50, gating_epochs=1)
+    b.fit(x, epochs=3, batch_size=50, gating_epochs=1, device=DEVICE)
+    assert all(_on_device(p) for p in b.parameters())
+    torch.testing.assert_close(b.log_prob(x.to(DEVICE)).cpu(), a.log_prob(x), atol=1e-6,
+                               rtol=1e-6)
+    c, s = b.search(x.to(DEVICE), generator=torch.Generator().manual_seed(1))
+    assert _on_device(c) and _on_device(s)
+    for g in (torch.Generator().manual_seed(2), torch.Generator(device=DEVICE).manual_seed(2)):
+        out = b.sample(5, generator=g)
+        assert _on_device(out) and out.shape == (5, 16) and torch.isfinite(out).all()

@@ -25,6 +25,11 @@ def _example(family: str) -> tuple[Model, torch.Tensor]:
                             generator=g), torch.randn(5, 4, generator=g, dtype=torch.float64)
     if family == "circuit":
         return rat_spn(6, 2, 2, 3, seed=2), torch.randn(5, 6, generator=g)
+    if family == "deep-gmm":
+        from deepmix.models import DeepGMM, DeepGMMConfig
+
+        return (DeepGMM(DeepGMMConfig(shape=(4, 4, 1), fold=2, layers="hc3,bd2,ubd2", seed=1)),
+                torch.randn(5, 16, generator=g, dtype=torch.float64))
     raise AssertionError(f"add an example of the new family '{family}' here")
 
 

@@ -33,6 +33,12 @@ def run(args: argparse.Namespace) -> int:
     if model.family == "dcgmm":
         summary, per = evaluate(model, ds.to_tensor(), batch_size=args.batch_size,
                                 levels=ds.levels, per_position=args.per_sample is not None)
+    elif model.family == "deep-gmm":
+        from ..inference.deep_gmm import evaluate_deep_gmm
+        from .families import model_input
+
+        summary, per = evaluate_deep_gmm(model, model_input(model, ds.to_tensor()),
+                                         batch_size=args.batch_size, levels=ds.levels)
     else:
         from ..inference import evaluate_density
         from .families import model_input
@@ -45,6 +51,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{describe(model)} on {data_name}/{args.split} ({summary['n']} images)")
     if model.family == "dcgmm":
         print(metrics_table(summary))
+    elif model.family == "deep-gmm":
+        print(f"lower bound {summary['lower_bound']:.3f} nats per image "
+              f"({summary['lower_bound_bits_per_dim']:.4f} bits/dim), UB* "
+              f"{summary['upper_bound_approx']:.3f}"
+              + (f", exact {summary['log_prob']:.3f} ({summary['bits_per_dim']:.4f} bits/dim)"
+                 if summary["exact"] else ", exact value intractable"))
     else:
         print(f"log-likelihood {summary['log_prob']:.3f} ± {summary['log_prob_std']:.3f} nats "
               f"per image, {summary['bits_per_dim']:.4f} bits/dim")

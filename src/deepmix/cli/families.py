@@ -46,10 +46,20 @@ def _circuit(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
     raise ConfigError(f"Unknown circuit structure '{args.structure}'; expected rat-spn or pd")
 
 
+def _deep_gmm(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
+    from ..models import DeepGMM, DeepGMMConfig
+
+    return DeepGMM(DeepGMMConfig(shape=tuple(shape), fold=args.fold, layers=args.layers,
+                                 dtype=args.dtype, seed=args.seed, search=args.search,
+                                 gating=args.gating))
+
+
 #: family -> builder(args, image shape) of a fresh model.
 BUILDERS: dict[str, Callable[[argparse.Namespace, tuple[int, int, int]], Any]] = {
     "gmm": _gmm, "circuit": _circuit}
 DEFAULT_OBJECTIVE = {"gmm": "em", "circuit": "em"}
+BUILDERS["deep-gmm"] = _deep_gmm
+DEFAULT_OBJECTIVE["deep-gmm"] = "hard-em"
 
 
 def build_model(family: str, args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
@@ -76,4 +86,6 @@ def describe(model: Any) -> str:
         return model.spec()
     if model.family == "gmm":
         return f"flat GMM (K={model.n_components}, {model.covariance_type})"
+    if model.family == "deep-gmm":
+        return f"deep GMM {model.spec()} (fold {model.config.fold}, {model.n_params()} params)"
     return f"{model.family} {type(model).__name__}"

@@ -49,6 +49,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier-temperature", type=float, default=1.0, metavar="T",
                    help="a classifier layer sees tempered responsibilities softmax(log r / T) "
                         "(default 1: the papers' classifier; about 10 classifies better)")
+    p.add_argument("--layers", default="hc3,hc3,hc3,bd4",
+                   help="deep-gmm: layer spec, data side first, e.g. hc5,hc5,hc5,bd4 or "
+                        "hc3,ubd4 (full<n>, diag<n>, bd<n>, ubd<m>, hc<k>[x<n>])")
+    p.add_argument("--fold", type=positive_int, default=2,
+                   help="deep-gmm: fold factor r, images become (H/r, W/r, r*r*C)")
+    p.add_argument("--search", default="auto",
+                   help="deep-gmm: E-step path search, auto (default), exact or coordinate")
+    p.add_argument("--gating", action="store_true",
+                   help="deep-gmm: gating networks for the path prior (trained in the last "
+                        "--gating-epochs)")
+    p.add_argument("--gating-epochs", type=int, default=0, metavar="N",
+                   help="deep-gmm: the last N epochs train the gates on the last E step's paths")
+    p.add_argument("--first-m-epochs", type=positive_int, default=1,
+                   help="deep-gmm: epochs (Adam passes) of the first M step (default 1)")
+    p.add_argument("--m-epochs", type=positive_int, default=1,
+                   help="deep-gmm: epochs of every later M step (default 1)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
@@ -85,6 +101,9 @@ def _run_family(args: argparse.Namespace, family: str) -> int:
         dequantize = bool(args.dequantize)
         name = args.objective or DEFAULT_OBJECTIVE.get(family, "mle")
         options = {} if args.lr is None else {"lr": args.lr}
+        if family == "deep-gmm" and name == "hard-em":
+            options.update(first_m_epochs=args.first_m_epochs, m_epochs=args.m_epochs,
+                           gating_epochs=args.gating_epochs)
         objective = make_objective(family, name, options or None)   # errors before data
         if name in ("sm", "ssm") and not dequantize:
             from ..errors import ConfigError

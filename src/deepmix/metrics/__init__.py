@@ -16,6 +16,8 @@ from .auroc import auroc, outlier_separation, roc_curve
 from .clustering import clustering_report, davies_bouldin, dunn_index, purity
 from .precision_recall import f1_score, precision_recall
 from .sample_quality import sample_quality
+from .units import bits_per_dim, nats_per_dim
 
 __all__ = ["auroc", "roc_curve", "outlier_separation", "clustering_report", "davies_bouldin",
-           "dunn_index", "purity", "sample_quality", "precision_recall", "f1_score"]
+           "dunn_index", "purity", "sample_quality", "precision_recall", "f1_score",
+           "bits_per_dim", "nats_per_dim"]

@@ -16,3 +16,7 @@ __all__ = ["Model", "Family", "register_family", "get_family", "family_names", "
            "kmeans", "ARCHITECTURES", "LayerSpec", "format_spec", "parse_spec",
            "resolve_architecture", "EinsumNetwork", "CircuitConfig", "RegionGraph",
            "poon_domingos", "poon_domingos_graph", "random_binary_trees", "rat_spn"]
+# the deep GMM family (registers "deep-gmm")
+from .deep_gmm import DeepGMM, DeepGMMConfig  # noqa: E402,I001
+
+__all__ += ["DeepGMM", "DeepGMMConfig"]

@@ -13,11 +13,13 @@ from .em import (CircuitEM, CircuitEMOptions, GaussianMixtureEM, GaussianMixture
                  GaussianMixtureStepwiseEM, StepwiseEMOptions)
 from .gradient import (GradientObjective, GradientOptions, MaximumLikelihood, ScoreMatching,
                        SlicedOptions, SlicedScoreMatching)
+from .deep_gmm import HardEM, HardEMOptions
 from .losses import OBJECTIVES, get_objective, nll, score_matching, sliced_score_matching
 
 __all__ = ["LoopInfo", "DCGMMObjective", "DCGMMOptions", "split_train_config", "Objective", "ObjectiveOptions", "make_objective", "objective_class", "objective_names",
            "register_objective", "GaussianMixtureEM", "GaussianMixtureEMOptions", "GaussianMixtureStepwiseEM", "StepwiseEMOptions", "CircuitEM",
            "CircuitEMOptions", "GradientObjective", "GradientOptions", "SlicedOptions",
            "MaximumLikelihood", "ScoreMatching", "SlicedScoreMatching", "OBJECTIVES",
-           "get_objective", "nll", "score_matching", "sliced_score_matching"]
+           "get_objective", "nll", "score_matching", "sliced_score_matching",
+           "HardEM", "HardEMOptions"]
 

@@ -1,0 +1,129 @@
+"""The deep GMM's configuration and its layer-spec language.
+
+A stack is written data side first, as comma-separated tokens:
+
+- ``full<n>``: one full D x D matrix per value (small data; the DGMM-2014 layer), n values;
+- ``diag<n>``: diagonal, :math:`e^a \\odot h + t`, n values;
+- ``bd<n>``: block-diagonal, shared latent (one choice per layer), n values;
+- ``ubd<m>``: block-diagonal, unshared latent (a bank of m blocks, one choice per position);
+- ``hc<k>`` or ``hc<k>x<n>``: half-convolution with a k x k kernel (k odd), n values (default 1).
+
+For example ``"hc5,hc5,hc5,bd4"`` (the spec's Table-1/2 stacks) or ``"hc3,ubd4,hc3,ubd4"``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ...errors import ConfigError, SpecError
+
+__all__ = ["DeepGMMConfig", "LayerToken", "parse_layers", "SEARCH_METHODS"]
+
+SEARCH_METHODS = ("auto", "exact", "coordinate")
+
+_TOKEN = re.compile(r"^(?:(full|diag|bd|ubd)(\d+)|hc(\d+)(?:x(\d+))?)$")
+
+
+@dataclass(frozen=True)
+class LayerToken:
+    """One parsed layer: its kind, number of values and (HC) kernel size."""
+
+    kind: str
+    n_values: int
+    kernel: int = 0
+
+
+def parse_layers(spec: str) -> list[LayerToken]:
+    """``"hc5,hc5,bd4"`` -> tokens; a :class:`SpecError` names the first token that does not
+    parse."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise SpecError(f"deep GMM layer spec must be a non-empty string such as "
+                        f"'hc5,hc5,bd4', got {spec!r}")
+    out = []
+    for raw in spec.split(","):
+        tok = raw.strip().lower()
+        m = _TOKEN.match(tok)
+        if m is None:
+            raise SpecError(f"deep GMM layer spec {spec!r}: cannot parse {raw.strip()!r}; "
+                            f"expected full<n>, diag<n>, bd<n>, ubd<m>, hc<k> or hc<k>x<n>")
+        if m.group(1):
+            kind, n, k = m.group(1), int(m.group(2)), 0
+        else:
+            kind, k, n = "hc", int(m.group(3)), int(m.group(4) or 1)
+        if n < 1:
+            raise SpecError(f"deep GMM layer spec {spec!r}: {tok!r} needs at least one value")
+        out.append(LayerToken(kind, n, k))
+    return out
+
+
+@dataclass
+class DeepGMMConfig:
+    """Everything that rebuilds a :class:`~deepmix.models.DeepGMM`.
+
+    Arguments:
+        shape: (H, W, C) of the images; the model reads rows of H*W*C values in (H, W, C)
+            order, or (N, H, W, C) images.
+        fold: r, the folding factor: images become (H/r, W/r, r*r*C) grids.
+        layers: the layer spec (module docstring), data side first.
+        dtype: ``"float64"`` or ``"float32"``.
+        seed: seeds the parameters' initial perturbation in :meth:`from_config`.
+        search: path search of the E step and of the lower bound: ``"exact"``, ``"coordinate"``
+            or ``"auto"`` (exact while there are at most ``max_exact_paths`` paths).
+        max_exact_paths: the largest number of paths ``exact`` (and an exact ``log_prob`` by
+            enumeration) will enumerate.
+        chunk_size: samples per chunk in path search (bounds memory).
+        restarts: coordinate passes from a random path per E step (the paper: 2, after one pass
+            from the previous paths).
+        coupled_update: how coordinate search updates an unshared layer whose positions are
+            coupled by a layer above (HC, full, shared): ``"joint"`` proposes every position's
+            argmax at once and keeps it only if the path score rises; ``"sequential"`` then
+            updates the rejected samples position by position (exact per coordinate, m x P
+            evaluations).
+        center: [deepmix] :meth:`~deepmix.models.DeepGMM.initialize` stores the training mean
+            and the model folds ``x - mean`` (a shift, log-det 0), so the half-convolutions'
+            zero padding and kernels see centred data; on MNIST's constant background this is
+            what lets HC layers learn (see docs/deep-gmm.md).
+        gating: the path prior is :math:`\\prod_l g_l(h_l)[c_l]` with a gating network per
+            mixing layer (:mod:`.gating`) instead of uniform; untrained gates are uniform.
+        gate_hidden: channels of the gates' two 3x3 convolutions.
+    """
+
+    shape: tuple[int, ...] = (8, 8, 1)
+    fold: int = 2
+    layers: str = "hc3,bd2"
+    dtype: str = "float64"
+    seed: int = 0
+    search: str = "auto"
+    max_exact_paths: int = 10000
+    chunk_size: int = 1000
+    restarts: int = 2
+    coupled_update: str = "joint"
+    center: bool = True
+    gating: bool = False
+    gate_hidden: int = 64
+
+    def __post_init__(self) -> None:
+        self.shape = tuple(int(s) for s in self.shape)
+        if len(self.shape) != 3 or min(self.shape) < 1:
+            raise ConfigError(f"shape must be (H, W, C) with positive sizes, got {self.shape}")
+        H, W, _ = self.shape
+        if isinstance(self.fold, bool) or not isinstance(self.fold, int) or self.fold < 1:
+            raise ConfigError(f"fold must be a positive integer, got {self.fold!r}")
+        if H % self.fold or W % self.fold:
+            raise SpecError(f"fold r={self.fold} does not tile {H}x{W} images (H and W must be "
+                            f"multiples of r)")
+        parse_layers(self.layers)
+        if self.dtype not in ("float64", "float32"):
+            raise ConfigError(f"Unknown dtype '{self.dtype}'; expected float64 or float32")
+        if self.search not in SEARCH_METHODS:
+            raise ConfigError(f"Unknown path search '{self.search}'; expected one of "
+                              f"{', '.join(SEARCH_METHODS)}")
+        if self.coupled_update not in ("joint", "sequential"):
+            raise ConfigError(f"Unknown coupled_update '{self.coupled_update}'; expected joint "
+                              f"or sequential")
+        for name in ("max_exact_paths", "chunk_size", "restarts", "gate_hidden"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "restarts"
+                                                                   else 1):
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")

@@ -1,0 +1,607 @@
+r"""The deep GMM with locally connected transformations (van den Oord & Dambre), family
+``"deep-gmm"``.
+
+Analysis direction (data -> noise): :math:`h_0 = \mathrm{fold}(x)`,
+:math:`h_l = f_{l,c_l}(h_{l-1})`. A path c fixes every discrete variable; its score is
+
+.. math:: s_c(x) = \log\pi_c + \log N(h_L; 0, I) + \sum_l \log|\det J_{f_{l,c_l}}|
+
+with a uniform prior :math:`\log\pi_c = -\sum_{\text{vars}}\log(\#\text{values})` (or, with
+``gating``, :math:`\log\pi_c(x) = \sum_l \log g_l(h_l)[c_l]`, see :mod:`.gating`), and
+:math:`p(x) = \sum_c e^{s_c(x)}`, a GMM with one component per path. Paths are LongTensors of
+shape (N, V): the variables of every layer, data side first (one column for a shared layer, P
+for an unshared one; see :attr:`DeepGMM.var_slices`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...errors import ConfigError, InputError, NoDensityError
+from ...utils.tensors import as_matrix
+from ..base import Model
+from ..registry import register_family
+from .config import DeepGMMConfig, parse_layers
+from .folding import fold, unfold
+from .gating import Gate
+from .transforms import (DiagonalTransform, FullTransform, HalfConvolution, SharedBlockTransform,
+                         Transform, UnsharedBlockTransform)
+
+__all__ = ["DeepGMM"]
+
+_LOG_2PI = math.log(2.0 * math.pi)
+# Elements of the largest activity tensor of exact enumeration per chunk.
+_EXACT_BUDGET = 1 << 22
+
+
+def _log_normal(h: torch.Tensor, per_position: bool = False) -> torch.Tensor:
+    r""":math:`\log N(h; 0, I)` over the last two dims (or the last one, per position)."""
+    q = -0.5 * (h * h + _LOG_2PI)
+    return q.sum(-1) if per_position else q.sum((-2, -1))
+
+
+@register_family
+class DeepGMM(Model):
+    """Deep GMM with locally connected transformations (block-diagonal, diagonal,
+    half-convolution layers; hard EM over paths)."""
+
+    family = "deep-gmm"
+    config_class = DeepGMMConfig
+    default_objective = "hard-em"
+
+    def __init__(self, config: DeepGMMConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = DeepGMMConfig(**kwargs)
+        elif kwargs:
+            raise ConfigError("give either a DeepGMMConfig or keyword options, not both")
+        self.config = config
+        H, W, C = config.shape
+        r = config.fold
+        self.grid = (H // r, W // r)
+        self.P = self.grid[0] * self.grid[1]
+        self.Cb = r * r * C
+        self.D = H * W * C
+        dtype = getattr(torch, config.dtype)
+        layers: list[Transform] = []
+        hc_index = 0
+        for tok in parse_layers(config.layers):
+            if tok.kind == "hc":
+                layers.append(HalfConvolution(self.grid, self.Cb, tok.n_values, tok.kernel,
+                                              parity=hc_index, dtype=dtype))
+                hc_index += 1
+            else:
+                cls = {"full": FullTransform, "diag": DiagonalTransform,
+                       "bd": SharedBlockTransform, "ubd": UnsharedBlockTransform}[tok.kind]
+                layers.append(cls(self.grid, self.Cb, tok.n_values, dtype=dtype))
+        self.layers = torch.nn.ModuleList(layers)
+        #: Gating networks, one per mixing layer (Identity elsewhere), when ``config.gating``.
+        gate_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.gates = torch.nn.ModuleList(
+            [Gate(self.grid, self.Cb, layer.n_values, layer.unshared, config.gate_hidden,
+                  dtype=dtype, generator=gate_gen)
+             if config.gating and layer.n_values > 1 else torch.nn.Identity()
+             for layer in layers])
+        offsets = np.cumsum([0] + [layer.n_vars for layer in layers])
+        #: Columns of a path tensor that hold each layer's variables.
+        self.var_slices = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
+        self.n_vars = int(offsets[-1])
+        #: :math:`\log \#\text{paths} = \sum_{\text{vars}} \log \#\text{values}`.
+        self.log_n_paths = float(sum(layer.n_vars * math.log(layer.n_values)
+                                     for layer in layers))
+        #: Subtracted before folding (the training mean after initialize, with ``center``).
+        self.register_buffer("offset", torch.zeros(self.D, dtype=dtype))
+        g = torch.Generator().manual_seed(config.seed)
+        self._perturb(g)
+
+    @classmethod
+    def from_config(cls, config: DeepGMMConfig) -> "DeepGMM":
+        return cls(config)
+
+    # ------------------------------------------------------------------------------ basics
+    def spec(self) -> str:
+        return ",".join(layer.spec() for layer in self.layers)
+
+    def n_params(self) -> int:
+        """Number of parameters of the transformations (biases included; gates excluded, see
+        :meth:`n_gate_params`)."""
+        return sum(layer.n_params() for layer in self.layers)
+
+    def n_gate_params(self) -> int:
+        """Number of parameters of the gating networks (0 without ``gating``)."""
+        return sum(p.numel() for p in self.gates.parameters())
+
+    def n_paths(self) -> float:
+        """The number of paths :math:`\\prod_{\\text{vars}} \\#\\text{values}` (a float:
+        unshared stacks have astronomically many)."""
+        return math.exp(self.log_n_paths)
+
+    @property
+    def log_prior(self) -> float:
+        """Uniform :math:`\\log\\pi_c = -\\log\\#\\text{paths}`."""
+        return -self.log_n_paths
+
+    def check_input(self, x: Any) -> torch.Tensor:
+        """``x`` as (N, D) rows of the model's dtype: rows in (H, W, C) order or (N, H, W, C)
+        images; errors name a wrong type, shape, dtype or NaN."""
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(np.ascontiguousarray(x))
+        if torch.is_tensor(x) and x.ndim == 4:
+            if tuple(x.shape[1:]) != tuple(self.config.shape):
+                raise InputError(f"images of shape {tuple(x.shape[1:])}; the model takes "
+                                 f"{tuple(self.config.shape)}")
+            x = x.reshape(x.shape[0], -1)
+        return as_matrix(x, self.dtype, self.device, n_features=self.D)
+
+    def fold(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) rows -> (N, P, Cb) folded activities of ``x - offset`` (see :mod:`.folding`)."""
+        x = x - self.offset
+        return fold(x.reshape(x.shape[0], *self.config.shape), self.config.fold)
+
+    def unfold(self, h: torch.Tensor) -> torch.Tensor:
+        """(N, P, Cb) -> (N, D) rows."""
+        H, W, _ = self.config.shape
+        return unfold(h, self.config.fold, (H, W)).reshape(h.shape[0], self.D) + self.offset
+
+    def split(self, c: torch.Tensor) -> list[torch.Tensor]:
+        """A path tensor (N, V) as the per-layer choice tensors (N, n_vars_l)."""
+        return [c[:, s] for s in self.var_slices]
+
+    def random_paths(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, V) paths drawn uniformly."""
+        where = generator.device if generator is not None else self.device
+        cols = [torch.randint(layer.n_values, (n, layer.n_vars), generator=generator,
+                              device=where) for layer in self.layers]
+        return torch.cat(cols, 1).to(self.device)
+
+    def check_invertible(self) -> None:
+        """A :class:`ConfigError` naming the first layer value whose map is singular."""
+        for i, layer in enumerate(self.layers):
+            table = layer.logdet_table()
+            bad = ~torch.isfinite(table)
+            if bool(bad.any()):
+                v = int(bad.nonzero()[0, 0])
+                raise ConfigError(f"deep GMM layer {i + 1} ({layer.spec()}) value {v} is not "
+                                  f"invertible (log|det| = {float(table[v].detach())}); re-initialise "
+                                  f"it")
+
+    # ------------------------------------------------------------------------ path scores
+    def transform(self, h: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:math:`(h_L, \\sum_l \\log|\\det J_l|)` of folded ``h`` (N, P, Cb) under paths c."""
+        logdet = h.new_zeros(h.shape[0])
+        for layer, cl in zip(self.layers, self.split(c)):
+            h = layer(h, cl)
+            logdet = logdet + layer.log_det(cl)
+        return h, logdet
+
+    def path_score(self, x: Any, c: torch.Tensor) -> torch.Tensor:
+        """:math:`s_c(x)` (N,) for rows x and paths c (N, V); differentiable (the M step)."""
+        x = self.check_input(x)
+        return self.score_folded(self.fold(x), c.to(self.device))
+
+    def score_folded(self, h0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """:math:`s_c` of already folded, checked activities h0 (N, P, Cb)."""
+        if not self.config.gating:
+            h, logdet = self.transform(h0, c)
+            return self.log_prior + _log_normal(h) + logdet
+        h, total = h0, h0.new_zeros(h0.shape[0])
+        for i, (layer, cl) in enumerate(zip(self.layers, self.split(c))):
+            h = layer(h, cl)
+            total = total + layer.log_det(cl) + self._gate_term(i, h, cl)
+        return total + _log_normal(h)
+
+    def _gate_term(self, i: int, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor | float:
+        """:math:`\\log g_i(h_i)[c_i]` (0 for a layer without a gate)."""
+        gate = self.gates[i]
+        return gate.log_prob(h, c) if isinstance(gate, Gate) else 0.0
+
+    def gate_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.gates.parameters())
+
+    def transform_parameters(self) -> list[torch.nn.Parameter]:
+        return list(self.layers.parameters())
+
+    # ---------------------------------------------------------------------- path search
+    def _chains(self) -> float:
+        """Chains per position of a factorising stack (inf if it does not factorise)."""
+        first = self.factorised_from()
+        if first is None:
+            return math.inf
+        return float(np.prod([layer.n_values for layer in self.layers[first:]]))
+
+    def _exact_tractable(self) -> bool:
+        return min(self.n_paths(), self._chains()) <= self.config.max_exact_paths
+
+    def _exact_chunk(self) -> int:
+        """Samples per chunk of exact enumeration (its largest tensor: #paths x chunk x D)."""
+        k = min(self.n_paths(), self._chains())
+        return int(max(1, min(self.config.chunk_size, _EXACT_BUDGET // max(1.0, k * self.D))))
+
+    def _method(self, method: str | None) -> str:
+        method = method or self.config.search
+        if method == "auto":
+            method = "exact" if self._exact_tractable() else "coordinate"
+        if method not in ("exact", "coordinate"):
+            raise ConfigError(f"Unknown path search '{method}'; expected exact, coordinate "
+                              f"or auto")
+        return method
+
+    @torch.no_grad()
+    def search(self, x: Any, start: torch.Tensor | None = None, *, method: str | None = None,
+               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The E step: the best path found per sample and its score, ((N, V), (N,)).
+
+        ``exact`` enumerates every path; ``coordinate`` runs the paper's schedule: one pass from
+        ``start`` (when given) and ``restarts`` passes from one uniformly random path, keeping
+        the better per sample, so the result never scores below ``start``.
+        """
+        x = self.check_input(x)
+        self.check_invertible()
+        method = self._method(method)
+        out_c, out_s = [], []
+        step = self.config.chunk_size
+        if method == "exact":
+            step = self._exact_chunk()
+        randoms = self.random_paths(x.shape[0], generator) if method == "coordinate" else None
+        for a in range(0, x.shape[0], step):
+            h0 = self.fold(x[a:a + step])
+            if method == "exact" and self.n_paths() > self.config.max_exact_paths:
+                if self._chains() > self.config.max_exact_paths:
+                    raise ConfigError(f"exact path search over {self.n_paths():.3g} paths is "
+                                      f"intractable; use search='coordinate'")
+                c, s, _ = self._factorised_all(h0)
+            elif method == "exact":
+                c, s, _ = self._enumerate(h0)
+            else:
+                c, s = self._coordinate(h0, randoms[a:a + step], self.config.restarts)
+                if start is not None:
+                    c1, s1 = self._coordinate(h0, start[a:a + step].to(self.device), 1)
+                    better = s1 >= s
+                    c = torch.where(better[:, None], c1, c)
+                    s = torch.where(better, s1, s)
+            out_c.append(c)
+            out_s.append(s)
+        return torch.cat(out_c), torch.cat(out_s)
+
+    def _enumerate(self, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every path as a tree sharing data-side prefixes: (best path (N, V), its score,
+        logsumexp of all path scores)."""
+        N = h0.shape[0]
+        H = h0[None]                                           # (K, N, P, Cb)
+        S = h0.new_zeros(1, N)                                 # prefix log-dets
+        C = torch.zeros(1, N, 0, dtype=torch.long, device=h0.device)
+        for layer in self.layers:
+            K = H.shape[0]
+            flat = H.reshape(K * N, *H.shape[2:])
+            table = layer.logdet_table()
+            if layer.n_values == 1:
+                zeros = torch.zeros(K * N, layer.n_vars, dtype=torch.long, device=h0.device)
+                H = layer(flat, zeros).reshape(H.shape)
+                S = S + table[0] * layer.n_vars
+                C = torch.cat([C, zeros.reshape(K, N, -1)], 2)
+                continue
+            allv = layer.forward_all(flat)                     # (n, K*N, P, Cb)
+            n = layer.n_values
+            if not layer.unshared:
+                combos = torch.arange(n, device=h0.device)[:, None]          # (Q, 1)
+                out = allv.reshape(n, K, N, *H.shape[2:]).transpose(0, 1)    # (K, n, N, ..)
+                ld = table                                                    # (Q,)
+            else:
+                P = layer.P
+                grids = torch.meshgrid(*[torch.arange(n, device=h0.device)] * P, indexing="ij")
+                combos = torch.stack([g.reshape(-1) for g in grids], 1)       # (Q, P)
+                Q = combos.shape[0]
+                pos = torch.arange(P, device=h0.device)[None].expand(Q, P)
+                sel = allv.permute(0, 2, 1, 3)[combos, pos]                   # (Q, P, KN, Cb)
+                out = sel.permute(2, 0, 1, 3).reshape(K, N, Q, P, -1).transpose(1, 2)
+                ld = table[combos].sum(1)
+            Q = combos.shape[0]
+            H = out.reshape(K * Q, N, *H.shape[2:])
+            S = (S[:, None] + ld[None, :, None]).reshape(K * Q, N)
+            if self.config.gating:
+                gate = self.gates[self._layer_index(layer)]
+                cc = combos[None, :, None].expand(K, Q, N, combos.shape[1]).reshape(K * Q * N, -1)
+                g = gate.log_prob(H.reshape(K * Q * N, *H.shape[2:]), cc)
+                S = S + g.reshape(K * Q, N)
+            C = torch.cat([C[:, None].expand(K, Q, N, C.shape[2]),
+                           combos[None, :, None].expand(K, Q, N, combos.shape[1])], 3)
+            C = C.reshape(K * Q, N, -1)
+        prior = 0.0 if self.config.gating else self.log_prior
+        total = S + _log_normal(H) + prior                     # (#paths, N)
+        best_s, best = total.max(0)
+        best_c = C.gather(0, best[None, :, None].expand(1, N, C.shape[2]))[0]
+        return best_c, best_s, torch.logsumexp(total, 0)
+
+    def _layer_index(self, layer: Transform) -> int:
+        return next(i for i, m in enumerate(self.layers) if m is layer)
+
+    def _coordinate(self, h0: torch.Tensor, c: torch.Tensor,
+                    passes: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``passes`` sweeps of coordinate ascent from paths c, data side first; each layer's
+        variable takes its best value with the others fixed (never lowering the score)."""
+        c = c.clone()
+        N = h0.shape[0]
+        if passes == 0:
+            return c, self.score_folded(h0, c)
+        for _ in range(passes):
+            hs = [h0]
+            parts = self.split(c)
+            for layer, cl in zip(self.layers, parts):
+                hs.append(layer(hs[-1], cl))
+            for i, layer in enumerate(self.layers):
+                if layer.n_values == 1:
+                    continue
+                n = layer.n_values
+                cand = layer.forward_all(hs[i])                            # (n, N, P, Cb)
+                hh = cand.reshape(n * N, *h0.shape[1:])
+                gates = hh.new_zeros(n * N)
+                if self.config.gating:
+                    values = torch.arange(n, device=h0.device).repeat_interleave(N)
+                    gates = gates + self._gate_term(i, hh, values[:, None].expand(
+                        n * N, layer.n_vars))
+                for j in range(i + 1, len(self.layers)):
+                    cj = parts[j].repeat(n, 1)
+                    hh = self.layers[j](hh, cj)
+                    if self.config.gating:
+                        gates = gates + self._gate_term(j, hh, cj)
+                hh = hh.reshape(n, N, *h0.shape[1:])
+                table = layer.logdet_table()
+                cols = self.var_slices[i]
+                if not layer.unshared:
+                    sc = _log_normal(hh) + table[:, None] + gates.reshape(n, N)   # (n, N)
+                    c[:, cols] = sc.argmax(0)[:, None]
+                else:
+                    # Per-position terms of candidate "value v at every position".
+                    sc = _log_normal(hh, per_position=True) + table[:, None, None]  # (n, N, P)
+                    proposal = sc.argmax(0)                                   # (N, P)
+                    if not self.config.gating and all(
+                            self.layers[j].per_position for j in range(i + 1, len(self.layers))):
+                        # The score separates over positions: the per-position argmax is exact.
+                        c[:, cols] = proposal
+                    else:
+                        # Positions are coupled above [deepmix]: accept the joint proposal only
+                        # where it raises the path score.
+                        trial = c.clone()
+                        trial[:, cols] = proposal
+                        old, new = self.score_folded(h0, c), self.score_folded(h0, trial)
+                        accept = new > old
+                        c = torch.where(accept[:, None], trial, c)
+                        if self.config.coupled_update == "sequential" and not bool(accept.all()):
+                            rest = (~accept).nonzero().squeeze(1)
+                            c[rest] = self._sequential(h0[rest], c[rest], i)
+                parts = self.split(c)
+                # Recompute h_{i+1..L} for the next layer's candidates.
+                for j in range(i, len(self.layers)):
+                    hs[j + 1] = self.layers[j](hs[j], parts[j])
+        return c, self.score_folded(h0, c)
+
+    def _sequential(self, h0: torch.Tensor, c: torch.Tensor, i: int) -> torch.Tensor:
+        """Position by position, the best value of layer i's variable at that position with all
+        others fixed (m full evaluations per position; never lowers the score)."""
+        layer = self.layers[i]
+        n, N = layer.n_values, h0.shape[0]
+        start = self.var_slices[i].start
+        hrep = h0.repeat(n, 1, 1)
+        values = torch.arange(n, device=h0.device).repeat_interleave(N)
+        for p in range(layer.n_vars):
+            trial = c.repeat(n, 1)
+            trial[:, start + p] = values
+            best = self.score_folded(hrep, trial).reshape(n, N).argmax(0)
+            c = c.clone()
+            c[:, start + p] = best
+        return c
+
+    # ---------------------------------------------------------------------- evaluation
+    def log_prob_lower_bound(self, x: Any, *, method: str | None = None,
+                             generator: torch.Generator | None = None) -> torch.Tensor:
+        """LB(x) = :math:`s_c(x)` of the best path found (a valid lower bound), nats, (N,)."""
+        return self.search(x, method=method, generator=generator)[1]
+
+    def log_prob_upper_bound_approx(self, x: Any, *, method: str | None = None,
+                                    generator: torch.Generator | None = None) -> torch.Tensor:
+        """UB*(x) = LB(x) + log #paths (approximate: a better path may exist), nats, (N,)."""
+        return self.log_prob_lower_bound(x, method=method, generator=generator) \
+            + self.log_n_paths
+
+    def factorised_from(self) -> int | None:
+        """Index of the first mixing layer when p(x) factorises over positions above it
+        (every layer from there on works per position and every mixing layer is unshared),
+        else None."""
+        first = next((i for i, layer in enumerate(self.layers) if layer.n_values > 1), None)
+        if first is None:
+            return None
+        rest = self.layers[first:]
+        if not self.config.gating and all(layer.per_position and (layer.unshared or layer.n_values == 1) for layer in rest):
+            return first
+        return None
+
+    def log_prob(self, x: Any) -> torch.Tensor:
+        """Exact :math:`\\log p(x)` (nats, (N,)): by enumerating the paths (at most
+        ``max_exact_paths``), or per position for unshared stacks that factorise; else a
+        :class:`NoDensityError` naming the bounds."""
+        x = self.check_input(x)
+        self.check_invertible()
+        if self.n_paths() <= self.config.max_exact_paths:
+            step = self._exact_chunk()
+            return torch.cat([self._enumerate(self.fold(x[a:a + step]))[2]
+                              for a in range(0, x.shape[0], step)])
+        if self.factorised_from() is not None:
+            step = self._exact_chunk()
+            return torch.cat([self._factorised(self.fold(x[a:a + step]))
+                              for a in range(0, x.shape[0], step)])
+        raise NoDensityError(f"the deep GMM {self.spec()} has {self.n_paths():.3g} paths and "
+                             f"does not factorise: its exact density is intractable; use "
+                             f"log_prob_lower_bound or log_prob_upper_bound_approx")
+
+    def forward(self, x: Any) -> torch.Tensor:
+        """:meth:`log_prob`."""
+        return self.log_prob(x)
+
+    def _factorised(self, h0: torch.Tensor) -> torch.Tensor:
+        """:math:`\\log p = \\sum_p \\log\\sum_{\\text{chains at } p}` (spec section 3)."""
+        return self._factorised_all(h0)[2]
+
+    def _factorised_all(self, h0: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For a stack that factorises over positions: (best path (N, V), its score, exact
+        log p), by enumerating each position's chains of the mixing layers at once."""
+        first = self.factorised_from()
+        N = h0.shape[0]
+        h = h0
+        const = h0.new_zeros(())
+        zeros = torch.zeros(N, self.P, dtype=torch.long, device=h0.device)
+        for layer in self.layers[:first]:
+            h = layer(h, zeros[:, :layer.n_vars])
+            const = const + layer.logdet_table()[0] * layer.n_vars
+        H = h[None]                                                   # (K, N, P, Cb)
+        S = h0.new_zeros(1, N, self.P)
+        # chain k's value at every mixing layer (mixed radix, earlier layers slower)
+        chains = torch.zeros(1, 0, dtype=torch.long, device=h0.device)
+        for layer in self.layers[first:]:
+            K = H.shape[0]
+            flat = H.reshape(K * N, *h.shape[1:])
+            table = layer.logdet_table()
+            if layer.n_values == 1:
+                H = layer(flat, zeros[:, :layer.n_vars].repeat(K, 1)).reshape(H.shape)
+                const = const + table[0] * layer.n_vars
+                continue
+            n = layer.n_values
+            H = layer.forward_all(flat).reshape(n, K, N, *h.shape[1:]).transpose(0, 1)
+            H = H.reshape(K * n, N, *h.shape[1:])
+            S = (S[:, None] + table[None, :, None, None]).reshape(K * n, N, self.P)
+            S = S - math.log(n)                                       # per-position prior
+            values = torch.arange(n, device=h0.device)
+            chains = torch.cat([chains.repeat_interleave(n, 0),
+                                values.repeat(K)[:, None]], 1)
+        total = S + _log_normal(H, per_position=True)                 # (K, N, P)
+        exact = torch.logsumexp(total, 0).sum(1) + const
+        best_s, best_k = total.max(0)                                 # (N, P)
+        c = torch.zeros(N, self.n_vars, dtype=torch.long, device=h0.device)
+        j = 0
+        for layer, cols in zip(self.layers[first:], self.var_slices[first:]):
+            if layer.n_values > 1:
+                c[:, cols] = chains[best_k, j]
+                j += 1
+        # Deterministic layers below contribute no prior; the constant holds their log-dets.
+        return c, best_s.sum(1) + const, exact
+
+    # ---------------------------------------------------------------------- sampling
+    def sample(self, n: int, *, generator: torch.Generator | None = None,
+               condition: Any = None) -> torch.Tensor:
+        """``n`` rows (n, D): a path from the prior (uniform, or the gates on the way down),
+        :math:`\\epsilon \\sim N(0, I)`, the inverses from
+        layer L down to 1, unfolded."""
+        if condition is not None:
+            raise InputError("the deep GMM samples unconditionally (condition=None)")
+        return self.sample_with_paths(n, generator=generator)[0]
+
+    @torch.no_grad()
+    def sample_with_paths(self, n: int, *, generator: torch.Generator | None = None,
+                          paths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows (n, D), their paths (n, V)); ``paths`` fixes the paths instead of drawing
+        them uniformly."""
+        n = self._check_n(n)
+        self.check_invertible()
+        c = self.random_paths(n, generator) if paths is None else paths.to(self.device)
+        eps = torch.randn(n, self.P, self.Cb, generator=generator, dtype=self.dtype,
+                          device=generator.device if generator is not None else self.device)
+        h = eps.to(self.device)
+        gated = self.config.gating and paths is None
+        for i in reversed(range(len(self.layers))):
+            layer, cols = self.layers[i], self.var_slices[i]
+            if gated and isinstance(self.gates[i], Gate):
+                # c_i ~ g_i(h_i), drawn on the way down from the generation-side input
+                c[:, cols] = self.gates[i].sample(h, generator).to(self.device)
+            h = layer.inverse(h, c[:, cols])
+        return self.unfold(h), c
+
+    # ---------------------------------------------------------------------- initialisation
+    @torch.no_grad()
+    def _perturb(self, generator: torch.Generator, scale: float = 0.01) -> None:
+        """Identity + relative noise N(0, scale²) on every non-HC layer (HC kernels stay 0)."""
+        for layer in self.layers:
+            if isinstance(layer, HalfConvolution):
+                continue
+            if isinstance(layer, DiagonalTransform):
+                layer.log_scale.copy_(scale * torch.randn(layer.log_scale.shape,
+                                                          generator=generator,
+                                                          dtype=layer.log_scale.dtype))
+                continue
+            w = layer.weight
+            noise = torch.randn(w.shape, generator=generator, dtype=w.dtype).to(w.device)
+            w.add_(scale * noise)
+
+    @torch.no_grad()
+    def initialize(self, x: Any, init: str | None = None, *,
+                   generator: torch.Generator | None = None, ridge: float = 1e-6) -> "DeepGMM":
+        """[deepmix] the offset at the data mean (``center``); HC kernels at 0; the first BD /
+        full / diagonal layer from the data side whitens its input (per position for shared BD, pooled over positions for an unshared
+        bank): :math:`W = \\mathrm{chol}(\\Sigma + \\epsilon I)^{-1}`, :math:`t = -W\\mu`;
+        every other layer the identity; all with relative noise N(0, 0.01²)."""
+        if init not in (None, "whiten"):
+            raise ConfigError(f"Unknown deep GMM init '{init}'; expected whiten")
+        x = self.check_input(x)
+        g = generator if generator is not None else torch.Generator().manual_seed(
+            self.config.seed)
+        for layer in self.layers:
+            if isinstance(layer, HalfConvolution):
+                layer.weight.zero_()
+            elif isinstance(layer, DiagonalTransform):
+                layer.log_scale.zero_()
+                layer.bias.zero_()
+            else:
+                layer.weight.copy_(torch.eye(layer.weight.shape[-1], dtype=layer.weight.dtype)
+                                   .expand_as(layer.weight))
+                layer.bias.zero_()
+        self._perturb(g)
+        self.offset.copy_(x.mean(0) if self.config.center else torch.zeros_like(self.offset))
+        h = self.fold(x)
+        zeros = torch.zeros(h.shape[0], self.P, dtype=torch.long, device=self.device)
+        for layer in self.layers:
+            if not isinstance(layer, HalfConvolution):
+                self._whiten(layer, h, ridge)
+                break
+            h = layer(h, zeros[:, :layer.n_vars])
+        self.check_invertible()
+        return self
+
+    def _whiten(self, layer: Transform, h: torch.Tensor, ridge: float) -> None:
+        N = h.shape[0]
+        if isinstance(layer, FullTransform):
+            rows = h.reshape(1, N, -1)                                   # (groups, N, d)
+        elif isinstance(layer, UnsharedBlockTransform):
+            rows = h.reshape(1, N * self.P, self.Cb)
+        elif isinstance(layer, DiagonalTransform):
+            mean = h.mean(0)
+            std = (h.var(0, unbiased=False) + ridge).sqrt()
+            layer.log_scale.add_(-std.log())
+            layer.bias.copy_(-mean * layer.log_scale.exp())
+            return
+        else:
+            rows = h.transpose(0, 1)                                     # (P, N, Cb)
+        mean = rows.mean(1, keepdim=True)
+        xc = rows - mean
+        cov = xc.transpose(1, 2) @ xc / rows.shape[1]
+        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
+        L, info = torch.linalg.cholesky_ex(cov + ridge * eye)
+        if bool((info != 0).any()):
+            raise ConfigError(f"deep GMM initialisation: the data covariance of layer "
+                              f"{layer.spec()} is not positive definite even with ridge "
+                              f"{ridge}; raise the ridge")
+        Winv = torch.linalg.solve_triangular(L, eye.expand_as(L), upper=False)  # chol^{-1}
+        mean = mean.squeeze(1)                                           # (groups, d)
+        # Keep the relative perturbation: W_v = (I + noise_v) chol^{-1}.
+        w = layer.weight
+        if isinstance(layer, FullTransform):
+            w.copy_(w @ Winv[0])
+            layer.bias.copy_(-(w @ mean[0]))
+        elif isinstance(layer, UnsharedBlockTransform):
+            w.copy_(w @ Winv[0])
+            layer.bias.copy_(-(w @ mean[0]))
+        else:                                                            # (n, P, Cb, Cb)
+            w.copy_(w @ Winv[None])
+            layer.bias.copy_(-torch.einsum("vpij,pj->vpi", w, mean))

@@ -1,0 +1,417 @@
+r"""The flat Deep Residual Mixture Model (Hämäläinen & Solin 2020; spec drmm §3).
+
+L layers of K components (:class:`~.layer.RMMLayer`); layer l sees the data residual and the
+l-1 latent streams of the layers before it (:math:`D_l = D + (l-1)K`). The data are one packed
+(N, W) matrix: a continuous stream ``"x"`` of ``n_features`` columns, then categorical streams
+``"c0"``, ``"c1"``, ... of ``blocks * categories`` log-probability columns each.
+
+Density (continuous data): with :math:`r = x - \sum_{l<L}\mu_{l,h_l}` (unit Jacobian),
+
+.. math:: p(x) = \sum_{h_1..h_{L-1}} \sum_k w_{L,k}\, \mathcal N(r; \mu_{L,k}, \Sigma_L)
+          \prod_{l<L} p_{L,k,l}[h_l],
+
+enumerated exactly by :meth:`DRMM.log_prob` when :math:`K^{L-1} \le 10^6`; otherwise
+:meth:`DRMM.log_prob_is` estimates it by importance sampling with the forward pass as proposal.
+Sampling, conditioning (:mod:`.conditions`) and completion run the forward pass (spec §5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ...errors import ConfigError, InputError, NoDensityError
+from ...utils.tensors import LOG_2PI, as_matrix
+from ..base import Model
+from ..registry import register_family
+from .conditions import DRMMCondition, ResolvedCondition
+from .layer import RMMLayer, Stream, StreamSpec
+
+__all__ = ["DRMMConfig", "DRMM", "parameter_count", "MAX_PATHS"]
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Largest number of latent paths per point that :meth:`DRMM.log_prob` enumerates.
+MAX_PATHS = 1_000_000
+_ELEMENTS = 1 << 22    # bound on (rows x paths x K x D) elements computed at once
+
+
+def _positive_int(name: str, v: Any, minimum: int = 1) -> None:
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {v!r}")
+
+
+@dataclass
+class DRMMConfig:
+    """Everything that rebuilds a :class:`DRMM` (``config.json`` ``"model"``).
+
+    Arguments:
+        n_features: D, the width of the continuous data stream ``"x"`` (0: none).
+        n_components: K per layer.
+        n_layers: L.
+        sigma: ``"scalar"`` (one variance per continuous stream and layer, the reference) or
+            ``"diagonal"`` (one per variable).
+        categorical: M of each categorical data stream ``"c0"``, ``"c1"``, ...
+        categorical_blocks: packed blocks of each categorical stream (empty: 1 each).
+        dtype: ``"float32"`` or ``"float64"``.
+    """
+
+    n_features: int = 2
+    n_components: int = 16
+    n_layers: int = 3
+    sigma: str = "scalar"
+    categorical: tuple[int, ...] = ()
+    categorical_blocks: tuple[int, ...] = ()
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        _positive_int("n_features", self.n_features, 0)
+        _positive_int("n_components", self.n_components, 1)
+        _positive_int("n_layers", self.n_layers, 1)
+        if self.sigma not in ("scalar", "diagonal"):
+            raise ConfigError(f"Unknown sigma '{self.sigma}'; expected scalar or diagonal")
+        self.categorical = tuple(self.categorical)
+        self.categorical_blocks = tuple(self.categorical_blocks) or (1,) * len(self.categorical)
+        if len(self.categorical_blocks) != len(self.categorical):
+            raise ConfigError(f"categorical_blocks has {len(self.categorical_blocks)} entries "
+                              f"for {len(self.categorical)} categorical streams")
+        for m in self.categorical:
+            _positive_int("categories of a categorical stream", m, 2)
+        for b in self.categorical_blocks:
+            _positive_int("blocks of a categorical stream", b, 1)
+        if self.n_features == 0 and not self.categorical:
+            raise ConfigError("a DRMM needs data: n_features >= 1 or a categorical stream")
+        if self.dtype not in _DTYPES:
+            raise ConfigError(f"Unknown dtype '{self.dtype}'; expected float32 or float64")
+
+
+def parameter_count(n_features: int, n_components: int, n_layers: int, *,
+                    categorical_width: int = 0, sigma: str = "scalar") -> int:
+    r"""Parameters of a flat DRMM (spec §3): :math:`\sum_l (D_l K + K + s)` with
+    :math:`D_l = D + C + (l-1)K` (C categorical data columns) and s the variance parameters
+    (1 scalar, D diagonal, none without a continuous stream); for one continuous stream
+    :math:`DLK + K^2 L(L-1)/2 + LK + L`."""
+    D, K, L, C = n_features, n_components, n_layers, categorical_width
+    s = 0 if D == 0 else (1 if sigma == "scalar" else D)
+    return (D + C) * L * K + K * K * L * (L - 1) // 2 + L * K + L * s
+
+
+@register_family
+class DRMM(Model):
+    r"""Deep Residual Mixture Model: a stack of RMM layers, each modelling the residual of the
+    previous ones plus their latent choices (Hämäläinen & Solin 2020)."""
+
+    family = "drmm"
+    config_class = DRMMConfig
+    default_objective = "drmm-em"
+
+    def __init__(self, config: DRMMConfig | None = None, **kwargs: Any) -> None:
+        super().__init__()
+        if config is None:
+            config = DRMMConfig(**kwargs)
+        elif kwargs:
+            raise ConfigError("give DRMM a DRMMConfig or keyword options, not both")
+        self.config = config
+        dtype = _DTYPES[config.dtype]
+        data: list[StreamSpec] = []
+        if config.n_features:
+            data.append(StreamSpec("continuous", config.n_features))
+        for m, b in zip(config.categorical, config.categorical_blocks):
+            data.append(StreamSpec("categorical", m * b, categories=m, blocks=b))
+        self.data_specs = data
+        K = config.n_components
+        layers = []
+        for l in range(config.n_layers):
+            latent = [StreamSpec("categorical", K, categories=K, latent=True)
+                      for _ in range(l)]
+            layers.append(RMMLayer(K, data + latent, sigma=config.sigma, dtype=dtype))
+        self.layers = nn.ModuleList(layers)
+
+    @classmethod
+    def from_config(cls, config: DRMMConfig) -> "DRMM":
+        return cls(config)
+
+    # ------------------------------------------------------------------ shapes and inputs
+    @property
+    def n_components(self) -> int:
+        return self.config.n_components
+
+    @property
+    def n_layers(self) -> int:
+        return self.config.n_layers
+
+    @property
+    def width(self) -> int:
+        """Columns of the packed data matrix."""
+        return sum(s.width for s in self.data_specs)
+
+    @property
+    def stream_names(self) -> tuple[str, ...]:
+        names = ("x",) if self.config.n_features else ()
+        return names + tuple(f"c{i}" for i in range(len(self.config.categorical)))
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of trainable scalars (equals :func:`parameter_count`)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def check_input(self, x: Any) -> torch.Tensor:
+        """``x`` as an (N, W) tensor of the model's dtype and device."""
+        return as_matrix(x, self.dtype, self.device, n_features=self.width)
+
+    def split(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> list[Stream]:
+        """The packed (N, W) data (and mask, default all known) as data streams."""
+        if mask is None:
+            mask = torch.ones_like(x)
+        out, start = [], 0
+        for s in self.data_specs:
+            out.append(Stream(x[:, start:start + s.width], mask[:, start:start + s.width]))
+            start += s.width
+        return out
+
+    @staticmethod
+    def pack(streams: list[Stream]) -> torch.Tensor:
+        return torch.cat([s.value for s in streams], 1)
+
+    # ------------------------------------------------------------------ forward passes
+    def argmax_pass(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[
+            list[torch.Tensor], list[Stream]]:
+        """Forward pass with :math:`h_l = \\arg\\max_k m_k` (training mode); returns the
+        choices and the last layer's output streams."""
+        streams = self.split(x, mask)
+        hs = []
+        for layer in self.layers:
+            h = layer.membership(streams).argmax(1)
+            streams = layer.advance(streams, h)
+            hs.append(h)
+        return hs, streams
+
+    def reconstruct(self, hs: list[torch.Tensor], last: list[Stream] | None = None
+                    ) -> torch.Tensor:
+        """Invert the stack for choices hs from the last output streams (None: zero
+        residuals, i.e. :math:`\\sum_l \\hat x_l` for the continuous stream)."""
+        n = hs[0].shape[0]
+        if last is None:
+            top = self.layers[-1]
+            last = [Stream(mod.zero_residual(n), torch.zeros_like(mod.zero_residual(n)))
+                    for mod in top.streams]
+        streams = list(last)
+        for layer, h in zip(reversed(self.layers), reversed(hs)):
+            streams = layer.inverse(streams, h)
+        return self.pack(streams)
+
+    @torch.no_grad()
+    def initialize(self, x: Any, init: str | None = None, *,
+                   generator: torch.Generator | None = None) -> "DRMM":
+        """Data-dependent initialisation, layer by layer on x (spec §4): each layer's
+        parameters from its input, then the argmax pass with the new means feeds the next."""
+        if init not in (None, "data"):
+            raise ConfigError(f"Unknown DRMM init '{init}'; expected data")
+        streams = self.split(self.check_input(x))
+        for layer in self.layers:
+            layer.initialize(streams, generator)
+            h = layer.membership(streams).argmax(1)
+            streams = layer.advance(streams, h)
+        return self
+
+    # ------------------------------------------------------------------ density
+    def _continuous_only(self, what: str) -> None:
+        if self.config.categorical:
+            raise InputError(f"{what} covers models of continuous data only; this DRMM has "
+                             f"categorical streams {', '.join(self.stream_names[1:])}")
+
+    def n_paths(self) -> int:
+        """:math:`K^{L-1}`, the latent paths :meth:`log_prob` sums over per point."""
+        return self.n_components ** (self.n_layers - 1)
+
+    def _last_layer_terms(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                         list[torch.Tensor]]:
+        top = self.layers[-1]
+        cont = top.streams[0]
+        return (top.log_weights(), cont.mu, cont.variances(),
+                [mod.log_p() for mod in top.streams[1:]])            # (K, K) each
+
+    def _log_gauss(self, r: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """log N(r; mu_k, diag var) for r (..., D) against mu (..., K, D): (..., K)."""
+        d = r[..., None, :] - mu
+        return -0.5 * ((d * d / var).sum(-1) + torch.log(var).sum() + r.shape[-1] * LOG_2PI)
+
+    def log_prob(self, x: Any) -> torch.Tensor:
+        """:math:`\\log p(x)` in nats (N,) by exact enumeration of the :math:`K^{L-1}` paths
+        (spec §3, with the :math:`2\\pi` constant); differentiable."""
+        x = self.check_input(x)
+        self._continuous_only("log_prob")
+        P = self.n_paths()
+        if P > MAX_PATHS:
+            raise NoDensityError(f"log_prob would enumerate K^(L-1) = {P} latent paths per "
+                                 f"point (more than {MAX_PATHS}); use the importance-sampling "
+                                 f"estimate log_prob_is(x, n_samples=...)")
+        log_w, mu, var, log_p = self._last_layer_terms()
+        K, D, L = self.n_components, x.shape[1], self.n_layers
+        prev_mu = [layer.streams[0].mu for layer in self.layers[:-1]]
+        N = x.shape[0]
+        chunk_p = max(1, min(P, _ELEMENTS // max(1, K * D)))
+        parts = []
+        for start in range(0, P, chunk_p):
+            ids = torch.arange(start, min(P, start + chunk_p), device=x.device)
+            offset = mu.new_zeros(len(ids), D)
+            path_log = mu.new_zeros(len(ids), K)
+            rest = ids
+            for l in range(L - 1):
+                h = rest % K
+                rest = rest // K
+                offset = offset + prev_mu[l][h]
+                path_log = path_log + log_p[l][:, h].T
+            centres = offset[:, None, :] + mu[None]                           # (P', K, D)
+            weights = log_w + path_log                                        # (P', K)
+            rows = max(1, _ELEMENTS // max(1, len(ids) * K * D))
+            col = []
+            for s in range(0, N, rows):
+                lg = self._log_gauss(x[s:s + rows, None, :], centres, var)    # (n, P', K)
+                col.append(torch.logsumexp((lg + weights).flatten(1), 1))
+            parts.append(torch.cat(col))
+        return torch.logsumexp(torch.stack(parts, 1), 1)
+
+    @torch.no_grad()
+    def log_prob_is(self, x: Any, n_samples: int = 1000, *,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+        r"""Importance-sampling estimate of :math:`\log p(x)` (N,):
+        :math:`\log \frac1S \sum_s p_L(r^s, h^s) / q(h^s \mid x)`, with :math:`h^s` drawn by
+        the forward pass (untruncated, temperature 1) and q the product of its per-layer
+        probabilities; consistent as S grows."""
+        x = self.check_input(x)
+        self._continuous_only("log_prob_is")
+        S = self._check_n(n_samples)
+        log_w, mu, var, log_p = self._last_layer_terms()
+        N = x.shape[0]
+        rows = max(1, min(N, 65536 // S))
+        out = []
+        for s0 in range(0, N, rows):
+            xs = x[s0:s0 + rows].repeat_interleave(S, 0)
+            streams = self.split(xs)
+            log_q = xs.new_zeros(xs.shape[0])
+            path_log = xs.new_zeros(xs.shape[0], self.n_components)
+            for l, layer in enumerate(self.layers[:-1]):
+                lq = torch.log_softmax(layer.membership(streams), 1)
+                h = self._draw(lq, generator)
+                log_q = log_q + lq.gather(1, h[:, None])[:, 0]
+                path_log = path_log + log_p[l][:, h].T
+                streams = layer.advance(streams, h)
+            r = streams[0].value
+            lp = torch.logsumexp(log_w + path_log + self._log_gauss(r, mu, var), 1)
+            est = torch.logsumexp((lp - log_q).reshape(-1, S), 1) - math.log(S)
+            out.append(est)
+        return torch.cat(out)
+
+    def _draw(self, log_probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        p = torch.softmax(log_probs, 1).to(gdev)
+        return torch.multinomial(p, 1, generator=generator)[:, 0].to(log_probs.device)
+
+    # ------------------------------------------------------------------ sampling
+    def _resolve(self, condition: Any, n: int) -> ResolvedCondition:
+        return ResolvedCondition.resolve(
+            condition, n, width=self.width, continuous=self.config.n_features,
+            continuous_names=self.stream_names[:1] if self.config.n_features else (),
+            dtype=self.dtype, device=self.device)
+
+    @torch.no_grad()
+    def sample_with_scores(self, n: int, *, generator: torch.Generator | None = None,
+                           condition: DRMMCondition | None = None, temperature: float = 1.0,
+                           truncation: float | None = None, noise: bool = False,
+                           clamp_observed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""Forward sampling (spec §5): n samples (n, W) and their scores (n,), the log of the
+        last layer's unnormalised, constraint-including membership
+        :math:`\log\sum_k e^{m_k + c_k}` (higher = better fit; the reference sorts by it).
+
+        At every layer: m with the condition's masks, plus the constraint/prior log factors;
+        :math:`h \sim \mathrm{softmax}(m/T)` (T = 0: argmax), with probabilities below
+        ``truncation`` x max set to 0; then residuals, and the constraints move into residual
+        space. The sample is :math:`\sum_l \hat x_l` (categorical: the inverse chain from a
+        uniform residual); ``noise`` adds :math:`N(0, \sigma_L^2)`; ``clamp_observed`` copies
+        the known values (mask > 0) into the output.
+        """
+        n = self._check_n(n)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
+                not (0 <= temperature < math.inf):
+            raise InputError(f"temperature must be a number >= 0, got {temperature!r}")
+        if truncation is not None and not (isinstance(truncation, (int, float))
+                                           and 0 <= truncation < 1):
+            raise InputError(f"truncation must lie in [0, 1) or be None, got {truncation!r}")
+        cond = self._resolve(condition, n)
+        streams = self.split(cond.values, cond.mask)
+        hs: list[torch.Tensor] = []
+        has_x = bool(self.config.n_features)
+        score = cond.values.new_zeros(n)
+        for layer in self.layers:
+            m = layer.membership(streams)
+            if has_x and cond.constrained:
+                cont = layer.streams[0]
+                m = m + cond.log_factors(cont.mu, cont.variances())
+            score = torch.logsumexp(m, 1)
+            if temperature == 0:
+                h = m.argmax(1)
+            else:
+                lp = torch.log_softmax(m / temperature, 1)
+                if truncation:
+                    lp = torch.where(lp >= lp.max(1, keepdim=True).values + math.log(truncation),
+                                     lp, torch.full_like(lp, -math.inf))
+                h = self._draw(lp, generator)
+            if has_x:
+                cond.shift(layer.streams[0].reconstruction(h))
+            streams = layer.advance(streams, h)
+            hs.append(h)
+        out = self.reconstruct(hs)
+        D = self.config.n_features
+        if noise and has_x:
+            gdev = generator.device if generator is not None else torch.device("cpu")
+            eps = torch.randn(n, D, generator=generator, dtype=out.dtype, device=gdev)
+            sd = self.layers[-1].streams[0].variances().sqrt()
+            out[:, :D] = out[:, :D] + eps.to(out.device) * sd
+        if clamp_observed:
+            out = torch.where(cond.mask > 0, cond.values, out)
+        return out, score
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None,
+               condition: DRMMCondition | None = None, temperature: float = 1.0,
+               truncation: float | None = None, noise: bool = False,
+               clamp_observed: bool = False) -> torch.Tensor:
+        """n samples (n, W), unconditional or under ``condition`` (a :class:`DRMMCondition`);
+        the options are those of :meth:`sample_with_scores`."""
+        return self.sample_with_scores(n, generator=generator, condition=condition,
+                                       temperature=temperature, truncation=truncation,
+                                       noise=noise, clamp_observed=clamp_observed)[0]
+
+    @torch.no_grad()
+    def complete(self, x: Any, mask: Any, *, method: str = "mean",
+                 generator: torch.Generator | None = None, n_samples: int = 64) -> torch.Tensor:
+        """Fill the missing entries (``mask`` False) of every row of x (N, W) by conditional
+        forward sampling on the observed ones: ``"sample"`` one draw, ``"mode"`` the argmax
+        path (T = 0), ``"mean"`` the average of ``n_samples`` draws. Observed entries are
+        returned unchanged."""
+        if method not in ("mean", "sample", "mode"):
+            raise ConfigError(f"Unknown completion method '{method}'; expected 'mean', "
+                              f"'sample' or 'mode'")
+        is_array = lambda v: torch.is_tensor(v) or isinstance(v, np.ndarray)  # noqa: E731
+        if not (is_array(x) and is_array(mask)):
+            raise InputError("complete needs x and mask as tensors or numpy arrays")
+        xt = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+        mt = mask if torch.is_tensor(mask) else torch.as_tensor(np.asarray(mask))
+        if mt.dtype != torch.bool or mt.shape != xt.shape:
+            raise InputError(f"mask must be a bool array of x's shape {tuple(xt.shape)} (True = "
+                             f"observed), got {mt.dtype} {tuple(mt.shape)}")
+        xc = self.check_input(torch.where(mt, xt, torch.zeros((), dtype=xt.dtype)))
+        m = mt.to(device=xc.device, dtype=xc.dtype)
+        N = xc.shape[0]
+        reps = n_samples if method == "mean" else 1
+        cond = DRMMCondition(values=xc.repeat_interleave(reps, 0),
+                             mask=m.repeat_interleave(reps, 0))
+        out = self.sample(N * reps, generator=generator, condition=cond,
+                          temperature=0.0 if method == "mode" else 1.0)
+        fill = out.reshape(N, reps, -1).mean(1)
+        return torch.where(mt.to(xc.device), xc, fill)

@@ -1,0 +1,147 @@
+r"""DRMM training as an objective of the one loop (spec drmm §4, the v1 paper's hard EM).
+
+Every step trains all layers at once on detached inputs. Per layer, with data terms d, latent
+terms a and :math:`m = \log w + d + a`:
+
+- forward: :math:`h_i = \arg\max_k m_{ik}` feeds the residual and latent to the next layer;
+- E-step labels :math:`e_i = \arg\max_k (d_{ik} + \rho_E(t)\, a_{ik})` (no log w);
+- loss :math:`-\frac1N\sum_i m_{i,e_i} - \alpha\, \frac1K \sum_k \max_i d_{ik}` (the orphan
+  regulariser, :math:`\alpha = 0.01`), summed over layers, minimised by one Adam;
+- schedules with :math:`t` = step / total steps: :math:`\rho_E(t) = \rho_{final}(0.5 + 0.5
+  \tanh(20(t - 0.5)))`, :math:`\mathrm{lr}(t) = \mathrm{lr}_0 \min(1, (2-2t)^2)`.
+
+Initialisation: the model's data-dependent :meth:`~deepmix.models.DRMM.initialize` on an init
+batch of ``init_batch`` rows drawn from the training data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ...errors import ConfigError
+from .base import LoopInfo, Objective, ObjectiveOptions, register_objective
+
+__all__ = ["DRMMOptions", "DRMMObjective", "rho_schedule", "lr_factor"]
+
+
+def rho_schedule(t: float, rho_final: float = 1.0) -> float:
+    r""":math:`\rho_E(t) = \rho_{final}\,(0.5 + 0.5\tanh(20(t - 0.5)))`."""
+    return rho_final * (0.5 + 0.5 * math.tanh(20.0 * (t - 0.5)))
+
+
+def lr_factor(t: float) -> float:
+    r""":math:`\min(1, (2 - 2t)^2)`: constant, then a quadratic decay to 0 over the second
+    half."""
+    return min(1.0, (2.0 - 2.0 * t) ** 2)
+
+
+@dataclass
+class DRMMOptions(ObjectiveOptions):
+    """Options of DRMM hard-EM training.
+
+    Arguments:
+        lr: lr0 of Adam (paper: 0.005 for 2-D data and Fig. 7, 0.002 otherwise).
+        rho_final: end value of the E-step's latent weight (1.0; 0.5 for image models).
+        alpha: weight of the orphan regulariser (0.01).
+        init_batch: rows of the initialisation batch (256 2-D, 1024 IK, 2000 Fig. 7).
+        init: ``"data"`` (spec §4) or None to train the model as it is.
+    """
+
+    lr: float = 0.005
+    rho_final: float = 1.0
+    alpha: float = 0.01
+    init_batch: int = 256
+    init: str | None = "data"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and self.lr > 0
+                                             and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
+        for name in ("rho_final", "alpha"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
+        if isinstance(self.init_batch, bool) or not isinstance(self.init_batch, int) or \
+                self.init_batch < 1:
+            raise ConfigError(f"init_batch must be an integer >= 1, got {self.init_batch!r}")
+        if self.init not in (None, "data"):
+            raise ConfigError(f"Unknown DRMM init '{self.init}'; expected data or None")
+
+
+@register_objective
+class DRMMObjective(Objective):
+    """Hard EM of all DRMM layers per step (see the module docstring)."""
+
+    name = "drmm-em"
+    families = ("drmm",)
+    options_class = DRMMOptions
+
+    def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:
+        if self.options.init is None:
+            return
+        n = min(self.options.init_batch, data.shape[0])
+        rows = torch.randperm(data.shape[0], generator=generator)[:n].to(data.device)
+        model.initialize(data[rows], generator=generator)
+
+    def bind(self, model: Any, info: LoopInfo) -> None:
+        self.total = max(1, info.total_steps)
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.options.lr,
+                                          betas=(0.9, 0.999), eps=1e-8)
+
+    def layer_losses(self, model: Any, batch: torch.Tensor, rho_e: float) -> torch.Tensor:
+        """The summed per-layer losses of one batch (differentiable)."""
+        streams = model.split(batch)
+        total = batch.new_zeros(())
+        for layer in model.layers:
+            inputs = [type(s)(s.value.detach(), s.mask.detach()) for s in streams]
+            data, latent = layer.terms(inputs)
+            m = layer.log_weights() + data + latent
+            with torch.no_grad():
+                e = (data + rho_e * latent).argmax(1)
+                h = m.argmax(1)
+            total = total - m.gather(1, e[:, None]).mean()
+            if self.options.alpha:
+                total = total - self.options.alpha * data.max(0).values.mean()
+            with torch.no_grad():
+                streams = layer.advance(inputs, h)
+        return total
+
+    def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int,
+             targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor | None:
+        t = step / self.total
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.options.lr * lr_factor(t)
+        loss = self.layer_losses(model, batch, rho_schedule(t, self.options.rho_final))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    # Adam's moments, flattened to named tensors (as the gradient objectives store them).
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for index, state in self.optimizer.state_dict()["state"].items():
+            for key, value in state.items():
+                out[f"optimizer.{index}.{key}"] = value if torch.is_tensor(value) else \
+                    torch.tensor(value)
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        sd = self.optimizer.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for name, value in tensors.items():
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = value
+        sd["state"] = state
+        self.optimizer.load_state_dict(sd)
+
+
+@register_objective
+class DRMMEM(DRMMObjective):
+    """``em``: the name the other families' EM uses, for :class:`DRMMObjective`."""
+
+    name = "em"

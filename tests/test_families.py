@@ -25,6 +25,12 @@ def _example(family: str) -> tuple[Model, torch.Tensor]:
                             generator=g), torch.randn(5, 4, generator=g, dtype=torch.float64)
     if family == "circuit":
         return rat_spn(6, 2, 2, 3, seed=2), torch.randn(5, 6, generator=g)
+    if family == "drmm":
+        from deepmix.models import DRMM, DRMMConfig
+
+        m = DRMM(DRMMConfig(n_features=3, n_components=3, n_layers=2, dtype="float64"))
+        return m.initialize(torch.randn(30, 3, generator=g, dtype=torch.float64),
+                            generator=g), torch.randn(5, 3, generator=g, dtype=torch.float64)
     raise AssertionError(f"add an example of the new family '{family}' here")
 
 

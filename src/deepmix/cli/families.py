@@ -46,10 +46,23 @@ def _circuit(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
     raise ConfigError(f"Unknown circuit structure '{args.structure}'; expected rat-spn or pd")
 
 
+def _drmm(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
+    from ..models import DRMM, DRMMConfig
+
+    H, W, C = shape
+    dtype = getattr(args, "dtype", "float32")
+    # The CLI's --dtype defaults to float64 for gmm/circuit; DRMM takes both.
+    return DRMM(DRMMConfig(n_features=H * W * C, n_components=args.k,
+                           n_layers=getattr(args, "layers", 3),
+                           sigma=getattr(args, "sigma", "scalar"), dtype=dtype))
+
+
 #: family -> builder(args, image shape) of a fresh model.
 BUILDERS: dict[str, Callable[[argparse.Namespace, tuple[int, int, int]], Any]] = {
     "gmm": _gmm, "circuit": _circuit}
 DEFAULT_OBJECTIVE = {"gmm": "em", "circuit": "em"}
+BUILDERS["drmm"] = _drmm
+DEFAULT_OBJECTIVE["drmm"] = "drmm-em"
 
 
 def build_model(family: str, args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
@@ -76,4 +89,7 @@ def describe(model: Any) -> str:
         return model.spec()
     if model.family == "gmm":
         return f"flat GMM (K={model.n_components}, {model.covariance_type})"
+    if model.family == "drmm":
+        return (f"DRMM (L={model.n_layers}, K={model.n_components}, {model.config.sigma} sigma, "
+                f"{model.n_parameters} parameters)")
     return f"{model.family} {type(model).__name__}"

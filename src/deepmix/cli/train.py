@@ -13,11 +13,13 @@ HELP = "train a model (DCGMM by default; --model gmm or circuit) on a data set"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="FAMILY",
-                   help="model family: dcgmm (default), gmm or circuit (on --resume: the run's)")
+                   help="model family: dcgmm (default), gmm, circuit or drmm (on --resume: the "
+                        "run's)")
     p.add_argument("--objective", default=None,
                    help="gmm/circuit: em (default), mle (alias sgd), sm or ssm")
     p.add_argument("--k", type=positive_int, default=10,
-                   help="gmm: components; circuit: sums per region (default 10)")
+                   help="gmm: components; circuit: sums per region; drmm: components per "
+                        "layer (default 10)")
     p.add_argument("--covariance", default="diag", help="gmm: full, diag (default) or spherical")
     p.add_argument("--structure", default="rat-spn", help="circuit: rat-spn (default) or pd")
     p.add_argument("--depth", type=positive_int, default=3, help="circuit: RAT-SPN depth")
@@ -50,6 +52,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a classifier layer sees tempered responsibilities softmax(log r / T) "
                         "(default 1: the papers' classifier; about 10 classifies better)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
+    p.add_argument("--layers", type=positive_int, default=3, help="drmm: layers L (default 3)")
+    p.add_argument("--sigma", default="scalar",
+                   help="drmm: scalar (default, one variance per layer) or diagonal")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -349,3 +349,24 @@ def test_cli_train_resume_evaluate_sample(tmp_path, capsys):
     assert main(["sample", str(out), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
     capsys.readouterr()
+
+
+# ----------------------------------------------------------------------- backward sampling
+def test_backward_sampling_stays_on_the_data_and_keeps_the_condition(roll_models):
+    m = roll_models[4]
+    x = drmm_swissroll(1024, seed=0)
+    g = lambda: torch.Generator().manual_seed(1)  # noqa: E731
+    fwd, bwd = m.sample(1000, generator=g()), m.sample_backward(1000, generator=g())
+    near = {k: float(torch.cdist(v, x).min(1).values.mean()) for k, v in
+            (("fwd", fwd), ("bwd", bwd))}
+    assert near["bwd"] < 1.5 * near["fwd"] and near["bwd"] < 0.1, near
+    assert float((bwd.mean(0) - x.mean(0)).abs().max()) < 0.2
+    assert torch.equal(bwd, m.sample_backward(1000, generator=g()))
+    cond = DRMMCondition(values=torch.tensor([0.5, 0.0]), mask=torch.tensor([1.0, 0.0]))
+    for mode, a in (("additive", 0.5), ("average", 1 / 3)):
+        s = m.sample_backward(256, generator=g(), condition=cond, skip=a, skip_mode=mode)
+        assert float(((s[:, 0] - 0.5).abs() < 0.05).float().mean()) >= 0.9
+    one = m.sample_backward(16, generator=g(), condition=cond, temperature=0.0)
+    assert torch.equal(one, one[:1].expand_as(one))
+    with pytest.raises(ConfigError, match="skip_mode"):
+        m.sample_backward(4, skip_mode="concat")

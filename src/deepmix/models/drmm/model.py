@@ -32,12 +32,24 @@ from ..registry import register_family
 from .conditions import DRMMCondition, ResolvedCondition
 from .layer import RMMLayer, Stream, StreamSpec
 
-__all__ = ["DRMMConfig", "DRMM", "parameter_count", "MAX_PATHS"]
+__all__ = ["DRMMConfig", "DRMM", "ForwardPass", "parameter_count", "MAX_PATHS"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: Largest number of latent paths per point that :meth:`DRMM.log_prob` enumerates.
 MAX_PATHS = 1_000_000
 _ELEMENTS = 1 << 22    # bound on (rows x paths x K x D) elements computed at once
+
+
+@dataclass
+class ForwardPass:
+    """What a sampling-mode forward pass leaves: per layer the choices h (n,), the logits
+    m (n, K) including constraint factors, whether its input held information; and the last
+    layer's output streams."""
+
+    choices: list[torch.Tensor]
+    logits: list[torch.Tensor]
+    informed: list[bool]
+    last: list[Stream]
 
 
 def _positive_int(name: str, v: Any, minimum: int = 1) -> None:
@@ -343,38 +355,97 @@ class DRMM(Model):
                                            and 0 <= truncation < 1):
             raise InputError(f"truncation must lie in [0, 1) or be None, got {truncation!r}")
         cond = self._resolve(condition, n)
-        streams = self.split(cond.values, cond.mask)
-        hs: list[torch.Tensor] = []
-        has_x = bool(self.config.n_features)
-        score = cond.values.new_zeros(n)
-        for layer in self.layers:
-            m = layer.membership(streams)
-            if has_x and cond.constrained:
-                cont = layer.streams[0]
-                m = m + cond.log_factors(cont.mu, cont.variances())
-            score = torch.logsumexp(m, 1)
-            if temperature == 0:
-                h = m.argmax(1)
-            else:
-                lp = torch.log_softmax(m / temperature, 1)
-                if truncation:
-                    lp = torch.where(lp >= lp.max(1, keepdim=True).values + math.log(truncation),
-                                     lp, torch.full_like(lp, -math.inf))
-                h = self._draw(lp, generator)
-            if has_x:
-                cond.shift(layer.streams[0].reconstruction(h))
-            streams = layer.advance(streams, h)
-            hs.append(h)
+        passed = self.forward_sample(cond, temperature=temperature, truncation=truncation,
+                                     generator=generator)
+        hs, score = passed.choices, torch.logsumexp(passed.logits[-1], 1)
         out = self.reconstruct(hs)
-        D = self.config.n_features
-        if noise and has_x:
+        return self._finish(out, cond, generator, noise, clamp_observed), score
+
+    def _finish(self, out: torch.Tensor, cond: ResolvedCondition,
+                generator: torch.Generator | None, noise: bool,
+                clamp_observed: bool) -> torch.Tensor:
+        """Output noise N(0, sigma_L^2) on the continuous stream, observed values copied."""
+        D, n = self.config.n_features, out.shape[0]
+        if noise and D:
             gdev = generator.device if generator is not None else torch.device("cpu")
             eps = torch.randn(n, D, generator=generator, dtype=out.dtype, device=gdev)
             sd = self.layers[-1].streams[0].variances().sqrt()
             out[:, :D] = out[:, :D] + eps.to(out.device) * sd
         if clamp_observed:
             out = torch.where(cond.mask > 0, cond.values, out)
-        return out, score
+        return out
+
+    def forward_sample(self, cond: ResolvedCondition, *, temperature: float = 1.0,
+                       truncation: float | None = None,
+                       generator: torch.Generator | None = None) -> "ForwardPass":
+        """The forward pass of sampling mode under a resolved condition (moved into residual
+        space as it goes): per layer the logits m + constraint factors, the choices h, whether
+        the layer's input held any information, and the last layer's output streams."""
+        streams = self.split(cond.values, cond.mask)
+        has_x = bool(self.config.n_features)
+        hs, logits, informed = [], [], []
+        for layer in self.layers:
+            informed.append(cond.constrained or any(bool((s.mask > 0).any()) for s in streams))
+            m = layer.membership(streams)
+            if has_x and cond.constrained:
+                cont = layer.streams[0]
+                m = m + cond.log_factors(cont.mu, cont.variances())
+            h = self._pick(m, temperature, truncation, generator)
+            if has_x:
+                cond.shift(layer.streams[0].reconstruction(h))
+            streams = layer.advance(streams, h)
+            hs.append(h)
+            logits.append(m)
+        return ForwardPass(hs, logits, informed, streams)
+
+    def _pick(self, m: torch.Tensor, temperature: float, truncation: float | None,
+              generator: torch.Generator | None) -> torch.Tensor:
+        """h ~ softmax(m / T) with probabilities below truncation x max zeroed; T = 0: argmax."""
+        if temperature == 0:
+            return m.argmax(1)
+        lp = torch.log_softmax(m / temperature, 1)
+        if truncation:
+            keep = lp >= lp.max(1, keepdim=True).values + math.log(truncation)
+            lp = torch.where(keep, lp, torch.full_like(lp, -math.inf))
+        return self._draw(lp, generator)
+
+    @torch.no_grad()
+    def sample_backward(self, n: int, *, generator: torch.Generator | None = None,
+                        condition: DRMMCondition | None = None, temperature: float = 1.0,
+                        truncation: float | None = 0.02, skip: float = 0.5,
+                        skip_mode: str = "additive", noise: bool = False,
+                        clamp_observed: bool = False) -> torch.Tensor:
+        r"""Backward sampling (spec §6, paper Sec. 3.7): n samples (n, W) of one condition.
+
+        A forward pass (temperature 1, untruncated) on n copies of the condition; the last
+        layer's output latent distributions are batch-averaged (log of the mean softmax) and
+        its continuous residuals set to 0; then from the last layer to the first: logits = the
+        incoming latent log-probs of that layer + the skip term
+        :math:`lpha_{skip} \log \mathrm{mean}_{batch}\,\mathrm{softmax}(m_{fwd})`
+        (``skip_mode="additive"``, the paper; ``"average"``: the reference's convex mix
+        :math:`(1-a)\,\mathrm{bwd} + a\,\mathrm{skip}`, there with a = 1/3), probabilities below
+        ``truncation`` x max zeroed (0.02), :math:`h \sim \mathrm{softmax}(\cdot/T)` (T = 0:
+        argmax), and the layer's input is reconstructed :math:`X = R + \hat X(h)`. A layer
+        whose input held no known variable, constraint or prior gets skip weight 0.
+        """
+        from .backward import backward_sample
+
+        n = self._check_n(n)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
+                not (0 <= temperature < math.inf):
+            raise InputError(f"temperature must be a number >= 0, got {temperature!r}")
+        if skip_mode not in ("additive", "average"):
+            raise ConfigError(f"Unknown skip_mode '{skip_mode}'; expected additive or average")
+        if isinstance(skip, bool) or not isinstance(skip, (int, float)) or not 0 <= skip:
+            raise InputError(f"skip must be a number >= 0, got {skip!r}")
+        if truncation is not None and not (isinstance(truncation, (int, float))
+                                           and 0 <= truncation < 1):
+            raise InputError(f"truncation must lie in [0, 1) or be None, got {truncation!r}")
+        cond = self._resolve(condition, n)
+        passed = self.forward_sample(cond, generator=generator)
+        out = backward_sample(self, passed, generator=generator, temperature=temperature,
+                              truncation=truncation, skip=skip, skip_mode=skip_mode)
+        return self._finish(out, cond, generator, noise, clamp_observed)
 
     @torch.no_grad()
     def sample(self, n: int, *, generator: torch.Generator | None = None,

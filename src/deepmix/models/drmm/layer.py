@@ -51,11 +51,15 @@ class RMMLayer(nn.Module):
     """K components, weights w = softmax(logits), one parameter module per input stream."""
 
     def __init__(self, n_components: int, specs: list[StreamSpec], *, sigma: str = "scalar",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 positions: int = 1, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.n_components = n_components
         self.specs = list(specs)
-        self.logits = nn.Parameter(torch.zeros(n_components, dtype=dtype))
+        # positions > 1: one weight vector per patch position (rows are position-major
+        # (images, positions), as the patch hierarchy folds them; spec §7)
+        self.positions = positions
+        shape = (n_components,) if positions == 1 else (positions, n_components)
+        self.logits = nn.Parameter(torch.zeros(shape, dtype=dtype))
         mods: list[StreamComponents] = []
         for s in self.specs:
             if s.kind == "continuous":
@@ -66,8 +70,15 @@ class RMMLayer(nn.Module):
         self.streams = nn.ModuleList(mods)
 
     def log_weights(self) -> torch.Tensor:
-        r""":math:`\log w` (K,)."""
-        return torch.log_softmax(self.logits, 0)
+        r""":math:`\log w` (K,), or (positions, K) with per-position weights."""
+        return torch.log_softmax(self.logits, -1)
+
+    def row_log_weights(self, n: int) -> torch.Tensor:
+        """:math:`\log w` broadcastable to n rows: (K,) or (n, K)."""
+        lw = self.log_weights()
+        if self.positions == 1:
+            return lw
+        return lw.repeat(n // self.positions, 1)
 
     def terms(self, inputs: list[Stream]) -> tuple[torch.Tensor, torch.Tensor]:
         """(data terms, latent terms), each (N, K); no log w, no rho."""
@@ -85,7 +96,7 @@ class RMMLayer(nn.Module):
     def membership(self, inputs: list[Stream], rho: float = 1.0) -> torch.Tensor:
         """:math:`m` (N, K) with log w and rho on the latent streams."""
         data, latent = self.terms(inputs)
-        return self.log_weights() + data + rho * latent
+        return self.row_log_weights(data.shape[0]) + data + rho * latent
 
     def latent_stream(self, h: torch.Tensor) -> Stream:
         K = self.n_components

@@ -43,12 +43,12 @@ _ELEMENTS = 1 << 22    # bound on (rows x paths x K x D) elements computed at on
 @dataclass
 class ForwardPass:
     """What a sampling-mode forward pass leaves: per layer the choices h (n,), the logits
-    m (n, K) including constraint factors, whether its input held information; and the last
-    layer's output streams."""
+    m (n, K) including constraint factors, whether each row's input held information (n,)
+    bool; and the last layer's output streams."""
 
     choices: list[torch.Tensor]
     logits: list[torch.Tensor]
-    informed: list[bool]
+    informed: list[torch.Tensor]
     last: list[Stream]
 
 
@@ -70,6 +70,8 @@ class DRMMConfig:
         categorical: M of each categorical data stream ``"c0"``, ``"c1"``, ...
         categorical_blocks: packed blocks of each categorical stream (empty: 1 each).
         dtype: ``"float32"`` or ``"float64"``.
+        positions: > 1 gives every layer one weight vector per patch position (rows
+            position-major); used by the patch blocks of an image hierarchy.
     """
 
     n_features: int = 2
@@ -79,6 +81,7 @@ class DRMMConfig:
     categorical: tuple[int, ...] = ()
     categorical_blocks: tuple[int, ...] = ()
     dtype: str = "float32"
+    positions: int = 1
 
     def __post_init__(self) -> None:
         _positive_int("n_features", self.n_features, 0)
@@ -99,6 +102,7 @@ class DRMMConfig:
             raise ConfigError("a DRMM needs data: n_features >= 1 or a categorical stream")
         if self.dtype not in _DTYPES:
             raise ConfigError(f"Unknown dtype '{self.dtype}'; expected float32 or float64")
+        _positive_int("positions", self.positions, 1)
 
 
 def parameter_count(n_features: int, n_components: int, n_layers: int, *,
@@ -140,7 +144,8 @@ class DRMM(Model):
         for l in range(config.n_layers):
             latent = [StreamSpec("categorical", K, categories=K, latent=True)
                       for _ in range(l)]
-            layers.append(RMMLayer(K, data + latent, sigma=config.sigma, dtype=dtype))
+            layers.append(RMMLayer(K, data + latent, sigma=config.sigma,
+                                   positions=config.positions, dtype=dtype))
         self.layers = nn.ModuleList(layers)
 
     @classmethod
@@ -232,6 +237,8 @@ class DRMM(Model):
 
     # ------------------------------------------------------------------ density
     def _continuous_only(self, what: str) -> None:
+        if self.config.positions != 1:
+            raise InputError(f"{what} covers flat DRMMs; this one has per-position weights")
         if self.config.categorical:
             raise InputError(f"{what} covers models of continuous data only; this DRMM has "
                              f"categorical streams {', '.join(self.stream_names[1:])}")
@@ -385,7 +392,8 @@ class DRMM(Model):
         has_x = bool(self.config.n_features)
         hs, logits, informed = [], [], []
         for layer in self.layers:
-            informed.append(cond.constrained or any(bool((s.mask > 0).any()) for s in streams))
+            known = torch.stack([(s.mask > 0).any(1) for s in streams]).any(0)
+            informed.append(known | cond.constrained)
             m = layer.membership(streams)
             if has_x and cond.constrained:
                 cont = layer.streams[0]
@@ -443,8 +451,9 @@ class DRMM(Model):
             raise InputError(f"truncation must lie in [0, 1) or be None, got {truncation!r}")
         cond = self._resolve(condition, n)
         passed = self.forward_sample(cond, generator=generator)
-        out = backward_sample(self, passed, generator=generator, temperature=temperature,
-                              truncation=truncation, skip=skip, skip_mode=skip_mode)
+        out = self.pack(backward_sample(self, passed, generator=generator,
+                                        temperature=temperature, truncation=truncation,
+                                        skip=skip, skip_mode=skip_mode))
         return self._finish(out, cond, generator, noise, clamp_observed)
 
     @torch.no_grad()

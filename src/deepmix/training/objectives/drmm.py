@@ -99,7 +99,7 @@ class DRMMObjective(Objective):
         for layer in model.layers:
             inputs = [type(s)(s.value.detach(), s.mask.detach()) for s in streams]
             data, latent = layer.terms(inputs)
-            m = layer.log_weights() + data + latent
+            m = layer.row_log_weights(data.shape[0]) + data + latent
             with torch.no_grad():
                 e = (data + rho_e * latent).argmax(1)
                 h = m.argmax(1)

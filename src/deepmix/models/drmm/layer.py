@@ -74,7 +74,7 @@ class RMMLayer(nn.Module):
         return torch.log_softmax(self.logits, -1)
 
     def row_log_weights(self, n: int) -> torch.Tensor:
-        """:math:`\log w` broadcastable to n rows: (K,) or (n, K)."""
+        r""":math:`\log w` broadcastable to n rows: (K,) or (n, K)."""
         lw = self.log_weights()
         if self.positions == 1:
             return lw

@@ -72,6 +72,10 @@ class DRMMConfig:
         dtype: ``"float32"`` or ``"float64"``.
         positions: > 1 gives every layer one weight vector per patch position (rows
             position-major); used by the patch blocks of an image hierarchy.
+        image_shape: (H, W, C) for an image model (:class:`~.hierarchy.PatchDRMM`): patch
+            blocks of ``patch_layers[j]`` layers x ``patch_components[j]`` components, then the
+            global DRMM of ``n_layers`` x ``n_components``; ``n_features`` = H W C.
+        patch_marginals: ``"position"`` (one w per patch position, the paper) or ``"global"``.
     """
 
     n_features: int = 2
@@ -82,6 +86,10 @@ class DRMMConfig:
     categorical_blocks: tuple[int, ...] = ()
     dtype: str = "float32"
     positions: int = 1
+    image_shape: tuple[int, ...] = ()
+    patch_layers: tuple[int, ...] = ()
+    patch_components: tuple[int, ...] = ()
+    patch_marginals: str = "position"
 
     def __post_init__(self) -> None:
         _positive_int("n_features", self.n_features, 0)
@@ -103,6 +111,27 @@ class DRMMConfig:
         if self.dtype not in _DTYPES:
             raise ConfigError(f"Unknown dtype '{self.dtype}'; expected float32 or float64")
         _positive_int("positions", self.positions, 1)
+        self.image_shape = tuple(self.image_shape)
+        self.patch_layers = tuple(self.patch_layers)
+        self.patch_components = tuple(self.patch_components)
+        if self.image_shape:
+            if len(self.image_shape) != 3:
+                raise ConfigError(f"image_shape must be (H, W, C), got {self.image_shape}")
+            for v in self.image_shape:
+                _positive_int("image_shape entries", v, 1)
+            if not self.patch_layers:
+                raise ConfigError("an image DRMM needs at least one patch block "
+                                  "(patch_layers, patch_components)")
+        if len(self.patch_layers) != len(self.patch_components):
+            raise ConfigError(f"patch_layers has {len(self.patch_layers)} entries, "
+                              f"patch_components {len(self.patch_components)}")
+        if self.patch_layers and not self.image_shape:
+            raise ConfigError("patch blocks need an image_shape (H, W, C)")
+        for v in self.patch_layers + self.patch_components:
+            _positive_int("patch_layers / patch_components entries", v, 1)
+        if self.patch_marginals not in ("position", "global"):
+            raise ConfigError(f"Unknown patch_marginals '{self.patch_marginals}'; expected "
+                              f"position or global")
 
 
 def parameter_count(n_features: int, n_components: int, n_layers: int, *,
@@ -125,12 +154,22 @@ class DRMM(Model):
     config_class = DRMMConfig
     default_objective = "drmm-em"
 
+    #: Variants built by :meth:`from_config` for configs they accept (the image hierarchy).
+    _variants: list[type] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        DRMM._variants.append(cls)
+
     def __init__(self, config: DRMMConfig | None = None, **kwargs: Any) -> None:
         super().__init__()
         if config is None:
             config = DRMMConfig(**kwargs)
         elif kwargs:
             raise ConfigError("give DRMM a DRMMConfig or keyword options, not both")
+        if config.image_shape:
+            raise ConfigError("an image DRMM (image_shape set) is a PatchDRMM: build it with "
+                              "DRMM.from_config or PatchDRMM")
         self.config = config
         dtype = _DTYPES[config.dtype]
         data: list[StreamSpec] = []
@@ -150,7 +189,25 @@ class DRMM(Model):
 
     @classmethod
     def from_config(cls, config: DRMMConfig) -> "DRMM":
-        return cls(config)
+        """The flat DRMM of ``config``, or the variant (:class:`~.hierarchy.PatchDRMM`) that
+        takes it."""
+        for variant in DRMM._variants:
+            if variant.accepts(config):
+                return variant(config)
+        return DRMM(config)
+
+    @classmethod
+    def accepts(cls, config: DRMMConfig) -> bool:
+        """Whether this variant builds ``config``."""
+        return not config.image_shape
+
+    def stages(self) -> list["DRMM"]:
+        """The DRMMs that training fits one after the other (a flat DRMM: itself)."""
+        return [self]
+
+    def stage_input(self, j: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage j's training rows and mask for data x."""
+        return x, torch.ones_like(x)
 
     # ------------------------------------------------------------------ shapes and inputs
     @property
@@ -477,6 +534,19 @@ class DRMM(Model):
         if method not in ("mean", "sample", "mode"):
             raise ConfigError(f"Unknown completion method '{method}'; expected 'mean', "
                               f"'sample' or 'mode'")
+        xc, mt = self._check_mask(x, mask)
+        m = mt.to(dtype=xc.dtype)
+        N = xc.shape[0]
+        reps = n_samples if method == "mean" else 1
+        cond = DRMMCondition(values=xc.repeat_interleave(reps, 0),
+                             mask=m.repeat_interleave(reps, 0))
+        out = self.sample(N * reps, generator=generator, condition=cond,
+                          temperature=0.0 if method == "mode" else 1.0)
+        fill = out.reshape(N, reps, -1).mean(1)
+        return torch.where(mt, xc, fill)
+
+    def _check_mask(self, x: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, W) checked where observed, and its bool mask (True = observed)."""
         is_array = lambda v: torch.is_tensor(v) or isinstance(v, np.ndarray)  # noqa: E731
         if not (is_array(x) and is_array(mask)):
             raise InputError("complete needs x and mask as tensors or numpy arrays")
@@ -485,13 +555,6 @@ class DRMM(Model):
         if mt.dtype != torch.bool or mt.shape != xt.shape:
             raise InputError(f"mask must be a bool array of x's shape {tuple(xt.shape)} (True = "
                              f"observed), got {mt.dtype} {tuple(mt.shape)}")
+        # Missing entries may hold anything (NaN included): only observed ones are checked.
         xc = self.check_input(torch.where(mt, xt, torch.zeros((), dtype=xt.dtype)))
-        m = mt.to(device=xc.device, dtype=xc.dtype)
-        N = xc.shape[0]
-        reps = n_samples if method == "mean" else 1
-        cond = DRMMCondition(values=xc.repeat_interleave(reps, 0),
-                             mask=m.repeat_interleave(reps, 0))
-        out = self.sample(N * reps, generator=generator, condition=cond,
-                          temperature=0.0 if method == "mode" else 1.0)
-        fill = out.reshape(N, reps, -1).mean(1)
-        return torch.where(mt.to(xc.device), xc, fill)
+        return xc, mt.to(xc.device)

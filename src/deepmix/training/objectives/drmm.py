@@ -12,6 +12,11 @@ terms a and :math:`m = \log w + d + a`:
 
 Initialisation: the model's data-dependent :meth:`~deepmix.models.DRMM.initialize` on an init
 batch of ``init_batch`` rows drawn from the training data.
+
+Models of several stages (the image hierarchy, ``model.stages()``) train them one after the
+other in equal shares of the run's steps (the reference's split), each stage with its own Adam,
+its own schedules (t runs over the stage) and a fresh data-dependent initialisation of its DRMM
+on the first batch of the stage (the paper's image init batch is the batch, 64).
 """
 
 from __future__ import annotations
@@ -45,14 +50,15 @@ class DRMMOptions(ObjectiveOptions):
 
     Arguments:
         lr: lr0 of Adam (paper: 0.005 for 2-D data and Fig. 7, 0.002 otherwise).
-        rho_final: end value of the E-step's latent weight (1.0; 0.5 for image models).
+        rho_final: end value of the E-step's latent weight; None: the model's default (1.0;
+            0.5 for image models).
         alpha: weight of the orphan regulariser (0.01).
         init_batch: rows of the initialisation batch (256 2-D, 1024 IK, 2000 Fig. 7).
         init: ``"data"`` (spec §4) or None to train the model as it is.
     """
 
     lr: float = 0.005
-    rho_final: float = 1.0
+    rho_final: float | None = None
     alpha: float = 0.01
     init_batch: int = 256
     init: str | None = "data"
@@ -63,6 +69,8 @@ class DRMMOptions(ObjectiveOptions):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
         for name in ("rho_final", "alpha"):
             v = getattr(self, name)
+            if v is None and name == "rho_final":
+                continue
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {v!r}")
         if isinstance(self.init_batch, bool) or not isinstance(self.init_batch, int) or \
@@ -88,13 +96,19 @@ class DRMMObjective(Objective):
         model.initialize(data[rows], generator=generator)
 
     def bind(self, model: Any, info: LoopInfo) -> None:
+        self.stages = model.stages()
         self.total = max(1, info.total_steps)
-        self.optimizer = torch.optim.Adam(model.parameters(), lr=self.options.lr,
-                                          betas=(0.9, 0.999), eps=1e-8)
+        self.stage_steps = max(1, math.ceil(self.total / len(self.stages)))
+        self.optimizers = [torch.optim.Adam(stage.parameters(), lr=self.options.lr,
+                                            betas=(0.9, 0.999), eps=1e-8)
+                           for stage in self.stages]
+        rho = self.options.rho_final
+        self.rho_final = getattr(model, "default_rho_final", 1.0) if rho is None else rho
 
-    def layer_losses(self, model: Any, batch: torch.Tensor, rho_e: float) -> torch.Tensor:
-        """The summed per-layer losses of one batch (differentiable)."""
-        streams = model.split(batch)
+    def layer_losses(self, model: Any, batch: torch.Tensor, rho_e: float,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The summed per-layer losses of one batch of a (flat) DRMM (differentiable)."""
+        streams = model.split(batch, mask)
         total = batch.new_zeros(())
         for layer in model.layers:
             inputs = [type(s)(s.value.detach(), s.mask.detach()) for s in streams]
@@ -112,32 +126,42 @@ class DRMMObjective(Objective):
 
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int,
              targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor | None:
-        t = step / self.total
-        for group in self.optimizer.param_groups:
+        j = min(len(self.stages) - 1, step // self.stage_steps)
+        first = j * self.stage_steps
+        span = (self.total - first) if j == len(self.stages) - 1 else self.stage_steps
+        t = (step - first) / max(1, span)
+        stage, optimizer = self.stages[j], self.optimizers[j]
+        values, mask = model.stage_input(j, batch)
+        if j > 0 and step == first and self.options.init is not None:
+            stage.initialize(values, generator=generator)
+        for group in optimizer.param_groups:
             group["lr"] = self.options.lr * lr_factor(t)
-        loss = self.layer_losses(model, batch, rho_schedule(t, self.options.rho_final))
-        self.optimizer.zero_grad(set_to_none=True)
+        loss = self.layer_losses(stage, values, rho_schedule(t, self.rho_final), mask)
+        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        optimizer.step()
         return loss.detach()
 
-    # Adam's moments, flattened to named tensors (as the gradient objectives store them).
+    # Adam's moments per stage, flattened to named tensors (as the gradient objectives do).
     def state_tensors(self) -> dict[str, torch.Tensor]:
         out = {}
-        for index, state in self.optimizer.state_dict()["state"].items():
-            for key, value in state.items():
-                out[f"optimizer.{index}.{key}"] = value if torch.is_tensor(value) else \
-                    torch.tensor(value)
+        for j, optimizer in enumerate(self.optimizers):
+            for index, state in optimizer.state_dict()["state"].items():
+                for key, value in state.items():
+                    out[f"stage{j}.{index}.{key}"] = value if torch.is_tensor(value) else \
+                        torch.tensor(value)
         return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        sd = self.optimizer.state_dict()
-        state: dict[int, dict[str, torch.Tensor]] = {}
+        states: dict[int, dict[int, dict[str, torch.Tensor]]] = {}
         for name, value in tensors.items():
-            _, index, key = name.split(".", 2)
-            state.setdefault(int(index), {})[key] = value
-        sd["state"] = state
-        self.optimizer.load_state_dict(sd)
+            stage, index, key = name.split(".", 2)
+            states.setdefault(int(stage[len("stage"):]), {}).setdefault(int(index), {})[key] = \
+                value
+        for j, optimizer in enumerate(self.optimizers):
+            sd = optimizer.state_dict()
+            sd["state"] = states.get(j, {})
+            optimizer.load_state_dict(sd)
 
 
 @register_objective

@@ -370,3 +370,72 @@ def test_backward_sampling_stays_on_the_data_and_keeps_the_condition(roll_models
     assert torch.equal(one, one[:1].expand_as(one))
     with pytest.raises(ConfigError, match="skip_mode"):
         m.sample_backward(4, skip_mode="concat")
+
+
+# ----------------------------------------------------------------------- 10. patch hierarchy
+def test_patches_follow_tf_same_and_fold_inverts_them():
+    from deepmix.models.drmm import extract_patches, fold_patches, same_padding
+
+    assert [same_padding(s) for s in (28, 14, 7)] == [(0, 1, 14), (0, 1, 7), (1, 1, 4)]
+    x = torch.randn(2, 28, 28, 3, dtype=F64)
+    p, m = extract_patches(x, torch.ones_like(x))
+    assert p.shape == (2 * 14 * 14, 27)
+    torch.testing.assert_close(p[0].reshape(3, 3, 3), x[0, :3, :3])     # no padding before
+    assert float(m[13].reshape(3, 3, 3)[:, 2].sum()) == 0               # padded right column
+    torch.testing.assert_close(fold_patches(p, 2, (28, 28, 3)), x)
+    y = torch.randn(1, 7, 7, 2, dtype=F64)
+    q, _ = extract_patches(y, torch.ones_like(y))
+    assert q.shape == (16, 18)
+    torch.testing.assert_close(q[0].reshape(3, 3, 2)[1:, 1:], y[0, :2, :2])  # one padded row/col
+    torch.testing.assert_close(fold_patches(q, 1, (7, 7, 2)), y)
+
+
+def _patch_model():
+    cfg = DRMMConfig(n_features=64, n_components=8, n_layers=2, image_shape=(8, 8, 1),
+                     patch_layers=(1, 2), patch_components=(4, 4))
+    return DRMM.from_config(cfg)
+
+
+def test_patch_drmm_builds_trains_in_stages_samples_completes_and_round_trips(tmp_path):
+    from deepmix.models.drmm import PatchDRMM
+
+    m = _patch_model()
+    assert isinstance(m, PatchDRMM) and m.family == "drmm"
+    assert [b.config.positions for b in m.blocks] == [16, 4, 1]         # per-position w
+    # block 2 sees 9 patch pixels x 1 latent stream of 4; the global 2x2 grid x 2 streams of 4
+    assert m.blocks[1].config.categorical_blocks == (9,)
+    assert m.blocks[2].config.categorical_blocks == (8,)
+    x = torch.rand(96, 64, generator=torch.Generator().manual_seed(0))
+    before = [b.layers[0].logits.detach().clone() for b in m.blocks]
+    m.fit(x, epochs=3, batch_size=32, seed=0, out_dir=tmp_path / "run")  # 9 steps, 3 stages
+    assert all(not torch.equal(b, a.layers[0].logits) for b, a in zip(before, m.blocks))
+    s = m.sample(5, generator=torch.Generator().manual_seed(1))
+    assert s.shape == (5, 64) and bool(torch.isfinite(s).all())
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:, :4] = True
+    mask = mask.reshape(1, 64).expand(3, 64)
+    c = m.complete(x[:3], mask, generator=torch.Generator().manual_seed(2), n_samples=4)
+    assert torch.equal(c[mask], x[:3][mask]) and bool(torch.isfinite(c).all())
+    back = deepmix.load(tmp_path / "run")
+    assert type(back) is PatchDRMM
+    g = lambda: torch.Generator().manual_seed(3)  # noqa: E731
+    assert torch.equal(back.sample(4, generator=g()), m.sample(4, generator=g()))
+    with pytest.raises(NoDensityError):
+        m.log_prob(x[:2])
+    with pytest.raises(InputError, match="known pixels only"):
+        m.sample(2, condition=DRMMCondition(box=Box(low=0.0, high=1.0)))
+    with pytest.raises(ConfigError, match="n_features"):
+        DRMM.from_config(DRMMConfig(n_features=10, image_shape=(8, 8, 1), patch_layers=(1,),
+                                    patch_components=(4,)))
+
+
+def test_patch_drmm_resume_across_a_stage_equals_an_uninterrupted_run(tmp_path):
+    x = torch.rand(64, 64, generator=torch.Generator().manual_seed(0))
+    full = _patch_model()
+    full.fit(x, epochs=3, batch_size=32, seed=4, out_dir=tmp_path / "a")
+    part = _patch_model()
+    part.fit(x, epochs=3, batch_size=32, seed=4, out_dir=tmp_path / "b", stop_after_steps=3)
+    back = deepmix.load(tmp_path / "b")
+    back.fit(x, out_dir=tmp_path / "b", resume=True)
+    for (k, a), b in zip(full.state_dict().items(), back.state_dict().values()):
+        assert torch.equal(a, b), k

@@ -1,8 +1,9 @@
 r"""Backward sampling of a DRMM (spec drmm §6, paper Sec. 3.7).
 
 After a sampling-mode forward pass over a batch of copies of one condition, the last layer's
-output is replaced by its batch average: continuous residuals 0 (mask 0), categorical streams
-:math:`\log \mathrm{mean}_{batch}\,\mathrm{softmax}(x)` broadcast to the batch. Then, last layer
+output is replaced by its batch average: the latent streams by
+:math:`\log \mathrm{mean}_{batch}\,\mathrm{softmax}(x)` broadcast to the batch, the data
+residuals by zeros (categorical data: uniform), masks 0. Then, last layer
 first, each layer's choice is drawn from its incoming latent log-probabilities plus an
 encoder-decoder skip term and its input is reconstructed, :math:`X = R + \hat X(h)`; the
 reconstructed latent streams of the earlier layers are those layers' incoming log-probabilities.
@@ -59,9 +60,11 @@ def backward_sample(model: Any, passed: Any, *, generator: torch.Generator | Non
     top = model.layers[-1]
     specs = top.specs + [None]               # the output adds the last layer's own latent
     streams = []
-    for spec, s in zip(specs, passed.last):
-        if spec is not None and spec.kind == "continuous":
-            streams.append(Stream(torch.zeros_like(s.value), torch.zeros_like(s.mask)))
+    for spec, mod, s in zip(specs, list(top.streams) + [None], passed.last):
+        if spec is not None and not spec.latent:
+            # data residuals come back as zeros (categorical: uniform), masks 0
+            zero = mod.zero_residual(s.value.shape[0])
+            streams.append(Stream(zero, torch.zeros_like(zero)))
         else:
             categories = spec.categories if spec is not None else top.n_components
             streams.append(Stream(group_log_mean(s.value, groups, categories), s.mask))

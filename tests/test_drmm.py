@@ -348,7 +348,15 @@ def test_cli_train_resume_evaluate_sample(tmp_path, capsys):
     assert main(["evaluate", str(out), "--json", str(tmp_path / "e.json")]) == 0
     assert main(["sample", str(out), "--n", "4", "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
-    capsys.readouterr()
+    assert main(["inpaint", str(out), "--n", "4", "--mask", "right-half", "--out",
+                 str(tmp_path / "i.png"), "--json", str(tmp_path / "i.json")]) == 0
+    import json
+
+    result = json.loads((tmp_path / "i.json").read_text())
+    assert result["family"] == "drmm" and result["mse_missing"] >= 0
+    assert main(["train", *base[:-3], "--preset", "mnist", "--out", str(tmp_path / "p"),
+                 "--epochs", "1"]) == 2               # the preset's 28x28 is not digits' 8x8
+    assert "mnist" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------- backward sampling

@@ -48,9 +48,20 @@ def _circuit(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
 
 def _drmm(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
     from ..models import DRMM, DRMMConfig
+    from ..models.drmm import PRESETS, PatchDRMM
 
     H, W, C = shape
     dtype = getattr(args, "dtype", "float32")
+    preset = getattr(args, "preset", None)
+    if preset is not None:
+        # an image hierarchy (patch blocks + global DRMM) of a named architecture
+        if preset not in PRESETS:
+            raise ConfigError(f"Unknown DRMM preset '{preset}'; expected "
+                              f"{', '.join(PRESETS)}")
+        if tuple(PRESETS[preset][0]) != (H, W, C):
+            raise ConfigError(f"DRMM preset '{preset}' takes {PRESETS[preset][0]} images, the "
+                              f"data are {(H, W, C)}")
+        return PatchDRMM.preset(preset, dtype=dtype)
     # The CLI's --dtype defaults to float64 for gmm/circuit; DRMM takes both.
     return DRMM(DRMMConfig(n_features=H * W * C, n_components=args.k,
                            n_layers=getattr(args, "layers", 3),
@@ -89,6 +100,9 @@ def describe(model: Any) -> str:
         return model.spec()
     if model.family == "gmm":
         return f"flat GMM (K={model.n_components}, {model.covariance_type})"
+    if model.family == "drmm" and hasattr(model, "blocks"):
+        return (f"patch DRMM ({len(model.blocks) - 1} patch blocks + global, {model.n_layers} "
+                f"layers, {model.n_parameters} parameters)")
     if model.family == "drmm":
         return (f"DRMM (L={model.n_layers}, K={model.n_components}, {model.config.sigma} sigma, "
                 f"{model.n_parameters} parameters)")

@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 1: the papers' classifier; about 10 classifies better)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
     p.add_argument("--layers", type=positive_int, default=3, help="drmm: layers L (default 3)")
+    p.add_argument("--preset", default=None,
+                   help="drmm: an image hierarchy of patch DRMMs, mnist (paper Table 1) or "
+                        "mnist-small (fits a 2-core CPU)")
     p.add_argument("--sigma", default="scalar",
                    help="drmm: scalar (default, one variance per layer) or diagonal")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

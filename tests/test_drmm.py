@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -447,3 +448,19 @@ def test_patch_drmm_resume_across_a_stage_equals_an_uninterrupted_run(tmp_path):
     back.fit(x, out_dir=tmp_path / "b", resume=True)
     for (k, a), b in zip(full.state_dict().items(), back.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+@pytest.mark.parametrize("shape,patch,glob,total,top", [
+    ((28, 28, 1), ((2, 64), (4, 64)), (4, 256), 13.6e6, 13_239_296),
+    ((64, 64, 1), ((3, 32), (4, 64), (5, 128), (6, 256)), (10, 256), 77.6e6, 65_866_240),
+    ((32, 32, 3), ((4, 64), (6, 128), (8, 256)), (10, 256), 104.9e6, 86_837_760)])
+def test_table1_hierarchies_count_as_the_spec_says(shape, patch, glob, total, top):
+    # spec §8: the paper's sizes are the global blocks alone; with patch blocks and global w
+    # the totals are about 13.6M, 77.6M, 104.9M (built on the meta device: no memory)
+    cfg = DRMMConfig(n_features=int(np.prod(shape)), n_components=glob[1], n_layers=glob[0],
+                     image_shape=shape, patch_layers=tuple(p[0] for p in patch),
+                     patch_components=tuple(p[1] for p in patch), patch_marginals="global")
+    with torch.device("meta"):
+        m = DRMM.from_config(cfg)
+    assert m.blocks[-1].n_parameters == top
+    assert abs(m.n_parameters - total) < 0.05e6

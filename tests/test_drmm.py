@@ -464,3 +464,21 @@ def test_table1_hierarchies_count_as_the_spec_says(shape, patch, glob, total, to
         m = DRMM.from_config(cfg)
     assert m.blocks[-1].n_parameters == top
     assert abs(m.n_parameters - total) < 0.05e6
+
+
+def test_membership_terms_equal_direct_differences_on_offset_data():
+    from deepmix.models.drmm import ContinuousComponents
+
+    g = torch.Generator().manual_seed(0)
+    for sigma in ("scalar", "diagonal"):
+        comp = ContinuousComponents(5, 3, sigma)
+        x = 1000.0 + torch.randn(40, 3, generator=g)          # raw, offset data (IK-like)
+        with torch.no_grad():
+            comp.mu.copy_(1000.0 + torch.randn(5, 3, generator=g))
+            comp.log_var.copy_(torch.randn(comp.log_var.shape, generator=g) - 3.0)
+        mask = (torch.rand(40, 3, generator=g) > 0.3).float()
+        d = x[:, None].double() - comp.mu[None].double()
+        var = comp.variances().double()
+        ref = -0.5 * ((mask[:, None].double() * d * d / var).sum(-1)
+                      + (mask.double() * torch.log(var)).sum(-1, keepdim=True))
+        torch.testing.assert_close(comp.log_terms(x, mask).double(), ref, rtol=1e-4, atol=1e-2)

@@ -8,11 +8,15 @@ AUROC, clustering indices, sample quality.
 - :mod:`~deepmix.metrics.sample_quality`: :func:`sample_quality`, a classifier's accuracy on
   generated samples (the paper's Table VII CNN and the whole protocol:
   :mod:`deepmix.experiments.reference_cnn`, :mod:`deepmix.experiments.sample_quality`).
+- :mod:`~deepmix.metrics.manifold`: :func:`manifold_precision_recall` (k-NN precision, recall
+  and F1 of samples against data, Kynkäänniemi et al. 2019), :func:`constraint_satisfaction`.
 """
 
 from .auroc import auroc, outlier_separation, roc_curve
 from .clustering import clustering_report, davies_bouldin, dunn_index, purity
 from .sample_quality import sample_quality
+from .manifold import constraint_satisfaction, knn_radii, manifold_precision_recall
 
 __all__ = ["auroc", "roc_curve", "outlier_separation", "clustering_report", "davies_bouldin",
            "dunn_index", "purity", "sample_quality"]
+__all__ += ["manifold_precision_recall", "knn_radii", "constraint_satisfaction"]

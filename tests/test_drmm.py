@@ -482,3 +482,13 @@ def test_membership_terms_equal_direct_differences_on_offset_data():
         ref = -0.5 * ((mask[:, None].double() * d * d / var).sum(-1)
                       + (mask.double() * torch.log(var)).sum(-1, keepdim=True))
         torch.testing.assert_close(comp.log_terms(x, mask).double(), ref, rtol=1e-4, atol=1e-2)
+
+
+def test_sort_by_density_orders_the_same_samples_by_score():
+    m = _model(D=2, K=4, L=3)
+    cond = DRMMCondition(inequalities=(Inequality(torch.tensor([1.0, 0.0]), 0.0),))
+    a, sa = m.sample_with_scores(40, generator=torch.Generator().manual_seed(0), condition=cond)
+    b, sb = m.sample_with_scores(40, generator=torch.Generator().manual_seed(0), condition=cond,
+                                 sort_by_density=True)
+    assert bool((sb[1:] <= sb[:-1]).all())
+    torch.testing.assert_close(b, a[torch.argsort(sa, descending=True, stable=True)])

@@ -24,6 +24,11 @@ __all__ = ["StreamComponents", "ContinuousComponents", "CategoricalComponents",
            "block_log_softmax"]
 
 
+def _device(generator: torch.Generator | None) -> torch.device:
+    """Random draws happen on the generator's device (then move to the parameters')."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
 def block_log_softmax(x: torch.Tensor, categories: int) -> torch.Tensor:
     """log_softmax over each packed block of ``categories`` entries of the last dim."""
     shape = x.shape
@@ -104,7 +109,7 @@ class ContinuousComponents(StreamComponents):
         \sqrt{\overline{s^2}} / K^{1/D}` (spec §4)."""
         K, D = self.n_components, self.width
         mean, sd = x.mean(0), x.std(0, unbiased=False)
-        z = torch.empty(K, D, dtype=x.dtype)
+        z = torch.empty(K, D, dtype=x.dtype, device=_device(generator))
         nn.init.trunc_normal_(z, 0.0, 1.0, -2.0, 2.0, generator=generator)
         self.mu.copy_(mean + sd * z.to(x.device))
         var = float((sd * sd).mean())
@@ -145,5 +150,6 @@ class CategoricalComponents(StreamComponents):
     @torch.no_grad()
     def initialize(self, x: torch.Tensor, generator: torch.Generator | None) -> None:
         """Logits ~ U(0, 0.001) (spec §4)."""
-        u = torch.rand(self.logits.shape, generator=generator, dtype=self.logits.dtype)
+        u = torch.rand(self.logits.shape, generator=generator, dtype=self.logits.dtype,
+                       device=_device(generator))
         self.logits.copy_(1e-3 * u.to(self.logits.device))

@@ -399,7 +399,8 @@ class DRMM(Model):
     def sample_with_scores(self, n: int, *, generator: torch.Generator | None = None,
                            condition: DRMMCondition | None = None, temperature: float = 1.0,
                            truncation: float | None = None, noise: bool = False,
-                           clamp_observed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                           clamp_observed: bool = False, sort_by_density: bool = False
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
         r"""Forward sampling (spec §5): n samples (n, W) and their scores (n,), the log of the
         last layer's unnormalised, constraint-including membership
         :math:`\log\sum_k e^{m_k + c_k}` (higher = better fit; the reference sorts by it).
@@ -409,7 +410,8 @@ class DRMM(Model):
         ``truncation`` x max set to 0; then residuals, and the constraints move into residual
         space. The sample is :math:`\sum_l \hat x_l` (categorical: the inverse chain from a
         uniform residual); ``noise`` adds :math:`N(0, \sigma_L^2)`; ``clamp_observed`` copies
-        the known values (mask > 0) into the output.
+        the known values (mask > 0) into the output; ``sort_by_density`` orders the samples
+        by score, best first (the reference's default; biased if only the first are kept).
         """
         n = self._check_n(n)
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
@@ -422,8 +424,11 @@ class DRMM(Model):
         passed = self.forward_sample(cond, temperature=temperature, truncation=truncation,
                                      generator=generator)
         hs, score = passed.choices, torch.logsumexp(passed.logits[-1], 1)
-        out = self.reconstruct(hs)
-        return self._finish(out, cond, generator, noise, clamp_observed), score
+        out = self._finish(self.reconstruct(hs), cond, generator, noise, clamp_observed)
+        if sort_by_density:
+            order = torch.argsort(score, descending=True, stable=True)
+            out, score = out[order], score[order]
+        return out, score
 
     def _finish(self, out: torch.Tensor, cond: ResolvedCondition,
                 generator: torch.Generator | None, noise: bool,

@@ -92,7 +92,8 @@ class DRMMObjective(Objective):
         if self.options.init is None:
             return
         n = min(self.options.init_batch, data.shape[0])
-        rows = torch.randperm(data.shape[0], generator=generator)[:n].to(data.device)
+        rows = torch.randperm(data.shape[0], generator=generator,
+                              device=generator.device)[:n].to(data.device)
         model.initialize(data[rows], generator=generator)
 
     def bind(self, model: Any, info: LoopInfo) -> None:

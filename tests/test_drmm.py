@@ -492,3 +492,34 @@ def test_sort_by_density_orders_the_same_samples_by_score():
                                  sort_by_density=True)
     assert bool((sb[1:] <= sb[:-1]).all())
     torch.testing.assert_close(b, a[torch.argsort(sa, descending=True, stable=True)])
+
+
+def test_curriculum_v2_schedules_and_end_to_end_gradients():
+    from deepmix.training.objectives.drmm import CURRICULA, DRMMObjective, DRMMOptions
+
+    v2 = CURRICULA["v2"]
+    assert v2.rho(0.49, 1.0) == 0.0 and v2.rho(0.5, 1.0) == 1.0
+    assert not v2.end_to_end(0.7) and v2.end_to_end(0.8) and v2.restart_step(100) == 50
+    with pytest.raises(ConfigError, match="v3 is not built"):
+        DRMMOptions(curriculum="v3")
+    m = _model(D=2, K=3, L=2)
+    obj = DRMMObjective(DRMMOptions())
+    x = torch.randn(30, 2, dtype=F64)
+    for end_to_end, moved in ((False, False), (True, True)):
+        m.zero_grad()
+        # the second layer's loss alone: with gradient stops it cannot reach layer 1's means
+        losses = obj.layer_losses(m, x, 1.0, alpha=0.0, end_to_end=end_to_end)
+        first = -obj.layer_losses(_only_first(m), x, 1.0, alpha=0.0)
+        (losses + first).backward()
+        g = m.layers[0].streams[0].mu.grad
+        assert (g is not None and float(g.abs().max()) > 1e-9) == moved
+    rows = DRMM(DRMMConfig(n_features=2, n_components=3, n_layers=2)).fit(
+        drmm_sierpinski(128, seed=0), epochs=4, batch_size=32, seed=0, curriculum="v2")
+    assert math.isfinite(rows[-1]["loss"])
+
+
+def _only_first(m: DRMM) -> DRMM:
+    """A 1-layer view sharing m's first layer (its loss, subtracted, leaves layer 2's)."""
+    view = DRMM(DRMMConfig(n_features=2, n_components=3, n_layers=1, dtype="float64"))
+    view.layers[0] = m.layers[0]
+    return view

@@ -30,7 +30,8 @@ import torch
 from ...errors import ConfigError
 from .base import LoopInfo, Objective, ObjectiveOptions, register_objective
 
-__all__ = ["DRMMOptions", "DRMMObjective", "rho_schedule", "lr_factor"]
+__all__ = ["DRMMOptions", "DRMMObjective", "rho_schedule", "lr_factor", "CURRICULA",
+           "Curriculum", "CurriculumV2"]
 
 
 def rho_schedule(t: float, rho_final: float = 1.0) -> float:
@@ -44,6 +45,47 @@ def lr_factor(t: float) -> float:
     return min(1.0, (2.0 - 2.0 * t) ** 2)
 
 
+class Curriculum:
+    """``"v1"`` (the paper, deepmix default): the smooth rho_E schedule, gradient stops
+    throughout, the regulariser at full weight, one Adam per stage."""
+
+    def rho(self, t: float, final: float) -> float:
+        return rho_schedule(t, final)
+
+    def end_to_end(self, t: float) -> bool:
+        """Whether gradients flow through the layers' inputs (no gradient stops)."""
+        return False
+
+    def regulariser_weight(self, t: float) -> float:
+        return 1.0
+
+    def restart_step(self, span: int) -> int | None:
+        """The stage-local step at which Adam restarts (None: never)."""
+        return None
+
+
+class CurriculumV2(Curriculum):
+    """``"v2"`` (reference code, Dec 2020): rho_E steps 0 -> rho_final at t = 0.5 with Adam
+    restarted there, gradient stops removed for t > 0.75, regulariser weighted by the lr
+    factor (spec §4)."""
+
+    def rho(self, t: float, final: float) -> float:
+        return final if t >= 0.5 else 0.0
+
+    def end_to_end(self, t: float) -> bool:
+        return t > 0.75
+
+    def regulariser_weight(self, t: float) -> float:
+        return lr_factor(t)
+
+    def restart_step(self, span: int) -> int | None:
+        return math.ceil(0.5 * span)
+
+
+#: ``curriculum`` option -> its schedules (v3, soft maximum likelihood, is not built).
+CURRICULA: dict[str, Curriculum] = {"v1": Curriculum(), "v2": CurriculumV2()}
+
+
 @dataclass
 class DRMMOptions(ObjectiveOptions):
     """Options of DRMM hard-EM training.
@@ -55,6 +97,7 @@ class DRMMOptions(ObjectiveOptions):
         alpha: weight of the orphan regulariser (0.01).
         init_batch: rows of the initialisation batch (256 2-D, 1024 IK, 2000 Fig. 7).
         init: ``"data"`` (spec §4) or None to train the model as it is.
+        curriculum: ``"v1"`` (the paper) or ``"v2"`` (the reference's Dec 2020 schedules).
     """
 
     lr: float = 0.005
@@ -62,8 +105,12 @@ class DRMMOptions(ObjectiveOptions):
     alpha: float = 0.01
     init_batch: int = 256
     init: str | None = "data"
+    curriculum: str = "v1"
 
     def __post_init__(self) -> None:
+        if self.curriculum not in CURRICULA:
+            raise ConfigError(f"Unknown curriculum '{self.curriculum}'; expected "
+                              f"{' or '.join(CURRICULA)} (v3 is not built)")
         if isinstance(self.lr, bool) or not (isinstance(self.lr, (int, float)) and self.lr > 0
                                              and math.isfinite(self.lr)):
             raise ConfigError(f"lr must be a positive number, got {self.lr!r}")
@@ -107,21 +154,25 @@ class DRMMObjective(Objective):
         self.rho_final = getattr(model, "default_rho_final", 1.0) if rho is None else rho
 
     def layer_losses(self, model: Any, batch: torch.Tensor, rho_e: float,
-                     mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The summed per-layer losses of one batch of a (flat) DRMM (differentiable)."""
+                     mask: torch.Tensor | None = None, *, alpha: float | None = None,
+                     end_to_end: bool = False) -> torch.Tensor:
+        """The summed per-layer losses of one batch of a (flat) DRMM (differentiable);
+        ``end_to_end`` lets the gradients through the layers' inputs."""
+        alpha = self.options.alpha if alpha is None else alpha
         streams = model.split(batch, mask)
         total = batch.new_zeros(())
         for layer in model.layers:
-            inputs = [type(s)(s.value.detach(), s.mask.detach()) for s in streams]
+            inputs = streams if end_to_end else [type(s)(s.value.detach(), s.mask.detach())
+                                                 for s in streams]
             data, latent = layer.terms(inputs)
             m = layer.row_log_weights(data.shape[0]) + data + latent
             with torch.no_grad():
                 e = (data + rho_e * latent).argmax(1)
                 h = m.argmax(1)
             total = total - m.gather(1, e[:, None]).mean()
-            if self.options.alpha:
-                total = total - self.options.alpha * data.max(0).values.mean()
-            with torch.no_grad():
+            if alpha:
+                total = total - alpha * data.max(0).values.mean()
+            with torch.set_grad_enabled(end_to_end and torch.is_grad_enabled()):
                 streams = layer.advance(inputs, h)
         return total
 
@@ -135,9 +186,14 @@ class DRMMObjective(Objective):
         values, mask = model.stage_input(j, batch)
         if j > 0 and step == first and self.options.init is not None:
             stage.initialize(values, generator=generator)
+        plan = CURRICULA[self.options.curriculum]
+        if plan.restart_step(span) == step - first:
+            optimizer.state.clear()            # Adam restarted (v2, at t = 0.5)
         for group in optimizer.param_groups:
             group["lr"] = self.options.lr * lr_factor(t)
-        loss = self.layer_losses(stage, values, rho_schedule(t, self.rho_final), mask)
+        loss = self.layer_losses(stage, values, plan.rho(t, self.rho_final), mask,
+                                 alpha=self.options.alpha * plan.regulariser_weight(t),
+                                 end_to_end=plan.end_to_end(t))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

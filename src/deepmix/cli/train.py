@@ -1,4 +1,4 @@
-"""``deepmix train``: train a model of any family (DCGMM, flat GMM, circuit) into a run folder."""
+"""``deepmix train``: train a model of any family (DCGMM, GMM, circuit, DRMM) into a run folder."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .common import parse_classes, positive_int
 
-HELP = "train a model (DCGMM by default; --model gmm or circuit) on a data set"
+HELP = "train a model (DCGMM by default; --model gmm, circuit or drmm) on a data set"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

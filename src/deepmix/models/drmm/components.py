@@ -4,7 +4,8 @@ A layer sees a tuple of *streams*, each a (N, W) value with a mask of the same s
 0 unknown, fractions weight a variable). :class:`ContinuousComponents` holds K means and one
 log-variance (``sigma="scalar"``) or one per variable (``"diagonal"``); its log-term is
 
-.. math:: -\tfrac12\Big[\sum_d m_d \frac{(x_d-\mu_{kd})^2}{\sigma_d^2} + \sum_d m_d \log\sigma_d^2\Big].
+.. math:: -\tfrac12\Big[\sum_d m_d \frac{(x_d-\mu_{kd})^2}{\sigma_d^2}
+          + \sum_d m_d \log\sigma_d^2\Big].
 
 :class:`CategoricalComponents` holds K logit vectors over B packed blocks of M categories
 (:math:`p_k` = softmax per block); its log-term is :math:`(m \odot \mathrm{softmax}(x)) \cdot

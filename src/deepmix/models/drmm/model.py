@@ -298,7 +298,8 @@ class DRMM(Model):
             raise InputError(f"{what} covers flat DRMMs; this one has per-position weights")
         if self.config.categorical:
             raise InputError(f"{what} covers models of continuous data only; this DRMM has "
-                             f"categorical streams {', '.join(self.stream_names[1:])}")
+                             f"categorical streams "
+                             f"{', '.join(n for n in self.stream_names if n != 'x')}")
 
     def n_paths(self) -> int:
         """:math:`K^{L-1}`, the latent paths :meth:`log_prob` sums over per point."""

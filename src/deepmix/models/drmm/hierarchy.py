@@ -86,7 +86,8 @@ class PatchDRMM(DRMM):
             h, w, prev = ho, wo, (L, K)
         self.grid_shapes = shapes + [(h, w)]       # input grid of every block, then the last
         top = DRMMConfig(n_features=0, categorical=(prev[1],),
-                         categorical_blocks=(h * w * prev[0],), n_components=config.n_components, n_layers=config.n_layers, **common)
+                         categorical_blocks=(h * w * prev[0],),
+                         n_components=config.n_components, n_layers=config.n_layers, **common)
         self.blocks = nn.ModuleList(blocks + [DRMM(top)])
 
     @classmethod

@@ -523,3 +523,25 @@ def _only_first(m: DRMM) -> DRMM:
     view = DRMM(DRMMConfig(n_features=2, n_components=3, n_layers=1, dtype="float64"))
     view.layers[0] = m.layers[0]
     return view
+
+
+def test_a_categorical_data_stream_trains_and_conditions_both_ways():
+    g = torch.Generator().manual_seed(0)
+    c = torch.randint(0, 3, (1200,), generator=g)
+    xv = torch.tensor([-1.0, 0.0, 1.0])[c] + 0.1 * torch.randn(1200, generator=g)
+    onehot = torch.log(torch.nn.functional.one_hot(c, 3).float() * (1 - 1e-6) + 1e-6 / 3)
+    m = DRMM(DRMMConfig(n_features=1, n_components=6, n_layers=2, categorical=(3,)))
+    m.fit(torch.cat([xv[:, None], onehot], 1), epochs=20, batch_size=64, seed=0)
+    means = []
+    for k in range(3):
+        v = torch.zeros(4)
+        v[1:] = onehot[c == k][0]
+        cond = DRMMCondition(values=v, mask=torch.tensor([0.0, 1.0, 1.0, 1.0]))
+        s = m.sample(500, generator=torch.Generator().manual_seed(1), condition=cond)
+        means.append(float(s[:, 0].mean()))
+        assert int(s[:, 1:].softmax(1).mean(0).argmax()) == k     # the known class comes back
+    assert means[1] - means[0] > 0.3 and means[2] - means[1] > 0.3
+    cond = DRMMCondition(values=torch.tensor([1.0, 0.0, 0.0, 0.0]),
+                         mask=torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    s = m.sample(500, generator=torch.Generator().manual_seed(1), condition=cond)
+    assert int(s[:, 1:].softmax(1).mean(0).argmax()) == 2            # x = 1 -> class 2

@@ -431,6 +431,8 @@ def test_patch_drmm_builds_trains_in_stages_samples_completes_and_round_trips(tm
     assert torch.equal(back.sample(4, generator=g()), m.sample(4, generator=g()))
     with pytest.raises(NoDensityError):
         m.log_prob(x[:2])
+    with pytest.raises(InputError, match="backward"):
+        m.sample_with_scores(2)
     with pytest.raises(InputError, match="known pixels only"):
         m.sample(2, condition=DRMMCondition(box=Box(low=0.0, high=1.0)))
     with pytest.raises(ConfigError, match="n_features"):

@@ -176,6 +176,13 @@ class PatchDRMM(DRMM):
         return self.log_prob(x)
 
     # ------------------------------------------------------------------ sampling
+    def sample_with_scores(self, n: int, **options: Any) -> Any:
+        raise InputError("a patch DRMM samples backward only: use sample(n, condition=...) or "
+                         "complete(x, mask)")
+
+    def sample_backward(self, n: int, **options: Any) -> Any:
+        raise InputError("a patch DRMM always samples backward: use sample(n, condition=...)")
+
     @torch.no_grad()
     def _backward_images(self, x: torch.Tensor, mask: torch.Tensor, copies: int, *,
                          generator: torch.Generator | None, truncation: float | None,

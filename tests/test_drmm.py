@@ -358,6 +358,7 @@ def test_cli_train_resume_evaluate_sample(tmp_path, capsys):
     assert main(["train", *base[:-3], "--preset", "mnist", "--out", str(tmp_path / "p"),
                  "--epochs", "1"]) == 2               # the preset's 28x28 is not digits' 8x8
     assert "mnist" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()                 # refused before anything is written
 
 
 # ----------------------------------------------------------------------- backward sampling

@@ -548,3 +548,21 @@ def test_a_categorical_data_stream_trains_and_conditions_both_ways():
                          mask=torch.tensor([1.0, 0.0, 0.0, 0.0]))
     s = m.sample(500, generator=torch.Generator().manual_seed(1), condition=cond)
     assert int(s[:, 1:].softmax(1).mean(0).argmax()) == 2            # x = 1 -> class 2
+
+
+def test_reference_density_scores():
+    m = _model(D=2, K=4, L=1)
+    x = torch.randn(30, 2, dtype=F64)
+    with torch.no_grad():
+        exact = m.log_prob(x)
+    c = math.log(2 * math.pi)                       # D/2 log 2 pi, D = 2
+    v3 = m.reference_log_density(x, "v3", 4)        # no latents to sample at L = 1
+    torch.testing.assert_close(v3, exact + c)
+    v1 = m.reference_log_density(x, "v1", 2)
+    # relative to the batch maximum: equal to the density up to one shared constant
+    torch.testing.assert_close(v1 - v1.max(), exact - exact.max())
+    deep = _model(D=2, K=3, L=3)
+    g = torch.Generator().manual_seed(0)
+    assert bool(torch.isfinite(deep.reference_log_density(x, "v3", 8, generator=g)).all())
+    with pytest.raises(ConfigError, match="v1 or v3"):
+        deep.reference_log_density(x, "v2")

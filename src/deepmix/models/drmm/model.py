@@ -362,7 +362,11 @@ class DRMM(Model):
         probabilities; consistent as S grows."""
         x = self.check_input(x)
         self._continuous_only("log_prob_is")
-        S = self._check_n(n_samples)
+        return self._importance(x, self._check_n(n_samples), generator, None)
+
+    def _importance(self, x: torch.Tensor, S: int, generator: torch.Generator | None,
+                    truncation: float | None) -> torch.Tensor:
+        """The IS estimate with q truncated at ``truncation`` x max (renormalised)."""
         log_w, mu, var, log_p = self._last_layer_terms()
         N = x.shape[0]
         rows = max(1, min(N, 65536 // S))
@@ -374,6 +378,10 @@ class DRMM(Model):
             path_log = xs.new_zeros(xs.shape[0], self.n_components)
             for l, layer in enumerate(self.layers[:-1]):
                 lq = torch.log_softmax(layer.membership(streams), 1)
+                if truncation:
+                    keep = lq >= lq.max(1, keepdim=True).values + math.log(truncation)
+                    lq = torch.log_softmax(torch.where(keep, lq, torch.full_like(lq, -math.inf)),
+                                           1)
                 h = self._draw(lq, generator)
                 log_q = log_q + lq.gather(1, h[:, None])[:, 0]
                 path_log = path_log + log_p[l][:, h].T
@@ -383,6 +391,36 @@ class DRMM(Model):
             est = torch.logsumexp((lp - log_q).reshape(-1, S), 1) - math.log(S)
             out.append(est)
         return torch.cat(out)
+
+    @torch.no_grad()
+    def reference_log_density(self, x: Any, version: str = "v1", n_passes: int = 32, *,
+                              generator: torch.Generator | None = None) -> torch.Tensor:
+        r"""The reference code's density scores (spec §3, option ``density``), (N,); not
+        normalised densities.
+
+        ``"v1"``: :math:`\log \frac1P \sum_p \sum_k \exp(m^{(p)}_{Lk} - \max_{batch,k}
+        m^{(p)}_L)`, the last layer's memberships after P stochastic forward passes, relative
+        to the batch maximum (so only comparable inside one call; Fig. 1 uses P = 32).
+        ``"v3"``: the importance-sampling form with q truncated at 0.5 x max and without the
+        :math:`2\pi` constant, P samples.
+        """
+        x = self.check_input(x)
+        self._continuous_only("reference_log_density")
+        P = self._check_n(n_passes)
+        if version == "v3":
+            half_log_2pi = 0.5 * x.shape[1] * LOG_2PI
+            return self._importance(x, P, generator, 0.5) + half_log_2pi
+        if version != "v1":
+            raise ConfigError(f"Unknown reference density '{version}'; expected v1 or v3")
+        passes = []
+        for _ in range(P):
+            streams = self.split(x)
+            for layer in self.layers[:-1]:
+                m = layer.membership(streams)
+                streams = layer.advance(streams, self._draw(m, generator))
+            m = self.layers[-1].membership(streams)
+            passes.append(torch.logsumexp(m - m.max(), 1))
+        return torch.logsumexp(torch.stack(passes), 0) - math.log(P)
 
     def _draw(self, log_probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         gdev = generator.device if generator is not None else torch.device("cpu")

@@ -30,6 +30,12 @@ def _example(family: str) -> tuple[Model, torch.Tensor]:
 
         return (DeepGMM(DeepGMMConfig(shape=(4, 4, 1), fold=2, layers="hc3,bd2,ubd2", seed=1)),
                 torch.randn(5, 16, generator=g, dtype=torch.float64))
+    if family == "drmm":
+        from deepmix.models import DRMM, DRMMConfig
+
+        m = DRMM(DRMMConfig(n_features=3, n_components=3, n_layers=2, dtype="float64"))
+        return m.initialize(torch.randn(30, 3, generator=g, dtype=torch.float64),
+                            generator=g), torch.randn(5, 3, generator=g, dtype=torch.float64)
     raise AssertionError(f"add an example of the new family '{family}' here")
 
 

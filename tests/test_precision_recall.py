@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from deepmix.errors import InputError
-from deepmix.metrics import precision_recall
+from deepmix.metrics import constraint_satisfaction, precision_recall
 
 
 def _brute(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
@@ -13,8 +13,8 @@ def _brute(real: np.ndarray, fake: np.ndarray, k: int) -> tuple[float, float]:
         d = np.sqrt(((a[:, None, :] - a[None, :, :]) ** 2).sum(-1))
         return np.sort(d, axis=1)[:, k]          # column 0 is the point itself
     d = np.sqrt(((real[:, None, :] - fake[None, :, :]) ** 2).sum(-1))     # (N real, M fake)
-    precision = (d < radii(real)[:, None]).any(axis=0).mean()
-    recall = (d < radii(fake)[None, :]).any(axis=1).mean()
+    precision = (d <= radii(real)[:, None]).any(axis=0).mean()
+    recall = (d <= radii(fake)[None, :]).any(axis=1).mean()
     return float(precision), float(recall)
 
 
@@ -49,3 +49,11 @@ def test_bad_input_is_one_clear_error():
         precision_recall(x, np.full((10, 3), np.nan))
     with pytest.raises(InputError, match="k must be"):
         precision_recall(x[:3], x, k=3)
+
+
+def test_constraint_satisfaction_counts_rows_on_the_right_side():
+    x = np.array([[1.0, 0.0], [-1.0, 0.0], [0.5, -5.0]])
+    assert constraint_satisfaction(x, [1.0, 0.2], 0.0) == pytest.approx(1 / 3)
+    assert constraint_satisfaction(torch.as_tensor(x), torch.tensor([1.0, 0.0]), 2.0) == 1.0
+    with pytest.raises(InputError, match="a has shape"):
+        constraint_satisfaction(x, [1.0, 0.0, 0.0])

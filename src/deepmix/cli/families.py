@@ -49,17 +49,44 @@ def _circuit(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
 def _deep_gmm(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
     from ..models import DeepGMM, DeepGMMConfig
 
-    return DeepGMM(DeepGMMConfig(shape=tuple(shape), fold=args.fold, layers=args.layers,
+    layers = "hc3,hc3,hc3,bd4" if args.layers is None else args.layers
+    return DeepGMM(DeepGMMConfig(shape=tuple(shape), fold=args.fold, layers=layers,
                                  dtype=args.dtype, seed=args.seed, search=args.search,
                                  gating=args.gating))
 
 
+def _drmm(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
+    from ..models import DRMM, DRMMConfig
+    from ..models.drmm import PRESETS, PatchDRMM
+
+    H, W, C = shape
+    dtype = getattr(args, "dtype", "float32")
+    preset = getattr(args, "preset", None)
+    if preset is not None:
+        # an image hierarchy (patch blocks + global DRMM) of a named architecture
+        if preset not in PRESETS:
+            raise ConfigError(f"Unknown DRMM preset '{preset}'; expected "
+                              f"{', '.join(PRESETS)}")
+        if tuple(PRESETS[preset][0]) != (H, W, C):
+            raise ConfigError(f"DRMM preset '{preset}' takes {PRESETS[preset][0]} images, the "
+                              f"data are {(H, W, C)}")
+        return PatchDRMM.preset(preset, dtype=dtype)
+    # The CLI's --dtype defaults to float64 for gmm/circuit; DRMM takes both.
+    layers = getattr(args, "layers", None)
+    try:
+        n_layers = 3 if layers is None else int(layers)
+    except ValueError:
+        raise ConfigError(f"drmm: --layers is the number of layers, got '{layers}'") from None
+    if n_layers < 1:
+        raise ConfigError(f"drmm: --layers must be >= 1, got {n_layers}")
+    return DRMM(DRMMConfig(n_features=H * W * C, n_components=args.k, n_layers=n_layers,
+                           sigma=getattr(args, "sigma", "scalar"), dtype=dtype))
+
+
 #: family -> builder(args, image shape) of a fresh model.
 BUILDERS: dict[str, Callable[[argparse.Namespace, tuple[int, int, int]], Any]] = {
-    "gmm": _gmm, "circuit": _circuit}
-DEFAULT_OBJECTIVE = {"gmm": "em", "circuit": "em"}
-BUILDERS["deep-gmm"] = _deep_gmm
-DEFAULT_OBJECTIVE["deep-gmm"] = "hard-em"
+    "gmm": _gmm, "circuit": _circuit, "deep-gmm": _deep_gmm, "drmm": _drmm}
+DEFAULT_OBJECTIVE = {"gmm": "em", "circuit": "em", "deep-gmm": "hard-em", "drmm": "drmm-em"}
 
 
 def build_model(family: str, args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
@@ -88,4 +115,10 @@ def describe(model: Any) -> str:
         return f"flat GMM (K={model.n_components}, {model.covariance_type})"
     if model.family == "deep-gmm":
         return f"deep GMM {model.spec()} (fold {model.config.fold}, {model.n_params()} params)"
+    if model.family == "drmm" and hasattr(model, "blocks"):
+        return (f"patch DRMM ({len(model.blocks) - 1} patch blocks + global, {model.n_layers} "
+                f"layers, {model.n_parameters} parameters)")
+    if model.family == "drmm":
+        return (f"DRMM (L={model.n_layers}, K={model.n_components}, {model.config.sigma} sigma, "
+                f"{model.n_parameters} parameters)")
     return f"{model.family} {type(model).__name__}"

@@ -140,6 +140,7 @@ def _run_unknown(args, model, x, obs, train, result: dict) -> int:
 #: --mode -> each flat family's completion method (a circuit's "mean" is its MPE completion).
 _FLAT_METHODS = {"gmm": {"mean": "mean", "sample": "sample"},
                  "circuit": {"mean": "mpe", "sample": "sample"}}
+_FLAT_METHODS["drmm"] = {"mean": "mean", "sample": "sample"}   # flat and patch DRMM alike
 
 
 def _run_flat(args: argparse.Namespace, model, data_name: str, ds) -> int:

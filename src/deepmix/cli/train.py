@@ -1,4 +1,4 @@
-"""``deepmix train``: train a model of any family (DCGMM, flat GMM, circuit) into a run folder."""
+"""``deepmix train``: train a model of any family (DCGMM, GMM, circuit, DRMM) into a run folder."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ from pathlib import Path
 
 from .common import parse_classes, positive_int
 
-HELP = "train a model (DCGMM by default; --model gmm or circuit) on a data set"
+HELP = "train a model (DCGMM by default; --model gmm, circuit or drmm) on a data set"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, metavar="FAMILY",
-                   help="model family: dcgmm (default), gmm or circuit (on --resume: the run's)")
+                   help="model family: dcgmm (default), gmm, circuit or drmm (on --resume: the "
+                        "run's)")
     p.add_argument("--objective", default=None,
                    help="gmm/circuit: em (default), mle (alias sgd), sm or ssm")
     p.add_argument("--k", type=positive_int, default=10,
-                   help="gmm: components; circuit: sums per region (default 10)")
+                   help="gmm: components; circuit: sums per region; drmm: components per "
+                        "layer (default 10)")
     p.add_argument("--covariance", default="diag", help="gmm: full, diag (default) or spherical")
     p.add_argument("--structure", default="rat-spn", help="circuit: rat-spn (default) or pd")
     p.add_argument("--depth", type=positive_int, default=3, help="circuit: RAT-SPN depth")
@@ -49,9 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier-temperature", type=float, default=1.0, metavar="T",
                    help="a classifier layer sees tempered responsibilities softmax(log r / T) "
                         "(default 1: the papers' classifier; about 10 classifies better)")
-    p.add_argument("--layers", default="hc3,hc3,hc3,bd4",
-                   help="deep-gmm: layer spec, data side first, e.g. hc5,hc5,hc5,bd4 or "
-                        "hc3,ubd4 (full<n>, diag<n>, bd<n>, ubd<m>, hc<k>[x<n>])")
+    p.add_argument("--layers", default=None,
+                   help="drmm: the number of layers L (default 3); deep-gmm: the layer spec, "
+                        "data side first (default hc3,hc3,hc3,bd4; e.g. hc5,hc5,hc5,bd4 or "
+                        "hc3,ubd4: full<n>, diag<n>, bd<n>, ubd<m>, hc<k>[x<n>])")
     p.add_argument("--fold", type=positive_int, default=2,
                    help="deep-gmm: fold factor r, images become (H/r, W/r, r*r*C)")
     p.add_argument("--search", default="auto",
@@ -66,6 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--m-epochs", type=positive_int, default=1,
                    help="deep-gmm: epochs of every later M step (default 1)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
+    p.add_argument("--preset", default=None,
+                   help="drmm: an image hierarchy of patch DRMMs, mnist (paper Table 1) or "
+                        "mnist-small (fits a 2-core CPU)")
+    p.add_argument("--sigma", default="scalar",
+                   help="drmm: scalar (default, one variance per layer) or diagonal")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
                    help="train on N local processes (torch.distributed, gloo on CPU, NCCL on "

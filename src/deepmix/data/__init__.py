@@ -12,6 +12,7 @@ from deepmix.data.dataset import ImageDataset
 from deepmix.data.idx import load_idx_folder, read_idx
 from deepmix.data.registry import DATASETS, fetch, load_images
 from deepmix.data.toys import THESIS_TOYS, TOYS, make_toy, thesis_toy, thesis_train_valid
+from deepmix.data.toys import arm_end_effector, arm_ik, drmm_sierpinski, drmm_swissroll
 
 __all__ = [
     "cache_dir",
@@ -22,6 +23,10 @@ __all__ = [
     "read_idx",
     "load_idx_folder",
     "TOYS",
+    "drmm_swissroll",
+    "drmm_sierpinski",
+    "arm_ik",
+    "arm_end_effector",
     "make_toy",
     "THESIS_TOYS",
     "thesis_toy",

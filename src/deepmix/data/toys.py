@@ -12,6 +12,8 @@ Two families share the names halfmoons, spirals and board but not their shape:
   default. :func:`thesis_train_valid` is the thesis' 10 000 train / 10 000 validation split of
   them, the data of ``deepmix fit-gmm --data halfmoons`` and of
   :mod:`deepmix.experiments.thesis_toys`.
+- The DRMM paper's data (spec drmm §8), as torch tensors from a seed or ``torch.Generator``:
+  :func:`drmm_swissroll` (2-D and 3-D), :func:`drmm_sierpinski`, the 4-link arm :func:`arm_ik`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import torch
 from deepmix.errors import DataError
 
 __all__ = ["TOYS", "SIERPINSKI_VERTICES", "make_toy", "THESIS_TOYS", "thesis_toy",
-           "thesis_train_valid"]
+           "thesis_train_valid", "drmm_swissroll", "drmm_sierpinski", "DRMM_SIERPINSKI_CORNERS",
+           "arm_ik", "arm_end_effector", "ARM_LINKS"]
 
 TOYS: tuple[str, ...] = ("halfmoons", "spirals", "board", "swissroll", "sierpinski")
 #: The thesis' toys (:func:`thesis_toy`): same names as three of :data:`TOYS`, other shapes.
@@ -147,3 +150,97 @@ def thesis_train_valid(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     10 000 x 2 each (the default 20 000 points of seed 42)."""
     x = torch.from_numpy(thesis_toy(name))
     return x[:10_000], x[10_000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# The DRMM paper's toy data (spec drmm §8), drawn with torch from a seed or a torch.Generator.
+
+#: Link lengths of the planar 4-link arm of the DRMM paper's Fig. 7 (total reach 1.2).
+ARM_LINKS = (0.3, 0.3, 0.3, 0.3)
+
+
+def _torch_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
+    if generator is not None and seed is not None:
+        raise DataError("give a seed or a generator, not both")
+    if generator is not None:
+        return generator
+    return torch.Generator().manual_seed(0 if seed is None else int(seed))
+
+
+def _check_n(name: str, n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise DataError(f"Toy data set '{name}': n must be an integer >= 1, got {n!r}.")
+    return int(n)
+
+
+def drmm_swissroll(n: int, *, dims: int = 2, seed: int | None = None,
+                   generator: torch.Generator | None = None,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    r"""The DRMM paper's Swiss roll (n, dims): :math:`\theta \sim U[0, 4\pi)` kept with
+    probability :math:`\theta / 4\pi` (uniform along the arc), the point
+    :math:`0.5\,\theta\,(\sin\theta, \cos\theta)` scaled by :math:`1/2\pi` into [-1, 1];
+    ``dims=3`` appends a third coordinate U(-2, 2) (the 3-D roll of Fig. 7)."""
+    n = _check_n("drmm_swissroll", n)
+    if dims not in (2, 3):
+        raise DataError(f"drmm_swissroll: dims must be 2 or 3, got {dims!r}")
+    g = _torch_generator(seed, generator)
+    out = torch.empty(0, dtype=torch.float64)
+    while out.shape[0] < n:       # rejection: accepts about half of the draws
+        theta = 4.0 * math.pi * torch.rand(2 * n, generator=g, dtype=torch.float64)
+        keep = torch.rand(2 * n, generator=g, dtype=torch.float64) < theta / (4.0 * math.pi)
+        out = torch.cat([out, theta[keep]])
+    theta = out[:n]
+    pts = 0.5 * theta[:, None] * torch.stack([torch.sin(theta), torch.cos(theta)], 1)
+    pts = pts / (2.0 * math.pi)
+    if dims == 3:
+        pts = torch.cat([pts, 4.0 * torch.rand(n, 1, generator=g, dtype=torch.float64) - 2.0], 1)
+    return pts.to(dtype)
+
+
+#: Corners of the DRMM paper's Sierpinski triangle: on the unit circle at 0, 120, 240 degrees.
+DRMM_SIERPINSKI_CORNERS = torch.tensor(
+    [[math.cos(a), math.sin(a)] for a in (0.0, 2.0 * math.pi / 3.0, 4.0 * math.pi / 3.0)],
+    dtype=torch.float64)
+
+
+def drmm_sierpinski(n: int, *, depth: int = 7, seed: int | None = None,
+                    generator: torch.Generator | None = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Points (n, 2) uniform over the ``3**depth`` triangles of a depth-``depth`` Sierpinski
+    triangle with corners on the unit circle at 0, 120 and 240 degrees: a uniform point of the
+    whole triangle moved ``depth`` times halfway to a random corner."""
+    n = _check_n("drmm_sierpinski", n)
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 0:
+        raise DataError(f"drmm_sierpinski: depth must be an integer >= 0, got {depth!r}")
+    g = _torch_generator(seed, generator)
+    v = DRMM_SIERPINSKI_CORNERS
+    a, b = torch.rand(n, generator=g, dtype=torch.float64), torch.rand(n, generator=g,
+                                                                        dtype=torch.float64)
+    flip = a + b > 1.0
+    a, b = torch.where(flip, 1.0 - a, a), torch.where(flip, 1.0 - b, b)
+    p = v[0] + a[:, None] * (v[1] - v[0]) + b[:, None] * (v[2] - v[0])
+    for _ in range(depth):
+        p = 0.5 * (p + v[torch.randint(0, 3, (n,), generator=g)])
+    return p.to(dtype)
+
+
+def arm_end_effector(angles: torch.Tensor, links: tuple[float, ...] = ARM_LINKS) -> torch.Tensor:
+    r"""Forward kinematics of a planar arm rooted at the origin: angles (..., J) relative to the
+    previous link, :math:`\phi_j = \sum_{i \le j}\theta_i`, tip
+    :math:`\sum_j \ell_j (\cos\phi_j, \sin\phi_j)`, (..., 2)."""
+    if angles.shape[-1] != len(links):
+        raise DataError(f"arm_end_effector: {angles.shape[-1]} angles for {len(links)} links")
+    phi = torch.cumsum(angles, -1)
+    ell = torch.tensor(links, dtype=angles.dtype, device=angles.device)
+    return torch.stack([(ell * torch.cos(phi)).sum(-1), (ell * torch.sin(phi)).sum(-1)], -1)
+
+
+def arm_ik(n: int, *, seed: int | None = None, generator: torch.Generator | None = None,
+           links: tuple[float, ...] = ARM_LINKS, dtype: torch.dtype = torch.float32
+           ) -> torch.Tensor:
+    r"""The planar 4-link arm of the DRMM paper's Fig. 7 (n, 6): angles U(-pi/2, pi/2) and
+    the end effector (x, y) of :func:`arm_end_effector` (links 0.3)."""
+    n = _check_n("arm_ik", n)
+    g = _torch_generator(seed, generator)
+    angles = (torch.rand(n, len(links), generator=g, dtype=torch.float64) - 0.5) * math.pi
+    return torch.cat([angles, arm_end_effector(angles, links)], 1).to(dtype)

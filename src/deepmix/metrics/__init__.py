@@ -10,14 +10,19 @@ AUROC, clustering indices, sample quality.
 - :mod:`~deepmix.metrics.sample_quality`: :func:`sample_quality`, a classifier's accuracy on
   generated samples (the paper's Table VII CNN and the whole protocol:
   :mod:`deepmix.experiments.reference_cnn`, :mod:`deepmix.experiments.sample_quality`).
+- :mod:`~deepmix.metrics.constraints`: :func:`constraint_satisfaction` (rate of a linear
+  inequality).
+- :mod:`~deepmix.metrics.units`: :func:`bits_per_dim`, :func:`nats_per_dim` (log-likelihoods in
+  the units density tables use).
 """
 
 from .auroc import auroc, outlier_separation, roc_curve
 from .clustering import clustering_report, davies_bouldin, dunn_index, purity
+from .constraints import constraint_satisfaction
 from .precision_recall import f1_score, precision_recall
 from .sample_quality import sample_quality
 from .units import bits_per_dim, nats_per_dim
 
 __all__ = ["auroc", "roc_curve", "outlier_separation", "clustering_report", "davies_bouldin",
            "dunn_index", "purity", "sample_quality", "precision_recall", "f1_score",
-           "bits_per_dim", "nats_per_dim"]
+           "bits_per_dim", "nats_per_dim", "constraint_satisfaction"]

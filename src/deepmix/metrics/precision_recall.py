@@ -14,7 +14,8 @@ vectors, no feature network).
 
 Written here rather than taken from the ``prdc`` package because ``prdc`` forms the full
 (N, M) distance matrices at once (20 000 x 20 000 doubles are 3.2 GB); this computes the same
-figures in row chunks with ``torch.cdist``. Ball membership is strict (``d < r``), as in ``prdc``.
+figures in row chunks with ``torch.cdist``. Ball membership is ``d <= r``, the paper's definition
+(``prdc`` uses ``d < r``; the two differ only on exact ties).
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import torch
 
 from ..errors import InputError
 
-__all__ = ["knn_radii", "precision_recall", "f1_score"]
+__all__ = ["knn_radii", "precision_recall", "f1_score", "as_rows"]
 
 
-def _as_rows(x: Any, what: str) -> torch.Tensor:
+def as_rows(x: Any, what: str) -> torch.Tensor:
+    """(N, ...) numbers as an (N, D) float64 CPU tensor, or one :class:`InputError` line."""
     t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     if t.ndim < 2 or t.shape[0] == 0:
         raise InputError(f"{what} must have shape (N, D) with N >= 1, got {tuple(t.shape)}")
@@ -60,11 +62,11 @@ def knn_radii(x: torch.Tensor, k: int, *, chunk_size: int = 2048) -> torch.Tenso
 
 def _covered(points: torch.Tensor, centres: torch.Tensor, radii: torch.Tensor,
              chunk_size: int) -> torch.Tensor:
-    """Which ``points`` lie strictly inside at least one ball B(centres[j], radii[j])."""
+    """Which ``points`` lie in at least one closed ball B(centres[j], radii[j])."""
     inside = torch.empty(points.shape[0], dtype=torch.bool)
     for i in _chunks(points.shape[0], chunk_size):
         d = torch.cdist(points[i:i + chunk_size], centres)
-        inside[i:i + chunk_size] = (d < radii).any(dim=1)
+        inside[i:i + chunk_size] = (d <= radii).any(dim=1)
     return inside
 
 
@@ -77,8 +79,8 @@ def precision_recall(real: Any, samples: Any, *, k: int = 3,
                      chunk_size: int = 2048) -> dict[str, float]:
     """k-NN manifold precision, recall and F1 of ``samples`` against ``real`` (rows, or images
     flattened to rows), computed in float64 on row chunks of ``chunk_size``."""
-    x = _as_rows(real, "real data")
-    y = _as_rows(samples, "samples")
+    x = as_rows(real, "real data")
+    y = as_rows(samples, "samples")
     if x.shape[1] != y.shape[1]:
         raise InputError(f"real data and samples must have the same dimension, got "
                          f"{x.shape[1]} and {y.shape[1]}")

@@ -14,6 +14,7 @@ from .em import (CircuitEM, CircuitEMOptions, GaussianMixtureEM, GaussianMixture
 from .gradient import (GradientObjective, GradientOptions, MaximumLikelihood, ScoreMatching,
                        SlicedOptions, SlicedScoreMatching)
 from .deep_gmm import HardEM, HardEMOptions
+from .drmm import DRMMObjective, DRMMOptions
 from .losses import OBJECTIVES, get_objective, nll, score_matching, sliced_score_matching
 
 __all__ = ["LoopInfo", "DCGMMObjective", "DCGMMOptions", "split_train_config", "Objective", "ObjectiveOptions", "make_objective", "objective_class", "objective_names",
@@ -21,5 +22,5 @@ __all__ = ["LoopInfo", "DCGMMObjective", "DCGMMOptions", "split_train_config", "
            "CircuitEMOptions", "GradientObjective", "GradientOptions", "SlicedOptions",
            "MaximumLikelihood", "ScoreMatching", "SlicedScoreMatching", "OBJECTIVES",
            "get_objective", "nll", "score_matching", "sliced_score_matching",
-           "HardEM", "HardEMOptions"]
+           "HardEM", "HardEMOptions", "DRMMObjective", "DRMMOptions"]
 

@@ -32,7 +32,8 @@ import torch
 
 import deepmix
 from deepmix.data import load_images
-from deepmix.models import DCGMM, family_names, poon_domingos, rat_spn
+from deepmix.models import (DCGMM, DRMM, DeepGMM, DeepGMMConfig, DRMMConfig, family_names,
+                            poon_domingos, rat_spn)
 from deepmix.utils.io import write_json_atomic, write_text_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -108,10 +109,34 @@ def _dcgmm(arch: str) -> Contender:
                      f"GMM layer, which tiles the image", train)
 
 
+def _drmm(k: int, layers: int, sigma: str = "scalar") -> Contender:
+    def train(x, _images, seed, quick):
+        m = DRMM(DRMMConfig(n_features=x.shape[1], n_components=k, n_layers=layers,
+                            sigma=sigma))
+        m.fit(x.float(), epochs=1 if quick else 3, batch_size=64, seed=seed, progress=False)
+        return _torch_scorer(m)
+    return Contender(f"DRMM {layers} x {k}" + ("" if sigma == "scalar" else f" ({sigma} sigma)"),
+                     "drmm", f"DRMM(K={k}, L={layers}, sigma={sigma}), drmm-em defaults, batch 64, 3 epochs; exact "
+                     f"log_prob over {k}^{layers - 1} latent paths", train)
+
+
+def _deep_gmm(layers: str, fold: int) -> Contender:
+    def train(x, images, seed, quick):
+        shape = tuple(images.shape[1:])
+        m = DeepGMM(DeepGMMConfig(shape=shape, fold=fold, layers=layers, seed=seed,
+                                  dtype="float32"))
+        m.fit(x.float(), epochs=2 if quick else 10, batch_size=100, seed=seed, progress=False)
+        return _torch_scorer(m)
+    return Contender(f"deep GMM {layers}", "deep-gmm",
+                     f"DeepGMM(fold {fold}, '{layers}'), hard-em defaults, batch 100, 10 "
+                     f"epochs; exact log_prob (every path enumerated)", train)
+
+
 def contenders() -> list[Contender]:
     """Every row, in order; families are added here as they gain a density."""
     rows = [_deepmix_gmm(100), _sklearn_gmm(100), _circuit("rat-spn"), _circuit("pd"),
-            _dcgmm("1L"), _dcgmm("2L-b")]
+            _dcgmm("1L"), _dcgmm("2L-b"), _drmm(64, 2), _drmm(16, 3), _drmm(64, 2, "diagonal"),
+            _deep_gmm("hc5,hc5,hc5,bd4", 4), _deep_gmm("hc5,hc5,hc5,bd4,bd4", 4)]
     return rows
 
 

@@ -4,9 +4,10 @@ Commands: fetch, train, evaluate, sample, inpaint, variants, outliers, cluster, 
 report, fit-gmm, demo.
 
 Errors a user can cause are printed as one line (``deepmix: error: ...``) with exit status 2.
-``deepmix --threads N COMMAND`` (or ``DEEPMIX_THREADS=N``) sets torch's CPU threads: on a machine
-that runs other work, fewer threads than cores avoid spinning thread pools that compete for the
-same cores (two 2-thread trainings on 2 cores ran about 100x slower than one).
+``deepmix --threads N COMMAND`` (or ``DEEPMIX_THREADS=N``) fixes torch's CPU threads. Without it,
+training starts at torch's count (one per core) and yields cores that other processes keep busy
+(:class:`deepmix.utils.threads.ThreadGovernor`): thread pools that compete for the same cores
+collapse (two 2-thread trainings on 2 cores ran about 100x slower than one).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Sequence
 
 from ..errors import DeepmixError
 from ..utils.io import is_stdout, json_stdout
+from ..utils.threads import pin_threads
 from .common import positive_int
 from . import (cluster, demo, evaluate, fetch, fit_gmm, inpaint, outliers, report, sample,
                sample_quality, train, variants)
@@ -35,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepmix", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="torch CPU threads (default: $DEEPMIX_THREADS, else torch's own)")
+                        help="torch CPU threads, fixed (default: $DEEPMIX_THREADS, else one per "
+                             "free core, adapted while training)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
@@ -63,9 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except argparse.ArgumentTypeError as exc:
             parser.error(f"DEEPMIX_THREADS: {exc}")
     if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
+        pin_threads(threads)
     try:
         if is_stdout(getattr(args, "json", None)):
             # --json -: the JSON is the command's output on stdout; its report lines go to stderr.

@@ -43,6 +43,7 @@ from ..utils.config import config_from_dict, config_to_dict
 from ..utils.device import resolve_device
 from ..utils.distributed import World, current_world, process_rank
 from ..utils.io import write_text_atomic
+from ..utils.threads import ThreadGovernor, threads_pinned
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_config, save_model
 from .objectives import LoopInfo, Objective, make_objective, objective_class
 
@@ -365,6 +366,9 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
     pending_order = step % steps_per_epoch != 0
     t_epoch = t_window = time.perf_counter()
     step_window = step
+    # CPU threads sized to the cores other processes leave free (utils/threads.py), unless
+    # the user fixed the count; on a quiet machine it never changes anything.
+    governor = ThreadGovernor() if device.type == "cpu" and not threads_pinned() else None
     try:
         while step < stop_at and not agreed:
             epoch, b = divmod(step, steps_per_epoch)
@@ -392,6 +396,8 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                 loss_rows += int(batch.shape[0])
             epoch_rows += int(batch.shape[0])
             step += 1
+            if governor is not None:
+                governor.tick()
             if step % _AGREE_EVERY == 0 or step % steps_per_epoch == 0:
                 agree()
             if bar is not None:
@@ -435,6 +441,8 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
         if agreed:
             raise KeyboardInterrupt
     finally:
+        if governor is not None:
+            governor.restore()
         restore_sigint(previous)
         if bar is not None:
             bar.close()

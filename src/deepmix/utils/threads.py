@@ -1,0 +1,128 @@
+r"""CPU threads that yield to other work: torch's intra-op threads sized to the free cores.
+
+torch starts one intra-op thread per core. When another CPU-bound process shares the cores,
+every parallel op waits at its barrier for the thread the scheduler has descheduled, so a step
+made of many short ops runs at the pace of time slices: on 2 cores a DCGMM epoch beside one busy
+process took 3.1x its quiet time with 2 threads and 1.27x with 1. :class:`ThreadGovernor`
+samples the number of *other* runnable threads every few seconds and sets
+
+.. math:: n_\text{threads} = \max\bigl(1, \min(n_\text{requested}, n_\text{cpus} - n_\text{other})\bigr),
+
+changing it only when two samples in a row agree (a compile or a short-lived process does not
+flip it). It reads Linux's ``/proc``; elsewhere it leaves the threads alone. Changing the count
+changes how float sums are split over threads, so results may differ in the last bits from a
+run at a fixed count: pass an explicit thread count (``deepmix --threads N``,
+``DEEPMIX_THREADS``) where bit-reproducibility across machines matters.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import torch
+
+__all__ = ["other_runnable_threads", "available_cpus", "ThreadGovernor", "thread_target",
+           "pin_threads", "threads_pinned"]
+
+_PROC = Path("/proc")
+_PINNED: list[int] = []
+
+
+def pin_threads(n: int) -> None:
+    """Use exactly ``n`` threads from now on: no governor adapts them (``deepmix --threads``)."""
+    torch.set_num_threads(int(n))
+    _PINNED[:] = [int(n)]
+
+
+def threads_pinned() -> bool:
+    """Whether :func:`pin_threads` fixed the thread count."""
+    return bool(_PINNED)
+
+
+def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _own_running_threads() -> int:
+    n = 0
+    for stat in (_PROC / "self" / "task").glob("*/stat"):
+        try:
+            text = stat.read_bytes()
+        except OSError:
+            continue
+        # The state follows the command name in parentheses, which may itself hold spaces.
+        if text[text.rindex(b")") + 2:text.rindex(b")") + 3] == b"R":
+            n += 1
+    return n
+
+
+def other_runnable_threads() -> int | None:
+    """Runnable threads of other processes now (``procs_running`` of ``/proc/stat`` minus this
+    process's running threads), or None where ``/proc`` is not available."""
+    try:
+        for line in (_PROC / "stat").read_text().splitlines():
+            if line.startswith("procs_running "):
+                return max(0, int(line.split()[1]) - _own_running_threads())
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def thread_target(requested: int, others: int, cpus: int) -> int:
+    """:math:`\\max(1, \\min(n_\\text{requested}, n_\\text{cpus} - n_\\text{other}))`."""
+    return max(1, min(int(requested), int(cpus) - int(others)))
+
+
+class ThreadGovernor:
+    """Adapts ``torch.set_num_threads`` to the free cores; call :meth:`tick` between steps.
+
+    Arguments:
+        requested: the most threads to use (default: torch's count when the governor starts).
+        interval: seconds between samples of the other processes' load.
+    """
+
+    def __init__(self, requested: int | None = None, *, interval: float = 1.0) -> None:
+        self.requested = int(requested or torch.get_num_threads())
+        self.interval = float(interval)
+        self.cpus = available_cpus()
+        others = other_runnable_threads() if self.requested > 1 else None
+        self.enabled = others is not None
+        self._pending: int | None = None
+        if self.enabled:
+            # The first sample is taken now, so a busy machine is yielded to after one interval.
+            target = thread_target(self.requested, others, self.cpus)
+            self._pending = None if target == torch.get_num_threads() else target
+        self._next = time.monotonic() + self.interval
+        self.changes = 0
+
+    def tick(self) -> None:
+        """Sample the load when ``interval`` has passed; adopt a new count seen twice running."""
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.interval
+        others = other_runnable_threads()
+        if others is None:
+            return
+        target = thread_target(self.requested, others, self.cpus)
+        if target == torch.get_num_threads():
+            self._pending = None
+        elif self._pending == target:
+            torch.set_num_threads(target)
+            self.changes += 1
+            self._pending = None
+        else:
+            self._pending = target
+
+    def restore(self) -> None:
+        """Back to the requested count (the end of a fit)."""
+        if self.enabled and torch.get_num_threads() != self.requested:
+            torch.set_num_threads(self.requested)

@@ -17,23 +17,41 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
            plus_plus: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     r"""Lloyd's k-means with greedy k-means++ seeding; returns (centres (k, D), labels (N,)).
 
-    Seeding draws ``2 + log k`` candidates per new centre and keeps the one that lowers the
-    potential most (scikit-learn's greedy k-means++). Distances are
-    :math:`\|x\|^2 - 2 x c^T + \|c\|^2` in row chunks, the centre update is one matrix
-    product with the one-hot assignments, and Lloyd stops when the centres move (in squared
-    norm) less than ``tol`` times the mean data variance, as scikit-learn does.
+    scikit-learn's ``KMeans(k, n_init=1)`` in meaning: seeding draws ``2 + log k`` candidates
+    per new centre and keeps the one that lowers the potential most (greedy k-means++); Lloyd
+    stops when the centres move (in total squared norm) at most ``tol`` times the mean
+    per-feature variance of X, or when no label changes. Distances are
+    :math:`\|x\|^2 - 2 x c^T + \|c\|^2` by matrix products (the assignment drops the constant
+    :math:`\|x\|^2`); the per-cluster sums are kept in float64 and updated with the rows whose
+    label changed only, so a late iteration costs one matrix product. X may be a strided view
+    (e.g. the first columns of a wider matrix); k-means is shift-invariant, so centred data
+    give the centred centres.
     """
     N, D = X.shape
     x2 = (X * X).sum(1)
 
-    def sqdist(C: torch.Tensor) -> torch.Tensor:
-        # Row chunks bound the (rows, k) output; for the few candidates of a seeding step that
+    def block(m: int) -> int:
+        # Row chunks bound the (rows, m) output; for the few candidates of a seeding step that
         # bound is loose, and one thin matrix product is 3-4x faster than many (the product is
         # memory-bound: each call streams X once).
-        rows = max(chunk, (1 << 24) // max(1, C.shape[0]))
+        return max(chunk, (1 << 24) // max(1, m))
+
+    def sqdist(C: torch.Tensor) -> torch.Tensor:
         Ct, c2 = C.T.contiguous(), (C * C).sum(1)[None]
         return torch.cat([torch.addmm(x2[r, None] + c2, X[r], Ct, alpha=-2.0).clamp_min_(0.0)
-                          for r in _chunks(N, rows)])
+                          for r in _chunks(N, block(C.shape[0]))])
+
+    labels = torch.empty(N, dtype=torch.long, device=X.device)
+    scores = torch.empty(min(N, block(k)), k, dtype=X.dtype, device=X.device)
+
+    def assign(C: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        # argmin_c ||c||^2 - 2 x.c: the same winner as the full distance, one product less.
+        Ct, c2 = C.T.contiguous(), (C * C).sum(1)
+        for r in _chunks(N, scores.shape[0]):
+            s = scores[: r.stop - r.start]
+            torch.addmm(c2, X[r], Ct, alpha=-2.0, out=s)
+            torch.argmin(s, 1, out=out[r])
+        return out
 
     # Draws happen where the generator lives: a CPU generator picks the same seeds on any device.
     gdev = generator.device if generator is not None else X.device
@@ -53,18 +71,29 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
         C = torch.stack(centres)
     else:
         C = X[torch.randperm(N, generator=generator, device=gdev)[:k].to(X.device)].clone()
-    threshold = tol * float(X.var(0).mean())
-    labels = sqdist(C).argmin(1)
+    # scikit-learn's tolerance: tol times the mean of the (biased) per-feature variances.
+    threshold = tol * float(X.var(0, unbiased=False).mean())
+    assign(C, labels)
+    acc = torch.float64
+    sums = torch.zeros(k, D, dtype=acc, device=X.device)
+    for r in _chunks(N, chunk):
+        sums.index_add_(0, labels[r], X[r].to(acc))
+    counts = torch.bincount(labels, minlength=k).to(acc)
+    fresh = torch.empty_like(labels)
     for _ in range(n_iter):
-        # Per-cluster sums by index_add (O(N D)), not a one-hot matrix product (O(N K D)):
-        # at K = 100 on MNIST the product cost as much as the distances themselves.
-        counts = torch.bincount(labels, minlength=k).to(X.dtype)
-        new = torch.zeros_like(C).index_add_(0, labels, X) / counts.clamp_min(1.0)[:, None]
+        new = (sums / counts.clamp_min(1.0)[:, None]).to(X.dtype)
         empty = counts == 0
         new[empty] = C[empty]  # an empty cluster keeps its centre
         shift = float(((new - C) ** 2).sum())
         C = new
-        labels = sqdist(C).argmin(1)
-        if shift <= threshold:
+        assign(C, fresh)
+        moved = (fresh != labels).nonzero().flatten()
+        labels, fresh = fresh, labels
+        if shift <= threshold or moved.numel() == 0:
             break
+        # Only the rows that changed cluster move the sums: late iterations touch few rows.
+        rows = X[moved].to(acc)
+        sums.index_add_(0, labels[moved], rows).index_add_(0, fresh[moved], rows, alpha=-1.0)
+        counts.index_add_(0, labels[moved], torch.ones_like(moved, dtype=acc))
+        counts.index_add_(0, fresh[moved], torch.ones_like(moved, dtype=acc), alpha=-1.0)
     return C, labels

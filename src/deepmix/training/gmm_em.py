@@ -5,9 +5,26 @@ r"""The EM arithmetic of flat Gaussian mixtures, on the moments scikit-learn sto
    \mu_k = \frac{1}{N_k}\sum_n r_{nk} x_n, \quad
    \Sigma_k = \frac{1}{N_k}\sum_n r_{nk} x_n x_n^T - \mu_k\mu_k^T + \epsilon I
 
-with the E-step as matrix products on [x, x^2] for diagonal and spherical covariances, the
-statistics accumulated over row chunks, and scikit-learn's initialisations. Hand-written rather
-than scikit-learn's own, which runs in NumPy on one thread: this one runs on any torch device.
+with scikit-learn's initialisations. Hand-written rather than scikit-learn's own, which runs in
+NumPy on one thread: this one runs on any torch device.
+
+Diagonal and spherical mixtures take the *fused* path (:class:`FusedRows`): the data, shifted by
+their mean c, become one design matrix :math:`z = [x - c, (x - c)^2]` (spherical:
+:math:`[x - c, \|x - c\|^2]`) built once per fit, and
+
+.. math:: \log \pi_k \mathcal N(x; \mu_k, \Sigma_k) = z\, w_k + b_k, \quad
+   w_k = [P_k (\mu_k - c), -\tfrac12 P_k], \quad
+   b_k = \log\pi_k + \tfrac12 \log|P_k| - \tfrac D2 \log 2\pi
+   - \tfrac12 (\mu_k - c)^T P_k (\mu_k - c),
+
+so an EM iteration is two matrix products per row chunk: the log-joint :math:`z W` and the
+statistics :math:`r^T z` (every moment the M-step needs). The products may run in float32
+(``compute_dtype``) while the parameters, :math:`b`, the log-sum-exp, the responsibilities'
+normalisation and the sums over chunks stay in the parameters' dtype (float64 by default): the
+shift by c keeps the entries of z small, so the float32 products lose no more than float32
+rounding of the per-sample log-densities and of the centred moments. The full covariance type
+and the reference functions (:meth:`MixtureEM.weighted_log_prob`, :meth:`MixtureEM.statistics`)
+compute in the parameters' dtype.
 """
 
 from __future__ import annotations
@@ -21,9 +38,52 @@ from ..models.kmeans import kmeans
 from ..utils.tensors import LOG_2PI as _LOG_2PI
 from ..utils.tensors import row_chunks as _chunks
 
-__all__ = ["MixtureEM", "INIT_METHODS"]
+__all__ = ["MixtureEM", "FusedRows", "INIT_METHODS", "COMPUTE_DTYPES", "resolve_compute_dtype"]
 
 INIT_METHODS = ("kmeans", "k-means++", "random")
+
+#: Accepted ``compute_dtype`` values; "auto" is float32 for diag / spherical mixtures on data of
+#: at least :data:`AUTO_FLOAT32_ENTRIES` design-matrix entries, else the parameters' dtype.
+COMPUTE_DTYPES = ("auto", "float32", "float64")
+
+#: Below this many entries of z an EM iteration takes milliseconds in float64 anyway, and
+#: float64 keeps EM's monotone likelihood exact to rounding on small problems.
+AUTO_FLOAT32_ENTRIES = 1 << 22
+
+_COMPUTE = {"float32": torch.float32, "float64": torch.float64}
+
+
+def resolve_compute_dtype(compute_dtype: str | torch.dtype | None, dtype: torch.dtype,
+                          covariance_type: str, n_rows: int, n_features: int) -> torch.dtype:
+    """The dtype of EM's matrix products: ``compute_dtype`` itself, or for ``"auto"`` / None
+    float32 where it pays and accuracy allows (diag / spherical, large data), else ``dtype``."""
+    if isinstance(compute_dtype, torch.dtype):
+        return compute_dtype
+    if compute_dtype in _COMPUTE:
+        return _COMPUTE[compute_dtype]
+    if covariance_type == "full":
+        return dtype
+    width = 2 * n_features if covariance_type == "diag" else n_features + 1
+    return torch.float32 if n_rows * width >= AUTO_FLOAT32_ENTRIES else dtype
+
+
+class FusedRows:
+    """The fused design matrix z (rows, F) of some rows and the shift c (D,) it was built with.
+
+    ``z = [x - c, (x - c)^2]`` (diag, F = 2D) or ``[x - c, ||x - c||^2]`` (spherical, F = D + 1)
+    in the compute dtype; ``rows[i]`` indexes rows (a slice or an index tensor).
+    """
+
+    def __init__(self, z: torch.Tensor, shift: torch.Tensor) -> None:
+        self.z, self.shift = z, shift
+
+    def __getitem__(self, rows: slice | torch.Tensor) -> "FusedRows":
+        return FusedRows(self.z[rows], self.shift)
+
+    @property
+    def centred(self) -> torch.Tensor:
+        """x - c (rows, D), a strided view of z."""
+        return self.z[:, : self.shift.shape[0]]
 
 
 class MixtureEM:
@@ -132,6 +192,87 @@ class MixtureEM:
             return (X * X).sum(1)
         return None
 
+    # ---------------------------------------------------------------------------- fused path
+    @property
+    def fused(self) -> bool:
+        """Whether this covariance type takes the fused [x, x^2] path (diag, spherical)."""
+        return self.covariance_type in ("diag", "spherical")
+
+    def fused_rows(self, X: torch.Tensor, compute_dtype: torch.dtype | None = None) -> FusedRows:
+        """The fused design matrix of X (once per fit), built in row chunks so that no (N, D)
+        temporary of the parameters' dtype is made; ``compute_dtype`` defaults to X's."""
+        N, D = X.shape
+        cdt = compute_dtype or X.dtype
+        shift = X.mean(0, dtype=torch.float64).to(X.dtype)
+        width = 2 * D if self.covariance_type == "diag" else D + 1
+        z = torch.empty(N, width, dtype=cdt, device=X.device)
+        for rows in _chunks(N, self.batch_size):
+            xc = X[rows] - shift
+            z[rows, :D] = xc
+            if self.covariance_type == "diag":
+                torch.mul(xc, xc, out=xc)
+                z[rows, D:] = xc
+            else:
+                z[rows, D] = (xc * xc).sum(1)
+        return FusedRows(z, shift)
+
+    def fused_terms(self, shift: torch.Tensor, compute_dtype: torch.dtype) -> tuple[torch.Tensor,
+                                                                                 torch.Tensor]:
+        r"""W (F, K) in the compute dtype and b (K,) in the parameters' dtype, with
+        :math:`\log\pi_k \mathcal N(x; \mu_k, \Sigma_k) = z w_k + b_k` (module docstring)."""
+        D = self.means_.shape[1]  # type: ignore[union-attr]
+        m = self.means_ - shift                                   # (K, D) centred means
+        prec = 1.0 / self.covariances_                            # (K, D) or (K,)
+        if self.covariance_type == "diag":
+            W = torch.cat([(prec * m).T, -0.5 * prec.T])
+            b = 0.5 * torch.log(prec).sum(1) - 0.5 * (prec * m * m).sum(1)
+        else:
+            W = torch.cat([(prec[:, None] * m).T, -0.5 * prec[None]])
+            b = 0.5 * D * torch.log(prec) - 0.5 * prec * (m * m).sum(1)
+        b = b + torch.log(self.weights_) - 0.5 * D * _LOG_2PI
+        return W.to(compute_dtype).contiguous(), b
+
+    def fused_statistics(self, rows: FusedRows, terms: tuple[torch.Tensor, torch.Tensor], *,
+                         resp: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """E-step and sufficient statistics of some rows: (sum of log p(x), (nk, sx, sxx)).
+
+        Two matrix products on z in the compute dtype; the log-sum-exp, the responsibilities
+        and every sum over rows in the parameters' dtype. The statistics are those of
+        :meth:`statistics` (uncentred); ``resp`` given (e.g. k-means' hard assignments) skips
+        the E-step (the log-likelihood sum is then 0).
+        """
+        z = rows.z
+        if resp is None:
+            W, b = terms
+            lp = (z @ W).to(self.dtype)           # (rows, K): the only product of the E-step
+            lp += b
+            top = lp.amax(1, keepdim=True)
+            lp -= top
+            lp.exp_()
+            mass = lp.sum(1, keepdim=True)
+            lp /= mass                            # responsibilities, in place
+            total = (top + mass.log_()).sum()
+            resp = lp
+        else:
+            total = torch.zeros((), dtype=self.dtype, device=z.device)
+        nk = resp.sum(0)
+        S = (resp.to(z.dtype).T @ z).to(self.dtype)   # (K, F): every moment in one product
+        return total, self._uncentre(nk, S, rows.shift)
+
+    def _uncentre(self, nk: torch.Tensor, S: torch.Tensor, c: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        r"""Centred moments :math:`\sum r (x - c)`, :math:`\sum r (x - c)^2` to the raw ones
+        :math:`\sum r x`, :math:`\sum r x^2` (exact up to the parameters' dtype)."""
+        D = c.shape[0]
+        s1 = S[:, :D]
+        sx = s1 + nk[:, None] * c
+        if self.covariance_type == "diag":
+            sxx = S[:, D:] + 2.0 * s1 * c + nk[:, None] * (c * c)
+        else:
+            sxx = S[:, D] + 2.0 * (s1 @ c) + nk * (c @ c)
+        return nk, sx, sxx
+
     # ---------------------------------------------------------------------------------- EM
     def statistics(self, X: torch.Tensor, resp: torch.Tensor, XX: torch.Tensor | None
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -189,16 +330,31 @@ class MixtureEM:
             torch.exp(lp - norm, out=resp[rows])
         return float(total) / X.shape[0], resp
 
-    def initialize(self, X: torch.Tensor, XX: torch.Tensor | None, gen: torch.Generator) -> None:
+    def initialize(self, X: torch.Tensor, XX: torch.Tensor | None, gen: torch.Generator,
+                   fused: FusedRows | None = None) -> None:
+        """scikit-learn's initialisations; ``fused`` (the fit's design matrix) lets k-means
+        run on its centred float32 columns and the first M-step be one product."""
         N, D = X.shape
         K = self.n_components
         if self.init_params in ("kmeans", "k-means++"):
-            # Only an initialisation: float32 halves its cost at no visible loss.
-            X32 = X.to(torch.float32)
-            _, labels = kmeans(X32, K, generator=gen, chunk=self.batch_size,
+            # Only an initialisation: float32 halves its cost at no visible loss. k-means is
+            # shift-invariant, so the centred columns of z serve as they are.
+            pts = (fused.centred if fused is not None and fused.z.dtype == torch.float32
+                   else X.to(torch.float32))
+            _, labels = kmeans(pts, K, generator=gen, chunk=self.batch_size,
                                n_iter=300 if self.init_params == "kmeans" else 0)
             onehot = torch.nn.functional.one_hot(labels, K).to(self.dtype)
-            self.m_step(X, onehot, XX)
+            if fused is None:
+                self.m_step(X, onehot, XX)
+                return
+            nk = torch.zeros(K, dtype=self.dtype, device=X.device)
+            sx = torch.zeros(K, D, dtype=self.dtype, device=X.device)
+            sxx = torch.zeros_like(sx if self.covariance_type == "diag" else nk)
+            for rows in _chunks(N, self.batch_size):
+                _, (a, b, c) = self.fused_statistics(fused[rows], None,  # type: ignore[arg-type]
+                                                     resp=onehot[rows])
+                nk += a; sx += b; sxx += c  # noqa: E702
+            self.set_from_statistics(nk, sx, sxx)
             return
         idx = torch.randperm(N, generator=gen)[:K].to(X.device)
         w = torch.rand(K, generator=gen, dtype=self.dtype).to(X.device) + 1e-3

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import ConfigError
-from ..gmm_em import INIT_METHODS, MixtureEM
+from ..gmm_em import COMPUTE_DTYPES, INIT_METHODS, MixtureEM, resolve_compute_dtype
 from .base import Objective, ObjectiveOptions, register_objective
 
 __all__ = ["GaussianMixtureEMOptions", "GaussianMixtureEM", "StepwiseEMOptions",
@@ -34,15 +34,23 @@ class GaussianMixtureEMOptions(ObjectiveOptions):
         init: ``"kmeans"``, ``"k-means++"`` or ``"random"`` (as
             :class:`~deepmix.training.GaussianMixture`).
         reg_covar: added to the diagonal of every covariance.
+        compute_dtype: dtype of the E-step and statistics products of diag / spherical
+            mixtures: ``"auto"`` (float32 on large data, else the model's dtype), ``"float32"``
+            or ``"float64"``; sums over rows stay in the model's dtype
+            (:mod:`deepmix.training.gmm_em`).
     """
 
     init: str = "kmeans"
     reg_covar: float = 1e-6
+    compute_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.init not in INIT_METHODS:
             raise ConfigError(f"Unknown init '{self.init}'; expected one of "
                               f"{', '.join(INIT_METHODS)}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"Unknown compute_dtype '{self.compute_dtype}'; expected one of "
+                              f"{', '.join(COMPUTE_DTYPES)}")
         if not self.reg_covar >= 0:
             raise ConfigError(f"reg_covar must be >= 0, got {self.reg_covar}")
 
@@ -69,8 +77,14 @@ class GaussianMixtureEM(Objective):
         self._terms = None
 
     def prepare(self, model: Any, data: torch.Tensor) -> None:
-        # x^2 (or its row sums) once per fit, as the E-step on [x, x^2] wants it.
-        self._squares = self._engine(model).squares(data)
+        # The fused design matrix [x - c, (x - c)^2] once per fit (diag, spherical): an EM
+        # iteration is then two products per batch; full covariances take x as it is.
+        e = self._engine(model)
+        self._squares, self._fused = None, None
+        if e.fused:
+            cdt = resolve_compute_dtype(self.options.compute_dtype, data.dtype,
+                                        e.covariance_type, *data.shape)
+            self._fused = e.fused_rows(data, cdt)
 
     def epoch_order(self, info: Any, epoch: int, generator: torch.Generator,
                     device: torch.device) -> None:
@@ -79,7 +93,7 @@ class GaussianMixtureEM(Objective):
     def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:
         engine = self._engine(model)
         with torch.no_grad():
-            engine.initialize(data, self._squares, generator)
+            engine.initialize(data, self._squares, generator, fused=self._fused)
             model.set_moments(engine.weights_, engine.means_, engine.covariances_)
 
     def bind(self, model: Any, info: Any = None) -> None:
@@ -91,6 +105,19 @@ class GaussianMixtureEM(Objective):
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
              targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor:
         e = self.engine
+        if self._fused is not None:
+            if rows is not None:
+                part = self._fused[rows]
+                if self._terms is None:
+                    self._terms = e.fused_terms(part.shift, part.z.dtype)
+                terms = self._terms
+            else:  # a batch from outside the fit's data: its own design matrix and shift
+                part = e.fused_rows(batch, self._fused.z.dtype)
+                terms = e.fused_terms(part.shift, part.z.dtype)
+            total, stats = e.fused_statistics(part, terms)
+            self.stats = list(stats) if self.stats is None else [a + b for a, b in
+                                                                 zip(self.stats, stats)]
+            return -total / batch.shape[0]
         if self._terms is None:
             self._terms = e.precision_terms()
         XX = None
@@ -159,6 +186,11 @@ class GaussianMixtureStepwiseEM(GaussianMixtureEM):
     def epoch_order(self, info: Any, epoch: int, generator: torch.Generator,
                     device: torch.device) -> torch.Tensor:
         return torch.randperm(info.n, generator=generator, device=device)
+
+    def prepare(self, model: Any, data: torch.Tensor) -> None:
+        # Stepwise EM takes the reference path on x and x^2 (or its row sums).
+        self._fused = None
+        self._squares = self._engine(model).squares(data)
 
     def bind(self, model: Any, info: Any = None) -> None:
         super().bind(model, info)

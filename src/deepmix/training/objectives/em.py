@@ -80,11 +80,16 @@ class GaussianMixtureEM(Objective):
         # The fused design matrix [x - c, (x - c)^2] once per fit (diag, spherical): an EM
         # iteration is then two products per batch; full covariances take x as it is.
         e = self._engine(model)
-        self._squares, self._fused = None, None
+        self._squares, self._fused, self._data = None, None, data
         if e.fused:
             cdt = resolve_compute_dtype(self.options.compute_dtype, data.dtype,
                                         e.covariance_type, *data.shape)
             self._fused = e.fused_rows(data, cdt)
+
+    def _recentre(self, engine: MixtureEM, shift: torch.Tensor) -> None:
+        # z rebuilt around the shift that keeps float32 products accurate (a function of the
+        # initial parameters, kept in the checkpoint so that a resumed run computes alike).
+        engine.fused_rows(self._data, shift=shift, out=self._fused)
 
     def epoch_order(self, info: Any, epoch: int, generator: torch.Generator,
                     device: torch.device) -> None:
@@ -95,6 +100,8 @@ class GaussianMixtureEM(Objective):
         with torch.no_grad():
             engine.initialize(data, self._squares, generator, fused=self._fused)
             model.set_moments(engine.weights_, engine.means_, engine.covariances_)
+            if self._fused is not None:
+                self._recentre(engine, engine.precision_weighted_shift())
 
     def bind(self, model: Any, info: Any = None) -> None:
         self.engine = self._engine(model)
@@ -144,14 +151,18 @@ class GaussianMixtureEM(Objective):
         self.stats = None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        if self.stats is None:
-            return {}
-        return {f"stats.{i}": t for i, t in enumerate(self.stats)}
+        out = {} if self._fused is None else {"shift": self._fused.shift}
+        if self.stats is not None:
+            out.update({f"stats.{i}": t for i, t in enumerate(self.stats)})
+        return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        if tensors:
-            device = self.engine.means_.device
-            self.stats = [tensors[f"stats.{i}"].to(device) for i in range(len(tensors))]
+        device = self.engine.means_.device
+        if "shift" in tensors and self._fused is not None:
+            self._recentre(self.engine, tensors["shift"].to(device))
+        stats = sorted(k for k in tensors if k.startswith("stats."))
+        if stats:
+            self.stats = [tensors[f"stats.{i}"].to(device) for i in range(len(stats))]
 
 
 @dataclass

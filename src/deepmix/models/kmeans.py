@@ -10,6 +10,8 @@ from ..utils.tensors import row_chunks as _chunks
 
 __all__ = ["kmeans"]
 
+_TRACE: list[int] | None = None   # rows scored per Lloyd iteration, when a list (benchmarks)
+
 
 @torch.no_grad()
 def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
@@ -21,9 +23,10 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
     per new centre and keeps the one that lowers the potential most (greedy k-means++); Lloyd
     stops when the centres move (in total squared norm) at most ``tol`` times the mean
     per-feature variance of X, or when no label changes. Distances are
-    :math:`\|x\|^2 - 2 x c^T + \|c\|^2` by matrix products (the assignment drops the constant
-    :math:`\|x\|^2`); the per-cluster sums are kept in float64 and updated with the rows whose
-    label changed only, so a late iteration costs one matrix product. X may be a strided view
+    :math:`\|x\|^2 - 2 x c^T + \|c\|^2` by matrix products; Lloyd keeps Hamerly's distance
+    bounds, so an iteration scores only the rows whose label may change (the labels of plain
+    Lloyd, to rounding), and the per-cluster sums are kept in float64 and updated with the rows
+    whose label changed only. X may be a strided view
     (e.g. the first columns of a wider matrix); k-means is shift-invariant, so centred data
     give the centred centres.
     """
@@ -41,17 +44,30 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
         return torch.cat([torch.addmm(x2[r, None] + c2, X[r], Ct, alpha=-2.0).clamp_min_(0.0)
                           for r in _chunks(N, block(C.shape[0]))])
 
-    labels = torch.empty(N, dtype=torch.long, device=X.device)
-    scores = torch.empty(min(N, block(k)), k, dtype=X.dtype, device=X.device)
-
-    def assign(C: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        # argmin_c ||c||^2 - 2 x.c: the same winner as the full distance, one product less.
-        Ct, c2 = C.T.contiguous(), (C * C).sum(1)
-        for r in _chunks(N, scores.shape[0]):
-            s = scores[: r.stop - r.start]
-            torch.addmm(c2, X[r], Ct, alpha=-2.0, out=s)
-            torch.argmin(s, 1, out=out[r])
-        return out
+    def nearest_two(rows: torch.Tensor | slice, C: torch.Tensor, c2: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Labels, nearest and second-nearest distance (float64, widened by the rounding of
+        the expanded square) of some rows, by one product per chunk."""
+        xs, x2s = X[rows], x2[rows]
+        n = xs.shape[0]
+        lab = torch.empty(n, dtype=torch.long, device=X.device)
+        up = torch.empty(n, dtype=torch.float64, device=X.device)
+        low = torch.full((n,), math.inf, dtype=torch.float64, device=X.device)
+        Ct = C.T.contiguous()
+        for r in _chunks(n, block(k)):
+            d2 = torch.addmm(c2, xs[r], Ct, alpha=-2.0).add_(x2s[r, None])
+            # |d2 error| <~ 4 eps (|x|^2 + |c|^2); sqrt of it bounds the error of the distance.
+            slack = (8.0 * torch.finfo(X.dtype).eps * (x2s[r] + float(c2.max()))).sqrt()
+            if k > 1:
+                two = d2.topk(2, dim=1, largest=False)
+                lab[r] = two.indices[:, 0]
+                low[r] = two.values[:, 1].clamp_min(0.0).double().sqrt() - slack
+                best = two.values[:, 0]
+            else:
+                lab[r] = 0
+                best = d2[:, 0]
+            up[r] = best.clamp_min(0.0).double().sqrt() + slack
+        return lab, up, low
 
     # Draws happen where the generator lives: a CPU generator picks the same seeds on any device.
     gdev = generator.device if generator is not None else X.device
@@ -72,28 +88,55 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
     else:
         C = X[torch.randperm(N, generator=generator, device=gdev)[:k].to(X.device)].clone()
     # scikit-learn's tolerance: tol times the mean of the (biased) per-feature variances.
-    threshold = tol * float(X.var(0, unbiased=False).mean())
-    assign(C, labels)
+    # (the mean of E[x_d^2] - E[x_d]^2 over d, from the row norms: one pass less than var)
+    mean = X.mean(0, dtype=torch.float64)
+    threshold = tol * float((x2.sum(dtype=torch.float64) / N - (mean * mean).sum()) / D)
+    # Lloyd with Hamerly's bounds (exact: the labels of plain Lloyd, to rounding): u bounds
+    # the distance to the own centre from above, l the distance to any other from below;
+    # after the centres move by delta, a row with u + delta_own < l - max other delta keeps
+    # its label, and only the others are scored again (late iterations: a few percent).
+    labels, up, low = nearest_two(slice(None), C, (C * C).sum(1))
     acc = torch.float64
     sums = torch.zeros(k, D, dtype=acc, device=X.device)
     for r in _chunks(N, chunk):
         sums.index_add_(0, labels[r], X[r].to(acc))
     counts = torch.bincount(labels, minlength=k).to(acc)
-    fresh = torch.empty_like(labels)
     for _ in range(n_iter):
         new = (sums / counts.clamp_min(1.0)[:, None]).to(X.dtype)
         empty = counts == 0
         new[empty] = C[empty]  # an empty cluster keeps its centre
-        shift = float(((new - C) ** 2).sum())
+        delta = ((new.to(acc) - C.to(acc)) ** 2).sum(1)
+        shift = float(delta.sum())
         C = new
-        assign(C, fresh)
-        moved = (fresh != labels).nonzero().flatten()
-        labels, fresh = fresh, labels
+        delta = delta.sqrt()
+        if k > 1:
+            top = delta.topk(2)
+            other = torch.where(torch.arange(k, device=X.device) == top.indices[0],
+                                top.values[1], top.values[0])   # max over the other centres
+        else:
+            other = torch.zeros_like(delta)
+        up += delta[labels]
+        low -= other[labels]
+        cand = (up >= low).nonzero().flatten()
+        if _TRACE is not None:
+            _TRACE.append(int(cand.numel()))
+        moved = cand[:0]
+        if cand.numel():
+            if cand.numel() > N // 2:  # most rows: score all, without gathering them first
+                cand = torch.arange(N, device=X.device)
+                lab, u, l = nearest_two(slice(None), C, (C * C).sum(1))
+            else:
+                lab, u, l = nearest_two(cand, C, (C * C).sum(1))
+            up[cand], low[cand] = u, l
+            change = lab != labels[cand]
+            moved, old = cand[change], labels[cand[change]]
+            labels[moved] = lab[change]
         if shift <= threshold or moved.numel() == 0:
             break
         # Only the rows that changed cluster move the sums: late iterations touch few rows.
         rows = X[moved].to(acc)
-        sums.index_add_(0, labels[moved], rows).index_add_(0, fresh[moved], rows, alpha=-1.0)
-        counts.index_add_(0, labels[moved], torch.ones_like(moved, dtype=acc))
-        counts.index_add_(0, fresh[moved], torch.ones_like(moved, dtype=acc), alpha=-1.0)
+        new_lab = labels[moved]
+        sums.index_add_(0, new_lab, rows).index_add_(0, old, rows, alpha=-1.0)
+        ones = torch.ones_like(moved, dtype=acc)
+        counts.index_add_(0, new_lab, ones).index_add_(0, old, ones, alpha=-1.0)
     return C, labels

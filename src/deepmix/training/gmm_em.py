@@ -401,8 +401,7 @@ class MixtureEM:
         if self.init_params in ("kmeans", "k-means++"):
             # Only an initialisation: float32 halves its cost at no visible loss. k-means is
             # shift-invariant, so the centred columns of z serve as they are.
-            pts = (fused.centred if fused is not None and fused.z.dtype == torch.float32
-                   else X.to(torch.float32))
+            pts = (fused.centred if fused is not None else X).to(torch.float32)
             _, labels = kmeans(pts, K, generator=gen, chunk=self.batch_size,
                                n_iter=300 if self.init_params == "kmeans" else 0)
             # The first M-step in the parameters' dtype, by per-cluster sums (O(N D)).

@@ -164,3 +164,24 @@ def test_float32_products_resume_like_an_uninterrupted_run(tmp_path):
     fit(again, x, "em", config=cfg, out_dir=tmp_path / "b", resume=True)
     for k, v in ref.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
+
+
+def test_auto_keeps_float32_only_where_its_rounding_is_small(monkeypatch):
+    from deepmix.training import gmm_em
+    from deepmix.training.objectives import GaussianMixtureEM
+
+    monkeypatch.setattr(gmm_em, "AUTO_FLOAT32_ENTRIES", 0)   # "large data" from the first row
+    g = torch.Generator().manual_seed(0)
+    benign = _data(n=800)
+    # Components nearly constant (sd 1e-4) at very different values in every feature: the
+    # float32 products cannot resolve their log-densities.
+    centres = 100.0 * torch.randn(4, 12, generator=g, dtype=torch.float64)
+    hard = centres[torch.arange(800) % 4] + 1e-4 * torch.randn(800, 12, generator=g,
+                                                               dtype=torch.float64)
+    chosen = {}
+    for name, x in (("benign", benign), ("hard", hard)):
+        objective = GaussianMixtureEM({})
+        fit(MixtureDensity(4, 12, "diag", dtype=torch.float64), x, objective,
+            config=FitConfig(epochs=2, seed=0))
+        chosen[name] = objective._fused.z.dtype
+    assert chosen == {"benign": torch.float32, "hard": torch.float64}

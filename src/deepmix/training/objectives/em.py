@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import ConfigError
+from .. import gmm_em
 from ..gmm_em import COMPUTE_DTYPES, INIT_METHODS, MixtureEM, resolve_compute_dtype
 from .base import Objective, ObjectiveOptions, register_objective
 
@@ -35,7 +36,9 @@ class GaussianMixtureEMOptions(ObjectiveOptions):
             :class:`~deepmix.training.GaussianMixture`).
         reg_covar: added to the diagonal of every covariance.
         compute_dtype: dtype of the E-step and statistics products of diag / spherical
-            mixtures: ``"auto"`` (float32 on large data, else the model's dtype), ``"float32"``
+            mixtures: ``"auto"`` (float32 on large data where its rounding of the
+            per-sample log-likelihood, checked at the start, stays below 1e-3 nats; else the
+            model's dtype), ``"float32"``
             or ``"float64"``; sums over rows stay in the model's dtype
             (:mod:`deepmix.training.gmm_em`).
     """
@@ -86,10 +89,15 @@ class GaussianMixtureEM(Objective):
                                         e.covariance_type, *data.shape)
             self._fused = e.fused_rows(data, cdt)
 
-    def _recentre(self, engine: MixtureEM, shift: torch.Tensor) -> None:
+    def _recentre(self, engine: MixtureEM, shift: torch.Tensor,
+                  dtype: torch.dtype | None = None) -> None:
         # z rebuilt around the shift that keeps float32 products accurate (a function of the
-        # initial parameters, kept in the checkpoint so that a resumed run computes alike).
-        engine.fused_rows(self._data, shift=shift, out=self._fused)
+        # initial parameters, kept in the checkpoint so that a resumed run computes alike),
+        # in ``dtype`` when it changes.
+        if dtype is not None and dtype != self._fused.z.dtype:
+            self._fused = engine.fused_rows(self._data, dtype, shift=shift)
+        else:
+            engine.fused_rows(self._data, shift=shift, out=self._fused)
 
     def epoch_order(self, info: Any, epoch: int, generator: torch.Generator,
                     device: torch.device) -> None:
@@ -102,6 +110,12 @@ class GaussianMixtureEM(Objective):
             model.set_moments(engine.weights_, engine.means_, engine.covariances_)
             if self._fused is not None:
                 self._recentre(engine, engine.precision_weighted_shift())
+                if (self.options.compute_dtype == "auto" and self._fused.z.dtype != data.dtype
+                        and engine.rounding_error(data, self._fused)
+                        > gmm_em.AUTO_ROUNDING_BUDGET):
+                    # These data need the products in the model's dtype (module docstring of
+                    # gmm_em: components nearly constant far from the shift).
+                    self._recentre(engine, self._fused.shift, data.dtype)
 
     def bind(self, model: Any, info: Any = None) -> None:
         self.engine = self._engine(model)
@@ -151,7 +165,9 @@ class GaussianMixtureEM(Objective):
         self.stats = None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        out = {} if self._fused is None else {"shift": self._fused.shift}
+        out = {} if self._fused is None else {
+            "shift": self._fused.shift,
+            "compute_bits": torch.tensor(torch.finfo(self._fused.z.dtype).bits)}
         if self.stats is not None:
             out.update({f"stats.{i}": t for i, t in enumerate(self.stats)})
         return out
@@ -159,7 +175,9 @@ class GaussianMixtureEM(Objective):
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         device = self.engine.means_.device
         if "shift" in tensors and self._fused is not None:
-            self._recentre(self.engine, tensors["shift"].to(device))
+            bits = int(tensors.get("compute_bits", torch.tensor(0)))
+            self._recentre(self.engine, tensors["shift"].to(device),
+                           {32: torch.float32, 64: torch.float64}.get(bits))
         stats = sorted(k for k in tensors if k.startswith("stats."))
         if stats:
             self.stats = [tensors[f"stats.{i}"].to(device) for i in range(len(stats))]

@@ -50,7 +50,9 @@ class GaussianMixture(MixtureEM, DensityMixin, BaseEstimator):
         compute_dtype: dtype of EM's matrix products for ``diag`` and ``spherical`` mixtures
             (the E-step's log-densities and the M-step's statistics, fused on [x, x^2]):
             ``"auto"`` (default: float32 when the data have at least 2^22 entries of
-            [x, x^2], where it makes EM about twice as fast, else ``dtype``),
+            [x, x^2], where it makes EM about twice as fast, and its rounding of the
+            per-sample log-likelihood, checked on 2048 rows under the initial parameters,
+            stays below 1e-3 nats; else ``dtype``),
             ``torch.float32`` or ``torch.float64``. The log-sum-exp, the responsibilities'
             normalisation and the sums stay in ``dtype``, and the data are centred first, so
             float32 products change the fit by float32 rounding only

@@ -415,3 +415,20 @@ def test_choose_temperature_picks_by_held_out_accuracy(digits):
     with pytest.raises(InputError, match="features were given"):
         fit_classifier(model, images[:4], labels[:4], features=torch.zeros(4, 169),
                        temperature=best + 1)
+    # Features tempered batch by batch (the memory-light path) score exactly as the reference:
+    # a linear model fitted on the whole tempered feature matrix, same split, seed and budget.
+    from deepmix.inference.classification import _train_linear, classifier_features, set_temperature
+
+    n = len(images[::2])
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    val, rest = order[:round(0.2 * n)], order[round(0.2 * n):]
+    y = torch.as_tensor(labels[::2]).long()
+    for t in (1.0, 4.0):
+        set_temperature(model, t)
+        X = classifier_features(model, images[::2])
+        lin = torch.nn.Linear(X.shape[1], 10)
+        torch.nn.init.zeros_(lin.weight), torch.nn.init.zeros_(lin.bias)
+        _train_linear(lin, X, y, epochs=15, lr=1e-3, batch_size=256, weight_decay=0.0, seed=0,
+                      rows=rest)
+        with torch.no_grad():
+            assert int((lin(X[val]).argmax(1) == y[val]).sum()) / len(val) == scores[t]

@@ -15,6 +15,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "NoDensityError",
+    "DistributedError",
 ]
 
 
@@ -45,3 +46,8 @@ class ConfigError(DeepmixError, ValueError):
 class NoDensityError(InputError):
     """A model without a normalised density was asked for ``log_prob``; the message names the
     score it offers instead (a per-layer likelihood, a lower bound)."""
+
+
+class DistributedError(DeepmixError):
+    """A distributed run that cannot start or continue: a bad launch environment, or a peer
+    process that died or stopped answering within the timeout (the message names it)."""

@@ -54,6 +54,8 @@ def _version() -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The command line as given: deepmix train --nproc N runs it again in each process.
+    args._argv = list(sys.argv[1:] if argv is None else argv)
     threads = args.threads
     if threads is None and os.environ.get("DEEPMIX_THREADS"):
         try:

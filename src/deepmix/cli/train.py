@@ -51,6 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "(default 1: the papers' classifier; about 10 classifies better)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--nproc", type=positive_int, default=1, metavar="N",
+                   help="train on N local processes (torch.distributed, gloo on CPU, NCCL on "
+                        "CUDA; 1 thread each unless --threads); --batch-size is per process. "
+                        "Under torchrun the launcher's processes are used instead")
 
 
 def _run_family(args: argparse.Namespace, family: str) -> int:
@@ -93,9 +97,10 @@ def _run_family(args: argparse.Namespace, family: str) -> int:
                            device=args.device, checkpoint_every=args.checkpoint_every)
         data_info = {"name": _data_name(data_name), "split": "train", "classes": classes,
                      "levels": ds.levels, "shape": list(ds.shape), "dequantize": dequantize}
-        print(f"training {describe(model)} by {objective.name} on {data_name} ({len(ds)} "
-              f"images, {config.epochs} epochs, batch {config.batch_size}) into {out}",
-              file=sys.stderr)
+        if _main_rank():
+            print(f"training {describe(model)} by {objective.name} on {data_name} ({len(ds)} "
+                  f"images, {config.epochs} epochs, batch {config.batch_size}"
+                  f"{_per_process()}) into {out}", file=sys.stderr)
     import torch
 
     gen = torch.Generator().manual_seed(args.seed)
@@ -109,13 +114,15 @@ def _run_family(args: argparse.Namespace, family: str) -> int:
             rows = fit(model, x, objective, config=config, out_dir=out,
                        progress=not args.no_progress, data_info=data_info)
     except KeyboardInterrupt:
-        print(f"interrupted: checkpoint saved in {out}; continue with "
-              f"deepmix train --out {out} --resume", file=sys.stderr)
+        if _main_rank():
+            print(f"interrupted: checkpoint saved in {out}; continue with "
+                  f"deepmix train --out {out} --resume", file=sys.stderr)
         return 130
     last = rows[-1]
-    if "loss" in last:
-        print(f"epoch {last['epoch']}: loss {last['loss']:.4f}", file=sys.stderr)
-    print(f"run folder: {out}")
+    if _main_rank():
+        if "loss" in last:
+            print(f"epoch {last['epoch']}: loss {last['loss']:.4f}", file=sys.stderr)
+        print(f"run folder: {out}")
     return 0
 
 
@@ -126,6 +133,37 @@ def _saved_objective(out: Path, family: str):
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..utils.distributed import launch_local, launched
+
+    if args.nproc > 1 and not launched():
+        # torchrun's own launcher runs this same command line once per process.
+        argv = getattr(args, "_argv", sys.argv[1:])
+        return launch_local(args.nproc, ["-m", "deepmix.cli.main", *argv])
+    try:
+        return _run(args)
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _main_rank() -> bool:
+    """Whether this process reports (rank 0, or the only process)."""
+    from ..utils.distributed import process_rank
+
+    return process_rank() == 0
+
+
+def _per_process() -> str:
+    """`` per process x N`` in a distributed run (the global batch is N times larger)."""
+    import os
+
+    size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    return f" per process x {size}" if size > 1 else ""
+
+
+def _run(args: argparse.Namespace) -> int:
     from ..training.checkpoint import read_config, run_family
 
     family = args.model
@@ -185,16 +223,20 @@ def _run_dcgmm(args: argparse.Namespace) -> int:
                           checkpoint_every=args.checkpoint_every, device=args.device)
         data_info = {"name": _data_name(data_name), "split": "train", "classes": classes,
                      "levels": ds.levels}
-        print(f"training {model.spec()} on {data_name} ({len(ds)} images, "
-              f"{cfg.epochs} epochs, batch {cfg.batch_size}) into {out}", file=sys.stderr)
+        if _main_rank():
+            print(f"training {model.spec()} on {data_name} ({len(ds)} images, "
+                  f"{cfg.epochs} epochs, batch {cfg.batch_size}{_per_process()}) into {out}",
+                  file=sys.stderr)
         try:
             train(model, ds.to_tensor(), ds.labels, config=cfg, out_dir=out,
                   progress=not args.no_progress, data_info=data_info)
         except KeyboardInterrupt:
-            print(f"interrupted: checkpoint saved in {out}; continue with "
-                  f"deepmix train --out {out} --resume", file=sys.stderr)
+            if _main_rank():
+                print(f"interrupted: checkpoint saved in {out}; continue with "
+                      f"deepmix train --out {out} --resume", file=sys.stderr)
             return 130
-    print(f"run folder: {out}")
+    if _main_rank():
+        print(f"run folder: {out}")
     return 0
 
 

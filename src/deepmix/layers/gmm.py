@@ -18,6 +18,7 @@ max-component loss of :mod:`deepmix.layers.annealing` with closed-form gradients
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from ..errors import SpecError
 from .annealing import annealing_matrix, initial_sigma
 from .base import Layer, Shape
 
-__all__ = ["GMM"]
+__all__ = ["GMM", "WinnerStatistics"]
 
 _LOG_2PI = math.log(2.0 * math.pi)
 #: Pixel patches (one input channel) this small train by convolution, larger ones by the patch
@@ -60,6 +61,26 @@ def _responsibilities(s: torch.Tensor) -> torch.Tensor:
         return torch.threshold(r, RESPONSIBILITY_FLOOR, 0.0)
     # In place: an out-of-place threshold allocates a fresh (M, K) result on every step.
     return torch.threshold_(r, RESPONSIBILITY_FLOOR, 0.0)
+
+
+@dataclass
+class WinnerStatistics:
+    r"""What one SGD step of a GMM layer needs from a batch (see :meth:`GMM.train_step`):
+    the winners' summed design rows ``sums`` (P*K, 2D) = :math:`[\sum x, \sum x^2]` per
+    winning component, their ``counts`` (P*K,) (as floats) and the batch's summed annealed
+    loss ``loss_sum`` (0-d); all are sums over rows, so a distributed run adds them over its
+    ranks (:meth:`tensors`, one all-reduce) before :meth:`GMM.apply_statistics`. ``resp`` holds
+    the batch's responsibilities (the layer's output), computed before the update.
+    """
+
+    sums: torch.Tensor
+    counts: torch.Tensor
+    loss_sum: torch.Tensor
+    resp: torch.Tensor
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The summable tensors, in a fixed order (to reduce in place)."""
+        return [self.sums, self.counts, self.loss_sum]
 
 
 class GMM(Layer):
@@ -260,6 +281,15 @@ class GMM(Layer):
         (N*H*W shared; N per position in independent mode). The sums cost O(M D) (a scatter-add
         of the winners' rows) instead of autograd's second O(M D K) product.
         """
+        st = self.winner_statistics(x, fold=fold, chunk_rows=chunk_rows)
+        self.apply_statistics(st, x.shape[0], lr, lr_mu, lr_d, lr_xi, update_d=update_d)
+        return st.loss_sum, st.resp
+
+    @torch.no_grad()
+    def winner_statistics(self, x: torch.Tensor, *, fold: Any = None,
+                          chunk_rows: int = 16384) -> WinnerStatistics:
+        """The first half of :meth:`train_step`: the winners' sums and counts of a batch (no
+        update); ``x`` and ``fold`` as there. An empty batch gives zero sums."""
         N = x.shape[0]
         P, K, D = self.mu.shape
         H, W, _ = self.input_shape
@@ -276,7 +306,7 @@ class GMM(Layer):
         if conv:
             wconv = _conv_weight(Wl[0], fold)
             # The convolution needs no design matrix, so the whole batch goes at once.
-            per_chunk = N
+            per_chunk = max(1, N)
         for c0 in range(0, N, per_chunk):
             xc = x[c0:c0 + per_chunk]
             n = xc.shape[0]
@@ -309,10 +339,27 @@ class GMM(Layer):
                 sums.index_add_(0, index, Z)
             counts += torch.bincount(index, minlength=P * K)
         loss_sum = best_sum - N * H * W * 0.5 * D * _LOG_2PI
+        if not resp_parts:
+            resp_parts.append(torch.empty(0, K, dtype=self.mu.dtype, device=self.mu.device))
         resp = resp_parts[0] if len(resp_parts) == 1 else torch.cat(resp_parts)
+        return WinnerStatistics(sums=sums, counts=counts.to(sums.dtype), loss_sum=loss_sum,
+                                resp=resp.reshape(N, H, W, K))
+
+    @torch.no_grad()
+    def apply_statistics(self, st: WinnerStatistics, rows: int, lr: float, lr_mu: float = 1.0,
+                         lr_d: float = 0.1, lr_xi: float = 0.2, update_d: bool = True) -> None:
+        """The second half of :meth:`train_step`: the SGD update from (possibly all-reduced)
+        statistics ``st`` of ``rows`` samples, at the same parameters, annealing radius and
+        linear form they were computed with."""
+        P, K, D = self.mu.shape
+        H, W, _ = self.input_shape
+        Wl, _ = self._linear_form()
+        g = self.annealing_matrix()
+        N = int(rows)
+        sums, counts = st.sums, st.counts
 
         count_div = float(N) if self.independent else float(N * H * W)
-        counts_f = counts.to(sums.dtype).view(P, K)
+        counts_f = counts.view(P, K)
         sums = sums.view(P, K, 2 * D)
         if g is not None:
             sums = torch.matmul(g.T, sums)
@@ -332,7 +379,6 @@ class GMM(Layer):
         if update_d:
             d.add_(dd, alpha=step * lr_d).clamp_(self.d_min, self.d_max)
         self.xi.add_(grad_xi, alpha=step * lr_xi)
-        return loss_sum, resp.reshape(N, H, W, K)
 
     # --------------------------------------------------------------------------------- sampling
     @torch.no_grad()

@@ -30,6 +30,7 @@ compute in the parameters' dtype.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -408,7 +409,7 @@ class MixtureEM:
             norm = torch.logsumexp(lp, 1, keepdim=True)
             total += norm.sum()
             torch.exp(lp - norm, out=resp[rows])
-        return float(total) / X.shape[0], resp
+        return float(total) / max(X.shape[0], 1), resp   # an empty shard of a short batch
 
     def initialize(self, X: torch.Tensor, XX: torch.Tensor | None, gen: torch.Generator,
                    fused: FusedRows | None = None) -> None:
@@ -438,11 +439,21 @@ class MixtureEM:
                 var.mean().expand(K).clone()
         self.weights_, self.means_, self.covariances_ = w / w.sum(), X[idx].clone(), cov
 
-    def stepwise_update(self, X: torch.Tensor, XX: torch.Tensor | None) -> float:
-        """One stepwise-EM step on a minibatch; returns its mean log-likelihood before it."""
+    def stepwise_update(self, X: torch.Tensor, XX: torch.Tensor | None,
+                        reduce: Any = None) -> float:
+        """One stepwise-EM step on a minibatch; returns its mean log-likelihood before it.
+
+        ``reduce(tensors)``, if given, sums the batch statistics and row count in place over
+        the processes of a distributed run (one call), so the step is the global batch's."""
         lower, resp = self.e_step(X, XX)
         B = float(X.shape[0])
-        batch_stats = tuple(t / B for t in self.statistics(X, resp, XX))
+        stats = self.statistics(X, resp, XX)
+        if reduce is not None:
+            rows = torch.tensor([B], dtype=self.dtype, device=self._device)
+            stats = list(stats)
+            reduce([*stats, rows])
+            B = float(rows)
+        batch_stats = tuple(t / B for t in stats)
         if self._running is None:
             self._running = batch_stats
         else:

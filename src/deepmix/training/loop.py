@@ -12,6 +12,16 @@ state are all in the checkpoint.
 the objective's batch losses over the epoch; absent for epoch 0, the initialisation),
 ``seconds`` (cumulative training time, evaluation excluded), ``samples_per_s``, and whatever
 the ``evaluate`` callback returns (e.g. ``train_nll``, ``valid_nll``).
+
+Several processes (``torchrun``, ``deepmix train --nproc N``; :mod:`deepmix.utils.distributed`)
+run the same loop: every rank draws the same seeded order of each epoch and takes its
+contiguous part of every global batch (``batch_size`` rows per rank, so the global batch is
+``world_size x batch_size``); the objective sums what it must over the ranks through
+:meth:`~deepmix.training.objectives.Objective.reduce`; the epoch's loss sums are reduced once
+per epoch; rank 0 alone writes the run folder, ``metrics.jsonl``, the progress bar and the
+checkpoints, which hold global state only (the global batch is stored as the run's
+``batch_size``), so ``resume`` continues on any number of processes. Ranks agree on Ctrl-C
+every few steps, so all of them stop at the same step.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from ..errors import CheckpointError, ConfigError, InputError
 from ..models.registry import family_of
 from ..utils.config import config_from_dict, config_to_dict
 from ..utils.device import resolve_device
+from ..utils.distributed import World, current_world, process_rank
 from ..utils.io import write_text_atomic
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_config, save_model
 from .objectives import LoopInfo, Objective, make_objective, objective_class
@@ -38,6 +49,10 @@ from .objectives import LoopInfo, Objective, make_objective, objective_class
 __all__ = ["FitConfig", "fit", "fit_density", "METRICS_FILE", "defer_sigint", "restore_sigint"]
 
 METRICS_FILE = "metrics.jsonl"
+#: In a distributed run the ranks agree on an interruption (Ctrl-C) every this many steps.
+_AGREE_EVERY = 20
+# Seed mixer of the per-rank step generators of a distributed run.
+_RANK_SEED_MIX = 1_000_033
 
 
 @dataclass
@@ -46,7 +61,8 @@ class FitConfig:
 
     Arguments:
         epochs: passes over the training data (EM: iterations).
-        batch_size: rows per step; None means the whole data set (full batch).
+        batch_size: rows per step and process; None means the whole data set (full batch).
+            A run folder stores the global batch (all processes together) here.
         seed: seeds the initialisation, the data order and the objective's randomness.
         device: torch device of the run.
         checkpoint_every: also checkpoint every N steps (0: at epoch ends only).
@@ -170,6 +186,10 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
             False trains the model as it is.
         until: ``until(rows) -> bool`` after every epoch row; True ends training there (with a
             checkpoint), e.g. EM's convergence test.
+
+    In a distributed run (``WORLD_SIZE > 1``) every rank calls ``fit`` with the same
+    arguments and the whole data; ``evaluate`` and ``until`` run on rank 0 (its decision is
+    shared), ``callback`` on every rank.
     """
     family = _family_name(model, needed=out_dir is not None)
     loop_fields = set(FitConfig.__dataclass_fields__)
@@ -200,10 +220,16 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
             raise CheckpointError(f"{out / WEIGHTS_FILE} holds no trainer state: nothing to "
                                   f"resume")
         data_info = data_info or read_config(out).get("data")
-    elif out is not None and (out / WEIGHTS_FILE).exists():
+    elif out is not None and (out / WEIGHTS_FILE).exists() and process_rank() == 0:
+        # (rank 0 alone checks: it may already have written the other ranks' run folder)
         raise CheckpointError(f"{out} already holds a run: pass resume to continue it, or "
                               f"choose another folder")
     device = resolve_device(cfg.device)
+    world = current_world(device)
+    if world.distributed and not resume and cfg.batch_size is not None:
+        # The run folder holds the global batch: resume keeps it on any number of processes.
+        cfg = FitConfig(**{**config_to_dict(cfg), "batch_size": cfg.batch_size * world.size})
+    writes = out is not None and world.is_main
     model.to(device)
     x, y = objective.check(model, data, targets)
     N = int(x.shape[0])
@@ -217,10 +243,11 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
     total = cfg.epochs * steps_per_epoch
     info = LoopInfo(n=N, batch_size=B, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
                     seed=cfg.seed, device=device, has_targets=y is not None,
-                    data_info=data_info)
+                    data_info=data_info, world=world)
+    objective.world = world
     gen = torch.Generator(device=x.device).manual_seed(cfg.seed)
-    metrics_path = out / METRICS_FILE if out is not None else None
-    if out is not None:
+    metrics_path = out / METRICS_FILE if writes else None
+    if writes:
         out.mkdir(parents=True, exist_ok=True)
     step = int(state.get("step", 0))
     paused = 0.0
@@ -229,7 +256,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
 
     def with_evaluation(row: dict[str, Any]) -> dict[str, Any]:
         nonlocal paused
-        if evaluate is not None:
+        if evaluate is not None and world.is_main:
             t = time.perf_counter()
             row.update(evaluate(model))
             paused += time.perf_counter() - t
@@ -240,6 +267,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
         history = _read_rows(metrics_path, step)  # type: ignore[arg-type]
         if "loop.generator" in trainer_tensors:
             gen.set_state(trainer_tensors["loop.generator"])
+        world.broadcast_(list(model.state_dict().values()))   # the checkpoint rank 0 read
         objective.bind(model, info)
         objective.load_state_dict(state.get("objective", state))
         objective.load_state_tensors({k[len("objective."):]: v.to(device)
@@ -249,6 +277,9 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
         if initialize:
             # A CPU generator of its own: the same seed initialises alike on every device.
             objective.start(model, x, torch.Generator().manual_seed(cfg.seed))
+        # Every rank built and initialised the model alike from the same seed (or was handed
+        # it); rank 0's copy makes it certain.
+        world.broadcast_(list(model.state_dict().values()))
         objective.bind(model, info)
         history = [] if objective.log_every else [
             with_evaluation({"epoch": 0, "step": 0, "seconds": 0.0})]
@@ -265,9 +296,31 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
     # was drawn, so a resumed run redraws the same order and then goes on with the generator
     # as it was at the checkpoint (the objective's own draws, e.g. SSM slices).
     epoch_state = trainer_tensors.get("loop.epoch_generator")
+    mid_epoch = objective.resumable_mid_epoch and not (world.distributed and
+                                                       objective.local_mid_epoch_state)
+
+    def sum_epoch_over_ranks(keep_on_main: bool) -> None:
+        """The epoch's loss sums over all ranks; with ``keep_on_main`` (a mid-epoch
+        checkpoint) rank 0 holds them and the others restart from zero, so the epoch's end
+        sums them again without counting anything twice."""
+        nonlocal epoch_rows, loss_rows
+        if not world.distributed:
+            return
+        t = torch.stack([epoch_loss, torch.tensor(float(loss_rows), dtype=torch.float64,
+                                                  device=device),
+                         torch.tensor(float(epoch_rows), dtype=torch.float64, device=device)])
+        world.all_reduce_([t])
+        if keep_on_main and not world.is_main:
+            t.zero_()
+        epoch_loss.copy_(t[0])
+        loss_rows, epoch_rows = int(t[1]), int(t[2])
 
     def checkpoint() -> None:
         if out is None:
+            return
+        if step % steps_per_epoch:
+            sum_epoch_over_ranks(keep_on_main=True)
+        if not writes:
             return
         tensors = {"loop.generator": _generator_state(gen)}
         if epoch_state is not None and step % steps_per_epoch:
@@ -280,6 +333,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                           "objective": objective.state_dict()})
 
     fh = open(metrics_path, "a", encoding="utf-8") if metrics_path is not None else None
+    step_gen = _step_generators(world, cfg.seed, x.device)
 
     def emit(row: dict[str, Any]) -> None:
         history.append(row)
@@ -292,19 +346,27 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
     if out is not None and not resume:
         checkpoint()  # the initialised model: an interrupted first epoch resumes from here
     bar = None
-    if progress:
+    if progress and world.is_main:
         from ..utils.progress import progress_bar
 
         bar = progress_bar(total, initial=step, desc="train", unit="step")
     stop_at = total if stop_after_steps is None else min(total, stop_after_steps)
     interrupted: list[bool] = []
     previous = defer_sigint(interrupted)
+    # What every rank agrees on: in one process the flag itself, in several the flag of any
+    # rank at the last agreement (a collective at the same steps on all ranks).
+    agreed = interrupted if not world.distributed else []
+
+    def agree() -> None:
+        if world.distributed and not agreed and world.any(bool(interrupted), device):
+            agreed.append(True)
+
     order: torch.Tensor | None = None
     pending_order = step % steps_per_epoch != 0
     t_epoch = t_window = time.perf_counter()
     step_window = step
     try:
-        while step < stop_at and not interrupted:
+        while step < stop_at and not agreed:
             epoch, b = divmod(step, steps_per_epoch)
             if b == 0 or pending_order:
                 draw = gen
@@ -318,16 +380,20 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                     draw.set_state(epoch_state)
                 order = objective.epoch_order(info, epoch, draw, x.device)
                 pending_order = False
-            rows = slice(b * B, (b + 1) * B) if order is None else order[b * B:(b + 1) * B]
+            lo, hi = info.shard(step)          # this rank's part of the global batch
+            lo, hi = b * B + lo, b * B + hi
+            rows = slice(lo, hi) if order is None else order[lo:hi]
             batch = x[rows]
             batch_y = None if y is None else y[rows]
-            loss = objective.step(model, batch, generator=gen, step=step, targets=batch_y,
-                                  rows=rows)
-            if loss is not None:
+            loss = objective.step(model, batch, generator=step_gen(step) or gen, step=step,
+                                  targets=batch_y, rows=rows)
+            if loss is not None and batch.shape[0]:
                 epoch_loss += loss.to(torch.float64) * batch.shape[0]
                 loss_rows += int(batch.shape[0])
             epoch_rows += int(batch.shape[0])
             step += 1
+            if step % _AGREE_EVERY == 0 or step % steps_per_epoch == 0:
+                agree()
             if bar is not None:
                 bar.update(1)
             every = objective.log_every
@@ -343,6 +409,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                     bar.set_postfix_str(postfix)
             if step % steps_per_epoch == 0:
                 objective.end_epoch(model)
+                sum_epoch_over_ranks(keep_on_main=False)
                 if not every:
                     mean = float(epoch_loss) / loss_rows if loss_rows else math.nan
                     if not math.isfinite(mean):
@@ -359,13 +426,13 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                 epoch_loss.zero_()
                 epoch_rows = loss_rows = 0
                 checkpoint()
-                if until is not None and until(history):
+                if until is not None and world.any(world.is_main and until(history), device):
                     break
-            elif objective.resumable_mid_epoch and (
+            elif mid_epoch and (
                     (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
-                    or step == stop_at or interrupted):
+                    or step == stop_at or agreed):
                 checkpoint()
-        if interrupted:
+        if agreed:
             raise KeyboardInterrupt
     finally:
         restore_sigint(previous)
@@ -374,6 +441,24 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
         if fh is not None:
             fh.close()
     return history
+
+
+def _step_generators(world: World, seed: int,
+                     device: torch.device) -> Callable[[int], torch.Generator | None]:
+    """The generator an objective's step draws from (SSM's directions): in one process None,
+    i.e. the loop's own generator, as always; in a distributed run one seeded by (seed, step,
+    rank), so the ranks draw independent numbers while the loop's generator, which draws the
+    epoch orders, stays the same on every rank (and the checkpoint, global, needs no
+    per-rank state)."""
+    if not world.distributed:
+        return lambda step: None
+    gen = torch.Generator(device=device)
+
+    def draw(step: int) -> torch.Generator:
+        return gen.manual_seed(((seed * _RANK_SEED_MIX + step) * world.size + world.rank)
+                               % 2 ** 63)
+
+    return draw
 
 
 def _family_name(model: Any, needed: bool) -> str:

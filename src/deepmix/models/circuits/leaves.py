@@ -17,6 +17,14 @@ the names in :attr:`Leaves.parameter_names` (``mean``, ``var_raw``, ``prob_raw``
 keys of saved circuits), and every method receives them as a mapping ``params``. So
 ``.to(device)``, ``.double()`` and ``load_state_dict`` need no leaf-specific code.
 
+Fused evaluation (the EinsumNetworks trick): both families are exponential families,
+:math:`\log f_{d,r,k}(x_d) = \sum_f T_f(x_d)\,\theta_{d,r,k,f}` with per-variable features T
+(:meth:`Leaves.features`, the constant 1 and the base measure among them) and natural parameters
+:math:`\theta` (:meth:`Leaves.natural`), so a leaf region's log-density is one dot product over its
+scope and all leaf regions are one batched matmul (:class:`~.network.EinsumNetwork`); the EM
+statistics are the gradients :math:`\partial L/\partial\theta = \sum_b q\,T(x_b)`
+(:meth:`Leaves.natural_statistics`), so q (N, D, R, K) is never formed.
+
 EM statistics of a batch, with :math:`q_{b,d,r,k} = \partial \log p(x_b) / \partial \log f_{d,k,r}(x_{b,d})`
 the posterior responsibility of a factor: :math:`n = \sum_b q`, :math:`\sum_b q x` and (Gaussian)
 :math:`\sum_b q x^2`; the M-step in expectation form is
@@ -117,6 +125,20 @@ class Leaves:
         """Sufficient statistics of a batch from the responsibilities q (N, D, R, K)."""
         raise NotImplementedError
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        r"""Per-variable features :math:`T(x_d)` (N, D, F) of the exponential-family form."""
+        raise NotImplementedError
+
+    def natural(self, params: Params) -> torch.Tensor:
+        r"""Natural parameters :math:`\theta` (D, R, K, F) with
+        :math:`\log f_{d,r,k}(x_d) = \sum_f T_f(x_d)\,\theta_{d,r,k,f}` (differentiable in params)."""
+        raise NotImplementedError
+
+    def natural_statistics(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+        r"""The statistics of :meth:`em_statistics` from :math:`\partial L/\partial\theta =
+        \sum_b q\,T(x_b)` (D, R, K, F)."""
+        raise NotImplementedError
+
     def em_update(self, params: Params, stats: Mapping[str, torch.Tensor], stepsize: float) -> None:
         r"""M-step in place: :math:`\theta \leftarrow (1-s)\theta + s\hat\theta` in expectation form."""
         raise NotImplementedError
@@ -195,6 +217,22 @@ class GaussianLeaves(Leaves):
         r""":math:`\sum_b q`, :math:`\sum_b q x`, :math:`\sum_b q x^2`."""
         return {"leaf_n": q.sum(0), "leaf_x": torch.einsum("ndrk,ndc->drkc", q, x),
                 "leaf_xx": torch.einsum("ndrk,ndc->drkc", q, x * x)}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`T = (x_c^2\ \text{for every channel } c,\ x_c,\ 1)`: F = 2C + 1."""
+        return torch.cat([x * x, x, torch.ones_like(x[..., :1])], -1)
+
+    def natural(self, params: Params) -> torch.Tensor:
+        r""":math:`\theta = (-\tfrac{1}{2\sigma_c^2},\ \mu_c/\sigma_c^2,\
+        -\tfrac12\sum_c(\log 2\pi + \log\sigma_c^2 + \mu_c^2/\sigma_c^2))`."""
+        var, mu = self.variance(params), params["mean"]
+        prec = 1.0 / var
+        const = -0.5 * (_LOG_2PI + var.log() + mu * mu * prec).sum(-1, keepdim=True)
+        return torch.cat([-0.5 * prec, mu * prec, const], -1)
+
+    def natural_statistics(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+        C = (grad.shape[-1] - 1) // 2
+        return {"leaf_n": grad[..., 2 * C], "leaf_x": grad[..., C:2 * C], "leaf_xx": grad[..., :C]}
 
     def em_update(self, params: Params, stats: Mapping[str, torch.Tensor], stepsize: float) -> None:
         r""":math:`\mu \leftarrow (1-s)\mu + s\hat\mu`,
@@ -304,6 +342,23 @@ class BinomialLeaves(Leaves):
     def em_statistics(self, q: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         r""":math:`\sum_b q`, :math:`\sum_b q x`."""
         return {"leaf_n": q.sum(0), "leaf_x": torch.einsum("ndrk,ndc->drkc", q, x)}
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        r""":math:`T = (x_c,\ 1,\ \sum_c \log\binom{N}{x_c})`: F = C + 2."""
+        n = self.total_count
+        log_binom = (math.lgamma(n + 1) - torch.lgamma(x + 1) - torch.lgamma(n - x + 1)).sum(-1, keepdim=True)
+        return torch.cat([x, torch.ones_like(x[..., :1]), log_binom], -1)
+
+    def natural(self, params: Params) -> torch.Tensor:
+        r""":math:`\theta = (\operatorname{logit} p_c,\ N\sum_c \log(1 - p_c),\ 1)`; with
+        :math:`p = \mathrm{sigmoid}(z)`: :math:`\operatorname{logit} p = z`, :math:`\log(1-p) = \log\mathrm{sigmoid}(-z)`."""
+        z = BINOMIAL_LOGIT_SCALE * params["prob_raw"]
+        const = self.total_count * nn.functional.logsigmoid(-z).sum(-1, keepdim=True)
+        return torch.cat([z, const, torch.ones_like(const)], -1)
+
+    def natural_statistics(self, grad: torch.Tensor) -> dict[str, torch.Tensor]:
+        C = grad.shape[-1] - 2
+        return {"leaf_n": grad[..., C], "leaf_x": grad[..., :C]}
 
     def em_update(self, params: Params, stats: Mapping[str, torch.Tensor], stepsize: float) -> None:
         r"""In the expectation parameter :math:`E[x] = Np` the stepwise update is linear in p:

@@ -17,13 +17,20 @@ largest child height above), so every child is computed before its parents; all 
 one layer are evaluated by one einsum per (K_left, K_right, K_out) shape, then the regions with
 several partitions by one mixing step (padded to the largest partition count with zero weights).
 
+Fast paths (each tested equal to its reference): the leaf layer is evaluated in exponential-family
+form, :math:`\log\ell_{l,k} = \sum_{d\in S_l} T(x_d)\cdot\theta_{d,r_l,k}`, all leaf regions in
+one ``bmm`` (:meth:`EinsumNetwork._leaf_regions`; reference: every factor (N, D, R, K) summed
+into its region, :meth:`EinsumNetwork._forward`), and the inner layers keep their values
+slot-major (slots, N, K) (:meth:`EinsumNetwork._inner`; reference :meth:`EinsumNetwork._inner_reference`).
+
 Training: gradient objectives through ``log_prob`` (:func:`deepmix.training.fit_density`, with a
 closed-form score and Laplacian for exact score matching, see :meth:`EinsumNetwork.score_and_laplacian`),
 and EM *through the gradient* (:meth:`EinsumNetwork.em_accumulate` / :meth:`em_update` /
 :meth:`fit_em`): for a normalised weight w, :math:`n(w) = w\,\partial_w \sum_b \log p(x_b)` is the
 expected count of its edge, and :math:`q_{b,d,k,r} = \partial \log p(x_b)/\partial \log f_{d,k,r}(x_{b,d})`
 the posterior responsibility of a leaf factor (the leaf layer turns q into its statistics and
-its M-step). Sampling and completion: :mod:`.sampling`.
+its M-step); the fused path gets the leaf statistics as :math:`\partial L/\partial\theta = \sum_b q\,T(x_b)`
+without forming q. Sampling and completion: :mod:`.sampling`.
 """
 
 from __future__ import annotations
@@ -77,6 +84,9 @@ class _Layer:
     mixing: dict[int, _Mixing]              # K_out -> mixing of the others
     # output slots in the K_out store, in the order [single regions..., mixed regions...]
     out_slots: dict[int, torch.Tensor]
+    # K_out -> partition positions of the groups' outputs concatenated in group order, or None
+    # when that order is already 0, 1, 2, ... (no scatter needed)
+    part_order: dict[int, torch.Tensor | None] = dataclasses.field(default_factory=dict)
 
 
 @register_family
@@ -206,6 +216,19 @@ class EinsumNetwork(Model):
         self.register_buffer("_leaf_var", torch.tensor(lv, dtype=torch.long), persistent=False)
         self.register_buffer("_leaf_rep", torch.tensor(lrep, dtype=torch.long), persistent=False)
         self._n_leaf_regions = len(leaves)
+        # The fused leaf layer: every leaf region's scope padded to the longest one; padding
+        # points at variable D, a zero feature row (so it adds exactly 0), and at variable 0 of
+        # the natural parameters (times that zero: no value, no gradient).
+        smax = max(len(graph.scopes[r]) for r in leaves)
+        var_pad = torch.full((len(leaves), smax), graph.num_var, dtype=torch.long)
+        for r in leaves:
+            var_pad[slot[r], :len(graph.scopes[r])] = torch.tensor(graph.scopes[r], dtype=torch.long)
+        rep = torch.tensor([graph.replicas.get(r, 0) for r in sorted(leaves, key=slot.__getitem__)],
+                           dtype=torch.long)
+        self.register_buffer("_region_var", var_pad, persistent=False)
+        self.register_buffer("_region_var_theta", var_pad.masked_fill(var_pad == graph.num_var, 0),
+                             persistent=False)
+        self.register_buffer("_region_rep", rep[:, None].expand(-1, smax).contiguous(), persistent=False)
         self._leaf_k = self.num_input_distributions   # the root is never a leaf (checked above)
         self.layers: list[_Layer] = []
         by_height: dict[int, list[int]] = defaultdict(list)
@@ -247,7 +270,12 @@ class EinsumNetwork(Model):
                     slot[r] = n_slots[ko]
                     n_slots[ko] += 1
                 out_slots[ko] = torch.tensor([slot[r] for r in ones + many], dtype=torch.long)
-            self.layers.append(_Layer(groups, dict(n_parts), single, mixing, out_slots))
+            part_order: dict[int, torch.Tensor | None] = {}
+            for ko in n_parts:
+                order = torch.cat([g.part_pos for g in groups if g.k_out == ko])
+                identity = bool((order == torch.arange(len(order))).all())
+                part_order[ko] = None if identity else order
+            self.layers.append(_Layer(groups, dict(n_parts), single, mixing, out_slots, part_order))
         self._root_slot = slot[graph.root]
         self._root_k = size[graph.root]
 
@@ -260,6 +288,7 @@ class EinsumNetwork(Model):
                 g.left, g.right, g.part_pos = g.left.to(dev), g.right.to(dev), g.part_pos.to(dev)
             layer.single = {k: v.to(dev) for k, v in layer.single.items()}
             layer.out_slots = {k: v.to(dev) for k, v in layer.out_slots.items()}
+            layer.part_order = {k: None if v is None else v.to(dev) for k, v in layer.part_order.items()}
             for m in layer.mixing.values():
                 m.index, m.mask = m.index.to(dev), m.mask.to(dev)
         return self
@@ -361,7 +390,9 @@ class EinsumNetwork(Model):
             if not bool(torch.isfinite(x[mask]).all()):
                 raise InputError("x contains NaN or infinite values at observed entries")
             x = torch.where(mask[..., None], x, torch.zeros((), dtype=x.dtype, device=x.device))
-        elif x.numel() and not bool(torch.isfinite(x).all()):
+        # a finite sum proves every entry finite in one pass without a mask tensor; only a
+        # non-finite sum (NaN, inf, or an overflow of huge finite values) needs the exact check
+        elif x.numel() and not bool(torch.isfinite(x.sum())) and not bool(torch.isfinite(x).all()):
             raise InputError("x contains NaN or infinite values; pass mask=... to marginalise missing entries")
         self.leaves.check_input(x)
         return x, mask
@@ -372,13 +403,96 @@ class EinsumNetwork(Model):
         """log f_{d,r,k}(x_d): (N, D, R, K), summed over the channels."""
         return self.leaves.log_density(self._leaf_params(), x)
 
+    def _leaf_regions(self, x: torch.Tensor, mask: torch.Tensor | None = None,
+                      theta: torch.Tensor | None = None) -> torch.Tensor:
+        r"""Log-densities of all leaf regions, slot-major (L, N, K), in one batched matmul.
+
+        :math:`\log\ell_{l,k}(x) = \sum_{d\in S_l}\sum_f T_f(x_d)\,\theta_{d,r_l,k,f}` with the
+        leaf layer's features T (zeroed where ``mask`` is False: marginalised) and natural
+        parameters :math:`\theta` (default :meth:`.leaves.Leaves.natural`); equals summing
+        :meth:`_leaf_log_density` over every scope (the reference path, :meth:`_forward`).
+        """
+        feats = self.leaves.features(x)                                          # (N, D, F)
+        if mask is not None:
+            feats = feats * mask[..., None].to(feats.dtype)
+        if theta is None:
+            theta = self.leaves.natural(self._leaf_params())                      # (D, R, K, F)
+        L, S = self._region_var.shape
+        N, F = feats.shape[0], feats.shape[-1]
+        # (D + 1, F, N): variables first so the gather below is contiguous, plus the zero row
+        feats_t = nn.functional.pad(feats, (0, 0, 0, 1)).permute(1, 2, 0).contiguous()
+        fx = feats_t.index_select(0, self._region_var.flatten()).view(L, S * F, N)
+        th = theta[self._region_var_theta, self._region_rep]                     # (L, S, K, F)
+        th = th.transpose(2, 3).reshape(L, S * F, th.shape[2])
+        return torch.bmm(fx.transpose(1, 2), th)                                 # (L, N, K)
+
     def _forward(self, logf: torch.Tensor, weights: dict[str, torch.Tensor],
-                 keep: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Root log-density (N,) from leaf log-factors (N, D, R, K) (0 where marginalised)."""
+                 keep: bool = False, reference: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Root log-density (N,) from leaf log-factors (N, D, R, K) (0 where marginalised),
+        summed into the leaf regions factor by factor (``reference``: by the reference inner
+        layers too)."""
         N = logf.shape[0]
         factors = logf[:, self._leaf_var, self._leaf_rep]                       # (N, pairs, K)
         leaf = torch.zeros(N, self._n_leaf_regions, logf.shape[-1], dtype=logf.dtype, device=logf.device)
-        store: dict[int, torch.Tensor] = {self._leaf_k: leaf.index_add(1, self._leaf_slot, factors)}
+        leaf = leaf.index_add(1, self._leaf_slot, factors)
+        if reference:
+            return self._inner_reference(leaf, weights, keep)
+        return self._inner(leaf.transpose(0, 1), weights, keep)
+
+    def _inner(self, leaf: torch.Tensor, weights: dict[str, torch.Tensor],
+               keep: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Root log-density (N,) from the leaf regions' log-densities, slot-major (L, N, K):
+        einsum and mixing layers; ``keep`` also returns every layer's values (N, slots, K) views,
+        for conditional draws).
+
+        Every store is slot-major, (slots, N, K), so gathering a layer's children is a contiguous
+        ``index_select`` and each einsum group is one ``bmm`` over its partitions without a
+        permuted copy; a layer whose groups fill its partitions in order skips the scatter."""
+        N = leaf.shape[1]
+        store: dict[int, torch.Tensor] = {self._leaf_k: leaf}
+        parts_kept = []
+        for layer in self.layers:
+            parts: dict[int, list[torch.Tensor]] = defaultdict(list)
+            for g in layer.groups:
+                a = store[g.k_left].index_select(0, g.left)                     # (P, N, Ki)
+                b = store[g.k_right].index_select(0, g.right)                   # (P, N, Kj)
+                a_max = a.detach().amax(-1, keepdim=True)
+                b_max = b.detach().amax(-1, keepdim=True)
+                outer = ((a - a_max).exp()[..., :, None] * (b - b_max).exp()[..., None, :]).flatten(2)
+                prod = torch.bmm(outer, weights[g.param])                       # (P, N, Ko)
+                tiny = torch.finfo(prod.dtype).tiny
+                parts[g.k_out].append(prod.clamp_min(tiny).log() + (a_max + b_max))
+            part_store = {}
+            for ko, items in parts.items():
+                vals = items[0] if len(items) == 1 else torch.cat(items, 0)
+                order = layer.part_order[ko]
+                part_store[ko] = vals if order is None else \
+                    torch.empty_like(vals).index_copy(0, order, vals)
+            for ko, pstore in part_store.items():
+                outs = []
+                if len(layer.single[ko]):
+                    outs.append(pstore.index_select(0, layer.single[ko]))
+                if ko in layer.mixing:
+                    m = layer.mixing[ko]
+                    M, C = m.index.shape
+                    vals = pstore.index_select(0, m.index.flatten()).view(M, C, N, ko)
+                    v_max = vals.detach().amax(1, keepdim=True)
+                    s = (weights[m.param][:, :, None, :] * (vals - v_max).exp()).sum(1)   # (M, N, Ko)
+                    outs.append(s.clamp_min(torch.finfo(s.dtype).tiny).log() + v_max[:, 0])
+                new = outs[0] if len(outs) == 1 else torch.cat(outs, 0)
+                store[ko] = torch.cat([store[ko], new], 0) if ko in store else new
+            parts_kept.append(part_store)
+        out = store[self._root_k][self._root_slot, :, 0]
+        if not keep:
+            return out, {}
+        return out, {"store": {k: v.transpose(0, 1) for k, v in store.items()},
+                     "parts": [{k: v.transpose(0, 1) for k, v in ps.items()} for ps in parts_kept]}
+
+    def _inner_reference(self, leaf: torch.Tensor, weights: dict[str, torch.Tensor],
+                         keep: bool = False) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Reference of :meth:`_inner`, sample-major: leaf (N, L, K), stores (N, slots, K)."""
+        N = leaf.shape[0]
+        store: dict[int, torch.Tensor] = {self._leaf_k: leaf}
         parts_kept = []
         for layer in self.layers:
             parts: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = defaultdict(list)
@@ -392,7 +506,7 @@ class EinsumNetwork(Model):
                 parts[g.k_out].append((g.part_pos, prod.clamp_min(tiny).log() + a_max + b_max))
             part_store = {}
             for ko, items in parts.items():
-                t = torch.empty(N, layer.n_parts[ko], ko, dtype=logf.dtype, device=logf.device)
+                t = torch.empty(N, layer.n_parts[ko], ko, dtype=leaf.dtype, device=leaf.device)
                 pos = torch.cat([p for p, _ in items])
                 part_store[ko] = t.index_copy(1, pos, torch.cat([v for _, v in items], dim=1))
             for ko, pstore in part_store.items():
@@ -416,10 +530,16 @@ class EinsumNetwork(Model):
         exactly: their leaf factors become :math:`\log 1 = 0` (their values, even NaN, are ignored).
         """
         x, mask = self._prepare(x, mask)
+        return self._inner(self._leaf_regions(x, mask), self._weights())[0]
+
+    def _log_prob_reference(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`log_prob` by the reference path: every leaf factor (N, D, R, K) evaluated and
+        summed into its region one by one (what the fused path must equal)."""
+        x, mask = self._prepare(x, mask)
         logf = self._leaf_log_density(x)
         if mask is not None:
             logf = logf * mask[:, :, None, None].to(logf.dtype)
-        return self._forward(logf, self._weights())[0]
+        return self._forward(logf, self._weights(), reference=True)[0]
 
     def marginal_log_prob(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``log_prob(x, mask)``: log-density of the observed entries (``mask`` True)."""
@@ -471,19 +591,37 @@ class EinsumNetwork(Model):
         x = x.detach()
         with torch.enable_grad():
             weights = {k: w.detach().requires_grad_(True) for k, w in self._weights().items()}
+            theta = self.leaves.natural(self._leaf_params()).detach().requires_grad_(True)
+            logp = self._inner(self._leaf_regions(x, theta=theta), weights)[0]
+            grads = torch.autograd.grad(logp.sum(), [theta, *weights.values()])
+        # dL/dtheta = sum_b q T(x_b): the statistics without forming q (N, D, R, K)
+        stats = self.leaves.natural_statistics(grads[0])
+        self._add_em_statistics(stats, weights, grads[1:])
+        return logp.detach()
+
+    def _em_accumulate_reference(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`em_accumulate` by the reference path: q (N, D, R, K) from the leaf factors,
+        statistics by :meth:`.leaves.Leaves.em_statistics` (what the fused path must equal)."""
+        x, _ = self._prepare(x)
+        x = x.detach()
+        with torch.enable_grad():
+            weights = {k: w.detach().requires_grad_(True) for k, w in self._weights().items()}
             logf = self._leaf_log_density(x).detach().requires_grad_(True)
-            logp = self._forward(logf, weights)[0]
+            logp = self._forward(logf, weights, reference=True)[0]
             grads = torch.autograd.grad(logp.sum(), [logf, *weights.values()])
         q = grads[0]                                                             # (N, D, R, K)
-        stats = self.leaves.em_statistics(q, x)
-        for (name, w), gw in zip(weights.items(), grads[1:]):
+        self._add_em_statistics(self.leaves.em_statistics(q, x), weights, grads[1:])
+        return logp.detach()
+
+    def _add_em_statistics(self, stats: dict[str, torch.Tensor], weights: dict[str, torch.Tensor],
+                           grads: Any) -> None:
+        for (name, w), gw in zip(weights.items(), grads):
             stats[name] = w.detach() * gw
         if self._em_stats is None:
             self._em_stats = stats
         else:
             for k, v in stats.items():
                 self._em_stats[k] = self._em_stats[k] + v
-        return logp.detach()
 
     def reset_em_statistics(self) -> None:
         """Forget the statistics accumulated since the last update."""

@@ -42,10 +42,7 @@ def draw(net: "EinsumNetwork", n: int, x: torch.Tensor | None, mask: torch.Tenso
     weights = net._weights()
     kept = None
     if x is not None:
-        logf = net._leaf_log_density(x)
-        if mask is not None:
-            logf = logf * mask[:, :, None, None].to(logf.dtype)
-        kept = net._forward(logf, weights, keep=True)[1]
+        kept = net._inner(net._leaf_regions(x, mask), weights, keep=True)[1]
 
     def choose(logits: torch.Tensor) -> torch.Tensor:
         if mode == "sample":

@@ -17,6 +17,16 @@ The loop (:func:`deepmix.training.loop.fit`) owns batches, order, seeds, device,
 - :meth:`Objective.state_dict` (JSON) and :meth:`Objective.state_tensors`: whatever resume
   needs beyond the model (controllers, optimiser moments, accumulated statistics).
 
+Distribution (:mod:`deepmix.utils.distributed`) is the loop's business: on several processes
+every rank calls the same pieces on its own shard of each global batch (``batch`` holds this
+rank's rows only; ``LoopInfo.world`` says who is who). An objective makes its update equal the
+one-process update at the global batch with ONE hook, :meth:`Objective.reduce`: it sums a list
+of tensors (sufficient statistics, winner sums, weighted gradients, loss sums) over the ranks in
+one flattened all-reduce, and does nothing in one process. EM reduces its statistics once per
+iteration before the M-step, DCGMM its per-step winner statistics, gradient objectives their
+gradients. State that only one rank holds (the run folder is written by rank 0) must therefore
+be global: equal on every rank after the reductions.
+
 Objectives register under ``(family, name)``; ``family = "*"`` serves every family with a
 differentiable ``log_prob``.
 """
@@ -30,6 +40,7 @@ import torch
 
 from ...errors import ConfigError
 from ...utils.config import config_from_dict
+from ...utils.distributed import SINGLE, World, shard_bounds
 
 __all__ = ["LoopInfo", "Objective", "ObjectiveOptions", "register_objective", "objective_class",
            "objective_names", "make_objective"]
@@ -47,10 +58,23 @@ class LoopInfo:
     device: torch.device
     has_targets: bool = False
     data_info: dict = field(default_factory=dict)
+    #: The processes of the run; ``batch_size`` is the global batch (all ranks together).
+    world: World = SINGLE
 
     @property
     def total_steps(self) -> int:
         return self.epochs * self.steps_per_epoch
+
+    def global_rows(self, step: int) -> int:
+        """Rows of global step ``step``'s batch over all ranks (the last batch of an epoch may
+        be shorter)."""
+        b = step % self.steps_per_epoch
+        return max(0, min(self.batch_size, self.n - b * self.batch_size))
+
+    def shard(self, step: int) -> tuple[int, int]:
+        """This rank's part ``[lo, hi)`` of step ``step``'s global batch (``(0, m)`` in one
+        process)."""
+        return shard_bounds(self.global_rows(step), self.world.rank, self.world.size)
 
 
 @dataclass
@@ -70,6 +94,12 @@ class Objective:
     #: Whether :meth:`state_tensors` captures a mid-epoch state (else checkpoints fall on
     #: epoch ends, and an interrupted epoch is redone on resume).
     resumable_mid_epoch: ClassVar[bool] = True
+    #: Whether a mid-epoch :meth:`state_tensors` holds this process's partial sums, summed over
+    #: the ranks only at the epoch's end (batch EM); a distributed run then checkpoints at
+    #: epoch ends only, so the run folder holds global state alone.
+    local_mid_epoch_state: ClassVar[bool] = False
+    #: The run's processes; the loop sets it (``LoopInfo.world``) before ``start`` and ``bind``.
+    world: World = SINGLE
 
     def __init__(self, options: Any = None) -> None:
         if options is None:
@@ -97,6 +127,12 @@ class Objective:
         if data.shape[0] == 0:
             raise InputError("no training rows")
         return data.to(model.device), targets
+
+    def reduce(self, tensors: Any) -> None:
+        """Sum ``tensors`` (a list) in place over the run's processes, in ONE collective call
+        on one flattened buffer; a no-op in one process. Every rank must call it at the same
+        point with tensors of the same shapes."""
+        self.world.all_reduce_(list(tensors))
 
     def prepare(self, model: Any, data: torch.Tensor) -> None:
         """Precompute per-row quantities once per fit (fresh and resumed runs); ``step``

@@ -7,6 +7,13 @@ of ``window`` steps, and the loop logs one ``metrics.jsonl`` row per window with
 losses and radii. The data order of epoch e is a permutation seeded by ``(seed, e)`` and the
 dequantisation noise of step t by ``(seed, t)``, so a run is reproducible from its folder, and
 host synchronisation happens once per window, not per step.
+
+On several processes every rank computes the winner statistics of its shard for every active
+GMM layer (:meth:`~deepmix.layers.GMM.winner_statistics`; each layer's input is the layer
+below's output *before* its update, so nothing waits), together with the classifier's
+row-weighted gradient and loss, then ONE all-reduce of all of them in one flattened buffer per
+step, then every layer's update from the global sums: the one-process update at the global
+batch. The sigma controllers therefore see the global losses and agree on every rank.
 """
 
 from __future__ import annotations
@@ -108,7 +115,8 @@ class DCGMMObjective(Objective):
         self.gmms = model.gmm_layers
         total = info.total_steps
         self.starts = [int(o.delay * L * total) for L in range(len(self.gmms))]
-        self._warn_if_sigma_cannot_anneal(info)
+        if info.world.is_main:   # one warning per run, not one per process
+            self._warn_if_sigma_cannot_anneal(info)
         device = info.device
         self.controllers = [SigmaController(float(g.sigma), o.sigma_min, o.sigma_decay, o.window,
                                             o.ratio_low, o.ratio_high) for g in self.gmms]
@@ -151,12 +159,21 @@ class DCGMMObjective(Objective):
         o = self.options
         h = batch
         nb = h.shape[0]
+        distributed = self.world.distributed
         if o.dequantize:
             levels = int(self.info.data_info.get("levels", 256))
             gen = torch.Generator(device=h.device).manual_seed(
                 self.info.seed * _NOISE_SEED_MIX + step)
-            noise = torch.rand(h.shape, generator=gen, device=h.device, dtype=h.dtype)
+            if distributed:
+                # This rank's rows of the global batch's noise: the one-process draw.
+                lo, hi = self.info.shard(step)
+                shape = (self.info.global_rows(step), *h.shape[1:])
+                noise = torch.rand(shape, generator=gen, device=h.device, dtype=h.dtype)[lo:hi]
+            else:
+                noise = torch.rand(h.shape, generator=gen, device=h.device, dtype=h.dtype)
             h = (h * (levels - 1) + noise) / levels
+        pending: list[tuple[int, Any, Any, bool]] = []   # distributed: updates after the reduce
+        clf_loss = None
         gi = 0
         fold = None
         stash: dict[int, torch.Tensor] = {}
@@ -164,19 +181,15 @@ class DCGMMObjective(Objective):
             if isinstance(layer, GMM):
                 if step >= self.starts[gi]:
                     update_d = o.centroids_first is None or float(layer.sigma) <= o.centroids_first
-                    loss_sum, h = layer.train_step(h, o.lr, o.lr_mu, o.lr_d, o.lr_xi,
-                                                   update_d=update_d, fold=fold)
+                    if distributed:
+                        st = layer.winner_statistics(h, fold=fold)
+                        h = st.resp
+                        pending.append((gi, layer, st, update_d))
+                    else:
+                        loss_sum, h = layer.train_step(h, o.lr, o.lr_mu, o.lr_d, o.lr_xi,
+                                                       update_d=update_d, fold=fold)
+                        self._account(gi, layer, loss_sum, nb)
                     fold = None
-                    self.acc[gi] += loss_sum / (nb * self.positions[gi])
-                    self.acc_n[gi] += 1
-                    if self.acc_n[gi] == o.window:
-                        c = self.controllers[gi]
-                        window_sum = float(self.acc[gi])
-                        if c.update_window(window_sum, self.acc_n[gi]):
-                            layer.sigma.fill_(c.sigma)
-                        self.last_losses[gi] = window_sum / self.acc_n[gi]
-                        self.acc[gi].zero_()
-                        self.acc_n[gi] = 0
                 else:
                     with torch.no_grad():
                         h = layer(h)
@@ -186,13 +199,19 @@ class DCGMMObjective(Objective):
             elif isinstance(layer, Classifier):
                 if self.opt is not None:
                     with torch.enable_grad():
-                        loss = layer.loss(h, targets,
-                                          [stash[j] for j in model.classifier_sources])
                         self.opt.zero_grad(set_to_none=True)
-                        loss.backward()
+                        if nb:
+                            loss = layer.loss(h, targets,
+                                              [stash[j] for j in model.classifier_sources])
+                            loss.backward()
+                        else:   # an empty shard still joins the all-reduce
+                            loss = torch.zeros((), device=h.device)
+                    if distributed:
+                        clf_loss = loss.detach()
+                    else:
                         self.opt.step()
-                    self.clf_acc += loss.detach()
-                    self.clf_n += 1
+                        self.clf_acc += loss.detach()
+                        self.clf_n += 1
             elif isinstance(layer, Folding) and self.gmm_pos.get(li + 1) is not None \
                     and step >= self.starts[self.gmm_pos[li + 1]]:
                 # The GMM above builds [patches, patches^2] from this layer's input itself.
@@ -200,7 +219,47 @@ class DCGMMObjective(Objective):
             else:
                 with torch.no_grad():
                     h = layer(h)
+        if distributed:
+            self._reduce_and_apply(step, nb, pending, clf_loss)
         return None
+
+    def _account(self, gi: int, layer: Any, loss_sum: torch.Tensor, rows: int) -> None:
+        """Add a step's loss to layer ``gi``'s window; steer sigma at the window's end."""
+        o = self.options
+        self.acc[gi] += loss_sum / (rows * self.positions[gi])
+        self.acc_n[gi] += 1
+        if self.acc_n[gi] == o.window:
+            c = self.controllers[gi]
+            window_sum = float(self.acc[gi])
+            if c.update_window(window_sum, self.acc_n[gi]):
+                layer.sigma.fill_(c.sigma)
+            self.last_losses[gi] = window_sum / self.acc_n[gi]
+            self.acc[gi].zero_()
+            self.acc_n[gi] = 0
+
+    def _reduce_and_apply(self, step: int, nb: int, pending: list, clf_loss: Any) -> None:
+        """ONE all-reduce of every layer's winner statistics and the classifier's row-weighted
+        gradient and loss, then the updates from the global sums."""
+        o = self.options
+        grads = []
+        if clf_loss is not None:
+            for p in self.opt.param_groups[0]["params"]:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                grads.append(p.grad.mul_(nb))
+            grads.append(clf_loss.mul(nb).reshape(1))
+        buffers = [t for _, _, st, _ in pending for t in st.tensors()] + grads
+        self.reduce(buffers)
+        rows = self.info.global_rows(step)
+        for gi, layer, st, update_d in pending:
+            layer.apply_statistics(st, rows, o.lr, o.lr_mu, o.lr_d, o.lr_xi, update_d=update_d)
+            self._account(gi, layer, st.loss_sum, rows)
+        if clf_loss is not None:
+            for g in grads[:-1]:
+                g.div_(rows)
+            self.opt.step()
+            self.clf_acc += grads[-1][0].double() / rows
+            self.clf_n += 1
 
     # ----------------------------------------------------------------------------- logging
     def log_row(self) -> dict[str, Any]:

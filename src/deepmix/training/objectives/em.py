@@ -9,6 +9,10 @@ and a closed-form M-step at its end (batch EM: one EM iteration per epoch).
 
 The loss logged per batch is the mean negative log-likelihood under the parameters the E-step
 saw, so an epoch's loss is EM's training NLL before that epoch's update.
+
+On several processes each rank accumulates the statistics of its shard and
+:meth:`~deepmix.training.objectives.Objective.reduce` sums them over the ranks (one flattened
+all-reduce) right before every M-step, so the update is the one-process update.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ class GaussianMixtureEM(Objective):
     name = "em"
     families = ("gmm",)
     options_class = GaussianMixtureEMOptions
+    # Mid-epoch statistics are this rank's partial sums until the epoch's end.
+    local_mid_epoch_state: ClassVar[bool] = True
 
     def _engine(self, model: Any) -> MixtureEM:
         return MixtureEM(model.n_components, model.covariance_type,
@@ -159,6 +165,7 @@ class GaussianMixtureEM(Objective):
         if self.stats is None:
             return
         e = self.engine
+        self.reduce(self.stats)           # one all-reduce per EM iteration (no-op in one process)
         e.set_from_statistics(*self.stats)
         model.set_moments(e.weights_, e.means_, e.covariances_)
         self._read(model)
@@ -206,6 +213,8 @@ class GaussianMixtureStepwiseEM(GaussianMixtureEM):
 
     name = "stepwise-em"
     options_class = StepwiseEMOptions
+    # The running statistics are global after every step's all-reduce.
+    local_mid_epoch_state: ClassVar[bool] = False
 
     def _engine(self, model: Any) -> MixtureEM:
         e = super()._engine(model)
@@ -230,7 +239,11 @@ class GaussianMixtureStepwiseEM(GaussianMixtureEM):
              targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor:
         e = self.engine
         XX = None if self._squares is None else self._squares[rows]
-        lower = e.stepwise_update(batch, XX)
+        reduce = None
+        if self.world.distributed:
+            def reduce(stats: list[torch.Tensor]) -> None:
+                self.reduce(stats)
+        lower = e.stepwise_update(batch, XX, reduce=reduce)
         model.set_moments(e.weights_, e.means_, e.covariances_)
         running, steps = e._running, e._steps
         self._read(model)
@@ -298,15 +311,21 @@ class CircuitEM(Objective):
         model.reset_em_statistics()
         self.batches = 0
 
+    def _update(self, model: Any) -> None:
+        if self.world.distributed:
+            # The expected counts of every rank's shard, summed in one all-reduce.
+            self.reduce(list(model._em_stats.values()))
+        model.em_update(self.options.stepsize)
+
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
              targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor:
         logp = model.em_accumulate(batch)
         self.batches += 1
         if self.options.stepsize is not None and self.batches % self.options.frequency == 0:
-            model.em_update(self.options.stepsize)
+            self._update(model)
         return -logp.double().mean()   # float64: the epoch mean sums many batches
 
     def end_epoch(self, model: Any) -> None:
         if model._em_stats is not None:
-            model.em_update(self.options.stepsize)
+            self._update(model)
         self.batches = 0

@@ -3,6 +3,12 @@ optimiser step per batch (SGD maximum likelihood, score matching, sliced score m
 
 The losses are those of :mod:`deepmix.training.objectives.losses`; closed forms are used where
 the model has them (:class:`~deepmix.models.MixtureDensity`), autograd otherwise.
+
+On several processes the gradients are all-reduced as DDP does, in one flattened buffer per
+step, but weighted by each rank's rows: :math:`g = \sum_r n_r g_r / \sum_r n_r` is the
+gradient of the global batch's mean loss even when the last batch splits unevenly. (DDP itself
+needs the loss computed through the wrapper's ``forward``; the objectives call ``log_prob``,
+the closed-form scores and the circuits' own derivatives instead.)
 """
 
 from __future__ import annotations
@@ -121,9 +127,43 @@ class GradientObjective(Objective):
 
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
              targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor | None:
+        if self.world.distributed:
+            return self._distributed_step(batch, generator, model)
         loss = self.loss(model, batch, generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        return self._apply(loss)
+
+    def _distributed_step(self, batch: torch.Tensor, generator: torch.Generator,
+                          model: Any) -> torch.Tensor | None:
+        """Local gradient, then ONE all-reduce of ``[n_r g_r..., n_r loss_r, n_r]``."""
+        n = batch.shape[0]
+        self.optimizer.zero_grad(set_to_none=True)
+        ref = self.params[0]
+        if n:
+            loss = self.loss(model, batch, generator)
+            loss.backward()
+        else:   # an empty shard of a short last batch still joins the all-reduce
+            loss = torch.zeros((), dtype=ref.dtype, device=ref.device)
+        grads = []
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        tail = torch.stack([loss.detach().to(ref.dtype) * n,
+                            torch.tensor(float(n), dtype=ref.dtype, device=ref.device)])
+        for g in grads:
+            g.mul_(n)
+        self.reduce([*grads, tail])
+        total = tail[1]
+        for g in grads:
+            g.div_(total)
+        # The global batch's mean loss: the same on every rank, so every rank skips alike.
+        out = self._apply(tail[0] / total)
+        return None if out is None else loss.detach()
+
+    def _apply(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """Clip, skip a non-finite step, or step the optimiser; the loss to log."""
         norm = None
         if self.options.clip is not None:
             norm = torch.nn.utils.clip_grad_norm_(self.params, self.options.clip)

@@ -1,0 +1,190 @@
+"""One density leaderboard: held-out bits/dim of every family with a density, one protocol.
+
+usage: .venv/bin/python benchmarks/density_leaderboard.py [--data mnist fashion-mnist]
+       [--only NAME ...] [--seed 0] [--quick] [--json FILE]
+
+Protocol (the same for every row): the published split (60 000 train / 10 000 test images for
+MNIST and Fashion-MNIST; ``digits`` for a smoke run), pixels dequantised once with seeded noise,
+x = (v + u) / 256 with u ~ U[0, 1) (train noise seed 0, test noise seed 1), flattened to 784
+dimensions; each model is trained on the train split with the defaults a user gets and scored by
+its true ``log_prob`` on the test split:
+
+    bits/dim = 8 - mean_n log p(x_n) / (D ln 2),
+
+the usual figure for 8-bit images (lower is better). Bounds are never reported under that name:
+a family that offers only a bound gets a row of its own that says so. ``--quick`` trains on
+5 000 images and tests on 1 000 with fewer epochs (a smoke run, not the leaderboard).
+Writes JSON and a Markdown table (benchmarks/results/density_leaderboard.{json,md}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import deepmix
+from deepmix.data import load_images
+from deepmix.models import DCGMM, family_names, poon_domingos, rat_spn
+from deepmix.utils.io import write_json_atomic, write_text_atomic
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass
+class Contender:
+    """A leaderboard row: ``train(x_train, images_train, seed, quick)`` returns a scorer,
+    a function of test rows (N, D) -> per-image log-density in nats (N,)."""
+
+    name: str
+    family: str
+    setting: str
+    train: Callable[[torch.Tensor, torch.Tensor, int, bool], Callable[[torch.Tensor], np.ndarray]]
+
+
+def _torch_scorer(model: Any, *, images: bool = False, shape: tuple = ()) -> Callable:
+    @torch.no_grad()
+    def score(x: torch.Tensor) -> np.ndarray:
+        out = []
+        for i in range(0, x.shape[0], 500):
+            xb = x[i:i + 500].to(model.dtype)
+            if images:
+                xb = xb.reshape(-1, *shape)
+            out.append(model.log_prob(xb).double().cpu().numpy())
+        return np.concatenate(out)
+    return score
+
+
+def _deepmix_gmm(k: int) -> Contender:
+    def train(x, _images, seed, quick):
+        m = deepmix.GaussianMixture(k, covariance_type="diag", random_state=seed)
+        m.fit(x)
+        return lambda t: m.score_samples(t)
+    return Contender(f"flat diag GMM K={k} (deepmix)", "gmm",
+                     f"GaussianMixture({k}, covariance_type='diag'), defaults", train)
+
+
+def _sklearn_gmm(k: int) -> Contender:
+    def train(x, _images, seed, quick):
+        from sklearn.mixture import GaussianMixture
+
+        m = GaussianMixture(k, covariance_type="diag", random_state=seed)
+        m.fit(x.double().numpy())
+        return lambda t: m.score_samples(t.double().numpy())
+    return Contender(f"flat diag GMM K={k} (scikit-learn)", "gmm (peer)",
+                     f"sklearn GaussianMixture({k}, covariance_type='diag'), defaults", train)
+
+
+def _circuit(kind: str) -> Contender:
+    def train(x, images, seed, quick):
+        x = x.double()
+        H, W = images.shape[1:3]
+        if kind == "rat-spn":
+            m = rat_spn(x.shape[1], 3, 5, 10, seed=seed, dtype=torch.float64, init="em")
+        else:
+            m = poon_domingos(H, W, [H / 4], 10, seed=seed, dtype=torch.float64, init="em")
+        m.fit(x, objective="em", stepsize=0.05, epochs=1, batch_size=100,
+              seed=seed, progress=False)
+        return _torch_scorer(m)
+    setting = ("rat_spn(784, depth 3, 5 repetitions, 10 sums)" if kind == "rat-spn" else
+               "poon_domingos(H, W, [H / 4], 10 sums)") + ", online EM stepsize 0.05, 1 epoch"
+    return Contender(f"circuit {kind}", "circuit", setting, train)
+
+
+def _dcgmm(arch: str) -> Contender:
+    def train(_x, images, seed, quick):
+        m = DCGMM(arch, tuple(images.shape[1:]), seed=seed)
+        m.fit(images, epochs=1 if quick else 3, seed=seed, progress=False)
+        return _torch_scorer(m, images=True, shape=tuple(images.shape[1:]))
+    return Contender(f"DCGMM {arch}", "dcgmm",
+                     f"DCGMM('{arch}'), default training (SGD, 3 epochs); log_prob of the first "
+                     f"GMM layer, which tiles the image", train)
+
+
+def contenders() -> list[Contender]:
+    """Every row, in order; families are added here as they gain a density."""
+    rows = [_deepmix_gmm(100), _sklearn_gmm(100), _circuit("rat-spn"), _circuit("pd"),
+            _dcgmm("1L"), _dcgmm("2L-b")]
+    return rows
+
+
+def _data(name: str, quick: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    tr, te = load_images(name, "train"), load_images(name, "test")
+    n_tr, n_te = (5000, 1000) if quick else (len(tr), len(te))
+    img_tr = tr.to_tensor(dequantize=True, generator=torch.Generator().manual_seed(0))[:n_tr]
+    img_te = te.to_tensor(dequantize=True, generator=torch.Generator().manual_seed(1))[:n_te]
+    return img_tr.reshape(len(img_tr), -1), img_tr, img_te.reshape(len(img_te), -1)
+
+
+def _markdown(result: dict) -> str:
+    lines = ["# Density leaderboard", "",
+             "Held-out bits/dim (lower is better) on dequantised images, x = (v + u) / 256, "
+             "published train/test split, the defaults a user gets. Command: "
+             f"`{result['command']}`.", ""]
+    for data, rows in result["data"].items():
+        lines += [f"## {data}", "", "| model | family | test bits/dim | test nats/image | "
+                  "train s | setting |", "|---|---|---:|---:|---:|---|"]
+        for r in sorted(rows, key=lambda r: r.get("bits_per_dim", math.inf)):
+            if "error" in r:
+                lines.append(f"| {r['name']} | {r['family']} | failed | | | {r['error']} |")
+                continue
+            lines.append(f"| {r['name']} | {r['family']} | {r['bits_per_dim']:.3f} | "
+                         f"{r['log_prob']:.1f} | {r['train_seconds']:.1f} | {r['setting']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", nargs="+", default=["mnist", "fashion-mnist"])
+    ap.add_argument("--only", nargs="*", help="rows whose name contains one of these strings")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", default=str(HERE / "results" / "density_leaderboard.json"))
+    args = ap.parse_args()
+    warnings.simplefilter("ignore")
+    rows_all = [c for c in contenders()
+                if not args.only or any(s in c.name for s in args.only)]
+    result: dict[str, Any] = {"command": "benchmarks/density_leaderboard.py "
+                              + " ".join(a for a in __import__("sys").argv[1:]),
+                              "quick": args.quick, "seed": args.seed,
+                              "threads": torch.get_num_threads(),
+                              "families": family_names(), "data": {}}
+    for name in args.data:
+        x_tr, img_tr, x_te = _data(name, args.quick)
+        D = x_tr.shape[1]
+        rows = result["data"].setdefault(name, [])
+        for c in rows_all:
+            row: dict[str, Any] = {"name": c.name, "family": c.family, "setting": c.setting,
+                                   "n_train": len(x_tr), "n_test": len(x_te)}
+            t = time.perf_counter()
+            try:
+                score = c.train(x_tr, img_tr, args.seed, args.quick)
+                row["train_seconds"] = time.perf_counter() - t
+                ll = score(x_te)
+            except deepmix.errors.DeepmixError as e:    # a family refusing is a row, not a crash
+                row["error"] = str(e)
+                print(f"{name:14s} {c.name:40s} failed: {e}", flush=True)
+                rows.append(row)
+                continue
+            row["log_prob"] = float(np.mean(ll))
+            row["log_prob_se"] = float(np.std(ll) / math.sqrt(len(ll)))
+            row["bits_per_dim"] = 8.0 - row["log_prob"] / (D * math.log(2.0))
+            rows.append(row)
+            print(f"{name:14s} {c.name:40s} {row['bits_per_dim']:7.3f} bits/dim  "
+                  f"{row['log_prob']:9.1f} nats  ({row['train_seconds']:.1f} s)", flush=True)
+            write_json_atomic(args.json, result)
+    write_json_atomic(args.json, result)
+    write_text_atomic(Path(args.json).with_suffix(".md"), _markdown(result))
+    print(f"wrote {args.json} and {Path(args.json).with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+r"""Scaling on torch.distributed: images/s of 1 and 2 processes (1 thread each), the time spent
+in communication per step, and a projection to 8 and 64 machines.
+
+usage: .venv/bin/python benchmarks/scaling.py [--workloads 2L-c gmm circuit] [--nproc 1 2]
+       [--n-images 6000] [--batch-size 100] [--device cpu] [--quick]
+       [--json benchmarks/results/scaling.json]
+
+Every workload trains through the library's one loop (``deepmix.fit`` / ``deepmix.train``) on
+MNIST training images; each configuration runs in fresh processes started by torchrun's own
+launcher (as ``deepmix train --nproc N`` does), one thread each, after an untimed warm-up. The
+local batch is the same for every process count (the global batch grows with it: weak
+scaling, as data-parallel training is used). ``images/s`` = global rows / wall time of the
+slowest rank; ``comm`` is the time inside collectives (waiting for the slower rank included).
+
+Projection (no measurement; printed with the formula): a ring all-reduce of S bytes over M
+machines moves :math:`2\frac{M-1}{M}S` bytes through each link in :math:`2(M-1)` latency-bound
+hops, so with bandwidth :math:`\beta` (10 Gbit/s) and per-hop latency :math:`\alpha`
+
+.. math:: T_{step}(M) = T_{compute} + 2(M-1)\alpha + 2\frac{M-1}{M}\frac{S}{\beta},
+          \qquad \text{images/s}(M) = M\,B / T_{step}(M)
+
+with :math:`T_{compute}` the measured one-process step time at the local batch B and S the
+measured bytes all-reduced per step (EM: one reduce per epoch, amortised over its steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LINK_BITS_PER_S = 10e9       # 10 Gbit/s
+HOP_LATENCY_S = 50e-6        # per ring hop; a typical TCP round on one switch
+MACHINES = (8, 64)
+
+
+def _worker(workload: str, n_images: int, batch: int, epochs: int, device: str) -> dict:
+    """One rank: warm up, then time ``epochs`` epochs of ``workload``; returns its figures."""
+    import warnings
+
+    import torch
+
+    # Short timed runs: DCGMM's "sigma will never anneal" warning is expected here.
+    warnings.simplefilter("ignore", UserWarning)
+    torch.set_num_threads(int(os.environ.get("DEEPMIX_THREADS", "1")))
+    import deepmix
+    from deepmix.data import load_images
+    from deepmix.models import MixtureDensity, rat_spn
+    from deepmix.training import FitConfig, TrainConfig, fit, train
+    from deepmix.utils.distributed import COMM_STATS, current_world
+
+    world = current_world(device)
+    images = load_images("mnist", "train").to_tensor()[:n_images]
+
+    def run(x: torch.Tensor, n_epochs: int) -> int:
+        if workload == "2L-c":
+            model = deepmix.DCGMM("2L-c", seed=0)
+            rows = train(model, x, config=TrainConfig(epochs=n_epochs, batch_size=batch,
+                                                      delay=0.0, device=device),
+                         progress=False)
+        else:
+            flat = x.reshape(x.shape[0], -1).to(torch.float64)
+            if workload == "gmm":
+                model = MixtureDensity(10, flat.shape[1], "diag", dtype=torch.float64)
+                model.initialize(flat[:500], "random", generator=torch.Generator().manual_seed(0))
+                objective = "em"
+            else:
+                model = rat_spn(flat.shape[1], 3, 5, 10, seed=0, dtype=torch.float64, init="em")
+                objective = "em"
+            rows = fit(model, flat, objective, config=FitConfig(
+                epochs=n_epochs, batch_size=batch, device=device), initialize=False)
+        return rows[-1]["step"]
+
+    run(images[: 4 * batch * world.size], 1)                   # warm-up (untimed)
+    for k in COMM_STATS:
+        COMM_STATS[k] = 0 if k != "seconds" else 0.0
+    if world.distributed:
+        world.all_reduce_([torch.zeros(1)])
+    t = time.perf_counter()
+    steps = run(images, epochs)
+    seconds = time.perf_counter() - t
+    return {"rank": world.rank, "seconds": seconds, "steps": steps,
+            "comm_seconds": COMM_STATS["seconds"], "comm_calls": COMM_STATS["calls"],
+            "comm_bytes": COMM_STATS["bytes"]}
+
+
+def measure(workload: str, nproc: int, n_images: int, batch: int, epochs: int,
+            device: str) -> dict:
+    """Run ``workload`` on ``nproc`` processes (torchrun's launcher, 1 thread each)."""
+    import logging
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    os.environ["DEEPMIX_THREADS"] = os.environ["OMP_NUM_THREADS"] = "1"
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
+                          run_id=uuid.uuid4().hex, rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    ranks = elastic_launch(config, _worker)(workload, n_images, batch, epochs, device)
+    slowest = max(ranks.values(), key=lambda r: r["seconds"])
+    steps = slowest["steps"]
+    rows = n_images * epochs            # every timed epoch reads all images once
+    return {"workload": workload, "nproc": nproc, "threads_per_process": 1,
+            "local_batch": batch, "global_batch": batch * nproc, "steps": steps,
+            "seconds": slowest["seconds"], "images_per_s": rows / slowest["seconds"],
+            "step_ms": 1e3 * slowest["seconds"] / max(steps, 1),
+            "comm_ms_per_step": 1e3 * max(r["comm_seconds"] for r in ranks.values())
+            / max(steps, 1),
+            "comm_calls_per_step": slowest["comm_calls"] / max(steps, 1),
+            "comm_bytes_per_step": slowest["comm_bytes"] / max(steps, 1)}
+
+
+def project(one: dict, bytes_per_step: float, machines: int) -> dict:
+    """Ring all-reduce projection of one workload's step on ``machines`` machines."""
+    beta = LINK_BITS_PER_S / 8.0
+    compute = one["seconds"] / max(one["steps"], 1)
+    comm = 2 * (machines - 1) * HOP_LATENCY_S + 2 * (machines - 1) / machines * \
+        bytes_per_step / beta
+    step = compute + comm
+    return {"machines": machines, "step_ms": 1e3 * step, "comm_ms": 1e3 * comm,
+            "images_per_s": machines * one["local_batch"] / step,
+            "efficiency": compute / step}
+
+
+FORMULA = ("T_step(M) = T_compute + 2(M-1)*alpha + 2(M-1)/M * S/beta;  images/s(M) = M*B/T_step(M)"
+           f"  (beta = {LINK_BITS_PER_S / 1e9:g} Gbit/s, alpha = {HOP_LATENCY_S * 1e6:g} us per "
+           "hop, S = measured bytes all-reduced per step, T_compute = measured 1-process step)")
+
+
+def markdown(results: list[dict], projections: list[dict], meta: dict) -> str:
+    lines = ["# Scaling on torch.distributed", "",
+             f"{meta['machine']}; torch {meta['torch']}; {meta['n_images']} MNIST images, "
+             f"{meta['epochs']} epoch(s), local batch {meta['batch_size']}, 1 thread per "
+             f"process, device {meta['device']}.", "",
+             "| workload | processes | global batch | images/s | speed-up | ms/step | "
+             "comm ms/step | all-reduce calls/step | bytes/step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    base = {r["workload"]: r for r in results if r["nproc"] == 1}
+    for r in results:
+        b = base.get(r["workload"])
+        speed = r["images_per_s"] / b["images_per_s"] if b else float("nan")
+        lines.append(f"| {r['workload']} | {r['nproc']} | {r['global_batch']} | "
+                     f"{r['images_per_s']:.0f} | {speed:.2f}x | {r['step_ms']:.2f} | "
+                     f"{r['comm_ms_per_step']:.3f} | {r['comm_calls_per_step']:.2f} | "
+                     f"{r['comm_bytes_per_step']:.0f} |")
+    lines += ["", "## Projection (ring all-reduce)", "", f"`{FORMULA}`", "",
+              "| workload | machines | ms/step | comm ms/step | images/s | efficiency |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for p in projections:
+        lines.append(f"| {p['workload']} | {p['machines']} | {p['step_ms']:.2f} | "
+                     f"{p['comm_ms']:.3f} | {p['images_per_s']:.0f} | {p['efficiency']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workloads", nargs="+", default=["2L-c", "gmm", "circuit"],
+                   choices=["2L-c", "gmm", "circuit"])
+    p.add_argument("--nproc", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--n-images", type=int, default=6000)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 400 images")
+    p.add_argument("--json", default=str(HERE / "results" / "scaling.json"))
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n_images = min(args.n_images, 400)
+    import torch
+
+    results = []
+    for workload in args.workloads:
+        for n in args.nproc:
+            r = measure(workload, n, args.n_images, args.batch_size, args.epochs, args.device)
+            results.append(r)
+            print(f"{workload:8s} {n} proc: {r['images_per_s']:9.0f} images/s, "
+                  f"{r['step_ms']:8.2f} ms/step, comm {r['comm_ms_per_step']:.3f} ms/step "
+                  f"({r['comm_bytes_per_step']:.0f} B/step)", flush=True)
+    projections = []
+    for workload in args.workloads:
+        one = next((r for r in results if r["workload"] == workload and r["nproc"] == 1), None)
+        many = [r for r in results if r["workload"] == workload and r["nproc"] > 1]
+        if one is None or not many:
+            continue
+        for m in MACHINES:
+            projections.append({"workload": workload,
+                                **project(one, many[0]["comm_bytes_per_step"], m)})
+    meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "torch": torch.__version__, "n_images": args.n_images, "epochs": args.epochs,
+            "batch_size": args.batch_size, "device": args.device, "formula": FORMULA,
+            "quick": args.quick}
+    print(FORMULA)
+    for pr in projections:
+        print(f"{pr['workload']:8s} {pr['machines']:3d} machines: {pr['images_per_s']:9.0f} "
+              f"images/s, efficiency {pr['efficiency']:.2f}")
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"meta": meta, "results": results, "projections": projections},
+                              indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(results, projections, meta))
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

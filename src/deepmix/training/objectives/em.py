@@ -144,7 +144,7 @@ class GaussianMixtureEM(Objective):
             total, stats = e.fused_statistics(part, terms)
             self.stats = list(stats) if self.stats is None else [a + b for a, b in
                                                                  zip(self.stats, stats)]
-            return -total / batch.shape[0]
+            return -total / max(batch.shape[0], 1)   # an empty shard of a short batch
         if self._terms is None:
             self._terms = e.precision_terms()
         XX = None

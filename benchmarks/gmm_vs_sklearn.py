@@ -34,6 +34,7 @@ from sklearn.mixture import GaussianMixture as SkGMM
 
 from deepmix import GaussianMixture
 from deepmix.data import load_images
+from deepmix.errors import DeepmixError
 from deepmix.utils.io import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
@@ -118,7 +119,11 @@ def main() -> None:
     print(f"{'setting':24s} {'K':>4s} {'library':8s} {'seed':>4s} {'fit s':>8s} {'iter':>4s} "
           f"{'conv':>5s} {'train LL':>9s} {'test LL':>9s}")
     for setting, dequantize in settings:
-        Xtr = load(args.data, "train", dequantize, args.subset)
+        try:
+            Xtr = load(args.data, "train", dequantize, args.subset)
+        except DeepmixError as exc:
+            raise SystemExit(f"gmm_vs_sklearn: {exc}\n(a smoke run without a download: "
+                             f"--quick --data digits)") from None
         Xte = load(args.data, "test", dequantize, None)
         for K in args.k:
             mine = []

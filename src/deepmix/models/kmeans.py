@@ -77,9 +77,12 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
         centres = [X[first]]
         closest = sqdist(X[first:first + 1])[:, 0]
         for _ in range(1, k):
-            total = closest.sum()
-            u = torch.rand(trials, generator=generator, device=gdev, dtype=X.dtype).to(X.device) * total
-            cand = torch.searchsorted(closest.cumsum(0), u).clamp_max(N - 1)
+            # float64 running sums (scikit-learn's stable_cumsum): a float32 cumsum over many
+            # rows drifts below the total and sends the top draws to the last row.
+            cum = closest.cumsum(0, dtype=torch.float64)
+            u = torch.rand(trials, generator=generator, device=gdev,
+                           dtype=torch.float64).to(X.device) * cum[-1]
+            cand = torch.searchsorted(cum, u).clamp_max(N - 1)
             d_cand = torch.minimum(closest[:, None], sqdist(X[cand]))   # (N, trials)
             best = int(d_cand.sum(0).argmin())
             centres.append(X[cand[best]])

@@ -312,31 +312,26 @@ class MixtureEM:
         W = W.to(compute_dtype).contiguous()
         return W.masked_fill_(W.abs() < _flush_below(compute_dtype), 0.0), b
 
-    def fused_statistics(self, rows: FusedRows, terms: tuple[torch.Tensor, torch.Tensor], *,
-                         resp: torch.Tensor | None = None
+    def fused_statistics(self, rows: FusedRows, terms: tuple[torch.Tensor, torch.Tensor]
                          ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """E-step and sufficient statistics of some rows: (sum of log p(x), (nk, sx, sxx)).
 
         Two matrix products on z in the compute dtype; the log-sum-exp, the responsibilities
         and every sum over rows in the parameters' dtype. The statistics are those of
-        :meth:`statistics` (uncentred); ``resp`` given (e.g. k-means' hard assignments) skips
-        the E-step (the log-likelihood sum is then 0).
+        :meth:`statistics` (uncentred).
         """
         z = rows.z
-        if resp is None:
-            W, b = terms
-            lp = torch.add(z @ W, b)              # (rows, K) in the parameters' dtype
-            top = lp.amax(1, keepdim=True)
-            lp -= top
-            # Responsibilities below exp(cut) (4e-18 in float32) are 0, so that no product
-            # of the statistics is a denormal number (see _flush_below).
-            torch.nn.functional.threshold_(lp, _cut(z.dtype), -math.inf).exp_()
-            mass = lp.sum(1, keepdim=True)
-            lp /= mass                            # responsibilities, in place
-            total = top.sum() + mass.log_().sum()
-            resp = lp
-        else:
-            total = torch.zeros((), dtype=self.dtype, device=z.device)
+        W, b = terms
+        lp = torch.add(z @ W, b)              # (rows, K) in the parameters' dtype
+        top = lp.amax(1, keepdim=True)
+        lp -= top
+        # Responsibilities below exp(cut) (4e-18 in float32) are 0, so that no product of
+        # the statistics is a denormal number (see _flush_below).
+        torch.nn.functional.threshold_(lp, _cut(z.dtype), -math.inf).exp_()
+        mass = lp.sum(1, keepdim=True)
+        lp /= mass                            # responsibilities, in place
+        total = top.sum() + mass.log_().sum()
+        resp = lp
         nk = resp.sum(0)
         S = (resp.to(z.dtype).T @ z).to(self.dtype)   # (K, F): every moment in one product
         return total, self._uncentre(nk, S, rows.shift)

@@ -185,3 +185,14 @@ def test_auto_keeps_float32_only_where_its_rounding_is_small(monkeypatch):
             config=FitConfig(epochs=2, seed=0))
         chosen[name] = objective._fused.z.dtype
     assert chosen == {"benign": torch.float32, "hard": torch.float64}
+
+
+def test_design_matrix_holds_no_number_that_would_make_a_denormal_product():
+    e = MixtureEM(2, "diag")
+    x = torch.tensor([[1.0, 2.0], [1.0 + 1e-17, 2.0 + 1e-9], [3.0, 4.0]], dtype=torch.float64)
+    f = e.fused_rows(x, torch.float32)
+    e.fused_rows(x, shift=torch.tensor([1.0, 2.0], dtype=torch.float64), out=f)  # rebuilt
+    small = f.z.abs()
+    assert f.z.dtype == torch.float32
+    assert bool(((small == 0) | (small >= torch.finfo(torch.float32).tiny ** 0.4)).all())
+    assert float(f.z[1, 1]) == pytest.approx(1e-9, rel=1e-6) and float(f.z[1, 3]) == 0.0

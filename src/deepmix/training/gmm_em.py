@@ -9,7 +9,7 @@ with scikit-learn's initialisations. Hand-written rather than scikit-learn's own
 NumPy on one thread: this one runs on any torch device.
 
 Diagonal and spherical mixtures take the *fused* path (:class:`FusedRows`): the data, shifted by
-their mean c, become one design matrix :math:`z = [x - c, (x - c)^2]` (spherical:
+c (:meth:`MixtureEM.precision_weighted_shift` of the initial parameters), become one design matrix :math:`z = [x - c, (x - c)^2]` (spherical:
 :math:`[x - c, \|x - c\|^2]`) built once per fit, and
 
 .. math:: \log \pi_k \mathcal N(x; \mu_k, \Sigma_k) = z\, w_k + b_k, \quad
@@ -224,7 +224,7 @@ class MixtureEM:
         built in row chunks so that no (N, D) temporary of X's dtype is made; ``compute_dtype``
         defaults to X's; ``out`` (a design matrix of X) is rebuilt in place."""
         N, D = X.shape
-        cdt = compute_dtype or X.dtype
+        cdt = out.z.dtype if out is not None else compute_dtype or X.dtype
         if shift is None:
             shift = X.mean(0, dtype=torch.float64)
         shift = shift.to(X.dtype)

@@ -42,9 +42,8 @@ class GaussianMixtureEMOptions(ObjectiveOptions):
         compute_dtype: dtype of the E-step and statistics products of diag / spherical
             mixtures: ``"auto"`` (float32 on large data where its rounding of the
             per-sample log-likelihood, checked at the start, stays below 1e-3 nats; else the
-            model's dtype), ``"float32"``
-            or ``"float64"``; sums over rows stay in the model's dtype
-            (:mod:`deepmix.training.gmm_em`).
+            model's dtype), ``"float32"`` or ``"float64"``; sums over rows stay in the model's
+            dtype (:mod:`deepmix.training.gmm_em`).
     """
 
     init: str = "kmeans"

@@ -44,11 +44,21 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
         return torch.cat([torch.addmm(x2[r, None] + c2, X[r], Ct, alpha=-2.0).clamp_min_(0.0)
                           for r in _chunks(N, block(C.shape[0]))])
 
+    gathered: list[torch.Tensor | None] = [None]
+
     def nearest_two(rows: torch.Tensor | slice, C: torch.Tensor, c2: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Labels, nearest and second-nearest distance (float64, widened by the rounding of
         the expanded square) of some rows, by one product per chunk."""
-        xs, x2s = X[rows], x2[rows]
+        if isinstance(rows, slice):
+            xs, x2s = X[rows], x2[rows]
+        else:
+            # Gathered into one buffer kept across iterations: a fresh (n, D) tensor per
+            # iteration costs its page faults on top of the copy.
+            if gathered[0] is None or gathered[0].shape[0] < rows.numel():
+                gathered[0] = torch.empty(rows.numel(), D, dtype=X.dtype, device=X.device)
+            xs = torch.index_select(X, 0, rows, out=gathered[0][: rows.numel()])
+            x2s = x2[rows]
         n = xs.shape[0]
         lab = torch.empty(n, dtype=torch.long, device=X.device)
         up = torch.empty(n, dtype=torch.float64, device=X.device)

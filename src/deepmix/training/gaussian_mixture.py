@@ -45,7 +45,18 @@ class GaussianMixture(MixtureEM, DensityMixin, BaseEstimator):
             (the k-means++ seeds only), or ``"random"`` (K random data points as means, random
             normalised weights, the data's (co)variance for every component).
         random_state: seed of the initialisation.
-        dtype: ``torch.float64`` (default, as scikit-learn) or ``torch.float32`` (faster).
+        dtype: ``torch.float64`` (default, as scikit-learn) or ``torch.float32``: the
+            parameters, the scores, and every sum over rows during the fit.
+        compute_dtype: dtype of EM's matrix products for ``diag`` and ``spherical`` mixtures
+            (the E-step's log-densities and the M-step's statistics, fused on [x, x^2]):
+            ``"auto"`` (default: float32 when the data have at least 2^22 entries of
+            [x, x^2], where it makes EM about twice as fast, and its rounding of the
+            per-sample log-likelihood, checked on 2048 rows under the initial parameters,
+            stays below 1e-3 nats; else ``dtype``),
+            ``torch.float32`` or ``torch.float64``. The log-sum-exp, the responsibilities'
+            normalisation and the sums stay in ``dtype``, and the data are centred first, so
+            float32 products change the fit by float32 rounding only
+            (:mod:`deepmix.training.gmm_em`). ``full`` computes in ``dtype``.
         device: torch device.
         batch_size: rows per chunk of the E-step and the sufficient statistics.
         em: ``"batch"`` (classical EM over all rows, exact) or ``"stepwise"`` (stepwise EM over
@@ -58,16 +69,17 @@ class GaussianMixture(MixtureEM, DensityMixin, BaseEstimator):
     def __init__(self, n_components: int = 1, *, covariance_type: str = "diag",
                  tol: float = 1e-3, reg_covar: float = 1e-6, max_iter: int = 100,
                  n_init: int = 1, init_params: str = "kmeans", random_state: int | None = None,
-                 dtype: torch.dtype = torch.float64, device: str | torch.device = "cpu",
-                 batch_size: int = 8192, em: str = "batch", stepwise_batch: int = 1000,
-                 step_decay: float = 0.7, verbose: bool = False) -> None:
+                 dtype: torch.dtype = torch.float64, compute_dtype: str | torch.dtype = "auto",
+                 device: str | torch.device = "cpu", batch_size: int = 8192, em: str = "batch",
+                 stepwise_batch: int = 1000, step_decay: float = 0.7,
+                 verbose: bool = False) -> None:
         # scikit-learn's contract: every argument is stored unchanged under its own name, so
         # get_params/set_params, clone and GridSearchCV work; checks run here and again in fit.
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol, self.reg_covar, self.max_iter, self.n_init = tol, reg_covar, max_iter, n_init
         self.init_params, self.random_state = init_params, random_state
-        self.dtype, self.device = dtype, device
+        self.dtype, self.compute_dtype, self.device = dtype, compute_dtype, device
         self.batch_size, self.em, self.stepwise_batch = batch_size, em, stepwise_batch
         self.step_decay, self.verbose = step_decay, verbose
         self._check_params()
@@ -103,6 +115,18 @@ class GaussianMixture(MixtureEM, DensityMixin, BaseEstimator):
                               f"{self.tol}")
         if self.dtype not in (torch.float32, torch.float64):
             raise ConfigError(f"dtype must be torch.float32 or torch.float64, got {self.dtype}")
+        if self._compute_name() is None:
+            raise ConfigError(f"compute_dtype must be 'auto', torch.float32 or torch.float64, "
+                              f"got {self.compute_dtype!r}")
+
+    def _compute_name(self) -> str | None:
+        """``compute_dtype`` as the EM objective's option (None if it is not one)."""
+        names = {torch.float32: "float32", torch.float64: "float64", "auto": "auto",
+                 "float32": "float32", "float64": "float64"}
+        try:
+            return names.get(self.compute_dtype)
+        except TypeError:  # unhashable
+            return None
 
     @property
     def model_(self) -> MixtureDensity:
@@ -168,7 +192,8 @@ class GaussianMixture(MixtureEM, DensityMixin, BaseEstimator):
             model = MixtureDensity(self.n_components, D, self.covariance_type,
                                    parametrization="precision" if self.covariance_type == "full"
                                    else "covariance", dtype=self.dtype)
-            options = {"init": self.init_params, "reg_covar": self.reg_covar}
+            options = {"init": self.init_params, "reg_covar": self.reg_covar,
+                       "compute_dtype": self._compute_name()}
             if self.em == "batch":
                 objective = GaussianMixtureEM(options)
                 batch = self.batch_size

@@ -23,7 +23,8 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import ConfigError
-from ..gmm_em import INIT_METHODS, MixtureEM
+from .. import gmm_em
+from ..gmm_em import COMPUTE_DTYPES, INIT_METHODS, MixtureEM, resolve_compute_dtype
 from .base import Objective, ObjectiveOptions, register_objective
 
 __all__ = ["GaussianMixtureEMOptions", "GaussianMixtureEM", "StepwiseEMOptions",
@@ -38,15 +39,24 @@ class GaussianMixtureEMOptions(ObjectiveOptions):
         init: ``"kmeans"``, ``"k-means++"`` or ``"random"`` (as
             :class:`~deepmix.training.GaussianMixture`).
         reg_covar: added to the diagonal of every covariance.
+        compute_dtype: dtype of the E-step and statistics products of diag / spherical
+            mixtures: ``"auto"`` (float32 on large data where its rounding of the
+            per-sample log-likelihood, checked at the start, stays below 1e-3 nats; else the
+            model's dtype), ``"float32"`` or ``"float64"``; sums over rows stay in the model's
+            dtype (:mod:`deepmix.training.gmm_em`).
     """
 
     init: str = "kmeans"
     reg_covar: float = 1e-6
+    compute_dtype: str = "auto"
 
     def __post_init__(self) -> None:
         if self.init not in INIT_METHODS:
             raise ConfigError(f"Unknown init '{self.init}'; expected one of "
                               f"{', '.join(INIT_METHODS)}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ConfigError(f"Unknown compute_dtype '{self.compute_dtype}'; expected one of "
+                              f"{', '.join(COMPUTE_DTYPES)}")
         if not self.reg_covar >= 0:
             raise ConfigError(f"reg_covar must be >= 0, got {self.reg_covar}")
 
@@ -75,8 +85,24 @@ class GaussianMixtureEM(Objective):
         self._terms = None
 
     def prepare(self, model: Any, data: torch.Tensor) -> None:
-        # x^2 (or its row sums) once per fit, as the E-step on [x, x^2] wants it.
-        self._squares = self._engine(model).squares(data)
+        # The fused design matrix [x - c, (x - c)^2] once per fit (diag, spherical): an EM
+        # iteration is then two products per batch; full covariances take x as it is.
+        e = self._engine(model)
+        self._squares, self._fused, self._data = None, None, data
+        if e.fused:
+            cdt = resolve_compute_dtype(self.options.compute_dtype, data.dtype,
+                                        e.covariance_type, *data.shape)
+            self._fused = e.fused_rows(data, cdt)
+
+    def _recentre(self, engine: MixtureEM, shift: torch.Tensor,
+                  dtype: torch.dtype | None = None) -> None:
+        # z rebuilt around the shift that keeps float32 products accurate (a function of the
+        # initial parameters, kept in the checkpoint so that a resumed run computes alike),
+        # in ``dtype`` when it changes.
+        if dtype is not None and dtype != self._fused.z.dtype:
+            self._fused = engine.fused_rows(self._data, dtype, shift=shift)
+        else:
+            engine.fused_rows(self._data, shift=shift, out=self._fused)
 
     def epoch_order(self, info: Any, epoch: int, generator: torch.Generator,
                     device: torch.device) -> None:
@@ -85,8 +111,16 @@ class GaussianMixtureEM(Objective):
     def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:
         engine = self._engine(model)
         with torch.no_grad():
-            engine.initialize(data, self._squares, generator)
+            engine.initialize(data, self._squares, generator, fused=self._fused)
             model.set_moments(engine.weights_, engine.means_, engine.covariances_)
+            if self._fused is not None:
+                self._recentre(engine, engine.precision_weighted_shift())
+                if (self.options.compute_dtype == "auto" and self._fused.z.dtype != data.dtype
+                        and engine.rounding_error(data, self._fused)
+                        > gmm_em.AUTO_ROUNDING_BUDGET):
+                    # These data need the products in the model's dtype (module docstring of
+                    # gmm_em: components nearly constant far from the shift).
+                    self._recentre(engine, self._fused.shift, data.dtype)
 
     def bind(self, model: Any, info: Any = None) -> None:
         self.engine = self._engine(model)
@@ -97,6 +131,19 @@ class GaussianMixtureEM(Objective):
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int = 0,
              targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor:
         e = self.engine
+        if self._fused is not None:
+            if rows is not None:
+                part = self._fused[rows]
+                if self._terms is None:
+                    self._terms = e.fused_terms(part.shift, part.z.dtype)
+                terms = self._terms
+            else:  # a batch from outside the fit's data: its own design matrix and shift
+                part = e.fused_rows(batch, self._fused.z.dtype)
+                terms = e.fused_terms(part.shift, part.z.dtype)
+            total, stats = e.fused_statistics(part, terms)
+            self.stats = list(stats) if self.stats is None else [a + b for a, b in
+                                                                 zip(self.stats, stats)]
+            return -total / max(batch.shape[0], 1)   # an empty shard of a short batch
         if self._terms is None:
             self._terms = e.precision_terms()
         XX = None
@@ -124,14 +171,22 @@ class GaussianMixtureEM(Objective):
         self.stats = None
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        if self.stats is None:
-            return {}
-        return {f"stats.{i}": t for i, t in enumerate(self.stats)}
+        out = {} if self._fused is None else {
+            "shift": self._fused.shift,
+            "compute_bits": torch.tensor(torch.finfo(self._fused.z.dtype).bits)}
+        if self.stats is not None:
+            out.update({f"stats.{i}": t for i, t in enumerate(self.stats)})
+        return out
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        if tensors:
-            device = self.engine.means_.device
-            self.stats = [tensors[f"stats.{i}"].to(device) for i in range(len(tensors))]
+        device = self.engine.means_.device
+        if "shift" in tensors and self._fused is not None:
+            bits = int(tensors.get("compute_bits", torch.tensor(0)))
+            self._recentre(self.engine, tensors["shift"].to(device),
+                           {32: torch.float32, 64: torch.float64}.get(bits))
+        stats = sorted(k for k in tensors if k.startswith("stats."))
+        if stats:
+            self.stats = [tensors[f"stats.{i}"].to(device) for i in range(len(stats))]
 
 
 @dataclass
@@ -168,6 +223,11 @@ class GaussianMixtureStepwiseEM(GaussianMixtureEM):
     def epoch_order(self, info: Any, epoch: int, generator: torch.Generator,
                     device: torch.device) -> torch.Tensor:
         return torch.randperm(info.n, generator=generator, device=device)
+
+    def prepare(self, model: Any, data: torch.Tensor) -> None:
+        # Stepwise EM takes the reference path on x and x^2 (or its row sums).
+        self._fused = None
+        self._squares = self._engine(model).squares(data)
 
     def bind(self, model: Any, info: Any = None) -> None:
         super().bind(model, info)

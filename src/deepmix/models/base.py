@@ -21,6 +21,7 @@ from __future__ import annotations
 import numbers
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -106,6 +107,24 @@ class Model(nn.Module):
         """Mean log-likelihood per sample in nats (scikit-learn's ``score``)."""
         with torch.no_grad():
             return float(self.log_prob(x).mean())
+
+    @staticmethod
+    def _completion_input(x: Any, mask: Any, check: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows checked by ``check`` where observed, bool mask on their device) for
+        ``complete(x, mask)``: the mask must be bool and of x's shape (True = observed);
+        missing entries may hold anything (NaN included), so only observed ones are checked."""
+        def is_array(v: Any) -> bool:
+            return isinstance(v, torch.Tensor) or hasattr(v, "__array__")
+
+        if not (is_array(x) and is_array(mask)):
+            raise InputError("complete needs x and mask as tensors or numpy arrays")
+        xt = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+        mt = mask if torch.is_tensor(mask) else torch.as_tensor(np.asarray(mask))
+        if mt.dtype != torch.bool or mt.shape != xt.shape:
+            raise InputError(f"mask must be a bool array of x's shape {tuple(xt.shape)} (True = "
+                             f"observed), got {mt.dtype} {tuple(mt.shape)}")
+        xc = check(torch.where(mt, xt, torch.zeros((), dtype=xt.dtype)))
+        return xc, mt.to(xc.device)
 
     @staticmethod
     def _check_n(n: Any) -> int:

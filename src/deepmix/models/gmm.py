@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -27,10 +26,6 @@ from .kmeans import kmeans
 from .registry import register_family
 
 __all__ = ["MixtureDensity", "MixtureConfig", "COVARIANCE_TYPES"]
-
-
-def _is_array(v: Any) -> bool:
-    return isinstance(v, torch.Tensor) or hasattr(v, "__array__")
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 
@@ -316,16 +311,7 @@ class MixtureDensity(Model):
         if method not in ("mean", "sample"):
             raise ConfigError(f"Unknown completion method '{method}'; expected 'mean' or "
                               f"'sample'")
-        if not (_is_array(x) and _is_array(mask)):
-            raise InputError("complete needs x and mask as tensors or numpy arrays")
-        xt = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
-        mt = mask if torch.is_tensor(mask) else torch.as_tensor(np.asarray(mask))
-        if mt.dtype != torch.bool or mt.shape != xt.shape:
-            raise InputError(f"mask must be a bool array of x's shape {tuple(xt.shape)} (True = "
-                             f"observed), got {mt.dtype} {tuple(mt.shape)}")
-        # Missing entries may hold anything (NaN included): only observed ones are checked.
-        x = self._check(torch.where(mt, xt, torch.zeros((), dtype=xt.dtype)))
-        m = mt.to(x.device)
+        x, m = self._completion_input(x, mask, self._check)
         out = x.clone()
         patterns, which = torch.unique(m, dim=0, return_inverse=True)
         cov = self.covariances.detach()

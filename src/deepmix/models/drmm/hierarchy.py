@@ -15,7 +15,6 @@ log_softmax per block).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -257,7 +256,7 @@ class PatchDRMM(DRMM):
         if method not in ("mean", "sample"):
             raise ConfigError(f"Unknown completion method '{method}'; expected 'mean' or "
                               f"'sample'")
-        xc, mt = self._check_mask(x, mask)
+        xc, mt = self._completion_input(x, mask, self.check_input)
         S = self._check_n(n_samples)
         out = self._backward_images(xc, mt.to(xc.dtype), S, generator=generator,
                                     truncation=0.02, skip=0.5).reshape(xc.shape[0], S, -1)

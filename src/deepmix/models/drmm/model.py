@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -578,7 +577,7 @@ class DRMM(Model):
         if method not in ("mean", "sample", "mode"):
             raise ConfigError(f"Unknown completion method '{method}'; expected 'mean', "
                               f"'sample' or 'mode'")
-        xc, mt = self._check_mask(x, mask)
+        xc, mt = self._completion_input(x, mask, self.check_input)
         m = mt.to(dtype=xc.dtype)
         N = xc.shape[0]
         reps = n_samples if method == "mean" else 1
@@ -588,17 +587,3 @@ class DRMM(Model):
                           temperature=0.0 if method == "mode" else 1.0)
         fill = out.reshape(N, reps, -1).mean(1)
         return torch.where(mt, xc, fill)
-
-    def _check_mask(self, x: Any, mask: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (N, W) checked where observed, and its bool mask (True = observed)."""
-        is_array = lambda v: torch.is_tensor(v) or isinstance(v, np.ndarray)  # noqa: E731
-        if not (is_array(x) and is_array(mask)):
-            raise InputError("complete needs x and mask as tensors or numpy arrays")
-        xt = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
-        mt = mask if torch.is_tensor(mask) else torch.as_tensor(np.asarray(mask))
-        if mt.dtype != torch.bool or mt.shape != xt.shape:
-            raise InputError(f"mask must be a bool array of x's shape {tuple(xt.shape)} (True = "
-                             f"observed), got {mt.dtype} {tuple(mt.shape)}")
-        # Missing entries may hold anything (NaN included): only observed ones are checked.
-        xc = self.check_input(torch.where(mt, xt, torch.zeros((), dtype=xt.dtype)))
-        return xc, mt.to(xc.device)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -177,8 +178,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
     rows_all = [c for c in contenders()
                 if not args.only or any(s in c.name for s in args.only)]
-    result: dict[str, Any] = {"command": "benchmarks/density_leaderboard.py "
-                              + " ".join(a for a in __import__("sys").argv[1:]),
+    result: dict[str, Any] = {"command": " ".join(["benchmarks/density_leaderboard.py",
+                                                   *sys.argv[1:]]),
                               "quick": args.quick, "seed": args.seed,
                               "threads": torch.get_num_threads(),
                               "families": family_names(), "data": {}}

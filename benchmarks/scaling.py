@@ -201,9 +201,10 @@ def main(argv: list[str] | None = None) -> int:
               f"images/s, efficiency {pr['efficiency']:.2f}")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"meta": meta, "results": results, "projections": projections},
-                              indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(results, projections, meta))
+    from deepmix.utils.io import write_json_atomic, write_text_atomic
+
+    write_json_atomic(out, {"meta": meta, "results": results, "projections": projections})
+    write_text_atomic(out.with_suffix(".md"), markdown(results, projections, meta))
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 

@@ -326,3 +326,51 @@ def test_train_nproc_two_equals_one_process(tmp_path):
     assert main([*base[3:], "--batch-size", "200", "--out", str(tmp_path / "one")]) == 0
     _close(_state(deepmix.load(tmp_path / "two")), _state(deepmix.load(tmp_path / "one")),
            rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------------------- DRMM and the deep GMM
+def _drmm_model(patch: bool):
+    from deepmix.models import DRMM, DRMMConfig
+
+    if patch:   # three stages: each later one initialises on its first global batch
+        return DRMM.from_config(DRMMConfig(n_features=64, n_components=4, n_layers=1,
+                                           image_shape=(8, 8, 1), patch_layers=(1, 1),
+                                           patch_components=(3, 3), dtype="float64"))
+    return DRMM(DRMMConfig(n_features=2, n_components=4, n_layers=2, dtype="float64"))
+
+
+def _drmm_data(patch: bool) -> torch.Tensor:
+    from deepmix.data import drmm_sierpinski
+
+    if patch:
+        return torch.rand(72, 64, generator=torch.Generator().manual_seed(0),
+                          dtype=torch.float64)
+    return drmm_sierpinski(250, seed=0, dtype=torch.float64)  # last batch 50: 25 + 25
+
+
+def _drmm(rank: int, patch: bool, batch: int, out=None, stop=None, alpha=0.01):
+    model = _drmm_model(patch)
+    rows = model.fit(_drmm_data(patch), epochs=3, batch_size=batch, seed=1, init_batch=64,
+                     out_dir=out, stop_after_steps=stop, alpha=alpha)
+    return rows, _state(model)
+
+
+@pytest.mark.parametrize("patch,alpha", [(False, 0.01), (False, 0.0), (True, 0.01)])
+def test_drmm_on_two_processes_equals_one_at_the_global_batch(tmp_path, patch, alpha):
+    batch = 24 if patch else 100
+    rows, state = _drmm(0, patch, batch, alpha=alpha)
+    for got_rows, got_state in _ok(_run(2, _drmm, tmp_path, patch, batch // 2, None, None,
+                                        alpha)):
+        assert [r["step"] for r in got_rows] == [r["step"] for r in rows]
+        for a, b in zip(got_rows[1:], rows[1:]):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+            assert (a["rho_e"], a["lr"]) == (b["rho_e"], b["lr"])
+        _close(got_state, state, rtol=1e-5, atol=1e-5)
+
+
+def test_a_two_process_drmm_run_resumes_on_one_process(tmp_path):
+    _ok(_run(2, _drmm, tmp_path, False, 50, tmp_path / "part", 4))   # inside epoch 2
+    model = deepmix.load(tmp_path / "part")
+    rows = model.fit(_drmm_data(False), out_dir=tmp_path / "part", resume=True)
+    assert rows[-1]["step"] == 9
+    _close(_state(model), _drmm(0, False, 100)[1], rtol=1e-5, atol=1e-5)

@@ -134,6 +134,44 @@ class Objective:
         point with tensors of the same shapes."""
         self.world.all_reduce_(list(tensors))
 
+    def reduce_gradients(self, params: list[torch.Tensor],
+                         extra: list[torch.Tensor] = ()) -> None:
+        """Sum the ``.grad`` of ``params`` (zeros where a rank has none, e.g. an empty shard)
+        and the ``extra`` tensors over the ranks in ONE :meth:`reduce`: each rank's gradient
+        of its share of a global loss becomes the global loss's gradient."""
+        grads = []
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        self.reduce([*grads, *extra])
+
+    def reduce_row_weighted(self, params: list[torch.Tensor], loss: torch.Tensor,
+                            n: int) -> torch.Tensor:
+        r"""The global batch's gradient from this rank's (DDP's average, exact for uneven
+        batches): ``params``' ``.grad`` hold :math:`g_r`, the gradient of ``loss``, this rank's
+        mean over its ``n`` rows (a rank with none passes a zero loss and no gradients); ONE
+        :meth:`reduce` of :math:`[n_r g_r, n_r \mathrm{loss}_r, n_r]` leaves
+        :math:`g = \sum_r n_r g_r / \sum_r n_r` in ``.grad``. Returns the global batch's mean
+        loss (0-d, the same on every rank)."""
+        ref = params[0]
+        tail = torch.stack([loss.detach().to(ref.dtype) * n,
+                            torch.tensor(float(n), dtype=ref.dtype, device=ref.device)])
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(n)
+        self.reduce_gradients(params, [tail])
+        total = tail[1]
+        for p in params:
+            p.grad.div_(total)
+        return tail[0] / total
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Values the loop adds to each epoch's ``metrics.jsonl`` row (per-epoch rows only,
+        i.e. without ``log_every``); called after :meth:`end_epoch` on every rank and must be
+        global (equal on every rank): rank 0 writes the row."""
+        return {}
+
     def prepare(self, model: Any, data: torch.Tensor) -> None:
         """Precompute per-row quantities once per fit (fresh and resumed runs); ``step``
         receives the ``rows`` of its batch to index them."""

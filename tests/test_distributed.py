@@ -374,3 +374,33 @@ def test_a_two_process_drmm_run_resumes_on_one_process(tmp_path):
     rows = model.fit(_drmm_data(False), out_dir=tmp_path / "part", resume=True)
     assert rows[-1]["step"] == 9
     _close(_state(model), _drmm(0, False, 100)[1], rtol=1e-5, atol=1e-5)
+
+
+def _hard_em(rank: int, batch: int, out=None, stop=None):
+    from deepmix.models import DeepGMM, DeepGMMConfig
+
+    x = _blobs(211, 2)      # E-step shards 106 + 105; the last batch (11 rows) 6 + 5
+    model = DeepGMM(DeepGMMConfig(shape=(1, 1, 2), fold=1, layers="full2,full2", seed=3,
+                                  search="coordinate", dtype="float64"))
+    obj = deepmix.training.make_objective("deep-gmm", "hard-em", {
+        "lr": 0.02, "first_m_epochs": 1, "m_epochs": 1, "min_usage": 110})
+    rows = fit(model, x, obj, epochs=3, batch_size=batch, seed=2, out_dir=out,
+               stop_after_steps=stop)
+    return rows, _state(model), obj.paths
+
+
+def test_deep_gmm_hard_em_on_two_processes_equals_one_and_resumes_on_one(tmp_path):
+    rows, state, paths = _hard_em(0, 100)
+    assert sum(r["reseeded"] for r in rows[1:]) > 0          # the re-seeding draws too
+    for got_rows, got_state, got_paths in _ok(_run(2, _hard_em, tmp_path, 50)):
+        assert torch.equal(got_paths, paths)
+        for a, b in zip(got_rows[1:], rows[1:]):
+            assert a["reseeded"] == b["reseeded"]
+            assert a["e_step_lower_bound"] == pytest.approx(b["e_step_lower_bound"], rel=1e-9)
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        _close(got_state, state, rtol=1e-5, atol=1e-5)
+    # Stopped after its first EM iteration on 2 processes, resumed on 1.
+    _ok(_run(2, _hard_em, tmp_path, 50, tmp_path / "part", 3))
+    model = deepmix.load(tmp_path / "part")
+    fit(model, _blobs(211, 2), "hard-em", out_dir=tmp_path / "part", resume=True)
+    _close(_state(model), state, rtol=1e-5, atol=1e-5)

@@ -14,6 +14,7 @@ The loop (:func:`deepmix.training.loop.fit`) owns batches, order, seeds, device,
 - :meth:`Objective.epoch_order`: the data order of an epoch (default: a permutation from the
   loop's generator);
 - ``log_every`` + :meth:`Objective.log_row`: rows every N steps instead of per epoch;
+- :meth:`Objective.epoch_metrics`: the objective's own values in each epoch's row;
 - :meth:`Objective.state_dict` (JSON) and :meth:`Objective.state_tensors`: whatever resume
   needs beyond the model (controllers, optimiser moments, accumulated statistics).
 
@@ -22,7 +23,9 @@ every rank calls the same pieces on its own shard of each global batch (``batch`
 rank's rows only; ``LoopInfo.world`` says who is who). An objective makes its update equal the
 one-process update at the global batch with ONE hook, :meth:`Objective.reduce`: it sums a list
 of tensors (sufficient statistics, winner sums, weighted gradients, loss sums) over the ranks in
-one flattened all-reduce, and does nothing in one process. EM reduces its statistics once per
+one flattened all-reduce, and does nothing in one process (gradient steps use
+:meth:`Objective.reduce_row_weighted` or :meth:`Objective.reduce_gradients`, built on it). EM
+reduces its statistics once per
 iteration before the M-step, DCGMM its per-step winner statistics, gradient objectives their
 gradients. State that only one rank holds (the run folder is written by rank 0) must therefore
 be global: equal on every rank after the reductions.

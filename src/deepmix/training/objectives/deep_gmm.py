@@ -15,7 +15,15 @@ moments reset at each M step. After every E step a transformation (a bank block,
 layers) used by fewer than ``min_usage`` samples becomes a perturbed copy of its layer's most
 used one.
 
-The loss logged per batch is :math:`-s_c(x)` under the current paths, nats per image.
+The loss logged per batch is :math:`-s_c(x)` under the current paths, nats per image; each
+epoch's row adds the last E step's ``e_step_lower_bound`` and ``reseeded``
+(:meth:`HardEM.epoch_metrics`).
+
+Several processes: each rank searches its contiguous shard of the rows, from its rows of the
+random restarts drawn for all rows from a generator of (seed, EM iteration), and ONE reduce of a
+zero-filled path table assembles the paths on every rank (equal to the one-process paths); the
+re-seeding draws from the same generator, so alike everywhere; the M step (and the gates) use
+the row-weighted gradient all-reduce (:meth:`Objective.reduce_row_weighted`).
 """
 
 from __future__ import annotations

@@ -16,7 +16,16 @@ batch of ``init_batch`` rows drawn from the training data.
 Models of several stages (the image hierarchy, ``model.stages()``) train them one after the
 other in equal shares of the run's steps (the reference's split), each stage with its own Adam,
 its own schedules (t runs over the stage) and a fresh data-dependent initialisation of its DRMM
-on the first batch of the stage (the paper's image init batch is the batch, 64).
+on the first batch of the stage (the paper's image init batch is the batch, 64), from a
+generator seeded by the run's seed and the stage.
+
+Several processes: a step equals the one-process step at the global batch. The fit term is a
+mean over rows, but the orphan regulariser's :math:`\max_i d_{ik}` is not: its gradient reaches
+the one row of the global maximum. So the ranks first exchange their per-layer maxima (one small
+reduce), then each backpropagates its share of the global loss and the gradients are summed in
+one reduce (:meth:`Objective.reduce_gradients`); with ``alpha = 0`` the row-weighted gradient
+all-reduce alone (:meth:`Objective.reduce_row_weighted`). A later stage initialises on its first
+global batch (the whole data and the epoch's order are on every rank), alike on every rank.
 """
 
 from __future__ import annotations

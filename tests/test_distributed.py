@@ -404,3 +404,25 @@ def test_deep_gmm_hard_em_on_two_processes_equals_one_and_resumes_on_one(tmp_pat
     model = deepmix.load(tmp_path / "part")
     fit(model, _blobs(211, 2), "hard-em", out_dir=tmp_path / "part", resume=True)
     _close(_state(model), state, rtol=1e-5, atol=1e-5)
+
+
+def _empty_family(rank: int, family: str, batch: int):
+    from deepmix.models import DeepGMM, DeepGMMConfig
+
+    if family == "drmm":          # the image hierarchy: an empty shard has nothing to encode
+        model = _drmm_model(True)
+        model.fit(_drmm_data(True)[:49], epochs=2, batch_size=batch, seed=1, init_batch=64)
+        return _state(model)
+    model = DeepGMM(DeepGMMConfig(shape=(1, 1, 2), fold=1, layers="full2,full2", seed=3,
+                                  dtype="float64", gating=True, gate_hidden=4))
+    fit(model, _blobs(201, 2), "hard-em", epochs=2, batch_size=batch, seed=2, lr=0.02,
+        gating_epochs=1)
+    return _state(model)
+
+
+@pytest.mark.parametrize("family", ["drmm", "deep-gmm"])
+def test_an_empty_drmm_or_hard_em_shard_joins_the_reductions(tmp_path, family):
+    batch = 24 if family == "drmm" else 100      # the last batch holds 1 row
+    state = _empty_family(0, family, batch)
+    for got in _ok(_run(2, _empty_family, tmp_path, family, batch // 2)):
+        _close(got, state, rtol=1e-5, atol=1e-5)

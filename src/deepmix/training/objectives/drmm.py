@@ -250,7 +250,10 @@ class DRMMObjective(Objective):
         span = (self.total - first) if j == len(self.stages) - 1 else self.stage_steps
         t = (step - first) / max(1, span)
         stage, optimizer = self.stages[j], self.optimizers[j]
-        values, mask = model.stage_input(j, batch)
+        if batch.shape[0]:
+            values, mask = model.stage_input(j, batch)
+        else:   # an empty shard of a short last batch: nothing to encode; it joins the reduces
+            values, mask = batch, None
         if j > 0 and step == first and self.options.init is not None:
             self._initialize_stage(model, j, step)
         plan = CURRICULA[self.options.curriculum]

@@ -165,18 +165,26 @@ class HardEM(Objective):
         randoms = model.random_paths(N, generator) \
             if model.search_method(self.options.search) == "coordinate" else None
         lo, hi = shard_bounds(N, self.world.rank, self.world.size)
-        table = torch.zeros(N, model.n_vars, dtype=torch.float64, device=self._data.device)
-        score = torch.zeros(1, dtype=torch.float64, device=self._data.device)
         if hi > lo:
             paths, scores = model.search(
                 self._data[lo:hi], None if self.paths is None else self.paths[lo:hi],
                 method=self.options.search, generator=generator,
                 random_start=None if randoms is None else randoms[lo:hi])
+        else:   # fewer rows than ranks
+            paths = torch.zeros(0, model.n_vars, dtype=torch.long, device=self._data.device)
+            scores = self._data.new_zeros(0)
+        score = scores.to(torch.float64).sum().reshape(1)
+        if self.world.distributed:
+            # Path values are small integers: exact in the data's float dtype (the score sum
+            # travels in it too, so the table costs N x V x 4 bytes for float32 models).
+            table = torch.zeros(N, model.n_vars, dtype=self._data.dtype,
+                                device=self._data.device)
             table[lo:hi] = paths.to(table)
-            score += scores.to(torch.float64).sum()
-        self.reduce([table, score])
-        self.paths = table.round().long()
-        self.e_scores.append(float(score) / N)
+            score = score.to(table.dtype)
+            self.reduce([table, score])
+            paths = table.round().long()
+        self.paths = paths
+        self.e_scores.append(float(score[0]) / N)
         self.reseeded.append(self._reseed(model, generator))
         self.optimizer = torch.optim.Adam(self.params, lr=self.options.lr)
 

@@ -305,6 +305,11 @@ def test_hard_em_with_the_default_minibatch_schedule_and_resume(tmp_path):
     deepmix.training.fit(a, x, obj, epochs=8, batch_size=50, out_dir=tmp_path / "a")
     for u, v in zip(obj.e_scores, obj.e_scores[1:]):
         assert v >= u - 0.05                   # documented tolerance, nats per image
+    # Every epoch's row holds the last E step's bound (E steps at epochs 0, 2, 4, 6).
+    rows = [json.loads(l) for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("e_step_lower_bound") for r in rows] == [None] + [
+        obj.e_scores[(e - 1) // 2] for e in range(1, 9)]
+    assert [r["reseeded"] for r in rows[1:]] == [obj.reseeded[(e - 1) // 2] for e in range(1, 9)]
     # Interrupted after 3 epochs and resumed: the same model, bit for bit.
     b = DeepGMM(cfg)
     deepmix.training.fit(b, x, deepmix.training.make_objective("deep-gmm", "hard-em", options),

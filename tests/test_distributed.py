@@ -326,3 +326,103 @@ def test_train_nproc_two_equals_one_process(tmp_path):
     assert main([*base[3:], "--batch-size", "200", "--out", str(tmp_path / "one")]) == 0
     _close(_state(deepmix.load(tmp_path / "two")), _state(deepmix.load(tmp_path / "one")),
            rtol=1e-6, atol=1e-9)
+
+
+# ------------------------------------------------------------------- DRMM and the deep GMM
+def _drmm_model(patch: bool):
+    from deepmix.models import DRMM, DRMMConfig
+
+    if patch:   # three stages: each later one initialises on its first global batch
+        return DRMM.from_config(DRMMConfig(n_features=64, n_components=4, n_layers=1,
+                                           image_shape=(8, 8, 1), patch_layers=(1, 1),
+                                           patch_components=(3, 3), dtype="float64"))
+    return DRMM(DRMMConfig(n_features=2, n_components=4, n_layers=2, dtype="float64"))
+
+
+def _drmm_data(patch: bool) -> torch.Tensor:
+    from deepmix.data import drmm_sierpinski
+
+    if patch:
+        return torch.rand(72, 64, generator=torch.Generator().manual_seed(0),
+                          dtype=torch.float64)
+    return drmm_sierpinski(250, seed=0, dtype=torch.float64)  # last batch 50: 25 + 25
+
+
+def _drmm(rank: int, patch: bool, batch: int, out=None, stop=None, alpha=0.01):
+    model = _drmm_model(patch)
+    rows = model.fit(_drmm_data(patch), epochs=3, batch_size=batch, seed=1, init_batch=64,
+                     out_dir=out, stop_after_steps=stop, alpha=alpha)
+    return rows, _state(model)
+
+
+@pytest.mark.parametrize("patch,alpha", [(False, 0.01), (False, 0.0), (True, 0.01)])
+def test_drmm_on_two_processes_equals_one_at_the_global_batch(tmp_path, patch, alpha):
+    batch = 24 if patch else 100
+    rows, state = _drmm(0, patch, batch, alpha=alpha)
+    for got_rows, got_state in _ok(_run(2, _drmm, tmp_path, patch, batch // 2, None, None,
+                                        alpha)):
+        assert [r["step"] for r in got_rows] == [r["step"] for r in rows]
+        for a, b in zip(got_rows[1:], rows[1:]):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+            assert (a["rho_e"], a["lr"]) == (b["rho_e"], b["lr"])
+        _close(got_state, state, rtol=1e-5, atol=1e-5)
+
+
+def test_a_two_process_drmm_run_resumes_on_one_process(tmp_path):
+    _ok(_run(2, _drmm, tmp_path, False, 50, tmp_path / "part", 4))   # inside epoch 2
+    model = deepmix.load(tmp_path / "part")
+    rows = model.fit(_drmm_data(False), out_dir=tmp_path / "part", resume=True)
+    assert rows[-1]["step"] == 9
+    _close(_state(model), _drmm(0, False, 100)[1], rtol=1e-5, atol=1e-5)
+
+
+def _hard_em(rank: int, batch: int, out=None, stop=None):
+    from deepmix.models import DeepGMM, DeepGMMConfig
+
+    x = _blobs(211, 2)      # E-step shards 106 + 105; the last batch (11 rows) 6 + 5
+    model = DeepGMM(DeepGMMConfig(shape=(1, 1, 2), fold=1, layers="full2,full2", seed=3,
+                                  search="coordinate", dtype="float64"))
+    obj = deepmix.training.make_objective("deep-gmm", "hard-em", {
+        "lr": 0.02, "first_m_epochs": 1, "m_epochs": 1, "min_usage": 110})
+    rows = fit(model, x, obj, epochs=3, batch_size=batch, seed=2, out_dir=out,
+               stop_after_steps=stop)
+    return rows, _state(model), obj.paths
+
+
+def test_deep_gmm_hard_em_on_two_processes_equals_one_and_resumes_on_one(tmp_path):
+    rows, state, paths = _hard_em(0, 100)
+    assert sum(r["reseeded"] for r in rows[1:]) > 0          # the re-seeding draws too
+    for got_rows, got_state, got_paths in _ok(_run(2, _hard_em, tmp_path, 50)):
+        assert torch.equal(got_paths, paths)
+        for a, b in zip(got_rows[1:], rows[1:]):
+            assert a["reseeded"] == b["reseeded"]
+            assert a["e_step_lower_bound"] == pytest.approx(b["e_step_lower_bound"], rel=1e-9)
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        _close(got_state, state, rtol=1e-5, atol=1e-5)
+    # Stopped after its first EM iteration on 2 processes, resumed on 1.
+    _ok(_run(2, _hard_em, tmp_path, 50, tmp_path / "part", 3))
+    model = deepmix.load(tmp_path / "part")
+    fit(model, _blobs(211, 2), "hard-em", out_dir=tmp_path / "part", resume=True)
+    _close(_state(model), state, rtol=1e-5, atol=1e-5)
+
+
+def _empty_family(rank: int, family: str, batch: int):
+    from deepmix.models import DeepGMM, DeepGMMConfig
+
+    if family == "drmm":          # the image hierarchy: an empty shard has nothing to encode
+        model = _drmm_model(True)
+        model.fit(_drmm_data(True)[:49], epochs=2, batch_size=batch, seed=1, init_batch=64)
+        return _state(model)
+    model = DeepGMM(DeepGMMConfig(shape=(1, 1, 2), fold=1, layers="full2,full2", seed=3,
+                                  dtype="float64", gating=True, gate_hidden=4))
+    fit(model, _blobs(201, 2), "hard-em", epochs=2, batch_size=batch, seed=2, lr=0.02,
+        gating_epochs=1)
+    return _state(model)
+
+
+@pytest.mark.parametrize("family", ["drmm", "deep-gmm"])
+def test_an_empty_drmm_or_hard_em_shard_joins_the_reductions(tmp_path, family):
+    batch = 24 if family == "drmm" else 100      # the last batch holds 1 row
+    state = _empty_family(0, family, batch)
+    for got in _ok(_run(2, _empty_family, tmp_path, family, batch // 2)):
+        _close(got, state, rtol=1e-5, atol=1e-5)

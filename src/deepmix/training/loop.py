@@ -10,8 +10,10 @@ state are all in the checkpoint.
 
 ``metrics.jsonl`` rows (one schema for every family): ``epoch``, ``step``, ``loss`` (mean of
 the objective's batch losses over the epoch; absent for epoch 0, the initialisation),
-``seconds`` (cumulative training time, evaluation excluded), ``samples_per_s``, and whatever
-the ``evaluate`` callback returns (e.g. ``train_nll``, ``valid_nll``).
+``seconds`` (cumulative training time, evaluation excluded), ``samples_per_s``, the
+objective's own per-epoch values (:meth:`~deepmix.training.objectives.Objective.epoch_metrics`,
+e.g. hard EM's ``e_step_lower_bound``), and whatever the ``evaluate`` callback returns (e.g.
+``train_nll``, ``valid_nll``).
 
 Several processes (``torchrun``, ``deepmix train --nproc N``; :mod:`deepmix.utils.distributed`)
 run the same loop: every rank draws the same seeded order of each epoch and takes its
@@ -426,7 +428,8 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                     emit(with_evaluation({
                         "epoch": epoch + 1, "step": step, "loss": mean, "seconds": now,
                         "samples_per_s": epoch_rows / max(time.perf_counter() - t_epoch,
-                                                          1e-9)}))
+                                                          1e-9),
+                        **objective.epoch_metrics()}))
                     if bar is not None:
                         bar.set_postfix_str(f"loss={mean:.4g}")
                 epoch_loss.zero_()

@@ -221,6 +221,11 @@ class DeepGMM(Model):
         k = min(self.n_paths(), self._chains())
         return int(max(1, min(self.config.chunk_size, _EXACT_BUDGET // max(1.0, k * self.D))))
 
+    def search_method(self, method: str | None = None) -> str:
+        """The path search ``search`` runs for ``method`` (None: the config's; ``auto``
+        resolved): ``"exact"`` or ``"coordinate"``."""
+        return self._method(method)
+
     def _method(self, method: str | None) -> str:
         method = method or self.config.search
         if method == "auto":
@@ -232,12 +237,16 @@ class DeepGMM(Model):
 
     @torch.no_grad()
     def search(self, x: Any, start: torch.Tensor | None = None, *, method: str | None = None,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               generator: torch.Generator | None = None,
+               random_start: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The E step: the best path found per sample and its score, ((N, V), (N,)).
 
         ``exact`` enumerates every path; ``coordinate`` runs the paper's schedule: one pass from
         ``start`` (when given) and ``restarts`` passes from one uniformly random path, keeping
-        the better per sample, so the result never scores below ``start``.
+        the better per sample, so the result never scores below ``start``. The random paths
+        are ``random_start`` (N, V) when given (a shard of a distributed E step takes its rows
+        of the paths drawn for all rows), else drawn from ``generator``. Rows are searched
+        independently: a row's result does not depend on the others.
         """
         x = self.check_input(x)
         self.check_invertible()
@@ -246,7 +255,15 @@ class DeepGMM(Model):
         step = self.config.chunk_size
         if method == "exact":
             step = self._exact_chunk()
-        randoms = self.random_paths(x.shape[0], generator) if method == "coordinate" else None
+        randoms = None
+        if method == "coordinate":
+            if random_start is None:
+                randoms = self.random_paths(x.shape[0], generator)
+            elif tuple(random_start.shape) != (x.shape[0], self.n_vars):
+                raise InputError(f"random_start must be ({x.shape[0]}, {self.n_vars}) paths, "
+                                 f"got {tuple(random_start.shape)}")
+            else:
+                randoms = random_start.to(self.device)
         for a in range(0, x.shape[0], step):
             h0 = self.fold(x[a:a + step])
             if method == "exact" and self.n_paths() > self.config.max_exact_paths:

@@ -14,6 +14,7 @@ The loop (:func:`deepmix.training.loop.fit`) owns batches, order, seeds, device,
 - :meth:`Objective.epoch_order`: the data order of an epoch (default: a permutation from the
   loop's generator);
 - ``log_every`` + :meth:`Objective.log_row`: rows every N steps instead of per epoch;
+- :meth:`Objective.epoch_metrics`: the objective's own values in each epoch's row;
 - :meth:`Objective.state_dict` (JSON) and :meth:`Objective.state_tensors`: whatever resume
   needs beyond the model (controllers, optimiser moments, accumulated statistics).
 
@@ -22,7 +23,9 @@ every rank calls the same pieces on its own shard of each global batch (``batch`
 rank's rows only; ``LoopInfo.world`` says who is who). An objective makes its update equal the
 one-process update at the global batch with ONE hook, :meth:`Objective.reduce`: it sums a list
 of tensors (sufficient statistics, winner sums, weighted gradients, loss sums) over the ranks in
-one flattened all-reduce, and does nothing in one process. EM reduces its statistics once per
+one flattened all-reduce, and does nothing in one process (gradient steps use
+:meth:`Objective.reduce_row_weighted` or :meth:`Objective.reduce_gradients`, built on it). EM
+reduces its statistics once per
 iteration before the M-step, DCGMM its per-step winner statistics, gradient objectives their
 gradients. State that only one rank holds (the run folder is written by rank 0) must therefore
 be global: equal on every rank after the reductions.
@@ -133,6 +136,44 @@ class Objective:
         on one flattened buffer; a no-op in one process. Every rank must call it at the same
         point with tensors of the same shapes."""
         self.world.all_reduce_(list(tensors))
+
+    def reduce_gradients(self, params: list[torch.Tensor],
+                         extra: list[torch.Tensor] = ()) -> None:
+        """Sum the ``.grad`` of ``params`` (zeros where a rank has none, e.g. an empty shard)
+        and the ``extra`` tensors over the ranks in ONE :meth:`reduce`: each rank's gradient
+        of its share of a global loss becomes the global loss's gradient."""
+        grads = []
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        self.reduce([*grads, *extra])
+
+    def reduce_row_weighted(self, params: list[torch.Tensor], loss: torch.Tensor,
+                            n: int) -> torch.Tensor:
+        r"""The global batch's gradient from this rank's (DDP's average, exact for uneven
+        batches): ``params``' ``.grad`` hold :math:`g_r`, the gradient of ``loss``, this rank's
+        mean over its ``n`` rows (a rank with none passes a zero loss and no gradients); ONE
+        :meth:`reduce` of :math:`[n_r g_r, n_r \mathrm{loss}_r, n_r]` leaves
+        :math:`g = \sum_r n_r g_r / \sum_r n_r` in ``.grad``. Returns the global batch's mean
+        loss (0-d, the same on every rank)."""
+        ref = params[0]
+        tail = torch.stack([loss.detach().to(ref.dtype) * n,
+                            torch.tensor(float(n), dtype=ref.dtype, device=ref.device)])
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(n)
+        self.reduce_gradients(params, [tail])
+        total = tail[1]
+        for p in params:
+            p.grad.div_(total)
+        return tail[0] / total
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Values the loop adds to each epoch's ``metrics.jsonl`` row (per-epoch rows only,
+        i.e. without ``log_every``); called after :meth:`end_epoch` on every rank and must be
+        global (equal on every rank): rank 0 writes the row."""
+        return {}
 
     def prepare(self, model: Any, data: torch.Tensor) -> None:
         """Precompute per-row quantities once per fit (fresh and resumed runs); ``step``

@@ -15,7 +15,15 @@ moments reset at each M step. After every E step a transformation (a bank block,
 layers) used by fewer than ``min_usage`` samples becomes a perturbed copy of its layer's most
 used one.
 
-The loss logged per batch is :math:`-s_c(x)` under the current paths, nats per image.
+The loss logged per batch is :math:`-s_c(x)` under the current paths, nats per image; each
+epoch's row adds the last E step's ``e_step_lower_bound`` and ``reseeded``
+(:meth:`HardEM.epoch_metrics`).
+
+Several processes: each rank searches its contiguous shard of the rows, from its rows of the
+random restarts drawn for all rows from a generator of (seed, EM iteration), and ONE reduce of a
+zero-filled path table assembles the paths on every rank (equal to the one-process paths); the
+re-seeding draws from the same generator, so alike everywhere; the M step (and the gates) use
+the row-weighted gradient all-reduce (:meth:`Objective.reduce_row_weighted`).
 """
 
 from __future__ import annotations
@@ -27,9 +35,13 @@ from typing import Any
 import torch
 
 from ...errors import ConfigError
+from ...utils.distributed import shard_bounds
 from .base import Objective, ObjectiveOptions, register_objective
 
 __all__ = ["HardEMOptions", "HardEM"]
+
+# Seed mixer of the E steps' generators (the run's seed, the EM iteration).
+_E_SEED_MIX = 1_000_039
 
 
 @dataclass
@@ -135,13 +147,44 @@ class HardEM(Objective):
         self.e_scores: list[float] = []
         self.reseeded: list[int] = []
 
-    def e_step(self, model: Any, generator: torch.Generator) -> None:
-        """Path search over the whole training set (warm start from the previous paths), the
-        min_usage re-seeding, and fresh Adam moments."""
-        paths, scores = model.search(self._data, self.paths, method=self.options.search,
-                                     generator=generator)
+    def e_generator(self, k: int) -> torch.Generator:
+        """The randomness of EM iteration k's E step (random restarts, re-seeding noise): a
+        CPU generator seeded by the run's seed and k, the same on every rank and device."""
+        return torch.Generator().manual_seed((self.info.seed * _E_SEED_MIX + k) % 2 ** 63)
+
+    def e_step(self, model: Any, k: int) -> None:
+        """EM iteration k's path search over the whole training set (warm start from the
+        previous paths), the min_usage re-seeding, and fresh Adam moments.
+
+        On several processes each rank searches its contiguous shard of the rows
+        (``shard_bounds``) from its rows of the random restarts drawn for all rows, so the
+        paths equal the one-process paths; ONE reduce of a zero-filled (N, V) table (each
+        rank's rows filled) and the score sum assembles them on every rank."""
+        generator = self.e_generator(k)
+        N = self._data.shape[0]
+        randoms = model.random_paths(N, generator) \
+            if model.search_method(self.options.search) == "coordinate" else None
+        lo, hi = shard_bounds(N, self.world.rank, self.world.size)
+        if hi > lo:
+            paths, scores = model.search(
+                self._data[lo:hi], None if self.paths is None else self.paths[lo:hi],
+                method=self.options.search, generator=generator,
+                random_start=None if randoms is None else randoms[lo:hi])
+        else:   # fewer rows than ranks
+            paths = torch.zeros(0, model.n_vars, dtype=torch.long, device=self._data.device)
+            scores = self._data.new_zeros(0)
+        score = scores.to(torch.float64).sum().reshape(1)
+        if self.world.distributed:
+            # Path values are small integers: exact in the data's float dtype (the score sum
+            # travels in it too, so the table costs N x V x 4 bytes for float32 models).
+            table = torch.zeros(N, model.n_vars, dtype=self._data.dtype,
+                                device=self._data.device)
+            table[lo:hi] = paths.to(table)
+            score = score.to(table.dtype)
+            self.reduce([table, score])
+            paths = table.round().long()
         self.paths = paths
-        self.e_scores.append(float(scores.mean()))
+        self.e_scores.append(float(score[0]) / N)
         self.reseeded.append(self._reseed(model, generator))
         self.optimizer = torch.optim.Adam(self.params, lr=self.options.lr)
 
@@ -172,19 +215,35 @@ class HardEM(Objective):
         epoch, b = divmod(step, self.info.steps_per_epoch)
         if epoch >= self.info.epochs - self.options.gating_epochs and self.paths is not None:
             return self._gate_step(model, batch, self.paths[rows])
-        if b == 0 and (self.paths is None or self._m_step_of(epoch)[1] == epoch):
-            self.e_step(model, generator)
+        k, first, _ = self._m_step_of(epoch)
+        if b == 0 and (self.paths is None or first == epoch):
+            self.e_step(model, k)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(step)
-        # The loop's rows were checked once (check); skip the per-batch finiteness sync.
-        loss = -model.score_folded(model.fold(batch), self.paths[rows]).mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        n = batch.shape[0]
+        if n:
+            # The loop's rows were checked once (check); skip the per-batch finiteness sync.
+            loss = -model.score_folded(model.fold(batch), self.paths[rows]).mean()
+            loss.backward()
+        else:   # an empty shard of a short last batch still joins the all-reduce
+            loss = batch.new_zeros(())
+        if self.world.distributed:
+            self.reduce_row_weighted(self.params, loss, n)
         self.optimizer.step()
         return loss.detach()
 
     def _gate_step(self, model: Any, batch: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the gates on the paths: :math:`-\\sum_l \\log g_l(h_l)[c_l]`."""
+        """Cross-entropy of the gates on the paths: :math:`-\\sum_l \\log g_l(h_l)[c_l]`
+        (on several processes the row-weighted gradient all-reduce, as the M step)."""
+        gates = list(self.gate_optimizer.param_groups[0]["params"])
+        self.gate_optimizer.zero_grad(set_to_none=True)
+        n = batch.shape[0]
+        if not n:
+            loss = batch.new_zeros(())
+            self.reduce_row_weighted(gates, loss, n)
+            self.gate_optimizer.step()
+            return loss
         with torch.no_grad():
             h = model.fold(batch)
             inputs = []
@@ -196,10 +255,18 @@ class HardEM(Objective):
             term = model._gate_term(i, h, cl)
             if torch.is_tensor(term):
                 loss = loss - term.mean()
-        self.gate_optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.world.distributed:
+            self.reduce_row_weighted(gates, loss, n)
         self.gate_optimizer.step()
         return loss.detach()
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """The last E step's mean lower bound (nats per image) and the transformations it
+        re-seeded (global: reduced and drawn alike on every rank)."""
+        if not self.e_scores:
+            return {}
+        return {"e_step_lower_bound": self.e_scores[-1], "reseeded": self.reseeded[-1]}
 
     # ------------------------------------------------------------------------ resume
     def state_dict(self) -> dict[str, Any]:

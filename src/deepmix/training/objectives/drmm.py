@@ -16,7 +16,16 @@ batch of ``init_batch`` rows drawn from the training data.
 Models of several stages (the image hierarchy, ``model.stages()``) train them one after the
 other in equal shares of the run's steps (the reference's split), each stage with its own Adam,
 its own schedules (t runs over the stage) and a fresh data-dependent initialisation of its DRMM
-on the first batch of the stage (the paper's image init batch is the batch, 64).
+on the first batch of the stage (the paper's image init batch is the batch, 64), from a
+generator seeded by the run's seed and the stage.
+
+Several processes: a step equals the one-process step at the global batch. The fit term is a
+mean over rows, but the orphan regulariser's :math:`\max_i d_{ik}` is not: its gradient reaches
+the one row of the global maximum. So the ranks first exchange their per-layer maxima (one small
+reduce), then each backpropagates its share of the global loss and the gradients are summed in
+one reduce (:meth:`Objective.reduce_gradients`); with ``alpha = 0`` the row-weighted gradient
+all-reduce alone (:meth:`Objective.reduce_row_weighted`). A later stage initialises on its first
+global batch (the whole data and the epoch's order are on every rank), alike on every rank.
 """
 
 from __future__ import annotations
@@ -29,6 +38,9 @@ import torch
 
 from ...errors import ConfigError
 from .base import LoopInfo, Objective, ObjectiveOptions, register_objective
+
+# Seed mixer of a later stage's initialisation generator (the run's seed, the stage).
+_STAGE_SEED_MIX = 1_000_037
 
 __all__ = ["DRMMOptions", "DRMMObjective", "rho_schedule", "lr_factor", "CURRICULA",
            "Curriculum", "CurriculumV2"]
@@ -135,6 +147,15 @@ class DRMMObjective(Objective):
     families = ("drmm",)
     options_class = DRMMOptions
 
+    def prepare(self, model: Any, data: torch.Tensor) -> None:
+        self._data = data          # a later stage initialises on its first global batch
+        self._order: torch.Tensor | None = None
+
+    def epoch_order(self, info: LoopInfo, epoch: int, generator: torch.Generator,
+                    device: torch.device) -> torch.Tensor | None:
+        self._order = super().epoch_order(info, epoch, generator, device)
+        return self._order
+
     def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:
         if self.options.init is None:
             return
@@ -144,12 +165,14 @@ class DRMMObjective(Objective):
         model.initialize(data[rows], generator=generator)
 
     def bind(self, model: Any, info: LoopInfo) -> None:
+        self.info = info
         self.stages = model.stages()
         self.total = max(1, info.total_steps)
         self.stage_steps = max(1, math.ceil(self.total / len(self.stages)))
         self.optimizers = [torch.optim.Adam(stage.parameters(), lr=self.options.lr,
                                             betas=(0.9, 0.999), eps=1e-8)
                            for stage in self.stages]
+        self._now: tuple[float, float] | None = None     # (rho_E, lr) of the last step
         rho = self.options.rho_final
         self.rho_final = getattr(model, "default_rho_final", 1.0) if rho is None else rho
 
@@ -159,8 +182,19 @@ class DRMMObjective(Objective):
         """The summed per-layer losses of one batch of a (flat) DRMM (differentiable);
         ``end_to_end`` lets the gradients through the layers' inputs."""
         alpha = self.options.alpha if alpha is None else alpha
-        streams = model.split(batch, mask)
         total = batch.new_zeros(())
+        for fit, data in self._layer_parts(model, batch, rho_e, mask, end_to_end):
+            total = total - fit.mean()
+            if alpha:
+                total = total - alpha * data.max(0).values.mean()
+        return total
+
+    def _layer_parts(self, model: Any, batch: torch.Tensor, rho_e: float,
+                     mask: torch.Tensor | None, end_to_end: bool
+                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer: :math:`m_{i,e_i}` (N,) and the data terms d (N, K), differentiable."""
+        streams = model.split(batch, mask)
+        parts = []
         for layer in model.layers:
             inputs = streams if end_to_end else [type(s)(s.value.detach(), s.mask.detach())
                                                  for s in streams]
@@ -169,12 +203,45 @@ class DRMMObjective(Objective):
             with torch.no_grad():
                 e = (data + rho_e * latent).argmax(1)
                 h = m.argmax(1)
-            total = total - m.gather(1, e[:, None]).mean()
-            if alpha:
-                total = total - alpha * data.max(0).values.mean()
+            parts.append((m.gather(1, e[:, None])[:, 0], data))
             with torch.set_grad_enabled(end_to_end and torch.is_grad_enabled()):
                 streams = layer.advance(inputs, h)
-        return total
+        return parts
+
+    def _global_share(self, stage: Any, values: torch.Tensor, rho_e: float,
+                      mask: torch.Tensor | None, alpha: float, end_to_end: bool
+                      ) -> torch.Tensor:
+        r"""This rank's share :math:`L_r` of the global batch's loss, :math:`\sum_r L_r = L`.
+
+        The fit term is a mean over rows (each rank sums its rows, divided by the global row
+        count). The orphan regulariser :math:`\max_i d_{ik}` is not: its gradient reaches the
+        one row holding the global maximum. So the ranks first exchange their per-layer
+        maxima and row counts (one small :meth:`reduce` of a zero-filled (ranks, sum K + 1)
+        table), and the rank holding component k's global maximum (the lowest such rank, as
+        ``max`` takes the first row) contributes that term.
+        """
+        world = self.world
+        n = values.shape[0]
+        parts = self._layer_parts(stage, values, rho_e, mask, end_to_end) if n else []
+        Ks = [layer.n_components for layer in stage.layers]
+        table = values.new_zeros(world.size, sum(Ks) + 1)
+        if n:
+            table[world.rank, :-1] = torch.cat([d.detach().max(0).values for _, d in parts])
+        else:       # an empty shard of a short last batch holds no maximum
+            table[world.rank, :-1] = -math.inf
+        table[world.rank, -1] = float(n)
+        self.reduce([table])
+        share = values.new_zeros(())
+        if not n:
+            return share
+        rows = table[:, -1].sum()
+        winner = table[:, :-1].argmax(0) == world.rank          # (sum K,)
+        for (fit, data), mine in zip(parts, winner.split(Ks)):
+            share = share - fit.sum() / rows
+            if alpha:
+                top = torch.where(mine, data.max(0).values, data.new_zeros(()))
+                share = share - alpha * top.sum() / data.shape[1]
+        return share
 
     def step(self, model: Any, batch: torch.Tensor, *, generator: torch.Generator, step: int,
              targets: torch.Tensor | None = None, rows: Any = None) -> torch.Tensor | None:
@@ -183,21 +250,62 @@ class DRMMObjective(Objective):
         span = (self.total - first) if j == len(self.stages) - 1 else self.stage_steps
         t = (step - first) / max(1, span)
         stage, optimizer = self.stages[j], self.optimizers[j]
-        values, mask = model.stage_input(j, batch)
+        if batch.shape[0]:
+            values, mask = model.stage_input(j, batch)
+        else:   # an empty shard of a short last batch: nothing to encode; it joins the reduces
+            values, mask = batch, None
         if j > 0 and step == first and self.options.init is not None:
-            stage.initialize(values, generator=generator)
+            self._initialize_stage(model, j, step)
         plan = CURRICULA[self.options.curriculum]
         if plan.restart_step(span) == step - first:
             optimizer.state.clear()            # Adam restarted (v2, at t = 0.5)
         for group in optimizer.param_groups:
             group["lr"] = self.options.lr * lr_factor(t)
-        loss = self.layer_losses(stage, values, plan.rho(t, self.rho_final), mask,
-                                 alpha=self.options.alpha * plan.regulariser_weight(t),
-                                 end_to_end=plan.end_to_end(t))
+        self._now = (plan.rho(t, self.rho_final), self.options.lr * lr_factor(t))
+        alpha = self.options.alpha * plan.regulariser_weight(t)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        params = list(stage.parameters())
+        if self.world.distributed and not alpha:
+            # A plain mean over rows: the row-weighted gradient all-reduce (ONE reduce).
+            n = values.shape[0]
+            local = self.layer_losses(stage, values, self._now[0], mask, alpha=0.0,
+                                      end_to_end=plan.end_to_end(t)) if n else \
+                values.new_zeros(())
+            if n:
+                local.backward()
+            loss = self.reduce_row_weighted(params, local, n)
+        elif self.world.distributed:
+            share = self._global_share(stage, values, self._now[0], mask, alpha,
+                                       plan.end_to_end(t))
+            if share.requires_grad:
+                share.backward()
+            loss = share.detach().clone()
+            # The gradients of the shares sum to the global batch's gradient.
+            self.reduce_gradients(params, [loss])
+        else:
+            loss = self.layer_losses(stage, values, self._now[0], mask, alpha=alpha,
+                                     end_to_end=plan.end_to_end(t))
+            loss.backward()
         optimizer.step()
         return loss.detach()
+
+    def _initialize_stage(self, model: Any, j: int, step: int) -> None:
+        """Stage j's data-dependent initialisation on the stage's first global batch (every
+        rank alike: the whole data and the epoch's order are on every rank) from a generator
+        seeded by the run's seed and j."""
+        b = step % self.info.steps_per_epoch
+        lo = b * self.info.batch_size
+        hi = lo + self.info.global_rows(step)
+        rows = slice(lo, hi) if self._order is None else self._order[lo:hi]
+        values, _ = model.stage_input(j, self._data[rows])
+        gen = torch.Generator().manual_seed((self.info.seed * _STAGE_SEED_MIX + j) % 2 ** 63)
+        self.stages[j].initialize(values, generator=gen)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """The schedules at the epoch's last step: rho_E and Adam's rate."""
+        if self._now is None:
+            return {}
+        return {"rho_e": self._now[0], "lr": self._now[1]}
 
     # Adam's moments per stage, flattened to named tensors (as the gradient objectives do).
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -145,21 +145,9 @@ class GradientObjective(Objective):
             loss.backward()
         else:   # an empty shard of a short last batch still joins the all-reduce
             loss = torch.zeros((), dtype=ref.dtype, device=ref.device)
-        grads = []
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            grads.append(p.grad)
-        tail = torch.stack([loss.detach().to(ref.dtype) * n,
-                            torch.tensor(float(n), dtype=ref.dtype, device=ref.device)])
-        for g in grads:
-            g.mul_(n)
-        self.reduce([*grads, tail])
-        total = tail[1]
-        for g in grads:
-            g.div_(total)
+        total = self.reduce_row_weighted(self.params, loss, n)
         # The global batch's mean loss: the same on every rank, so every rank skips alike.
-        out = self._apply(tail[0] / total)
+        out = self._apply(total)
         return None if out is None else loss.detach()
 
     def _apply(self, loss: torch.Tensor) -> torch.Tensor | None:

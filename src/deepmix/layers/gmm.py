@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import SpecError
+from . import fused_gmm
 from .annealing import annealing_matrix, initial_sigma
 from .base import Layer, Shape
 
@@ -103,6 +104,10 @@ class GMM(Layer):
     #: Used where it measured faster on a 2-core CPU: many input channels (responsibility maps)
     #: or small patches (D < 32); large single-channel pixel patches keep the matrix product.
     use_conv: bool = True
+    #: Compute a shared layer's winner statistics with the fused CPU kernel of
+    #: :mod:`deepmix.layers.fused_gmm` (one pass over each block of patches) where it is built;
+    #: False keeps the pure-torch reference path below (CUDA always does).
+    use_fused: bool = True
 
     def __init__(self, input_shape: Shape, K: int, independent: bool = False, *,
                  mu_init: float = 0.1, d_init: float = math.sqrt(20.0), d_min: float = 0.1,
@@ -295,6 +300,8 @@ class GMM(Layer):
         H, W, _ = self.input_shape
         Wl, c = self._linear_form()
         g = self.annealing_matrix()
+        if self._fused_applies(x):
+            return self._fused_statistics(x, fold, Wl, c, g)
         per_chunk = max(1, chunk_rows // (H * W))
         sums = torch.zeros(P * K, 2 * D, dtype=self.mu.dtype, device=self.mu.device)
         counts = torch.zeros(P * K, dtype=torch.long, device=self.mu.device)
@@ -344,6 +351,23 @@ class GMM(Layer):
         resp = resp_parts[0] if len(resp_parts) == 1 else torch.cat(resp_parts)
         return WinnerStatistics(sums=sums, counts=counts.to(sums.dtype), loss_sum=loss_sum,
                                 resp=resp.reshape(N, H, W, K))
+
+    def _fused_applies(self, x: torch.Tensor) -> bool:
+        return (self.use_fused and not self.independent and x.shape[0] > 0
+                and x.dtype == self.mu.dtype and x.device == self.mu.device
+                and fused_gmm.available(x, self.K))
+
+    def _fused_statistics(self, x: torch.Tensor, fold: Any, Wl: torch.Tensor, c: torch.Tensor,
+                          g: torch.Tensor | None) -> WinnerStatistics:
+        """:meth:`winner_statistics` by the fused kernel (same results up to float rounding)."""
+        N = x.shape[0]
+        H, W, _ = self.input_shape
+        geometry = ((fold.fy, fold.fx, fold.sy, fold.sx, H, W) if fold is not None
+                    else (1, 1, 1, 1, H, W))
+        sums, counts, best, resp = fused_gmm.fused_statistics(x, geometry, Wl[0], c[0], g)
+        loss_sum = best.to(self.mu.dtype) - N * H * W * 0.5 * self.D * _LOG_2PI
+        return WinnerStatistics(sums=sums, counts=counts.to(sums.dtype), loss_sum=loss_sum,
+                                resp=resp.reshape(N, H, W, self.K))
 
     @torch.no_grad()
     def apply_statistics(self, st: WinnerStatistics, rows: int, lr: float, lr_mu: float = 1.0,

@@ -41,10 +41,40 @@ _SOURCE = r"""
 #include <cmath>
 #include <cstring>
 #include <cstdint>
+#include <limits>
 #include <vector>
 #include <omp.h>
 
 template <typename T> struct Vec { typedef T type __attribute__((vector_size(64))); };
+
+// exp(d) for d <= 0 of one vector, 0 where d < -42 (the reference would cut that to 0 too).
+template <typename T, typename V> struct Exp {
+  static inline V apply(V d) {
+    V out;
+    for (unsigned l = 0; l < sizeof(V) / sizeof(T); ++l) out[l] = d[l] < T(-42) ? T(0) : std::exp(d[l]);
+    return out;
+  }
+};
+// float: Cody-Waite reduction and the Cephes polynomial (about 1 ulp), 16 lanes at once.
+template <typename V> struct Exp<float, V> {
+  static inline V apply(V d) {
+    typedef int I __attribute__((vector_size(sizeof(V))));
+    const V lo = V{} - 42.0f;
+    V x = d < lo ? lo : d;
+    V t = x * 1.44269504088896341f - 0.5f;
+    I n = __builtin_convertvector(t, I);            // round(x log2 e) for x <= 0
+    V nf = __builtin_convertvector(n, V);
+    V r = x - nf * 0.693359375f - nf * -2.12194440e-4f;
+    V p = V{} + 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f; p = p * r + 8.3334519073E-3f; p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f; p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    I bits = (n + 127) << 23;
+    V scale; std::memcpy(&scale, &bits, sizeof(V));
+    V e = p * scale;
+    return d < lo ? V{} : e;
+  }
+};
 
 template <typename T, int NV>
 static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, long sx,
@@ -52,22 +82,81 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
                 T* resp, T* sums, int64_t* counts, double* best_sum, int nthreads) {
   typedef typename Vec<T>::type V;
   const long L = 64 / sizeof(T), KP = NV * L, D = fy * fx * C, D2 = 2 * D, run_len = fx * C;
-  // The all-zero patch scores exactly c: evaluate it once.
-  T s0[NV * 16], a0[NV * 16], r0[NV * 16];
-  long k0 = 0;
-  {
-    for (long k = 0; k < K; ++k) s0[k] = cpad[k];
-    for (long k = 0; k < K; ++k) {
-      T a = 0;
-      if (gT) { for (long j = 0; j < K; ++j) a += gT[j * KP + k] * s0[j]; } else a = s0[k];
-      a0[k] = a;
+  const T floor_r = T(1e-18);
+  // Horizontal max / sum of NV vectors as a tree (a chain of K scalar steps is latency-bound).
+  auto hmax = [&](const V* a) {
+    V m = a[0];
+    for (int v = 1; v < NV; ++v) m = m > a[v] ? m : a[v];
+    T buf[16]; std::memcpy(buf, &m, sizeof(V));
+    for (long w = L / 2; w >= 1; w /= 2)
+      for (long l = 0; l < w; ++l) buf[l] = buf[l] > buf[l + w] ? buf[l] : buf[l + w];
+    return buf[0];
+  };
+  auto hsum = [&](const V* a) {
+    V m = a[0];
+    for (int v = 1; v < NV; ++v) m += a[v];
+    T buf[16]; std::memcpy(buf, &m, sizeof(V));
+    for (long w = L / 2; w >= 1; w /= 2)
+      for (long l = 0; l < w; ++l) buf[l] += buf[l + w];
+    return buf[0];
+  };
+  // Padding lanes (k >= K) hold -inf in c, hence in the scores; the annealed scores start there.
+  V apad[NV];
+  for (int v = 0; v < NV; ++v)
+    for (long l = 0; l < L; ++l) apad[v][l] = v * L + l < K ? T(0) : -std::numeric_limits<T>::infinity();
+  // Winner, annealed best score and responsibilities of one patch from its scores.
+  auto finish = [&](const V* sv, T* rr, long& ks, T& best) {
+    const V* ap = sv;
+    V g[NV];
+    if (gT) {
+      T s[NV * 16];
+      std::memcpy(s, sv, sizeof(V) * NV);
+      V h[NV];   // two accumulator chains: the K-step FMA chain is latency-bound
+      for (int v = 0; v < NV; ++v) { g[v] = apad[v]; h[v] = V{}; }
+      long j = 0;
+      for (; j + 1 < K; j += 2) {
+        const T sj = s[j], sk = s[j + 1];
+        for (int v = 0; v < NV; ++v) {
+          V w, u;
+          std::memcpy(&w, gT + j * KP + v * L, sizeof(V));
+          std::memcpy(&u, gT + (j + 1) * KP + v * L, sizeof(V));
+          g[v] += sj * w; h[v] += sk * u;
+        }
+      }
+      for (; j < K; ++j) {
+        const T sj = s[j];
+        for (int v = 0; v < NV; ++v) { V w; std::memcpy(&w, gT + j * KP + v * L, sizeof(V)); g[v] += sj * w; }
+      }
+      for (int v = 0; v < NV; ++v) g[v] += h[v];
+      ap = g;
     }
-    for (long k = 1; k < K; ++k) if (a0[k] > a0[k0]) k0 = k;
-    T m = s0[0];
-    for (long k = 1; k < K; ++k) if (s0[k] > m) m = s0[k];
-    T tot = 0;
-    for (long k = 0; k < K; ++k) { T d = s0[k] - m; r0[k] = d < T(-42) ? T(0) : std::exp(d); tot += r0[k]; }
-    for (long k = 0; k < K; ++k) { T r = r0[k] / tot; r0[k] = r > T(1e-18) ? r : T(0); }
+    // First maximum of the annealed scores.
+    const T am = hmax(ap);
+    T a[NV * 16];
+    std::memcpy(a, ap, sizeof(V) * NV);
+    ks = 0;
+    while (a[ks] != am && ks < K - 1) ++ks;
+    best = am;
+    const T mx = hmax(sv);
+    V e[NV];
+    for (int v = 0; v < NV; ++v) e[v] = Exp<T, V>::apply(sv[v] - mx);
+    const T inv = T(1) / hsum(e);
+    T out[NV * 16];
+    for (int v = 0; v < NV; ++v) {
+      V r = e[v] * inv;
+      r = r > floor_r ? r : V{};
+      std::memcpy(out + v * L, &r, sizeof(V));
+    }
+    std::memcpy(rr, out, K * sizeof(T));
+  };
+  // The all-zero patch scores exactly c: evaluate it once.
+  T r0[NV * 16];
+  long k0 = 0;
+  T a0 = 0;
+  {
+    V acc[NV];
+    for (int v = 0; v < NV; ++v) std::memcpy(&acc[v], cpad + v * L, sizeof(V));
+    finish(acc, r0, k0, a0);
   }
   int nt = nthreads < 1 ? 1 : nthreads;
   if (M < 64) nt = 1;
@@ -82,82 +171,61 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     int64_t* lc = tcounts.data() + (size_t)t * K;
     int64_t nzero = 0;
     double best = 0.0;
-    std::vector<T> zb(4 * D2);
-    long rows[4];
-    T sv[NV * 16], av[NV * 16];
-    long m = m_begin;
-    while (m < m_end) {
-      int nb = 0;
-      // Gather up to four non-zero patches into the block.
-      while (nb < 4 && m < m_end) {
-        const long ow = m % Wo, oh = (m / Wo) % Ho, n = m / (Wo * Ho);
-        T* z = zb.data() + nb * D2;
-        bool nonzero = false;
-        for (long r = 0; r < fy; ++r) {
-          const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
-          T* dst = z + r * run_len;
-          for (long i = 0; i < run_len; ++i) { T v = src[i]; dst[i] = v; nonzero |= (v != T(0)); }
+    std::vector<T> zval(D);
+    std::vector<int> zidx(D);
+    for (long m = m_begin; m < m_end; ++m) {
+      const long ow = m % Wo, oh = (m / Wo) % Ho, n = m / (Wo * Ho);
+      // Gather the patch's non-zero entries (exact zeros add nothing to a score or a sum).
+      long nnz = 0;
+      for (long r = 0; r < fy; ++r) {
+        const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
+        const int base = (int)(r * run_len);
+        T any = 0;   // most patch rows of a digit image are background: test the row first
+        for (long i = 0; i < run_len; ++i) any += src[i] != T(0) ? T(1) : T(0);
+        if (any == T(0)) continue;
+        for (long i = 0; i < run_len; ++i) {
+          // Branch-free compaction: digit patches have nonzeros at unpredictable places.
+          const T v = src[i];
+          zval[nnz] = v; zidx[nnz] = base + (int)i; nnz += (v != T(0));
         }
-        if (nonzero) {
-          for (long i = 0; i < D; ++i) z[D + i] = z[i] * z[i];
-          rows[nb++] = m;
-        } else {
-          std::memcpy(resp + m * K, r0, K * sizeof(T));
-          ++nzero;
-        }
-        ++m;
       }
-      if (nb == 0) break;
-      for (int p = nb; p < 4; ++p) std::memset(zb.data() + p * D2, 0, D2 * sizeof(T));
-      V acc[4][NV];
+      T* rr = resp + m * K;
+      if (nnz == 0) { std::memcpy(rr, r0, K * sizeof(T)); ++nzero; continue; }
+      // s = c + sum_i x_i W_i + x_i^2 W_{D+i} over the non-zero x_i, in four FMA chains.
+      V acc[NV], acc2[NV], acc3[NV], acc4[NV];
       for (int v = 0; v < NV; ++v) {
-        V cv; std::memcpy(&cv, cpad + v * L, sizeof(V));
-        acc[0][v] = cv; acc[1][v] = cv; acc[2][v] = cv; acc[3][v] = cv;
+        std::memcpy(&acc[v], cpad + v * L, sizeof(V)); acc2[v] = V{}; acc3[v] = V{}; acc4[v] = V{};
       }
-      const T* z0 = zb.data(); const T* z1 = z0 + D2; const T* z2 = z1 + D2; const T* z3 = z2 + D2;
-      for (long i = 0; i < D2; ++i) {
-        const T* wr = Wt + i * KP;
-        const T e0 = z0[i], e1 = z1[i], e2 = z2[i], e3 = z3[i];
+      long q = 0;
+      for (; q + 1 < nnz; q += 2) {
+        const T zv = zval[q], zz = zv * zv, yv = zval[q + 1], yy = yv * yv;
+        const T* w1 = Wt + (long)zidx[q] * KP;
+        const T* w2 = w1 + D * KP;
+        const T* u1 = Wt + (long)zidx[q + 1] * KP;
+        const T* u2 = u1 + D * KP;
         for (int v = 0; v < NV; ++v) {
-          V w; std::memcpy(&w, wr + v * L, sizeof(V));
-          acc[0][v] += e0 * w; acc[1][v] += e1 * w; acc[2][v] += e2 * w; acc[3][v] += e3 * w;
+          V a, b, c1, c2;
+          std::memcpy(&a, w1 + v * L, sizeof(V)); std::memcpy(&b, w2 + v * L, sizeof(V));
+          std::memcpy(&c1, u1 + v * L, sizeof(V)); std::memcpy(&c2, u2 + v * L, sizeof(V));
+          acc[v] += zv * a; acc2[v] += zz * b; acc3[v] += yv * c1; acc4[v] += yy * c2;
         }
       }
-      for (int p = 0; p < nb; ++p) {
-        std::memcpy(sv, acc[p], sizeof(V) * NV);
-        const T* s = sv;
-        const T* a = s;
-        if (gT) {
-          V g[NV];
-          for (int v = 0; v < NV; ++v) g[v] = V{} ;
-          for (long j = 0; j < K; ++j) {
-            const T sj = s[j];
-            for (int v = 0; v < NV; ++v) {
-              V w; std::memcpy(&w, gT + j * KP + v * L, sizeof(V));
-              g[v] += sj * w;
-            }
-          }
-          std::memcpy(av, g, sizeof(V) * NV);
-          a = av;
+      for (; q < nnz; ++q) {
+        const T zv = zval[q], zz = zv * zv;
+        const T* w1 = Wt + (long)zidx[q] * KP;
+        const T* w2 = w1 + D * KP;
+        for (int v = 0; v < NV; ++v) {
+          V a, b; std::memcpy(&a, w1 + v * L, sizeof(V)); std::memcpy(&b, w2 + v * L, sizeof(V));
+          acc[v] += zv * a; acc2[v] += zz * b;
         }
-        long ks = 0;
-        for (long k = 1; k < K; ++k) if (a[k] > a[ks]) ks = k;
-        best += (double)a[ks];
-        T mx = s[0];
-        for (long k = 1; k < K; ++k) if (s[k] > mx) mx = s[k];
-        T* rr = resp + rows[p] * K;
-        T tot = 0;
-        for (long k = 0; k < K; ++k) {
-          T d = s[k] - mx;
-          T e = d < T(-42) ? T(0) : std::exp(d);
-          rr[k] = e; tot += e;
-        }
-        for (long k = 0; k < K; ++k) { T r = rr[k] / tot; rr[k] = r > T(1e-18) ? r : T(0); }
-        T* dst = ls + ks * D2;
-        const T* z = zb.data() + p * D2;
-        for (long i = 0; i < D2; ++i) dst[i] += z[i];
-        ++lc[ks];
       }
+      for (int v = 0; v < NV; ++v) acc[v] += (acc2[v] + acc3[v]) + acc4[v];
+      long ks; T bk;
+      finish(acc, rr, ks, bk);
+      best += (double)bk;
+      T* dst = ls + ks * D2;
+      for (long q = 0; q < nnz; ++q) { const T zv = zval[q]; dst[zidx[q]] += zv; dst[D + zidx[q]] += zv * zv; }
+      ++lc[ks];
     }
     tzero[t] = nzero;
     tbest[t] = best;
@@ -169,7 +237,7 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     for (long i = 0; i < K * D2; ++i) sums[i] += ls[i];
     for (long k = 0; k < K; ++k) counts[k] += tcounts[(size_t)t * K + k];
     counts[k0] += tzero[t];
-    bsum += tbest[t] + (double)tzero[t] * (double)a0[k0];
+    bsum += tbest[t] + (double)tzero[t] * (double)a0;
   }
   *best_sum += bsum;
 }
@@ -296,7 +364,7 @@ def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tenso
     KP = nv * lanes
     Wt = torch.zeros(D2, KP, dtype=dt)
     Wt[:, :K] = Wl
-    cpad = torch.zeros(KP, dtype=dt)
+    cpad = torch.full((KP,), float("-inf"), dtype=dt)   # padding lanes never win
     cpad[:K] = c
     gT = None
     if g is not None:

@@ -360,8 +360,9 @@ class GMM(Layer):
             return False
         if self.use_fused is None and (fold.input_shape[2] if fold is not None else self.D) != 1:
             return False
-        return (x.dtype == self.mu.dtype and x.device == self.mu.device and x.dim() == 4
-                and fused_gmm.available(x, self.K))
+        shape = fold.input_shape if fold is not None else self.input_shape
+        return (x.dtype == self.mu.dtype and x.device == self.mu.device
+                and tuple(x.shape[1:]) == tuple(shape) and fused_gmm.available(x, self.K))
 
     def _fused_statistics(self, x: torch.Tensor, fold: Any, Wl: torch.Tensor, c: torch.Tensor,
                           g: torch.Tensor | None) -> WinnerStatistics:

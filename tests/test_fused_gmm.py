@@ -48,10 +48,13 @@ CASES = [((10, 10, 1), (4, 4, 2, 2), 9), ((6, 6, 3), (3, 3, 1, 1), 5),
          ((3, 3, 2), (3, 3, 1, 1), 17), ((3, 3, 4), None, 33), ((9, 7, 1), (3, 1, 3, 2), 1)]
 
 
+@pytest.mark.parametrize("mode", [True, None])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("sigma", [1.5, 1e-4])
 @pytest.mark.parametrize("shape, patch, K", CASES)
-def test_fused_winner_statistics_equal_reference(fused_mode, dtype, sigma, shape, patch, K):
+def test_fused_winner_statistics_equal_reference(fused_mode, dtype, sigma, shape, patch, K, mode):
+    # mode True: the kernel scores the patches itself; None (default): pixel input does, and a
+    # multi-channel map is scored by the convolution, which the kernel then finishes.
     x = _images(shape, 7, dtype, seed=1)
     fold = Folding(shape, *patch).to(dtype) if patch is not None else None
     gshape = fold.output_shape if fold is not None else shape
@@ -59,8 +62,11 @@ def test_fused_winner_statistics_equal_reference(fused_mode, dtype, sigma, shape
     assert (layer.annealing_matrix() is None) == (sigma < 1 or K == 1)
     fused_mode(False)
     ref = layer.winner_statistics(x, fold=fold)
-    fused_mode(True)
-    assert layer._fused_applies(x, fold)
+    fused_mode(mode)
+    if mode or shape[2] == 1:
+        assert layer._fused_applies(x, fold)
+    elif patch == (3, 3, 1, 1) and shape[:2] == (6, 6):
+        assert layer._fused_finish_applies(x, fold)
     got = layer.winner_statistics(x, fold=fold)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(got.counts, ref.counts, rtol=0, atol=0)
@@ -91,16 +97,18 @@ def _train(arch, x, dtype, mode, fused_mode, steps_batch=60):
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.parametrize("arch", ["F(4,4,2,2)-G(9)-F(3,3,1,1)-G(16)",
+                                  "F(3,3,1,1)-G(4)-F(2,2,2,2)-G(9)-F(3,3,1,1)-G(9)"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("data", ["digits", "random"])
-def test_fused_training_equals_reference_over_steps(fused_mode, digits, dtype, data):
-    # A 2L-c-like stack (strided pixel patches, then the whole map as one patch), 6 SGD steps.
+def test_fused_training_equals_reference_over_steps(fused_mode, digits, dtype, data, arch):
+    # 6 SGD steps of a 2L-c-like stack (strided pixel patches, then the whole map as one patch)
+    # and of an E-like one (a strided fold of responsibility maps: the convolution path).
     # In float32 the two paths round differently, and the reference's own rounding error (its
     # distance to the float64 reference) reaches 1e-4 on these data: the fast path must be
     # within that error + 1e-5 of both the float64 and the float32 reference (in float64 the
     # error is ~1e-15, so this is 1e-5 to the reference).
     x = digits[0][:360] if data == "digits" else _images((8, 8, 1), 360, torch.float32, seed=3)
-    arch = "F(4,4,2,2)-G(9)-F(3,3,1,1)-G(16)"
     ref = _train(arch, x, dtype, False, fused_mode)
     exact = _train(arch, x, torch.float64, False, fused_mode)
     for mode in (None, True):      # pixel layer only (the default) and every layer

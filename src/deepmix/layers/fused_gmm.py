@@ -79,7 +79,8 @@ template <typename V> struct Exp<float, V> {
 template <typename T, int NV>
 static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, long sx,
                 long Ho, long Wo, long M, const T* Wt, const T* cpad, const T* gT, long K,
-                T* resp, T* sums, int64_t* counts, double* best_sum, int nthreads) {
+                const T* given, T* resp, T* sums, int64_t* counts, double* best_sum,
+                int nthreads) {
   typedef typename Vec<T>::type V;
   const long L = 64 / sizeof(T), KP = NV * L, D = fy * fx * C, D2 = 2 * D, run_len = fx * C;
   const T floor_r = T(1e-18);
@@ -175,6 +176,26 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     std::vector<int> zidx(D);
     for (long m = m_begin; m < m_end; ++m) {
       const long ow = m % Wo, oh = (m / Wo) % Ho, n = m / (Wo * Ho);
+      if (given) {
+        // Scores computed outside (a convolution over dense maps): finish the patch, then add
+        // its rows [x, x^2] to the winner's sums straight from the input.
+        V acc[NV];
+        T sv[NV * 16];
+        for (long k = 0; k < KP; ++k) sv[k] = k < K ? given[m * K + k] : cpad[k];
+        std::memcpy(acc, sv, sizeof(V) * NV);
+        long ks; T bk;
+        finish(acc, resp + m * K, ks, bk);
+        best += (double)bk;
+        T* dst = ls + ks * D2;
+        for (long r = 0; r < fy; ++r) {
+          const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
+          T* d1 = dst + r * run_len;
+          T* d2 = d1 + D;
+          for (long i = 0; i < run_len; ++i) { const T v = src[i]; d1[i] += v; d2[i] += v * v; }
+        }
+        ++lc[ks];
+        continue;
+      }
       // Gather the patch's non-zero entries (exact zeros add nothing to a score or a sum).
       long nnz = 0;
       for (long r = 0; r < fy; ++r) {
@@ -245,9 +266,10 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
 template <typename T>
 static int dispatch(const T* x, long H, long W, long C, long fy, long fx, long sy, long sx,
                     long Ho, long Wo, long M, const T* Wt, const T* cpad, const T* gT, long K,
-                    long nv, T* resp, T* sums, int64_t* counts, double* best_sum, int nthreads) {
+                    long nv, const T* given, T* resp, T* sums, int64_t* counts, double* best_sum,
+                    int nthreads) {
   switch (nv) {
-#define CASE(n) case n: run<T, n>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, resp, \
+#define CASE(n) case n: run<T, n>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, given, resp, \
                                   sums, counts, best_sum, nthreads); return 0;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
     CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) CASE(16)
@@ -259,16 +281,16 @@ static int dispatch(const T* x, long H, long W, long C, long fy, long fx, long s
 extern "C" {
 int dm_gmm_stats_f32(const float* x, long H, long W, long C, long fy, long fx, long sy, long sx,
                      long Ho, long Wo, long M, const float* Wt, const float* cpad,
-                     const float* gT, long K, long nv, float* resp, float* sums,
+                     const float* gT, long K, long nv, const float* given, float* resp, float* sums,
                      int64_t* counts, double* best_sum, int nthreads) {
-  return dispatch<float>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, resp, sums,
+  return dispatch<float>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, given, resp, sums,
                          counts, best_sum, nthreads);
 }
 int dm_gmm_stats_f64(const double* x, long H, long W, long C, long fy, long fx, long sy, long sx,
                      long Ho, long Wo, long M, const double* Wt, const double* cpad,
-                     const double* gT, long K, long nv, double* resp, double* sums,
+                     const double* gT, long K, long nv, const double* given, double* resp, double* sums,
                      int64_t* counts, double* best_sum, int nthreads) {
-  return dispatch<double>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, resp, sums,
+  return dispatch<double>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, given, resp, sums,
                           counts, best_sum, nthreads);
 }
 }
@@ -319,7 +341,7 @@ def _build() -> ctypes.CDLL | None:
     for name, ct in (("dm_gmm_stats_f32", ctypes.c_float), ("dm_gmm_stats_f64", ctypes.c_double)):
         fn = getattr(lib, name)
         L, P = ctypes.c_long, ctypes.c_void_p
-        fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, P, P, P, P, ctypes.c_int]
+        fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, P, P, P, P, P, ctypes.c_int]
         fn.restype = ctypes.c_int
     return lib
 
@@ -344,13 +366,15 @@ def available(x: torch.Tensor, K: int) -> bool:
 
 
 def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tensor,
-                     c: torch.Tensor, g: torch.Tensor | None
+                     c: torch.Tensor, g: torch.Tensor | None, scores: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sums (K, 2D), counts (K,) int64, best-score sum (0-d float64), responsibilities (M, K)).
 
     ``x`` is (N, H, W, C); ``geometry`` = (fy, fx, sy, sx, Ho, Wo) of the patches (1, 1, 1, 1,
     H, W without a Folding layer); ``Wl`` (2D, K), ``c`` (K,) the linear form and ``g`` the
-    annealing matrix (None: identity).
+    annealing matrix (None: identity). With ``scores`` (M, K) given (computed by a convolution
+    over dense maps, where a GEMM reuses the weights better than the kernel's sparse scoring),
+    the kernel only finishes each patch and adds it to its winner's sums.
     """
     lib = kernel()
     assert lib is not None
@@ -376,8 +400,12 @@ def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tenso
     counts = torch.zeros(K, dtype=torch.int64)
     best = torch.zeros((), dtype=torch.float64)
     fn = lib.dm_gmm_stats_f32 if dt == torch.float32 else lib.dm_gmm_stats_f64
+    if scores is not None:
+        scores = scores.contiguous()
+        assert scores.shape == (M, K) and scores.dtype == dt
     rc = fn(x.data_ptr(), H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt.data_ptr(), cpad.data_ptr(),
-            0 if gT is None else gT.data_ptr(), K, nv, resp.data_ptr(), sums.data_ptr(),
+            0 if gT is None else gT.data_ptr(), K, nv,
+            0 if scores is None else scores.data_ptr(), resp.data_ptr(), sums.data_ptr(),
             counts.data_ptr(), best.data_ptr(), torch.get_num_threads())
     if rc != 0:
         raise RuntimeError("fused GMM kernel rejected its arguments")

@@ -324,6 +324,11 @@ class GMM(Layer):
                 inp = torch.cat([xc, xc * xc], dim=-1).permute(0, 3, 1, 2)
                 s4 = F.conv2d(inp, wconv, c[0], stride=(fold.sy, fold.sx))
                 s = s4.permute(0, 2, 3, 1).reshape(-1, K)              # (n*H*W, K)
+                if self._fused_finish_applies(xc, fold):
+                    # (One chunk: the whole batch.) The kernel finishes the convolution's scores
+                    # in one pass and sums the winners' patches from the input: no weight-
+                    # gradient convolution (as costly as the scores) for the sums.
+                    return self._fused_statistics(xc, fold, Wl, c, g, scores=s)
             else:
                 Z = fold.forward_design(xc) if fold is not None else self.design(xc)
                 if self.independent:
@@ -364,14 +369,21 @@ class GMM(Layer):
         return (x.dtype == self.mu.dtype and x.device == self.mu.device
                 and tuple(x.shape[1:]) == tuple(shape) and fused_gmm.available(x, self.K))
 
+    def _fused_finish_applies(self, x: torch.Tensor, fold: Any) -> bool:
+        return (self.use_fused is not False and x.dtype == self.mu.dtype
+                and x.device == self.mu.device and tuple(x.shape[1:]) == tuple(fold.input_shape)
+                and fused_gmm.available(x, self.K))
+
     def _fused_statistics(self, x: torch.Tensor, fold: Any, Wl: torch.Tensor, c: torch.Tensor,
-                          g: torch.Tensor | None) -> WinnerStatistics:
+                          g: torch.Tensor | None, scores: torch.Tensor | None = None
+                          ) -> WinnerStatistics:
         """:meth:`winner_statistics` by the fused kernel (same results up to float rounding)."""
         N = x.shape[0]
         H, W, _ = self.input_shape
         geometry = ((fold.fy, fold.fx, fold.sy, fold.sx, H, W) if fold is not None
                     else (1, 1, 1, 1, H, W))
-        sums, counts, best, resp = fused_gmm.fused_statistics(x, geometry, Wl[0], c[0], g)
+        sums, counts, best, resp = fused_gmm.fused_statistics(x, geometry, Wl[0], c[0], g,
+                                                              scores=scores)
         loss_sum = best.to(self.mu.dtype) - N * H * W * 0.5 * self.D * _LOG_2PI
         return WinnerStatistics(sums=sums, counts=counts.to(sums.dtype), loss_sum=loss_sum,
                                 resp=resp.reshape(N, H, W, self.K))

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["kernel", "available", "fused_statistics", "MAX_K"]
+__all__ = ["kernel", "available", "fused_statistics", "fused_apply", "MAX_K"]
 
 #: Largest K the kernel takes (register blocking over K in 64-byte vectors).
 MAX_K = 128
@@ -278,7 +278,51 @@ static int dispatch(const T* x, long H, long W, long C, long fy, long fx, long s
   return 1;
 }
 
+// The SGD ascent step of GMM.apply_statistics in one pass over (rows, D) (rows = P*K):
+//   t = S^x - n mu, e = S^xx - mu (S^x + t), mu += step_mu (-d^2/2) t, d += step_d (n/d - d e),
+// d clamped to [d_min, d_max]; every term from the old mu and d, as in the torch path.
+template <typename T>
+static void apply_step(T* mu, T* d, const T* sums, const T* counts, long rows, long D,
+                       T step_mu, T step_d, int update_d, T d_min, T d_max, int nthreads) {
+  int nt = nthreads < 1 ? 1 : nthreads;
+  if (rows * D < 32768) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (long r = 0; r < rows; ++r) {
+    const T n = counts[r];
+    const T* sx = sums + r * 2 * D;
+    const T* sxx = sx + D;
+    T* m = mu + r * D;
+    T* dd = d + r * D;
+    for (long i = 0; i < D; ++i) {
+      const T mi = m[i], di = dd[i], t = sx[i] - n * mi;
+      const T hp = (di * di) * T(-0.5);
+      if (update_d) {
+        const T e = sxx[i] - mi * (sx[i] + t);
+        T nd = di + step_d * (n / di - di * e);
+        nd = nd < d_min ? d_min : nd;
+        dd[i] = nd > d_max ? d_max : nd;
+      }
+      m[i] = mi + step_mu * (hp * t);
+    }
+  }
+}
+
 extern "C" {
+int dm_gmm_apply_f32(float* mu, float* d, const float* sums, const float* counts, long rows,
+                     long D, float step_mu, float step_d, int update_d, float d_min, float d_max,
+                     int nthreads) {
+  apply_step<float>(mu, d, sums, counts, rows, D, step_mu, step_d, update_d, d_min, d_max,
+                    nthreads);
+  return 0;
+}
+int dm_gmm_apply_f64(double* mu, double* d, const double* sums, const double* counts, long rows,
+                     long D, double step_mu, double step_d, int update_d, double d_min,
+                     double d_max, int nthreads) {
+  apply_step<double>(mu, d, sums, counts, rows, D, step_mu, step_d, update_d, d_min, d_max,
+                     nthreads);
+  return 0;
+}
+
 int dm_gmm_stats_f32(const float* x, long H, long W, long C, long fy, long fx, long sy, long sx,
                      long Ho, long Wo, long M, const float* Wt, const float* cpad,
                      const float* gT, long K, long nv, const float* given, float* resp, float* sums,
@@ -342,6 +386,11 @@ def _build() -> ctypes.CDLL | None:
         fn = getattr(lib, name)
         L, P = ctypes.c_long, ctypes.c_void_p
         fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, P, P, P, P, P, ctypes.c_int]
+        fn.restype = ctypes.c_int
+    for name, ct in (("dm_gmm_apply_f32", ctypes.c_float), ("dm_gmm_apply_f64", ctypes.c_double)):
+        fn = getattr(lib, name)
+        L, P = ctypes.c_long, ctypes.c_void_p
+        fn.argtypes = [P, P, P, P, L, L, ct, ct, ctypes.c_int, ct, ct, ctypes.c_int]
         fn.restype = ctypes.c_int
     return lib
 
@@ -410,3 +459,20 @@ def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tenso
     if rc != 0:
         raise RuntimeError("fused GMM kernel rejected its arguments")
     return sums, counts, best, resp
+
+
+def fused_apply(mu: torch.Tensor, d: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,
+                step_mu: float, step_d: float, update_d: bool, d_min: float, d_max: float) -> None:
+    """In place: ``mu += step_mu * (-d^2/2) * (S^x - n mu)`` and, with ``update_d``,
+    ``d = clamp(d + step_d * (n/d - d (S^xx - 2 mu S^x + n mu^2)), d_min, d_max)`` from the old
+    mu and d; ``sums`` (P, K, 2D), ``counts`` (P, K) (annealing already applied). The caller
+    bumps the parameters' version counters (the linear-form cache keys on them)."""
+    lib = kernel()
+    assert lib is not None and mu.is_contiguous() and d.is_contiguous()
+    P, K, D = mu.shape
+    sums = sums.contiguous()
+    counts = counts.contiguous()
+    fn = lib.dm_gmm_apply_f32 if mu.dtype == torch.float32 else lib.dm_gmm_apply_f64
+    fn(mu.data_ptr(), d.data_ptr(), sums.data_ptr(), counts.data_ptr(), P * K, D,
+       float(step_mu), float(step_d), int(bool(update_d)), float(d_min), float(d_max),
+       torch.get_num_threads())

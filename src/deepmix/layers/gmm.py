@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.graph import increment_version
 
 from ..errors import SpecError
 from . import fused_gmm
@@ -407,17 +408,27 @@ class GMM(Layer):
         if g is not None:
             sums = torch.matmul(g.T, sums)
             counts_f = counts_f @ g
+        mu, d = self.mu, self.d
+        step = lr / count_div
+        grad_xi = counts_f - self.pi * counts_f.sum(-1, keepdim=True)
+        if self.use_fused is not False and fused_gmm.available(mu, K) and d.dtype == mu.dtype \
+                and sums.dtype == mu.dtype and sums.device == mu.device:
+            # One pass over (P*K, D) instead of about ten elementwise ones.
+            fused_gmm.fused_apply(mu.data, d.data, sums, counts_f, -2.0 * step * lr_mu,
+                                  step * lr_d, update_d, self.d_min, self.d_max)
+            increment_version(mu)
+            if update_d:
+                increment_version(d)
+            self.xi.add_(grad_xi, alpha=step * lr_xi)
+            return
         Sx, Sxx = sums[..., :D], sums[..., D:]
         nk = counts_f.unsqueeze(-1)
-        mu, d = self.mu, self.d
         half_prec = Wl.transpose(1, 2)[..., D:]                     # -d^2/2 at the old d
-        step = lr / count_div
         # Fused in-place forms of the gradients in the docstring (few passes over K x D).
         t = torch.addcmul(Sx, nk, mu, value=-1.0)                 # S^x - n mu
         if update_d:
             e = torch.addcmul(Sxx, mu, Sx + t, value=-1.0)         # S^xx - 2 mu S^x + n mu^2
             dd = (nk / d).sub_(d * e)                              # n/d - d e
-        grad_xi = counts_f - self.pi * counts_f.sum(-1, keepdim=True)
         mu.addcmul_(half_prec, t, value=-2.0 * step * lr_mu)       # mu += step d^2 (S^x - n mu)
         if update_d:
             d.add_(dd, alpha=step * lr_d).clamp_(self.d_min, self.d_max)

@@ -133,3 +133,31 @@ def test_kernel_off_keeps_the_reference_path_bit_identical(fused_mode, digits, m
     off = _train(arch, x, torch.float32, None, fused_mode)
     for k in ref:
         assert torch.equal(off[k], ref[k]), k
+
+
+@pytest.mark.parametrize("independent", [False, True])
+@pytest.mark.parametrize("update_d", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_apply_statistics_equals_reference(fused_mode, independent, update_d, dtype):
+    x = _images((3, 2, 5), 11, dtype, seed=4)
+    a = GMM((3, 2, 5), 6, independent, sigma=1.2).to(dtype)
+    with torch.no_grad():
+        a.d.uniform_(0.5, 4.4)                 # some steps cross the clamps
+        a.mu.uniform_(-0.5, 1.5)
+    b = GMM((3, 2, 5), 6, independent, sigma=1.2).to(dtype)
+    b.load_state_dict(a.state_dict())
+    fused_mode(False)
+    st = a.winner_statistics(x)
+    a.apply_statistics(st, 11, 0.5, update_d=update_d)
+    fused_mode(None)
+    mu0 = b.mu.detach().clone()
+    with torch.no_grad():
+        b.log_scores(x)                        # fills the linear-form cache at the old values
+    b.apply_statistics(st, 11, 0.5, update_d=update_d)
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(q, p, **tol)
+    assert (b.mu.detach() - mu0).abs().max() > 1e-3
+    # The linear-form cache sees the in-place update (version counters bumped).
+    with torch.no_grad():
+        torch.testing.assert_close(b.log_scores(x), a.log_scores(x), **tol)

@@ -1,7 +1,7 @@
 """Training speed of DCGMM architectures: seconds per epoch on the 60 000 MNIST training images.
 
 usage: .venv/bin/python benchmarks/train_speed.py [--archs 1L 2L-c B E F] [--batch-size 100]
-       [--protocol shared|reference] [--n-images N] [--yardstick]
+       [--protocol shared|reference] [--n-images N] [--yardstick] [--no-fused]
        [--json benchmarks/results/train_speed.json]
 
 Every GMM layer is active for the whole timed epoch (delay 0: the most work an epoch can hold),
@@ -29,6 +29,7 @@ import torch
 import deepmix
 from deepmix.data import load_images
 from deepmix.experiments.dcgmm_outliers import ARCHS, PROTOCOLS, protocol_spec
+from deepmix.layers import GMM, fused_gmm
 
 HERE = Path(__file__).resolve().parent
 YARDSTICK = HERE.parent.parent / "shared" / "bench" / "naive_layer_epoch.py"
@@ -68,7 +69,11 @@ def main() -> None:
     ap.add_argument("--protocol", choices=PROTOCOLS, default="shared",
                     help="reference: letters A-G as the authors' outlier scripts train them")
     ap.add_argument("--n-images", type=int, help="time an epoch of the first N training images")
+    ap.add_argument("--no-fused", action="store_true",
+                    help="time the pure-torch GMM path (no fused CPU kernel), for A/B runs")
     args = ap.parse_args()
+    if args.no_fused:
+        GMM.use_fused = False
     if args.n_images is not None and args.n_images < args.batch_size:
         raise SystemExit("--n-images must be at least --batch-size")
 
@@ -76,7 +81,9 @@ def main() -> None:
     results = {"batch_size": args.batch_size, "n_images": int(x.shape[0]),
                "torch": torch.__version__, "threads": torch.get_num_threads(),
                "machine": platform.processor() or platform.machine(), "device": args.device,
-               "protocol": args.protocol, "archs": {}}
+               "protocol": args.protocol,
+               "fused_kernel": not args.no_fused and fused_gmm.kernel() is not None,
+               "archs": {}}
     ys = yardstick() if args.yardstick else None
     if ys is not None:
         results["yardstick_s"] = ys

@@ -1,0 +1,478 @@
+r"""Fused CPU kernel for one GMM-layer training pass (shared mode): fold, score, anneal, winner
+statistics and responsibilities in ONE pass over each block of patches.
+
+The reference path (:meth:`deepmix.layers.GMM.winner_statistics`) makes separate passes over
+the (M, 2D) design matrix and the (M, K) scores (patch copy, squares, GEMM, K x K annealing
+product, max, softmax, threshold, scatter-add of the winners' rows). Here each block of four
+patches is gathered from the layer's input (patch rows are contiguous runs in NHWC), squared,
+scored against the (2D, K) linear form with register-blocked vector FMAs, annealed, reduced to
+its winner :math:`k^* = \arg\max_k \sum_j g_{kj} s_j` (first maximum), turned into the
+responsibilities :math:`\mathrm{softmax}_k(s_k)` (entries :math:`\le 10^{-18}` set to 0, as in the
+reference; an exponent below -42 is not evaluated, its result would be cut to 0 anyway), and its
+row :math:`[x, x^2]` added to the winner's sums, all while the block sits in L1. All-zero patches
+(the background of digit images) score exactly :math:`c`, so they are evaluated once.
+
+The kernel is plain C++ (no torch headers, GCC vector extensions, OpenMP threads = torch's
+thread count) built on first use with the system compiler into a per-user cache and called
+through :mod:`ctypes`; without a compiler, or if the build fails, :func:`kernel` returns None
+and the layer silently keeps its pure-torch path. ``DEEPMIX_FUSED=0`` turns the kernel off.
+Results equal the reference path up to float rounding (the summation order differs).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["kernel", "available", "fused_statistics", "fused_apply", "MAX_K"]
+
+#: Largest K the kernel takes (register blocking over K in 64-byte vectors).
+MAX_K = 128
+
+_SOURCE = r"""
+#include <cmath>
+#include <cstring>
+#include <cstdint>
+#include <limits>
+#include <vector>
+#include <omp.h>
+
+template <typename T> struct Vec { typedef T type __attribute__((vector_size(64))); };
+
+// exp(d) for d <= 0 of one vector, 0 where d < -42 (the reference would cut that to 0 too).
+template <typename T, typename V> struct Exp {
+  static inline V apply(V d) {
+    V out;
+    for (unsigned l = 0; l < sizeof(V) / sizeof(T); ++l) out[l] = d[l] < T(-42) ? T(0) : std::exp(d[l]);
+    return out;
+  }
+};
+// float: Cody-Waite reduction and the Cephes polynomial (about 1 ulp), 16 lanes at once.
+template <typename V> struct Exp<float, V> {
+  static inline V apply(V d) {
+    typedef int I __attribute__((vector_size(sizeof(V))));
+    const V lo = V{} - 42.0f;
+    V x = d < lo ? lo : d;
+    V t = x * 1.44269504088896341f - 0.5f;
+    I n = __builtin_convertvector(t, I);            // round(x log2 e) for x <= 0
+    V nf = __builtin_convertvector(n, V);
+    V r = x - nf * 0.693359375f - nf * -2.12194440e-4f;
+    V p = V{} + 1.9875691500E-4f;
+    p = p * r + 1.3981999507E-3f; p = p * r + 8.3334519073E-3f; p = p * r + 4.1665795894E-2f;
+    p = p * r + 1.6666665459E-1f; p = p * r + 5.0000001201E-1f;
+    p = p * r * r + r + 1.0f;
+    I bits = (n + 127) << 23;
+    V scale; std::memcpy(&scale, &bits, sizeof(V));
+    V e = p * scale;
+    return d < lo ? V{} : e;
+  }
+};
+
+template <typename T, int NV>
+static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, long sx,
+                long Ho, long Wo, long M, const T* Wt, const T* cpad, const T* gT, long K,
+                const T* given, T* resp, T* sums, int64_t* counts, double* best_sum,
+                int nthreads) {
+  typedef typename Vec<T>::type V;
+  const long L = 64 / sizeof(T), KP = NV * L, D = fy * fx * C, D2 = 2 * D, run_len = fx * C;
+  const T floor_r = T(1e-18);
+  // Horizontal max / sum of NV vectors as a tree (a chain of K scalar steps is latency-bound).
+  auto hmax = [&](const V* a) {
+    V m = a[0];
+    for (int v = 1; v < NV; ++v) m = m > a[v] ? m : a[v];
+    T buf[16]; std::memcpy(buf, &m, sizeof(V));
+    for (long w = L / 2; w >= 1; w /= 2)
+      for (long l = 0; l < w; ++l) buf[l] = buf[l] > buf[l + w] ? buf[l] : buf[l + w];
+    return buf[0];
+  };
+  auto hsum = [&](const V* a) {
+    V m = a[0];
+    for (int v = 1; v < NV; ++v) m += a[v];
+    T buf[16]; std::memcpy(buf, &m, sizeof(V));
+    for (long w = L / 2; w >= 1; w /= 2)
+      for (long l = 0; l < w; ++l) buf[l] += buf[l + w];
+    return buf[0];
+  };
+  // Padding lanes (k >= K) hold -inf in c, hence in the scores; the annealed scores start there.
+  V apad[NV];
+  for (int v = 0; v < NV; ++v)
+    for (long l = 0; l < L; ++l) apad[v][l] = v * L + l < K ? T(0) : -std::numeric_limits<T>::infinity();
+  // Winner, annealed best score and responsibilities of one patch from its scores.
+  auto finish = [&](const V* sv, T* rr, long& ks, T& best) {
+    const V* ap = sv;
+    V g[NV];
+    if (gT) {
+      T s[NV * 16];
+      std::memcpy(s, sv, sizeof(V) * NV);
+      V h[NV];   // two accumulator chains: the K-step FMA chain is latency-bound
+      for (int v = 0; v < NV; ++v) { g[v] = apad[v]; h[v] = V{}; }
+      long j = 0;
+      for (; j + 1 < K; j += 2) {
+        const T sj = s[j], sk = s[j + 1];
+        for (int v = 0; v < NV; ++v) {
+          V w, u;
+          std::memcpy(&w, gT + j * KP + v * L, sizeof(V));
+          std::memcpy(&u, gT + (j + 1) * KP + v * L, sizeof(V));
+          g[v] += sj * w; h[v] += sk * u;
+        }
+      }
+      for (; j < K; ++j) {
+        const T sj = s[j];
+        for (int v = 0; v < NV; ++v) { V w; std::memcpy(&w, gT + j * KP + v * L, sizeof(V)); g[v] += sj * w; }
+      }
+      for (int v = 0; v < NV; ++v) g[v] += h[v];
+      ap = g;
+    }
+    // First maximum of the annealed scores.
+    const T am = hmax(ap);
+    T a[NV * 16];
+    std::memcpy(a, ap, sizeof(V) * NV);
+    ks = 0;
+    while (a[ks] != am && ks < K - 1) ++ks;
+    best = am;
+    const T mx = hmax(sv);
+    V e[NV];
+    for (int v = 0; v < NV; ++v) e[v] = Exp<T, V>::apply(sv[v] - mx);
+    const T inv = T(1) / hsum(e);
+    T out[NV * 16];
+    for (int v = 0; v < NV; ++v) {
+      V r = e[v] * inv;
+      r = r > floor_r ? r : V{};
+      std::memcpy(out + v * L, &r, sizeof(V));
+    }
+    std::memcpy(rr, out, K * sizeof(T));
+  };
+  // The all-zero patch scores exactly c: evaluate it once.
+  T r0[NV * 16];
+  long k0 = 0;
+  T a0 = 0;
+  {
+    V acc[NV];
+    for (int v = 0; v < NV; ++v) std::memcpy(&acc[v], cpad + v * L, sizeof(V));
+    finish(acc, r0, k0, a0);
+  }
+  int nt = nthreads < 1 ? 1 : nthreads;
+  if (M < 64) nt = 1;
+  std::vector<T> tsums((size_t)nt * K * D2, T(0));
+  std::vector<int64_t> tcounts((size_t)nt * K, 0), tzero(nt, 0);
+  std::vector<double> tbest(nt, 0.0);
+#pragma omp parallel num_threads(nt)
+  {
+    const int t = omp_get_thread_num(), nth = omp_get_num_threads();
+    const long m_begin = M * t / nth, m_end = M * (t + 1) / nth;
+    T* ls = tsums.data() + (size_t)t * K * D2;
+    int64_t* lc = tcounts.data() + (size_t)t * K;
+    int64_t nzero = 0;
+    double best = 0.0;
+    std::vector<T> zval(D);
+    std::vector<int> zidx(D);
+    for (long m = m_begin; m < m_end; ++m) {
+      const long ow = m % Wo, oh = (m / Wo) % Ho, n = m / (Wo * Ho);
+      if (given) {
+        // Scores computed outside (a convolution over dense maps): finish the patch, then add
+        // its rows [x, x^2] to the winner's sums straight from the input.
+        V acc[NV];
+        T sv[NV * 16];
+        for (long k = 0; k < KP; ++k) sv[k] = k < K ? given[m * K + k] : cpad[k];
+        std::memcpy(acc, sv, sizeof(V) * NV);
+        long ks; T bk;
+        finish(acc, resp + m * K, ks, bk);
+        best += (double)bk;
+        T* dst = ls + ks * D2;
+        for (long r = 0; r < fy; ++r) {
+          const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
+          T* d1 = dst + r * run_len;
+          T* d2 = d1 + D;
+          for (long i = 0; i < run_len; ++i) { const T v = src[i]; d1[i] += v; d2[i] += v * v; }
+        }
+        ++lc[ks];
+        continue;
+      }
+      // Gather the patch's non-zero entries (exact zeros add nothing to a score or a sum).
+      long nnz = 0;
+      for (long r = 0; r < fy; ++r) {
+        const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
+        const int base = (int)(r * run_len);
+        T any = 0;   // most patch rows of a digit image are background: test the row first
+        for (long i = 0; i < run_len; ++i) any += src[i] != T(0) ? T(1) : T(0);
+        if (any == T(0)) continue;
+        for (long i = 0; i < run_len; ++i) {
+          // Branch-free compaction: digit patches have nonzeros at unpredictable places.
+          const T v = src[i];
+          zval[nnz] = v; zidx[nnz] = base + (int)i; nnz += (v != T(0));
+        }
+      }
+      T* rr = resp + m * K;
+      if (nnz == 0) { std::memcpy(rr, r0, K * sizeof(T)); ++nzero; continue; }
+      // s = c + sum_i x_i W_i + x_i^2 W_{D+i} over the non-zero x_i, in four FMA chains.
+      V acc[NV], acc2[NV], acc3[NV], acc4[NV];
+      for (int v = 0; v < NV; ++v) {
+        std::memcpy(&acc[v], cpad + v * L, sizeof(V)); acc2[v] = V{}; acc3[v] = V{}; acc4[v] = V{};
+      }
+      long q = 0;
+      for (; q + 1 < nnz; q += 2) {
+        const T zv = zval[q], zz = zv * zv, yv = zval[q + 1], yy = yv * yv;
+        const T* w1 = Wt + (long)zidx[q] * KP;
+        const T* w2 = w1 + D * KP;
+        const T* u1 = Wt + (long)zidx[q + 1] * KP;
+        const T* u2 = u1 + D * KP;
+        for (int v = 0; v < NV; ++v) {
+          V a, b, c1, c2;
+          std::memcpy(&a, w1 + v * L, sizeof(V)); std::memcpy(&b, w2 + v * L, sizeof(V));
+          std::memcpy(&c1, u1 + v * L, sizeof(V)); std::memcpy(&c2, u2 + v * L, sizeof(V));
+          acc[v] += zv * a; acc2[v] += zz * b; acc3[v] += yv * c1; acc4[v] += yy * c2;
+        }
+      }
+      for (; q < nnz; ++q) {
+        const T zv = zval[q], zz = zv * zv;
+        const T* w1 = Wt + (long)zidx[q] * KP;
+        const T* w2 = w1 + D * KP;
+        for (int v = 0; v < NV; ++v) {
+          V a, b; std::memcpy(&a, w1 + v * L, sizeof(V)); std::memcpy(&b, w2 + v * L, sizeof(V));
+          acc[v] += zv * a; acc2[v] += zz * b;
+        }
+      }
+      for (int v = 0; v < NV; ++v) acc[v] += (acc2[v] + acc3[v]) + acc4[v];
+      long ks; T bk;
+      finish(acc, rr, ks, bk);
+      best += (double)bk;
+      T* dst = ls + ks * D2;
+      for (long q = 0; q < nnz; ++q) { const T zv = zval[q]; dst[zidx[q]] += zv; dst[D + zidx[q]] += zv * zv; }
+      ++lc[ks];
+    }
+    tzero[t] = nzero;
+    tbest[t] = best;
+  }
+  // Deterministic reduction in thread order.
+  double bsum = 0.0;
+  for (int t = 0; t < nt; ++t) {
+    const T* ls = tsums.data() + (size_t)t * K * D2;
+    for (long i = 0; i < K * D2; ++i) sums[i] += ls[i];
+    for (long k = 0; k < K; ++k) counts[k] += tcounts[(size_t)t * K + k];
+    counts[k0] += tzero[t];
+    bsum += tbest[t] + (double)tzero[t] * (double)a0;
+  }
+  *best_sum += bsum;
+}
+
+template <typename T>
+static int dispatch(const T* x, long H, long W, long C, long fy, long fx, long sy, long sx,
+                    long Ho, long Wo, long M, const T* Wt, const T* cpad, const T* gT, long K,
+                    long nv, const T* given, T* resp, T* sums, int64_t* counts, double* best_sum,
+                    int nthreads) {
+  switch (nv) {
+#define CASE(n) case n: run<T, n>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, given, resp, \
+                                  sums, counts, best_sum, nthreads); return 0;
+    CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
+    CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) CASE(16)
+#undef CASE
+  }
+  return 1;
+}
+
+// The SGD ascent step of GMM.apply_statistics in one pass over (rows, D) (rows = P*K):
+//   t = S^x - n mu, e = S^xx - mu (S^x + t), mu += step_mu (-d^2/2) t, d += step_d (n/d - d e),
+// d clamped to [d_min, d_max]; every term from the old mu and d, as in the torch path.
+template <typename T>
+static void apply_step(T* mu, T* d, const T* sums, const T* counts, long rows, long D,
+                       T step_mu, T step_d, int update_d, T d_min, T d_max, int nthreads) {
+  int nt = nthreads < 1 ? 1 : nthreads;
+  if (rows * D < 32768) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (long r = 0; r < rows; ++r) {
+    const T n = counts[r];
+    const T* sx = sums + r * 2 * D;
+    const T* sxx = sx + D;
+    T* m = mu + r * D;
+    T* dd = d + r * D;
+    for (long i = 0; i < D; ++i) {
+      const T mi = m[i], di = dd[i], t = sx[i] - n * mi;
+      const T hp = (di * di) * T(-0.5);
+      if (update_d) {
+        const T e = sxx[i] - mi * (sx[i] + t);
+        T nd = di + step_d * (n / di - di * e);
+        nd = nd < d_min ? d_min : nd;
+        dd[i] = nd > d_max ? d_max : nd;
+      }
+      m[i] = mi + step_mu * (hp * t);
+    }
+  }
+}
+
+extern "C" {
+int dm_gmm_apply_f32(float* mu, float* d, const float* sums, const float* counts, long rows,
+                     long D, float step_mu, float step_d, int update_d, float d_min, float d_max,
+                     int nthreads) {
+  apply_step<float>(mu, d, sums, counts, rows, D, step_mu, step_d, update_d, d_min, d_max,
+                    nthreads);
+  return 0;
+}
+int dm_gmm_apply_f64(double* mu, double* d, const double* sums, const double* counts, long rows,
+                     long D, double step_mu, double step_d, int update_d, double d_min,
+                     double d_max, int nthreads) {
+  apply_step<double>(mu, d, sums, counts, rows, D, step_mu, step_d, update_d, d_min, d_max,
+                     nthreads);
+  return 0;
+}
+
+int dm_gmm_stats_f32(const float* x, long H, long W, long C, long fy, long fx, long sy, long sx,
+                     long Ho, long Wo, long M, const float* Wt, const float* cpad,
+                     const float* gT, long K, long nv, const float* given, float* resp, float* sums,
+                     int64_t* counts, double* best_sum, int nthreads) {
+  return dispatch<float>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, given, resp, sums,
+                         counts, best_sum, nthreads);
+}
+int dm_gmm_stats_f64(const double* x, long H, long W, long C, long fy, long fx, long sy, long sx,
+                     long Ho, long Wo, long M, const double* Wt, const double* cpad,
+                     const double* gT, long K, long nv, const double* given, double* resp, double* sums,
+                     int64_t* counts, double* best_sum, int nthreads) {
+  return dispatch<double>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, given, resp, sums,
+                          counts, best_sum, nthreads);
+}
+}
+"""
+
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=c++17"]
+_STATE: dict[str, object] = {}
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("DEEPMIX_CACHE") or os.environ.get("XDG_CACHE_HOME") \
+        or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "deepmix" / "kernels"
+
+
+def _cpu_key() -> str:
+    # -march=native ties the binary to this CPU: key the cache on its feature flags.
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return line
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _build() -> ctypes.CDLL | None:
+    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if cxx is None or platform.system() != "Linux":
+        return None
+    key = hashlib.sha256("\0".join([_SOURCE, cxx, *_FLAGS, _cpu_key(),
+                                    torch.__version__]).encode()).hexdigest()[:16]
+    out = _cache_dir() / f"fused_gmm_{key}.so"
+    if not out.is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            src = Path(tmp) / "fused_gmm.cpp"
+            src.write_text(_SOURCE)
+            lib = Path(tmp) / out.name
+            res = subprocess.run([cxx, *_FLAGS, "-fopenmp", str(src), "-o", str(lib)],
+                                 capture_output=True, text=True, timeout=300)
+            if res.returncode != 0:
+                return None
+            os.replace(lib, out)   # atomic: concurrent builds (ranks, tests) never see half a file
+    # Loading after torch makes the kernel share torch's OpenMP runtime (same soname).
+    lib = ctypes.CDLL(str(out))
+    for name, ct in (("dm_gmm_stats_f32", ctypes.c_float), ("dm_gmm_stats_f64", ctypes.c_double)):
+        fn = getattr(lib, name)
+        L, P = ctypes.c_long, ctypes.c_void_p
+        fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, P, P, P, P, P, ctypes.c_int]
+        fn.restype = ctypes.c_int
+    for name, ct in (("dm_gmm_apply_f32", ctypes.c_float), ("dm_gmm_apply_f64", ctypes.c_double)):
+        fn = getattr(lib, name)
+        L, P = ctypes.c_long, ctypes.c_void_p
+        fn.argtypes = [P, P, P, P, L, L, ct, ct, ctypes.c_int, ct, ct, ctypes.c_int]
+        fn.restype = ctypes.c_int
+    return lib
+
+
+def kernel() -> ctypes.CDLL | None:
+    """The compiled kernel (built on first use, cached on disk), or None where it cannot be."""
+    if os.environ.get("DEEPMIX_FUSED", "1") == "0":
+        return None
+    if "lib" not in _STATE:
+        try:
+            _STATE["lib"] = _build()
+        except Exception:   # no compiler, read-only cache, sandbox: the torch path still works
+            _STATE["lib"] = None
+    return _STATE["lib"]  # type: ignore[return-value]
+
+
+def available(x: torch.Tensor, K: int) -> bool:
+    """Whether the fused kernel can take input ``x`` for a layer with K components."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and 1 <= K <= (MAX_K if x.dtype == torch.float32 else MAX_K // 2)
+            and kernel() is not None)
+
+
+def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tensor,
+                     c: torch.Tensor, g: torch.Tensor | None, scores: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sums (K, 2D), counts (K,) int64, best-score sum (0-d float64), responsibilities (M, K)).
+
+    ``x`` is (N, H, W, C); ``geometry`` = (fy, fx, sy, sx, Ho, Wo) of the patches (1, 1, 1, 1,
+    H, W without a Folding layer); ``Wl`` (2D, K), ``c`` (K,) the linear form and ``g`` the
+    annealing matrix (None: identity). With ``scores`` (M, K) given (computed by a convolution
+    over dense maps, where a GEMM reuses the weights better than the kernel's sparse scoring),
+    the kernel only finishes each patch and adds it to its winner's sums.
+    """
+    lib = kernel()
+    assert lib is not None
+    dt = x.dtype
+    x = x.contiguous()
+    N, H, W, C = x.shape
+    fy, fx, sy, sx, Ho, Wo = (int(v) for v in geometry)
+    D2, K = Wl.shape
+    lanes = 64 // x.element_size()
+    nv = -(-K // lanes)
+    KP = nv * lanes
+    Wt = torch.zeros(D2, KP, dtype=dt)
+    Wt[:, :K] = Wl
+    cpad = torch.full((KP,), float("-inf"), dtype=dt)   # padding lanes never win
+    cpad[:K] = c
+    gT = None
+    if g is not None:
+        gT = torch.zeros(K, KP, dtype=dt)
+        gT[:, :K] = g.T.to(dt)
+    M = N * Ho * Wo
+    resp = torch.empty(M, K, dtype=dt)
+    sums = torch.zeros(K, D2, dtype=dt)
+    counts = torch.zeros(K, dtype=torch.int64)
+    best = torch.zeros((), dtype=torch.float64)
+    fn = lib.dm_gmm_stats_f32 if dt == torch.float32 else lib.dm_gmm_stats_f64
+    if scores is not None:
+        scores = scores.contiguous()
+        assert scores.shape == (M, K) and scores.dtype == dt
+    rc = fn(x.data_ptr(), H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt.data_ptr(), cpad.data_ptr(),
+            0 if gT is None else gT.data_ptr(), K, nv,
+            0 if scores is None else scores.data_ptr(), resp.data_ptr(), sums.data_ptr(),
+            counts.data_ptr(), best.data_ptr(), torch.get_num_threads())
+    if rc != 0:
+        raise RuntimeError("fused GMM kernel rejected its arguments")
+    return sums, counts, best, resp
+
+
+def fused_apply(mu: torch.Tensor, d: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,
+                step_mu: float, step_d: float, update_d: bool, d_min: float, d_max: float) -> None:
+    """In place: ``mu += step_mu * (-d^2/2) * (S^x - n mu)`` and, with ``update_d``,
+    ``d = clamp(d + step_d * (n/d - d (S^xx - 2 mu S^x + n mu^2)), d_min, d_max)`` from the old
+    mu and d; ``sums`` (P, K, 2D), ``counts`` (P, K) (annealing already applied). The caller
+    bumps the parameters' version counters (the linear-form cache keys on them)."""
+    lib = kernel()
+    assert lib is not None and mu.is_contiguous() and d.is_contiguous()
+    P, K, D = mu.shape
+    sums = sums.contiguous()
+    counts = counts.contiguous()
+    fn = lib.dm_gmm_apply_f32 if mu.dtype == torch.float32 else lib.dm_gmm_apply_f64
+    fn(mu.data_ptr(), d.data_ptr(), sums.data_ptr(), counts.data_ptr(), P * K, D,
+       float(step_mu), float(step_d), int(bool(update_d)), float(d_min), float(d_max),
+       torch.get_num_threads())

@@ -61,6 +61,8 @@ def evaluate(model, goals: torch.Tensor, per_goal: int, truncation: float | None
                        ("constr", DRMMCondition(values=values, mask=mask, inequalities=ineq))):
         s, score = model.sample_with_scores(n, generator=g, condition=cond, truncation=trunc)
         err = (arm_end_effector(s[:, :4]) - target).norm(dim=1)
+        # how well the sampled end-effector coordinates reproduce the goal (~ sigma_L)
+        out[f"{name}_coord_median"] = float((s[:, 4:] - target).norm(dim=1).median())
         for k, v in tip_stats(err).items():
             out[f"{name}_{k}"] = v
         best = score.reshape(len(goals), per_goal).argmax(1)
@@ -110,7 +112,7 @@ def main() -> None:
                   f"[{seconds:.0f} s, sigma {sig}]", flush=True)
     name = args.name or ("drmm_ik_quick" if args.quick else "drmm_ik")
     cols = ["layers", "K", "params", "truncation", "steps", "uncond_hit", "uncond_median",
-            "goal_hit", "goal_median", "goal_p90", "goal_best_of_64_hit", "constr_satisfied",
+            "goal_hit", "goal_median", "goal_coord_median", "goal_p90", "goal_best_of_64_hit", "constr_satisfied",
             "constr_hit", "train_s"]
     md = (f"# DRMM arm IK (`benchmarks/drmm/ik.py{' --quick' if args.quick else ''}`)\n\n"
           f"Hit = tip within {HIT:.2f} (5 % of the reach {REACH}) of the goal (own end effector "

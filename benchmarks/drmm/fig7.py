@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -95,6 +96,7 @@ def main() -> None:
             ax.plot([p for p, _ in pts], [f for _, f in pts], "o-",
                     label="GMM (L=1)" if L == 1 else f"DRMM L={L}")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("parameters")
         ax.set_ylabel("F1 (k=3)")
         ax.set_title(f"{name}, {args.steps} steps")

@@ -56,12 +56,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3000)
     ap.add_argument("--n-train", type=int, default=100_000)
     ap.add_argument("--n-eval", type=int, default=5000)
-    ap.add_argument("--quick", action="store_true", help="K_G 64, depths 2 and 4, 600 steps, "
+    ap.add_argument("--quick", action="store_true", help="K_G 64, depths 2 and 4, 1500 steps, "
                     "2000 eval points")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     if args.quick:
-        args.gmm_k, args.depths, args.steps, args.n_eval = [64], [2, 4], 600, 2000
+        args.gmm_k, args.depths, args.steps, args.n_eval = [64], [2, 4], 1500, 2000
     torch.set_num_threads(args.threads)
     rows = []
     for name in args.data:

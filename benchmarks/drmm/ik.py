@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--sigma", default="scalar", choices=["scalar", "diagonal"])
     ap.add_argument("--truncation", nargs="+", type=float, default=[0.0, 0.05])
     ap.add_argument("--lr", type=float, default=0.002)
+    ap.add_argument("--curriculum", default="v1", choices=["v1", "v2"],
+                    help="v1: the paper; v2: the reference's Dec 2020 schedules")
     ap.add_argument("--goals", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="L = 1, 2; 1500 steps")
     ap.add_argument("--threads", type=int, default=1)
@@ -101,10 +103,12 @@ def main() -> None:
     rows = []
     for L in args.layers:
         model, seconds = train_drmm(x, layers=L, components=args.components, steps=args.steps,
-                                    batch=256, lr=args.lr, init_batch=1024, sigma=args.sigma)
+                                    batch=256, lr=args.lr, init_batch=1024, sigma=args.sigma,
+                                    curriculum=args.curriculum)
         sig = [float(layer.streams[0].variances().detach().sqrt().mean()) for layer in model.layers]
         for trunc in args.truncation:
             row = {"layers": L, "K": args.components, "params": model.n_parameters,
+                   "curriculum": args.curriculum, "sigma": args.sigma,
                    "truncation": trunc, "steps": args.steps, "train_s": round(seconds, 1),
                    "sigma_per_layer": [round(v, 4) for v in sig]}
             row.update(evaluate(model, goals, 64, trunc, seed=2))

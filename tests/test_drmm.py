@@ -616,7 +616,7 @@ def test_the_second_layer_models_the_first_layers_residuals():
     err = {}
     for L in (1, 2):
         m = DRMM(DRMMConfig(n_features=2, n_components=4, n_layers=L))
-        m.fit(x, epochs=20, batch_size=64, seed=0)
+        m.fit(x, epochs=20, batch_size=64, seed=0)          # 1280 steps
         s = m.sample(2000, generator=torch.Generator().manual_seed(1))
         err[L] = float(torch.cdist(s, centres).min(1).values.mean())
     mu1, mu2 = (layer.streams[0].mu.detach() for layer in m.layers)

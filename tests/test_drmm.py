@@ -566,3 +566,62 @@ def test_reference_density_scores():
     assert bool(torch.isfinite(deep.reference_log_density(x, "v3", 8, generator=g)).all())
     with pytest.raises(ConfigError, match="v1 or v3"):
         deep.reference_log_density(x, "v2")
+
+
+# ------------------------------------------------------------- training step against the spec
+def test_training_loss_equals_a_direct_transcription_of_spec_section_4():
+    """One drmm-em loss of a 3-layer model = spec §4 written out with direct differences:
+    forward h = argmax m (rho 1, with log w), E-step e = argmax(data + rho_E latent) (no log
+    w), loss -mean m[e] - alpha mean_k max_i data, residuals and one-hot latents passed on."""
+    from deepmix.training.objectives import make_objective
+    K, D, N, rho = 5, 3, 60, 0.37
+    m = _model(D=D, K=K, L=3)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1),
+                                     dtype=F64))
+    x = torch.randn(N, D, generator=torch.Generator().manual_seed(2), dtype=F64)
+    loss = make_objective("drmm", "drmm-em", {}).layer_losses(m, x, rho)
+    r, lat, ref = x.clone(), [], torch.zeros((), dtype=F64)
+    for layer in m.layers:
+        mu, lv = layer.streams[0].mu, layer.streams[0].log_var
+        data = -0.5 * (((r[:, None, :] - mu[None]) ** 2).sum(-1) / lv.exp() + D * lv)
+        latent = torch.zeros(N, K, dtype=F64)
+        log_ps = [torch.log_softmax(mod.logits, -1) for mod in layer.streams[1:]]
+        for z, log_p in zip(lat, log_ps):
+            latent = latent + torch.softmax(z, -1) @ log_p.T
+        full = torch.log_softmax(layer.logits, -1) + data + latent
+        e, h = (data + rho * latent).argmax(1), full.argmax(1)
+        ref = ref - full.gather(1, e[:, None]).mean() - 0.01 * data.max(0).values.mean()
+        r = r - mu[h]
+        lat = [torch.log_softmax(z - log_p[h], -1) for z, log_p in zip(lat, log_ps)]
+        onehot = torch.full((N, K), math.log(1e-8 / K), dtype=F64)
+        onehot[torch.arange(N), h] = math.log(1 - 1e-8 + 1e-8 / K)
+        lat.append(onehot)
+    assert torch.allclose(loss, ref, rtol=1e-10, atol=1e-10)
+
+
+def test_the_second_layer_models_the_first_layers_residuals():
+    """Data = one of 4 far centres + one of 4 small offsets (16 clusters): a second layer of 4
+    components, fitted to the first layer's residuals, has a smaller sigma than the first and
+    brings the samples closer to the 16 clusters than the first layer alone (hard EM may merge
+    two offsets, so only the improvement is asserted)."""
+    g = torch.Generator().manual_seed(0)
+    A = torch.tensor([[1.0, 1], [1, -1], [-1, 1], [-1, -1]])
+    B = 0.15 * A
+    n = 4096
+    x = A[torch.randint(0, 4, (n,), generator=g)] + B[torch.randint(0, 4, (n,), generator=g)] \
+        + 0.005 * torch.randn(n, 2, generator=g)
+    centres = (A[:, None, :] + B[None]).reshape(-1, 2)
+    err = {}
+    for L in (1, 2):
+        m = DRMM(DRMMConfig(n_features=2, n_components=4, n_layers=L))
+        m.fit(x, epochs=20, batch_size=64, seed=0)          # 1280 steps
+        s = m.sample(2000, generator=torch.Generator().manual_seed(1))
+        err[L] = float(torch.cdist(s, centres).min(1).values.mean())
+    mu1, mu2 = (layer.streams[0].mu.detach() for layer in m.layers)
+    assert torch.cdist(mu1, A).min(1).values.max() < 0.05
+    assert mu2.norm(dim=1).max() < 0.3                       # the offsets' scale, not A's
+    s1, s2 = (float(layer.streams[0].variances().detach().sqrt()[0]) for layer in m.layers)
+    assert s2 < 0.75 * s1
+    assert err[2] < 0.6 * err[1]

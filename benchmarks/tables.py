@@ -31,8 +31,8 @@ def _load(name: str) -> Any:
 def speed_rows() -> list[str]:
     """One Markdown row per measured comparison: what, deepmix, peer, ratio, command."""
     rows = []
-    gmm = _load("gmm_vs_sklearn")
-    for s in (gmm or {}).get("summary", []):
+    for gmm, s in [(g, s) for g in (_load("gmm_vs_sklearn"), _load("gmm_vs_sklearn_k100"))
+                   for s in (g or {}).get("summary", [])]:
         if "deepmix" not in s:          # a file in the format before the one-run comparison
             continue
         d, k = s["deepmix"], s["sklearn"]

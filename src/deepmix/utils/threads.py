@@ -8,8 +8,8 @@ samples the number of *other* runnable threads every few seconds and sets
 
 .. math:: n_\text{threads} = \max\bigl(1, \min(n_\text{requested}, n_\text{cpus} - n_\text{other})\bigr),
 
-changing it only when two samples in a row agree (a compile or a short-lived process does not
-flip it). It reads Linux's ``/proc``; elsewhere it leaves the threads alone. Changing the count
+acting on the first sample at once and later only when two samples in a row agree (a compile
+or a short-lived process does not flip it). It reads Linux's ``/proc``; elsewhere it leaves the threads alone. Changing the count
 changes how float sums are split over threads, so results may differ in the last bits from a
 run at a fixed count: pass an explicit thread count (``deepmix --threads N``,
 ``DEEPMIX_THREADS``) where bit-reproducibility across machines matters.
@@ -91,15 +91,19 @@ class ThreadGovernor:
         self.requested = int(requested or torch.get_num_threads())
         self.interval = float(interval)
         self.cpus = available_cpus()
+        self.changes = 0
         others = other_runnable_threads() if self.requested > 1 else None
         self.enabled = others is not None
         self._pending: int | None = None
         if self.enabled:
-            # The first sample is taken now, so a busy machine is yielded to after one interval.
+            # The first sample acts at once: an epoch may last less than two intervals, and a
+            # neighbour that is already busy when training starts is the common case (a wrong
+            # guess from a passing blip is undone after two samples).
             target = thread_target(self.requested, others, self.cpus)
-            self._pending = None if target == torch.get_num_threads() else target
+            if target != torch.get_num_threads():
+                torch.set_num_threads(target)
+                self.changes += 1
         self._next = time.monotonic() + self.interval
-        self.changes = 0
 
     def tick(self) -> None:
         """Sample the load when ``interval`` has passed; adopt a new count seen twice running."""

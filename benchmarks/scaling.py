@@ -26,7 +26,6 @@ measured bytes all-reduced per step (EM: one reduce per epoch, amortised over it
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys

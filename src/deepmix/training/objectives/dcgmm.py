@@ -18,7 +18,6 @@ batch. The sigma controllers therefore see the global losses and agree on every 
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar

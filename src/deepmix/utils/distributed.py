@@ -61,6 +61,16 @@ def shard_bounds(m: int, rank: int, size: int) -> tuple[int, int]:
     return lo, lo + q + (1 if rank < r else 0)
 
 
+def _unflatten_into(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None:
+    """Copy consecutive pieces of the 1-D ``flat`` back into ``tensors`` (the inverse of the
+    ``torch.cat`` of their flattened values)."""
+    offset = 0
+    for t in tensors:
+        n = t.numel()
+        t.copy_(flat[offset:offset + n].view(t.shape))
+        offset += n
+
+
 @dataclass(frozen=True)
 class World:
     """The processes of a run: ``rank`` of ``size`` (``local_rank`` on its machine)."""
@@ -93,11 +103,7 @@ class World:
         flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
         self._collective(lambda: torch.distributed.all_reduce(flat), "all-reduce",
                          flat.numel() * flat.element_size())
-        offset = 0
-        for t in tensors:
-            n = t.numel()
-            t.copy_(flat[offset:offset + n].view(t.shape))
-            offset += n
+        _unflatten_into(flat, tensors)
 
     def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Overwrite ``tensors`` with rank ``src``'s values (one call per dtype present)."""
@@ -110,11 +116,7 @@ class World:
             flat = torch.cat([t.detach().reshape(-1) for t in group])
             self._collective(lambda: torch.distributed.broadcast(flat, src), "broadcast",
                              flat.numel() * flat.element_size())
-            offset = 0
-            for t in group:
-                n = t.numel()
-                t.copy_(flat[offset:offset + n].view(t.shape))
-                offset += n
+            _unflatten_into(flat, group)
 
     def any(self, flag: bool, device: torch.device | str = "cpu") -> bool:
         """Whether ``flag`` is true on any rank (one small all-reduce); ``flag`` in one process."""

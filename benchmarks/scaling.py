@@ -2,14 +2,16 @@ r"""Scaling on torch.distributed: images/s of 1 and 2 processes (1 thread each),
 in communication per step, and a projection to 8 and 64 machines.
 
 usage: .venv/bin/python benchmarks/scaling.py [--workloads 2L-c gmm circuit] [--nproc 1 2]
-       [--n-images 6000] [--batch-size 100] [--device cpu] [--quick]
+       [--n-images 60000] [--batch-size B] [--epochs E] [--device cpu] [--quick]
        [--json benchmarks/results/scaling.json]
 
 Every workload trains through the library's one loop (``deepmix.fit`` / ``deepmix.train``) on
 MNIST training images; each configuration runs in fresh processes started by torchrun's own
-launcher (as ``deepmix train --nproc N`` does), one thread each, after an untimed warm-up. The
-local batch is the same for every process count (the global batch grows with it: weak
-scaling, as data-parallel training is used). ``images/s`` = global rows / wall time of the
+launcher (as ``deepmix train --nproc N`` does), one thread each, after an untimed warm-up. Each
+workload runs with the defaults ``deepmix train`` gives it: 2L-c at batch 100 (1 epoch), the
+flat GMM (K = 25, diagonal) by batch EM over the whole shard per step (5 EM iterations), the
+circuit (RAT-SPN, EM) at batch 100 (1 epoch). The local batch is the same for every process
+count (the global batch grows with it: weak scaling, as data-parallel training is used). ``images/s`` = global rows / wall time of the
 slowest rank; ``comm`` is the time inside collectives (waiting for the slower rank included).
 
 Projection (no measurement; printed with the formula): a ring all-reduce of S bytes over M
@@ -38,7 +40,12 @@ HOP_LATENCY_S = 50e-6        # per ring hop; a typical TCP round on one switch
 MACHINES = (8, 64)
 
 
-def _worker(workload: str, n_images: int, batch: int, epochs: int, device: str) -> dict:
+#: Per workload: (local batch, timed epochs) that ``deepmix train`` defaults give (None: all rows).
+DEFAULTS: dict[str, tuple[int | None, int]] = {"2L-c": (100, 1), "gmm": (None, 5),
+                                               "circuit": (100, 1)}
+
+
+def _worker(workload: str, n_images: int, batch: int | None, epochs: int, device: str) -> dict:
     """One rank: warm up, then time ``epochs`` epochs of ``workload``; returns its figures."""
     import warnings
 
@@ -59,13 +66,13 @@ def _worker(workload: str, n_images: int, batch: int, epochs: int, device: str) 
     def run(x: torch.Tensor, n_epochs: int) -> int:
         if workload == "2L-c":
             model = deepmix.DCGMM("2L-c", seed=0)
-            rows = train(model, x, config=TrainConfig(epochs=n_epochs, batch_size=batch,
+            rows = train(model, x, config=TrainConfig(epochs=n_epochs, batch_size=batch or 100,
                                                       delay=0.0, device=device),
                          progress=False)
         else:
             flat = x.reshape(x.shape[0], -1).to(torch.float64)
             if workload == "gmm":
-                model = MixtureDensity(10, flat.shape[1], "diag", dtype=torch.float64)
+                model = MixtureDensity(25, flat.shape[1], "diag", dtype=torch.float64)
                 model.initialize(flat[:500], "random", generator=torch.Generator().manual_seed(0))
                 objective = "em"
             else:
@@ -75,7 +82,7 @@ def _worker(workload: str, n_images: int, batch: int, epochs: int, device: str) 
                 epochs=n_epochs, batch_size=batch, device=device), initialize=False)
         return rows[-1]["step"]
 
-    run(images[: 4 * batch * world.size], 1)                   # warm-up (untimed)
+    run(images[: 4 * (batch or 100) * world.size], 1)          # warm-up (untimed)
     for k in COMM_STATS:
         COMM_STATS[k] = 0 if k != "seconds" else 0.0
     if world.distributed:
@@ -88,7 +95,7 @@ def _worker(workload: str, n_images: int, batch: int, epochs: int, device: str) 
             "comm_bytes": COMM_STATS["bytes"]}
 
 
-def measure(workload: str, nproc: int, n_images: int, batch: int, epochs: int,
+def measure(workload: str, nproc: int, n_images: int, batch: int | None, epochs: int,
             device: str) -> dict:
     """Run ``workload`` on ``nproc`` processes (torchrun's launcher, 1 thread each)."""
     import logging
@@ -105,8 +112,10 @@ def measure(workload: str, nproc: int, n_images: int, batch: int, epochs: int,
     slowest = max(ranks.values(), key=lambda r: r["seconds"])
     steps = slowest["steps"]
     rows = n_images * epochs            # every timed epoch reads all images once
+    local = batch if batch is not None else -(-n_images // nproc)     # whole shard per step
     return {"workload": workload, "nproc": nproc, "threads_per_process": 1,
-            "local_batch": batch, "global_batch": batch * nproc, "steps": steps,
+            "local_batch": local, "global_batch": local * nproc, "epochs": epochs,
+            "steps": steps,
             "seconds": slowest["seconds"], "images_per_s": rows / slowest["seconds"],
             "step_ms": 1e3 * slowest["seconds"] / max(steps, 1),
             "comm_ms_per_step": 1e3 * max(r["comm_seconds"] for r in ranks.values())
@@ -135,16 +144,17 @@ FORMULA = ("T_step(M) = T_compute + 2(M-1)*alpha + 2(M-1)/M * S/beta;  images/s(
 def markdown(results: list[dict], projections: list[dict], meta: dict) -> str:
     lines = ["# Scaling on torch.distributed", "",
              f"{meta['machine']}; torch {meta['torch']}; {meta['n_images']} MNIST images, "
-             f"{meta['epochs']} epoch(s), local batch {meta['batch_size']}, 1 thread per "
-             f"process, device {meta['device']}.", "",
-             "| workload | processes | global batch | images/s | speed-up | ms/step | "
-             "comm ms/step | all-reduce calls/step | bytes/step |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"1 thread per process, device {meta['device']}; each workload at the batch and "
+             f"for the epochs in its row (`deepmix train`'s defaults unless given).", "",
+             "| workload | processes | epochs | local batch | global batch | images/s | speed-up "
+             "| ms/step | comm ms/step | all-reduce calls/step | bytes/step |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = {r["workload"]: r for r in results if r["nproc"] == 1}
     for r in results:
         b = base.get(r["workload"])
         speed = r["images_per_s"] / b["images_per_s"] if b else float("nan")
-        lines.append(f"| {r['workload']} | {r['nproc']} | {r['global_batch']} | "
+        lines.append(f"| {r['workload']} | {r['nproc']} | {r.get('epochs', '')} | "
+                     f"{r['local_batch']} | {r['global_batch']} | "
                      f"{r['images_per_s']:.0f} | {speed:.2f}x | {r['step_ms']:.2f} | "
                      f"{r['comm_ms_per_step']:.3f} | {r['comm_calls_per_step']:.2f} | "
                      f"{r['comm_bytes_per_step']:.0f} |")
@@ -162,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workloads", nargs="+", default=["2L-c", "gmm", "circuit"],
                    choices=["2L-c", "gmm", "circuit"])
     p.add_argument("--nproc", nargs="+", type=int, default=[1, 2])
-    p.add_argument("--n-images", type=int, default=6000)
-    p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--n-images", type=int, default=60000)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="local batch of every workload (default: each one's, see DEFAULTS)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="timed epochs of every workload (default: each one's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="a smoke run: 400 images")
     p.add_argument("--json", default=str(HERE / "results" / "scaling.json"))
@@ -176,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for workload in args.workloads:
         for n in args.nproc:
-            r = measure(workload, n, args.n_images, args.batch_size, args.epochs, args.device)
+            batch, epochs = DEFAULTS[workload]
+            batch = args.batch_size if args.batch_size is not None else batch
+            epochs = args.epochs if args.epochs is not None else epochs
+            r = measure(workload, n, args.n_images, batch, epochs, args.device)
             results.append(r)
             print(f"{workload:8s} {n} proc: {r['images_per_s']:9.0f} images/s, "
                   f"{r['step_ms']:8.2f} ms/step, comm {r['comm_ms_per_step']:.3f} ms/step "

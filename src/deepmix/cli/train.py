@@ -35,7 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                   "on --resume the run's own)")
     p.add_argument("--classes", help="train on these classes only, e.g. 1-9 or 0,3,5")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3)")
-    p.add_argument("--batch-size", type=positive_int, default=100)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="rows per step and process (default: the objective's: 100, or the "
+                        "whole data set for flat-GMM batch EM, whose fit does not depend on it)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -120,13 +122,15 @@ def _run_family(args: argparse.Namespace, family: str) -> int:
                               f"--dequantize")
         ds = load_images(data_name, "train", classes=classes)
         model = build_model(family, args, ds.shape)
-        config = FitConfig(epochs=args.epochs or 10, batch_size=args.batch_size, seed=args.seed,
+        batch = args.batch_size if args.batch_size is not None else objective.default_batch_size
+        config = FitConfig(epochs=args.epochs or 10, batch_size=batch, seed=args.seed,
                            device=args.device, checkpoint_every=args.checkpoint_every)
         data_info = {"name": _data_name(data_name), "split": "train", "classes": classes,
                      "levels": ds.levels, "shape": list(ds.shape), "dequantize": dequantize}
         if _main_rank():
             print(f"training {describe(model)} by {objective.name} on {data_name} ({len(ds)} "
-                  f"images, {config.epochs} epochs, batch {config.batch_size}"
+                  f"images, {config.epochs} epochs, batch "
+                  f"{'all rows' if config.batch_size is None else config.batch_size}"
                   f"{_per_process()}) into {out}", file=sys.stderr)
     import torch
 
@@ -243,7 +247,8 @@ def _run_dcgmm(args: argparse.Namespace) -> int:
         ds = load_images(data_name, "train", classes=classes)
         model = DCGMM(args.arch, input_shape=ds.shape, seed=args.seed,
                       classifier_temperature=args.classifier_temperature)
-        cfg = TrainConfig(epochs=args.epochs or 3, batch_size=args.batch_size,
+        cfg = TrainConfig(epochs=args.epochs or 3,
+                          batch_size=100 if args.batch_size is None else args.batch_size,
                           lr=0.01 if args.lr is None else args.lr,
                           delay=args.delay, centroids_first=args.centroids_first,
                           dequantize=args.dequantize, seed=args.seed,

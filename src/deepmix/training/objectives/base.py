@@ -103,6 +103,11 @@ class Objective:
     local_mid_epoch_state: ClassVar[bool] = False
     #: The run's processes; the loop sets it (``LoopInfo.world``) before ``start`` and ``bind``.
     world: World = SINGLE
+    #: Rows per step and process that ``deepmix train`` uses when ``--batch-size`` is not given
+    #: (None: the whole data set, one step per epoch). An SGD-like objective's batch changes
+    #: its result, so the reference batch of the papers (100) is the default; batch EM's
+    #: statistics do not depend on it, and smaller steps only add per-step overhead.
+    default_batch_size: ClassVar[int | None] = 100
 
     def __init__(self, options: Any = None) -> None:
         if options is None:

@@ -70,6 +70,10 @@ class GaussianMixtureEM(Objective):
     options_class = GaussianMixtureEMOptions
     # Mid-epoch statistics are this rank's partial sums until the epoch's end.
     local_mid_epoch_state: ClassVar[bool] = True
+    # The fit does not depend on the batch (statistics are summed over the epoch) and the
+    # engine works in row chunks of its own: one step per EM iteration avoids ~600 Python
+    # steps per MNIST iteration at batch 100 (and, distributed, lets each rank stream its shard).
+    default_batch_size: ClassVar[int | None] = None
 
     def _engine(self, model: Any) -> MixtureEM:
         return MixtureEM(model.n_components, model.covariance_type,

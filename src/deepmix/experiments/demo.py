@@ -136,7 +136,8 @@ def run_demo(out: str | Path = "runs/demo", *, data: str = "mnist", arch: str = 
     held = "" if classes is None else f", class {outlier_class} held out"
     say(f"training {model.spec()} on {data} ({len(train_ds)} images{held}, {cfg.epochs} epochs)")
     t0 = time.perf_counter()
-    train(model, train_ds.to_tensor(), train_ds.labels, config=cfg, out_dir=run_dir,
+    train_x = train_ds.to_tensor()      # one copy for training and the classifier's fits
+    train(model, train_x, train_ds.labels, config=cfg, out_dir=run_dir,
           progress=progress,
           data_info={"name": data, "split": "train", "classes": classes,
                      "levels": train_ds.levels})
@@ -144,11 +145,12 @@ def run_demo(out: str | Path = "runs/demo", *, data: str = "mnist", arch: str = 
     if classifier_epochs > 0 and model.classifier is not None:
         # Tempered features (softmax(log r / T)) usually classify better than the papers' plain
         # responsibilities; a short held-out check decides, so T = 1 stays when it is better.
-        choose_temperature(model, train_ds.to_tensor(), train_ds.labels, grid=(1.0, 10.0),
+        choose_temperature(model, train_x, train_ds.labels, grid=(1.0, 10.0),
                            epochs=classifier_epochs, batch_size=128, seed=seed)
-        fit_classifier(model, train_ds.to_tensor(), train_ds.labels, epochs=classifier_epochs,
+        fit_classifier(model, train_x, train_ds.labels, epochs=classifier_epochs,
                        lr=1e-3, batch_size=128, seed=seed)
         resave_model(model, run_dir)
+    del train_x
 
     summary, _ = evaluate(model, test_ds.to_tensor(), levels=test_ds.levels)
     if model.classifier is not None:

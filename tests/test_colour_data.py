@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import struct
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,34 @@ def test_cifar10_default_protocol_pickles_and_one_known_pixel(tmp_path):
     image = load_cifar(folder, "test").images[0]
     assert (image[0, 0, 0], image[0, 1, 1], image[1, 0, 2]) == (200, 100, 50)
     assert int(image.sum()) == 350
+
+
+def _py2_batch(data: np.ndarray, labels: list[int]) -> bytes:
+    """A batch pickled as the CIFAR site's Python 2 cPickle wrote it: protocol 2, numpy 1's
+    ``numpy.core.multiarray._reconstruct``, keys and pixel bytes as 8-bit strings (U / T)."""
+    def short(b: bytes) -> bytes:
+        return b"U" + bytes([len(b)]) + b
+
+    raw = data.tobytes()
+    out = b"\x80\x02}q\x00(" + short(b"data")
+    out += b"cnumpy.core.multiarray\n_reconstruct\nq\x01cnumpy\nndarray\nq\x02K\x00\x85"
+    out += short(b"b") + b"\x87R(K\x01K" + bytes([len(data)]) + b"M" + struct.pack("<H", 3072)
+    out += b"\x86cnumpy\ndtype\n" + short(b"u1") + b"K\x00K\x01\x87R(K\x03" + short(b"|")
+    out += b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T" + struct.pack("<I", len(raw))
+    out += raw + b"tb" + short(b"labels") + b"](" + b"".join(b"K" + bytes([v]) for v in labels)
+    return out + b"eu."
+
+
+def test_cifar10_python2_pickles(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    write_cifar10(folder)
+    data = _rows(2, 7)
+    (folder / "test_batch").write_bytes(_py2_batch(data, [6, 2]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy.core deprecation on the way
+        test = load_cifar(folder, "test")
+    assert test.labels.tolist() == [6, 2]
+    assert test.images[1, 31, 0, 1] == data[1, 1024 + 32 * 31]
 
 
 def test_cifar10_archive_equals_folder(tmp_path):

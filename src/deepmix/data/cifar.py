@@ -207,9 +207,9 @@ class _Archive(_Source):
         try:
             return tarfile.open(self.path, "r:*")
         except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"CIFAR archive {self.path} is not a readable .tar.gz file "
-                            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})."
-                            ) from None
+            detail = (str(exc).splitlines()[0] if str(exc) else type(exc).__name__).rstrip(": ")
+            raise DataError(f"CIFAR archive {self.path} is not a readable .tar(.gz) file "
+                            f"({detail}).") from None
 
     def names(self) -> set[str]:
         try:

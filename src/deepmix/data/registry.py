@@ -65,8 +65,9 @@ def user_dataset_path(name: str) -> Path:
             return root / candidate
     where = " or ".join(str(root / c) for c in USER_DATASETS[key])
     what = "train_32x32.mat and test_32x32.mat in " if key == "svhn" else ""
+    here = (f"; to use ./{name} here, write --data ./{name}" if Path(name).exists() else "")
     raise DataError(f"{key} cannot be downloaded by deepmix; put {what}{where} (or pass the "
-                    f"path of your copy as the data name).")
+                    f"path of your copy as the data name){here}.")
 
 
 def _load_cached(path: Path, key: str, keys: Sequence[str] | None = None) -> dict:

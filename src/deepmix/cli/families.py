@@ -52,7 +52,9 @@ def _deep_gmm(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:
     layers = "hc3,hc3,hc3,bd4" if args.layers is None else args.layers
     return DeepGMM(DeepGMMConfig(shape=tuple(shape), fold=args.fold, layers=layers,
                                  dtype=args.dtype, seed=args.seed, search=args.search,
-                                 gating=args.gating))
+                                 gating=args.gating,
+                                 prior=getattr(args, "prior", None) or
+                                 ("gating" if args.gating else "uniform")))
 
 
 def _drmm(args: argparse.Namespace, shape: tuple[int, int, int]) -> Any:

@@ -18,9 +18,10 @@ from dataclasses import dataclass
 
 from ...errors import ConfigError, SpecError
 
-__all__ = ["DeepGMMConfig", "LayerToken", "parse_layers", "SEARCH_METHODS"]
+__all__ = ["DeepGMMConfig", "LayerToken", "parse_layers", "SEARCH_METHODS", "PRIORS"]
 
 SEARCH_METHODS = ("auto", "exact", "coordinate")
+PRIORS = ("uniform", "factorised", "gating")
 
 _TOKEN = re.compile(r"^(?:(full|diag|bd|ubd)(\d+)|hc(\d+)(?:x(\d+))?)$")
 
@@ -84,8 +85,13 @@ class DeepGMMConfig:
             and the model folds ``x - mean`` (a shift, log-det 0), so the half-convolutions'
             zero padding and kernels see centred data; on MNIST's constant background this is
             what lets HC layers learn (see docs/deep-gmm.md).
-        gating: the path prior is :math:`\\prod_l g_l(h_l)[c_l]` with a gating network per
-            mixing layer (:mod:`.gating`) instead of uniform; untrained gates are uniform.
+        prior: the path prior :math:`\\pi_c`: ``"uniform"`` (the paper's), ``"factorised"``
+            ([deepmix]: learned categorical weights per variable, :mod:`.prior`) or
+            ``"gating"`` (:mod:`.gating`).
+        gating: the older switch for ``prior="gating"`` (kept so that old configs load): the
+            path prior is :math:`\\prod_l g_l(h_l)[c_l]` with a gating network per mixing
+            layer instead of uniform; untrained gates are uniform. Kept equal to
+            ``prior == "gating"``.
         gate_hidden: channels of the gates' two 3x3 convolutions.
     """
 
@@ -102,6 +108,7 @@ class DeepGMMConfig:
     center: bool = True
     gating: bool = False
     gate_hidden: int = 64
+    prior: str = "uniform"
 
     def __post_init__(self) -> None:
         self.shape = tuple(int(s) for s in self.shape)
@@ -122,6 +129,17 @@ class DeepGMMConfig:
         if self.coupled_update not in ("joint", "sequential"):
             raise ConfigError(f"Unknown coupled_update '{self.coupled_update}'; expected joint "
                               f"or sequential")
+        if self.prior not in PRIORS:
+            raise ConfigError(f"Unknown deep GMM prior '{self.prior}'; expected one of "
+                              f"{', '.join(PRIORS)}")
+        if not isinstance(self.gating, bool):
+            raise ConfigError(f"gating must be true or false, got {self.gating!r}")
+        # ``gating`` predates ``prior``: an old config has gating=True and no prior.
+        if self.gating and self.prior == "uniform":
+            self.prior = "gating"
+        elif self.gating and self.prior != "gating":
+            raise ConfigError(f"gating=True contradicts prior='{self.prior}'; give prior only")
+        self.gating = self.prior == "gating"
         for name in ("max_exact_paths", "chunk_size", "restarts", "gate_hidden"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "restarts"

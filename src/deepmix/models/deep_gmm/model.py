@@ -7,7 +7,9 @@ Analysis direction (data -> noise): :math:`h_0 = \mathrm{fold}(x)`,
 .. math:: s_c(x) = \log\pi_c + \log N(h_L; 0, I) + \sum_l \log|\det J_{f_{l,c_l}}|
 
 with a uniform prior :math:`\log\pi_c = -\sum_{\text{vars}}\log(\#\text{values})` (or, with
-``gating``, :math:`\log\pi_c(x) = \sum_l \log g_l(h_l)[c_l]`, see :mod:`.gating`), and
+``prior="factorised"``, :math:`\log\pi_c = \sum_{l,v}\log\pi_{l,v}[c_{l,v}]`, see
+:mod:`.prior`; with ``prior="gating"``, :math:`\log\pi_c(x) = \sum_l \log g_l(h_l)[c_l]`,
+see :mod:`.gating`), and
 :math:`p(x) = \sum_c e^{s_c(x)}`, a GMM with one component per path. Paths are LongTensors of
 shape (N, V): the variables of every layer, data side first (one column for a shared layer, P
 for an unshared one; see :attr:`DeepGMM.var_slices`).
@@ -24,10 +26,12 @@ import torch
 from ...errors import ConfigError, InputError, NoDensityError
 from ...utils.tensors import as_matrix
 from ..base import Model
+from ..gmm import MixtureDensity
 from ..registry import register_family
 from .config import DeepGMMConfig, parse_layers
 from .folding import fold, unfold
 from .gating import Gate
+from .prior import FactorisedPrior
 from .transforms import (DiagonalTransform, FullTransform, HalfConvolution, SharedBlockTransform,
                          Transform, UnsharedBlockTransform)
 
@@ -86,6 +90,9 @@ class DeepGMM(Model):
                   dtype=dtype, generator=gate_gen)
              if config.gating and layer.n_values > 1 else torch.nn.Identity()
              for layer in layers])
+        #: The factorised prior's weights (``prior="factorised"``), else None.
+        self.prior = FactorisedPrior([(layer.n_vars, layer.n_values) for layer in layers],
+                                     dtype=dtype) if config.prior == "factorised" else None
         offsets = np.cumsum([0] + [layer.n_vars for layer in layers])
         #: Columns of a path tensor that hold each layer's variables.
         self.var_slices = [slice(int(a), int(b)) for a, b in zip(offsets[:-1], offsets[1:])]
@@ -122,8 +129,49 @@ class DeepGMM(Model):
 
     @property
     def log_prior(self) -> float:
-        """Uniform :math:`\\log\\pi_c = -\\log\\#\\text{paths}`."""
+        """Uniform :math:`\\log\\pi_c = -\\log\\#\\text{paths}` (the factorised prior adds
+        :meth:`_prior_term` per layer instead)."""
         return -self.log_n_paths
+
+    def _prior_term(self, i: int, c: torch.Tensor) -> torch.Tensor | float:
+        """:math:`\\log\\pi_i[c_i]` (N,) of layer i under the factorised prior (0 otherwise or
+        for a layer with one value)."""
+        if self.prior is None or self.layers[i].n_values == 1:
+            return 0.0
+        return self.prior.log_prob(i, c)
+
+    def _prior_table(self, i: int) -> torch.Tensor | None:
+        """(n_vars, n_values) log-weights of layer i under the factorised prior, else None."""
+        if self.prior is None or self.layers[i].n_values == 1:
+            return None
+        return self.prior.log_weights(i)
+
+    def prior_paths(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(n, V) paths drawn from the (non-gated) prior: uniform or factorised."""
+        if self.prior is None:
+            return self.random_paths(n, generator)
+        return torch.cat([self.prior.sample(i, n, generator).to(self.device)
+                          for i in range(len(self.layers))], 1)
+
+    @torch.no_grad()
+    def path_counts(self, c: torch.Tensor) -> list[torch.Tensor]:
+        """Usage counts (n_vars, n_values) of every layer's variables in paths c (N, V)."""
+        out = []
+        for layer, cl in zip(self.layers, self.split(c.to(self.device))):
+            onehot = torch.zeros(layer.n_vars, layer.n_values, dtype=torch.float64,
+                                 device=self.device)
+            onehot.scatter_add_(1, cl.T, torch.ones(cl.T.shape, dtype=torch.float64,
+                                                    device=self.device))
+            out.append(onehot)
+        return out
+
+    def set_prior_from_counts(self, counts: list[torch.Tensor], smoothing: float = 1.0) -> None:
+        r"""The factorised prior's closed-form M step: :math:`\pi_{l,v}[j] \propto
+        n_{l,v,j} + \alpha` (a :class:`ConfigError` for another prior)."""
+        if self.prior is None:
+            raise ConfigError(f"the deep GMM has prior '{self.config.prior}'; usage weights "
+                              f"need prior='factorised'")
+        self.prior.set_from_counts(counts, smoothing)
 
     def check_input(self, x: Any) -> torch.Tensor:
         """``x`` as (N, D) rows of the model's dtype: rows in (H, W, C) order or (N, H, W, C)
@@ -185,13 +233,14 @@ class DeepGMM(Model):
 
     def score_folded(self, h0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """:math:`s_c` of already folded, checked activities h0 (N, P, Cb)."""
-        if not self.config.gating:
+        if self.config.prior == "uniform":
             h, logdet = self.transform(h0, c)
             return self.log_prior + _log_normal(h) + logdet
         h, total = h0, h0.new_zeros(h0.shape[0])
         for i, (layer, cl) in enumerate(zip(self.layers, self.split(c))):
             h = layer(h, cl)
-            total = total + layer.log_det(cl) + self._gate_term(i, h, cl)
+            total = total + layer.log_det(cl) + self._gate_term(i, h, cl) \
+                + self._prior_term(i, cl)
         return total + _log_normal(h)
 
     def _gate_term(self, i: int, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor | float:
@@ -291,7 +340,7 @@ class DeepGMM(Model):
         H = h0[None]                                           # (K, N, P, Cb)
         S = h0.new_zeros(1, N)                                 # prefix log-dets
         C = torch.zeros(1, N, 0, dtype=torch.long, device=h0.device)
-        for layer in self.layers:
+        for li, layer in enumerate(self.layers):
             K = H.shape[0]
             flat = H.reshape(K * N, *H.shape[2:])
             table = layer.logdet_table()
@@ -317,6 +366,9 @@ class DeepGMM(Model):
                 out = sel.permute(2, 0, 1, 3).reshape(K, N, Q, P, -1).transpose(1, 2)
                 ld = table[combos].sum(1)
             Q = combos.shape[0]
+            lw = self._prior_table(li)
+            if lw is not None:      # factorised prior: sum_v log pi_v[combo_v], (Q,)
+                ld = ld + lw[torch.arange(lw.shape[0], device=h0.device)[None], combos].sum(1)
             H = out.reshape(K * Q, N, *H.shape[2:])
             S = (S[:, None] + ld[None, :, None]).reshape(K * Q, N)
             if self.config.gating:
@@ -327,7 +379,7 @@ class DeepGMM(Model):
             C = torch.cat([C[:, None].expand(K, Q, N, C.shape[2]),
                            combos[None, :, None].expand(K, Q, N, combos.shape[1])], 3)
             C = C.reshape(K * Q, N, -1)
-        prior = 0.0 if self.config.gating else self.log_prior
+        prior = self.log_prior if self.config.prior == "uniform" else 0.0
         total = S + _log_normal(H) + prior                     # (#paths, N)
         best_s, best = total.max(0)
         best_c = C.gather(0, best[None, :, None].expand(1, N, C.shape[2]))[0]
@@ -367,13 +419,18 @@ class DeepGMM(Model):
                         gates = gates + self._gate_term(j, hh, cj)
                 hh = hh.reshape(n, N, *h0.shape[1:])
                 table = layer.logdet_table()
+                lw = self._prior_table(i)                                    # (n_vars, n)
                 cols = self.var_slices[i]
                 if not layer.unshared:
                     sc = _log_normal(hh) + table[:, None] + gates.reshape(n, N)   # (n, N)
+                    if lw is not None:
+                        sc = sc + lw[0][:, None]
                     c[:, cols] = sc.argmax(0)[:, None]
                 else:
                     # Per-position terms of candidate "value v at every position".
                     sc = _log_normal(hh, per_position=True) + table[:, None, None]  # (n, N, P)
+                    if lw is not None:
+                        sc = sc + lw.T[:, None, :]
                     proposal = sc.argmax(0)                                   # (N, P)
                     if not self.config.gating and all(
                             self.layers[j].per_position for j in range(i + 1, len(self.layers))):
@@ -420,7 +477,9 @@ class DeepGMM(Model):
 
     def log_prob_upper_bound_approx(self, x: Any, *, method: str | None = None,
                                     generator: torch.Generator | None = None) -> torch.Tensor:
-        """UB*(x) = LB(x) + log #paths (approximate: a better path may exist), nats, (N,)."""
+        """UB*(x) = LB(x) + log #paths (approximate: a better path may exist), nats, (N,).
+
+        Any prior: :math:`\\sum_c \\pi_c N_c \\le \\#\\text{paths}\\cdot\\max_c \\pi_c N_c`."""
         return self.log_prob_lower_bound(x, method=method, generator=generator) \
             + self.log_n_paths
 
@@ -432,7 +491,7 @@ class DeepGMM(Model):
         if first is None:
             return None
         rest = self.layers[first:]
-        if not self.config.gating and all(layer.per_position and (layer.unshared or layer.n_values == 1) for layer in rest):
+        if self.config.prior != "gating" and all(layer.per_position and (layer.unshared or layer.n_values == 1) for layer in rest):
             return first
         return None
 
@@ -478,7 +537,7 @@ class DeepGMM(Model):
         S = h0.new_zeros(1, N, self.P)
         # chain k's value at every mixing layer (mixed radix, earlier layers slower)
         chains = torch.zeros(1, 0, dtype=torch.long, device=h0.device)
-        for layer in self.layers[first:]:
+        for li, layer in enumerate(self.layers[first:], first):
             K = H.shape[0]
             flat = H.reshape(K * N, *h.shape[1:])
             table = layer.logdet_table()
@@ -490,7 +549,11 @@ class DeepGMM(Model):
             H = layer.forward_all(flat).reshape(n, K, N, *h.shape[1:]).transpose(0, 1)
             H = H.reshape(K * n, N, *h.shape[1:])
             S = (S[:, None] + table[None, :, None, None]).reshape(K * n, N, self.P)
-            S = S - math.log(n)                                       # per-position prior
+            lw = self._prior_table(li)
+            if lw is None:
+                S = S - math.log(n)                                   # per-position prior
+            else:                                                     # factorised: (n, P)
+                S = S + lw.T.repeat(K, 1)[:, None, :]
             values = torch.arange(n, device=h0.device)
             chains = torch.cat([chains.repeat_interleave(n, 0),
                                 values.repeat(K)[:, None]], 1)
@@ -509,7 +572,8 @@ class DeepGMM(Model):
     # ---------------------------------------------------------------------- sampling
     def sample(self, n: int, *, generator: torch.Generator | None = None,
                condition: Any = None) -> torch.Tensor:
-        """``n`` rows (n, D): a path from the prior (uniform, or the gates on the way down),
+        """``n`` rows (n, D): a path from the prior (uniform, factorised, or the gates on the
+        way down),
         :math:`\\epsilon \\sim N(0, I)`, the inverses from
         layer L down to 1, unfolded."""
         if condition is not None:
@@ -520,10 +584,10 @@ class DeepGMM(Model):
     def sample_with_paths(self, n: int, *, generator: torch.Generator | None = None,
                           paths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(rows (n, D), their paths (n, V)); ``paths`` fixes the paths instead of drawing
-        them uniformly."""
+        them from the prior."""
         n = self._check_n(n)
         self.check_invertible()
-        c = self.random_paths(n, generator) if paths is None else paths.to(self.device)
+        c = self.prior_paths(n, generator) if paths is None else paths.to(self.device)
         eps = torch.randn(n, self.P, self.Cb, generator=generator, dtype=self.dtype,
                           device=generator.device if generator is not None else self.device)
         h = eps.to(self.device)
@@ -575,6 +639,9 @@ class DeepGMM(Model):
                                    .expand_as(layer.weight))
                 layer.bias.zero_()
         self._perturb(g)
+        if self.prior is not None:
+            for theta in self.prior.logits:
+                theta.zero_()                   # uniform until the first M step
         self.offset.copy_(x.mean(0) if self.config.center else torch.zeros_like(self.offset))
         h = self.fold(x)
         zeros = torch.zeros(h.shape[0], self.P, dtype=torch.long, device=self.device)
@@ -585,6 +652,74 @@ class DeepGMM(Model):
             h = layer(h, zeros[:, :layer.n_vars])
         self.check_invertible()
         return self
+
+    @classmethod
+    @torch.no_grad()
+    def from_gaussian_mixture(cls, gmm: Any, shape: tuple[int, int, int], *, fold: int = 4,
+                              layers: str | None = None, **options: Any) -> "DeepGMM":
+        r"""[deepmix] A deep GMM whose density is exactly the diagonal GMM ``gmm`` (a fitted
+        :class:`deepmix.GaussianMixture`, scikit-learn ``GaussianMixture`` or a
+        :class:`~deepmix.models.MixtureDensity`, ``diag`` or ``spherical``), to train further.
+
+        ``layers`` (default ``"hc5,hc5,hc5,diag<K>"``) must hold exactly one ``diag<K>`` layer
+        with K = the mixture's components; every other layer starts as the identity (HC
+        kernels 0, block matrices I, biases 0) and the prior is ``factorised`` with the
+        mixture's weights. With offset :math:`o` (the mixture's mean under ``center``, else
+        0), :math:`h = \mathrm{fold}(x - o)` and the diag layer's value k
+        :math:`a_k = -\tfrac12\log\sigma_k^2`, :math:`t_k = -e^{a_k}\,\mathrm{fold}(\mu_k - o)`,
+        path k scores :math:`\log w_k + \log N(x; \mu_k, \mathrm{diag}\,\sigma_k^2)`.
+        ``options`` are further :class:`DeepGMMConfig` fields (``prior`` must be factorised)."""
+        if isinstance(gmm, MixtureDensity):
+            kind = gmm.covariance_type
+            w, mu, var = gmm.weights, gmm.means, gmm.covariances
+        elif all(hasattr(gmm, a) for a in ("weights_", "means_", "covariances_")):
+            kind = getattr(gmm, "covariance_type", "diag")
+            w, mu, var = gmm.weights_, gmm.means_, gmm.covariances_
+        else:
+            raise InputError(f"from_gaussian_mixture needs a fitted GaussianMixture or a "
+                             f"MixtureDensity, got {type(gmm).__name__}")
+        w, mu, var = (torch.as_tensor(np.asarray(v.detach().cpu() if torch.is_tensor(v) else v),
+                                      dtype=torch.float64) for v in (w, mu, var))
+        if kind not in ("diag", "spherical"):
+            raise ConfigError(f"from_gaussian_mixture takes a diag or spherical mixture, got "
+                              f"covariance_type '{kind}'")
+        K, D = mu.shape
+        var = var.reshape(K, -1).expand(K, D)
+        layers = f"hc5,hc5,hc5,diag{K}" if layers is None else layers
+        if options.setdefault("prior", "factorised") != "factorised":
+            raise ConfigError(f"from_gaussian_mixture needs prior='factorised' (the mixture's "
+                              f"weights), got '{options['prior']}'")
+        model = cls(DeepGMMConfig(shape=tuple(shape), fold=fold, layers=layers, **options))
+        if model.D != D:
+            raise InputError(f"the mixture has {D} features; shape {tuple(shape)} has "
+                             f"{model.D}")
+        diag = [i for i, layer in enumerate(model.layers)
+                if isinstance(layer, DiagonalTransform) and layer.n_values == K]
+        if len(diag) != 1:
+            raise ConfigError(f"from_gaussian_mixture needs exactly one diag{K} layer in "
+                              f"'{layers}' (the mixture's {K} components)")
+        for layer in model.layers:
+            for p in layer.parameters():
+                p.zero_()
+            if isinstance(layer, (FullTransform, SharedBlockTransform, UnsharedBlockTransform)):
+                layer.weight.copy_(torch.eye(layer.weight.shape[-1], dtype=layer.weight.dtype)
+                                   .expand_as(layer.weight))
+        dtype = model.dtype
+        offset = (w @ mu) if model.config.center else torch.zeros(D, dtype=torch.float64)
+        model.offset.copy_(offset.to(dtype))
+        H, W, C = model.config.shape
+        layer = model.layers[diag[0]]
+        # (the argument ``fold`` shadows the function here)
+        a = model.fold((-0.5 * var.log()).to(dtype) + model.offset)                # (K, P, Cb)
+        m = model.fold(mu.to(dtype))
+        layer.log_scale.copy_(a.to(dtype))
+        layer.bias.copy_((-(a.exp()) * m).to(dtype))
+        counts = [torch.ones(lay.n_vars, lay.n_values, dtype=torch.float64)
+                  for lay in model.layers]
+        counts[diag[0]] = w.reshape(1, K)
+        model.set_prior_from_counts(counts, smoothing=0.0)
+        model.check_invertible()
+        return model
 
     def _whiten(self, layer: Transform, h: torch.Tensor, ridge: float) -> None:
         N = h.shape[0]

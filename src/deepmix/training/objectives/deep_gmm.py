@@ -13,7 +13,10 @@ defaults): Adam with default betas, LR ``lr`` times ``em_lr_decay`` per EM itera
 ``final_lr_factor`` for the last ``min(final_updates, 40%)`` updates of every M step; Adam's
 moments reset at each M step. After every E step a transformation (a bank block, for unshared
 layers) used by fewer than ``min_usage`` samples becomes a perturbed copy of its layer's most
-used one.
+used one. With the factorised prior (``prior="factorised"``) the M step also sets the weights
+in closed form, right after the E step: :math:`\pi_{l,v}[j] = (n_{l,v,j} + \alpha) / (N +
+n_l\alpha)`, the smoothed usage counts of the new paths (a re-seeded value and its source
+share the source's count, so the copy can win paths).
 
 The loss logged per batch is :math:`-s_c(x)` under the current paths, nats per image; each
 epoch's row adds the last E step's ``e_step_lower_bound`` and ``reseeded``
@@ -23,7 +26,8 @@ Several processes: each rank searches its contiguous shard of the rows, from its
 random restarts drawn for all rows from a generator of (seed, EM iteration), and ONE reduce of a
 zero-filled path table assembles the paths on every rank (equal to the one-process paths); the
 re-seeding draws from the same generator, so alike everywhere; the M step (and the gates) use
-the row-weighted gradient all-reduce (:meth:`Objective.reduce_row_weighted`).
+the row-weighted gradient all-reduce (:meth:`Objective.reduce_row_weighted`). The factorised
+prior's counts are taken from the assembled paths, so they need no reduce of their own.
 """
 
 from __future__ import annotations
@@ -63,6 +67,8 @@ class HardEMOptions(ObjectiveOptions):
             ``gating``) by cross-entropy on the last E step's paths, by Adam at ``gating_lr``;
             the transformations stay fixed then (paper section 3).
         gating_lr: Adam's rate for the gates.
+        prior_smoothing: :math:`\\alpha > 0`, added to every usage count of the factorised
+            prior's M step (a model with ``prior="factorised"``; ignored otherwise).
     """
 
     lr: float = 1e-3
@@ -76,9 +82,10 @@ class HardEMOptions(ObjectiveOptions):
     ridge: float = 1e-6
     gating_epochs: int = 0
     gating_lr: float = 1e-3
+    prior_smoothing: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("lr", "em_lr_decay", "final_lr_factor", "gating_lr"):
+        for name in ("lr", "em_lr_decay", "final_lr_factor", "gating_lr", "prior_smoothing"):
             v = getattr(self, name)
             if isinstance(v, bool) or not (isinstance(v, (int, float)) and v > 0
                                            and math.isfinite(v)):
@@ -185,23 +192,41 @@ class HardEM(Objective):
             paths = table.round().long()
         self.paths = paths
         self.e_scores.append(float(score[0]) / N)
-        self.reseeded.append(self._reseed(model, generator))
+        copies: list[tuple[int, int, list[int]]] = []
+        self.reseeded.append(self._reseed(model, generator, copies))
+        if getattr(model, "prior", None) is not None:
+            self._set_prior(model, copies)
         self.optimizer = torch.optim.Adam(self.params, lr=self.options.lr)
 
     @torch.no_grad()
-    def _reseed(self, model: Any, generator: torch.Generator) -> int:
+    def _set_prior(self, model: Any, copies: list[tuple[int, int, list[int]]]) -> None:
+        """The factorised prior's closed-form M step on the paths (re-seeded copies share
+        their source's count)."""
+        counts = model.path_counts(self.paths)
+        for i, best, values in copies:
+            cols = [best, *values]
+            counts[i][:, cols] = counts[i][:, best:best + 1] / len(cols)
+        model.set_prior_from_counts(counts, self.options.prior_smoothing)
+
+    @torch.no_grad()
+    def _reseed(self, model: Any, generator: torch.Generator,
+                copies: list[tuple[int, int, list[int]]] | None = None) -> int:
+        """Re-seed the rarely used values; appends (layer, source, values) to ``copies``."""
         N = self.paths.shape[0]
         threshold = self.options.min_usage
         if threshold is None:
             threshold = max(2 * model.Cb, 0.001 * N)
         count = 0
-        for layer, cols in zip(model.layers, model.var_slices):
+        for i, (layer, cols) in enumerate(zip(model.layers, model.var_slices)):
             n = layer.n_values
             if n == 1 or threshold <= 0:
                 continue
             usage = torch.bincount(self.paths[:, cols].reshape(-1), minlength=n)
             best = int(usage.argmax())
-            for v in (usage < threshold).nonzero().flatten().tolist():
+            rare = (usage < threshold).nonzero().flatten().tolist()
+            if rare and copies is not None:
+                copies.append((i, best, rare))
+            for v in rare:
                 for p in layer.parameters():
                     src = p[best]
                     noise = torch.randn(src.shape, generator=generator, dtype=src.dtype,

@@ -123,3 +123,17 @@ def test_unknown_mask_stays_dcgmm_only(runs, tmp_path, capsys):
                          tmp_path / "c.png"], capsys)
     assert code == 2 and "only DCGMM runs have; " in err and "'drmm' run" in err
     assert not any(tmp_path.iterdir())
+
+
+def test_chunked_completion_equals_one_call(runs, tmp_path, capsys, monkeypatch):
+    # Images go to model.complete in chunks (memory); a deterministic fill must not notice.
+    from deepmix.cli import complete
+
+    results = []
+    for chunk in (complete._CHUNK, 7):
+        monkeypatch.setattr(complete, "_CHUNK", chunk)
+        code, _, err = _run(["complete", runs / "gmm", "--data", "digits", "--n", "50",
+                             "--out", tmp_path / "c.png", "--json", tmp_path / "c.json"], capsys)
+        assert code == 0, err
+        results.append(json.loads((tmp_path / "c.json").read_text()))
+    assert results[0]["mse_missing"] == pytest.approx(results[1]["mse_missing"], rel=1e-12)

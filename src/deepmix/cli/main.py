@@ -1,7 +1,7 @@
 """``deepmix <command>``: train, sample, in-paint and score deep mixture models of images.
 
-Commands: fetch, train, evaluate, sample, inpaint, variants, outliers, cluster, sample-quality,
-report, fit-gmm, demo.
+Commands: fetch, train, evaluate, sample, complete (alias inpaint), variants, outliers, cluster,
+sample-quality, report, fit-gmm, demo.
 
 Errors a user can cause are printed as one line (``deepmix: error: ...``) with exit status 2.
 ``deepmix --threads N COMMAND`` (or ``DEEPMIX_THREADS=N``) fixes torch's CPU threads. Without it,
@@ -22,13 +22,13 @@ from ..errors import DeepmixError
 from ..utils.io import is_stdout, json_stdout
 from ..utils.threads import pin_threads
 from .common import positive_int
-from . import (cluster, demo, evaluate, fetch, fit_gmm, inpaint, outliers, report, sample,
+from . import (cluster, complete, demo, evaluate, fetch, fit_gmm, outliers, report, sample,
                sample_quality, train, variants)
 
 __all__ = ["main", "build_parser"]
 
 COMMANDS = {"fetch": fetch, "train": train, "evaluate": evaluate, "sample": sample,
-            "inpaint": inpaint, "variants": variants, "outliers": outliers,
+            "complete": complete, "variants": variants, "outliers": outliers,
             "cluster": cluster, "sample-quality": sample_quality, "report": report,
             "fit-gmm": fit_gmm, "demo": demo}
 
@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "free core, adapted while training)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, module in COMMANDS.items():
-        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        # A command's other names (``complete`` is also ``inpaint``): one parser, one run.
+        p = sub.add_parser(name, aliases=list(getattr(module, "ALIASES", ())),
+                           help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         # A private dest: a command's own option may be called --run (sample-quality's is).
         p.set_defaults(_command=module.run)

@@ -1,13 +1,25 @@
-"""``deepmix inpaint DIR``: complete masked test images; grid of originals, inputs, completions."""
+"""``deepmix complete DIR`` (also ``deepmix inpaint DIR``): complete masked test images with a
+run of any family that has a conditional (DCGMM, flat GMM, circuit, DRMM incl. the patch DRMM);
+grid of originals, inputs, completions; MSE on the hidden pixels against the data-mean fill.
+
+One completion vocabulary for every family: ``--mask`` names the hidden part (or a .npy of
+observed pixels), ``--mode mean`` the least-squares fill (DCGMM: top-down posterior mean; flat
+GMM: the exact conditional mean E[x_m | x_o]; circuit: its MPE completion; DRMM: the average of
+``--samples`` conditional draws), ``--mode sample`` one drawn completion.
+"""
 
 from __future__ import annotations
 
 import argparse
 
+from ..errors import ConfigError
 from .common import load_run_and_data, positive_int, top_s_arg
 
-HELP = ("in-paint masked test images with a trained run (known mask, or --unknown: corrupted "
-        "and detected), report the error")
+HELP = ("complete (in-paint) masked test images with a trained run of any family that can "
+        "(known mask; DCGMM also --unknown: corrupted and detected), report the error")
+
+#: Other names of this command (``inpaint`` was its first name, kept for compatibility).
+ALIASES = ("inpaint",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,7 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="side fraction of 'center', pixel fraction of 'random'")
     p.add_argument("--mode", choices=["mean", "sample"], default="mean",
                    help="posterior mean (least squares) or drawn completions")
-    p.add_argument("--iterations", type=positive_int, default=1)
+    p.add_argument("--samples", type=positive_int, default=None,
+                   help="DRMM: conditional draws averaged by --mode mean (default: the model's, "
+                        "64 flat, 16 patch)")
+    p.add_argument("--iterations", type=positive_int, default=1,
+                   help="DCGMM: top-down passes")
     p.add_argument("--top-s", type=top_s_arg, default=None,
                    help="components kept per position (default: all)")
     p.add_argument("--divisor", type=float, default=float("inf"),
@@ -73,25 +89,39 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import as_observed, inpaint, missing_mse
 
     model, data_name, ds = load_run_and_data(args, family=None)
-    if model.family != "dcgmm":
-        return _run_flat(args, model, data_name, ds)
-    x = model.check_images(ds.to_tensor()[: args.n])
+    completer = _FLAT_METHODS.get(model.family) if model.family != "dcgmm" else None
+    if model.family != "dcgmm" and completer is None:
+        raise ConfigError(_CANNOT.get(model.family, f"a '{model.family}' run cannot complete "
+                                                    f"images from a mask"))
+    if args.unknown and model.family != "dcgmm":
+        raise ConfigError(f"--unknown needs per-position inlier statistics, which only DCGMM "
+                          f"runs have; {args.run_dir} holds a '{model.family}' run")
+    x = ds.to_tensor()[: args.n]
+    if model.family == "dcgmm":
+        x = model.check_images(x)
     obs = as_observed(load_mask(args.mask, x.shape[1:3], args.fraction, args.seed), x)
-    train = load_images(data_name, "train").to_tensor()
+    train = load_images(data_name, "train").to_tensor()      # the data-mean floor: all classes
     mean_fill = torch.where(obs, x, train.mean(0, keepdim=True).to(x))
     result = {"run": str(args.run_dir), "data": str(data_name), "split": args.split,
               "n": int(x.shape[0]), "mask": args.mask, "mode": args.mode,
+              "family": model.family,
+              "hidden_fraction": float((~obs).float().mean()),
               "mse_missing_mean_fill": missing_mse(mean_fill, x, obs)}
     if args.unknown:
         return _run_unknown(args, model, x, obs, train, result)
-    done = inpaint(model, x, obs, iterations=args.iterations, mode=args.mode, top_s=args.top_s,
-                   divisor=args.divisor, seed=args.seed)
+    if model.family == "dcgmm":
+        result["method"] = args.mode
+        done = inpaint(model, x, obs, iterations=args.iterations, mode=args.mode,
+                       top_s=args.top_s, divisor=args.divisor, seed=args.seed)
+    else:
+        result["method"] = completer[args.mode]
+        done = _complete_flat(model, x, obs, completer[args.mode], args)
     result["mse_missing"] = missing_mse(done, x, obs)
     shown = torch.where(obs, x, torch.full_like(x, 0.5))
     return _write(args, result, [x, shown, done],
-                  f"in-painted {x.shape[0]} images ({args.mask}, {args.mode}): MSE on missing "
-                  f"pixels {result['mse_missing']:.4f} (data-mean fill "
-                  f"{result['mse_missing_mean_fill']:.4f})",
+                  f"completed {x.shape[0]} images with a {model.family} run ({args.mask}, "
+                  f"{result['method']}): MSE on missing pixels {result['mse_missing']:.4f} "
+                  f"(data-mean fill {result['mse_missing_mean_fill']:.4f})",
                   "originals, inputs with the hidden part grey, completions")
 
 
@@ -137,45 +167,36 @@ def _run_unknown(args, model, x, obs, train, result: dict) -> int:
                   "originals, corrupted, detected part grey, completions")
 
 
-#: --mode -> each flat family's completion method (a circuit's "mean" is its MPE completion).
+#: --mode -> each flat family's completion method (a circuit's "mean" is its MPE completion;
+#: a DRMM's, flat or patch, is the average of --samples conditional draws).
 _FLAT_METHODS = {"gmm": {"mean": "mean", "sample": "sample"},
-                 "circuit": {"mean": "mpe", "sample": "sample"}}
-_FLAT_METHODS["drmm"] = {"mean": "mean", "sample": "sample"}   # flat and patch DRMM alike
+                 "circuit": {"mean": "mpe", "sample": "sample"},
+                 "drmm": {"mean": "mean", "sample": "sample"}}
+#: Families whose completions average conditional draws (they take ``n_samples``).
+_AVERAGES_DRAWS = frozenset({"drmm"})
+#: Images per ``model.complete`` call.
+_CHUNK = 100
+#: Why a family cannot complete, in one line.
+_CANNOT = {"deep-gmm": "a 'deep-gmm' run cannot complete images from a mask: its density is a "
+                       "mixture over exponentially many paths with full-covariance Gaussians, "
+                       "and no exact conditional over them is built (use a dcgmm, gmm, circuit "
+                       "or drmm run)"}
 
 
-def _run_flat(args: argparse.Namespace, model, data_name: str, ds) -> int:
+def _complete_flat(model, x, obs, method: str, args: argparse.Namespace):
     """Known-mask completion for families over flat pixel rows (``model.complete``)."""
     import torch
 
-    from ..errors import ConfigError
-    from ..inference import as_observed, missing_mse
     from .families import model_input
 
-    if args.unknown:
-        raise ConfigError(f"--unknown needs per-position inlier statistics, which only DCGMM "
-                          f"runs have; {args.run_dir} holds a '{model.family}' run")
-    methods = _FLAT_METHODS.get(model.family)
-    if methods is None or not hasattr(model, "complete"):
-        raise ConfigError(f"a '{model.family}' run cannot complete images from a mask")
-    x = ds.to_tensor()[: args.n]
-    obs = as_observed(load_mask(args.mask, x.shape[1:3], args.fraction, args.seed), x)
+    options = {}
+    if model.family in _AVERAGES_DRAWS and args.samples is not None:
+        options["n_samples"] = args.samples
     gen = torch.Generator().manual_seed(args.seed)
-    flat = model.complete(model_input(model, x), obs.reshape(x.shape[0], -1).to(model.device),
-                          method=methods[args.mode], generator=gen)
-    done = flat.detach().cpu().float().reshape(x.shape).clamp(0.0, 1.0)
-    train = ds.to_tensor() if args.split == "train" else None
-    from ..data import load_images
-
-    train = train if train is not None else load_images(data_name, "train").to_tensor()
-    mean_fill = torch.where(obs, x, train.mean(0, keepdim=True).to(x))
-    result = {"run": str(args.run_dir), "data": str(data_name), "split": args.split,
-              "n": int(x.shape[0]), "mask": args.mask, "mode": args.mode,
-              "method": methods[args.mode], "family": model.family,
-              "mse_missing": missing_mse(done, x, obs),
-              "mse_missing_mean_fill": missing_mse(mean_fill, x, obs)}
-    shown = torch.where(obs, x, torch.full_like(x, 0.5))
-    return _write(args, result, [x, shown, done],
-                  f"in-painted {x.shape[0]} images with a {model.family} run ({args.mask}, "
-                  f"{methods[args.mode]}): MSE on missing pixels {result['mse_missing']:.4f} "
-                  f"(data-mean fill {result['mse_missing_mean_fill']:.4f})",
-                  "originals, inputs with the hidden part grey, completions")
+    rows, mask = model_input(model, x), obs.reshape(x.shape[0], -1).to(model.device)
+    # Chunks of images bound the memory: a patch DRMM's backward pass holds draws x images
+    # rows of every patch grid (1000 MNIST images x 16 draws in one call: 8.7 GB peak).
+    flat = torch.cat([model.complete(rows[i:i + _CHUNK], mask[i:i + _CHUNK], method=method,
+                                     generator=gen, **options).detach().cpu()
+                      for i in range(0, rows.shape[0], _CHUNK)])
+    return flat.float().reshape(x.shape).clamp(0.0, 1.0)

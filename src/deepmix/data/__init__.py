@@ -17,6 +17,7 @@ from deepmix.data.registry import DATASETS, USER_DATASETS, fetch, load_images
 from deepmix.data.svhn import load_svhn
 from deepmix.data.toys import THESIS_TOYS, TOYS, make_toy, thesis_toy, thesis_train_valid
 from deepmix.data.toys import arm_end_effector, arm_ik, drmm_sierpinski, drmm_swissroll
+from deepmix.data.toys import humanoid_columns, humanoid_ik, humanoid_observe, humanoid_poses
 
 __all__ = [
     "cache_dir",
@@ -35,6 +36,10 @@ __all__ = [
     "drmm_sierpinski",
     "arm_ik",
     "arm_end_effector",
+    "humanoid_ik",
+    "humanoid_poses",
+    "humanoid_observe",
+    "humanoid_columns",
     "make_toy",
     "THESIS_TOYS",
     "thesis_toy",

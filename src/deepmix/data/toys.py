@@ -13,13 +13,15 @@ Two families share the names halfmoons, spirals and board but not their shape:
   them, the data of ``deepmix fit-gmm --data halfmoons`` and of
   :mod:`deepmix.experiments.thesis_toys`.
 - The DRMM paper's data (spec drmm §8), as torch tensors from a seed or ``torch.Generator``:
-  :func:`drmm_swissroll` (2-D and 3-D), :func:`drmm_sierpinski`, the 4-link arm :func:`arm_ik`.
+  :func:`drmm_swissroll` (2-D and 3-D), :func:`drmm_sierpinski`, the 4-link arm :func:`arm_ik`,
+  the 2-D humanoid :func:`humanoid_ik` (30 variables; names by :func:`humanoid_columns`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -28,7 +30,10 @@ from deepmix.errors import DataError
 
 __all__ = ["TOYS", "SIERPINSKI_VERTICES", "make_toy", "THESIS_TOYS", "thesis_toy",
            "thesis_train_valid", "drmm_swissroll", "drmm_sierpinski", "DRMM_SIERPINSKI_CORNERS",
-           "arm_ik", "arm_end_effector", "ARM_LINKS"]
+           "arm_ik", "arm_end_effector", "ARM_LINKS", "HumanoidBone", "HUMANOID_BONES",
+           "HUMANOID_ROOT", "HUMANOID_POINTS", "HUMANOID_POSE_DIM", "HUMANOID_DIM",
+           "humanoid_columns", "humanoid_joints", "humanoid_segments", "humanoid_observe",
+           "humanoid_poses", "humanoid_ik"]
 
 TOYS: tuple[str, ...] = ("halfmoons", "spirals", "board", "swissroll", "sierpinski")
 #: The thesis' toys (:func:`thesis_toy`): same names as three of :data:`TOYS`, other shapes.
@@ -244,3 +249,162 @@ def arm_ik(n: int, *, seed: int | None = None, generator: torch.Generator | None
     g = _torch_generator(seed, generator)
     angles = (torch.rand(n, len(links), generator=g, dtype=torch.float64) - 0.5) * math.pi
     return torch.cat([angles, arm_end_effector(angles, links)], 1).to(dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# The DRMM paper's 2-D humanoid for inverse kinematics (Sec. 4.1, Fig. 5; spec drmm §8).
+
+
+@dataclass(frozen=True)
+class HumanoidBone:
+    """One bone of :data:`HUMANOID_BONES`.
+
+    ``offset`` is the bone's origin (its joint) in the parent's frame (None parent: the root,
+    whose origin is (root_x, root_y)); ``tip`` the far end of its drawn segment in its own frame
+    ((0, 0) for the five end-effector bones, which are only points); angles are drawn uniformly
+    between ``lo`` and ``hi`` (``lo > hi`` is legal and means the same interval, as in the
+    reference rig); ``width`` is the width of the drawn rectangle; ``mass`` its share of the
+    body mass."""
+
+    name: str
+    parent: int | None
+    offset: tuple[float, float]
+    lo: float
+    hi: float
+    tip: tuple[float, float] = (0.0, 0.0)
+    width: float = 0.0
+    mass: float = 0.0
+
+    @property
+    def length(self) -> float:
+        return math.hypot(*self.tip)
+
+
+_PI = math.pi
+#: The 16 bones of the 2-D humanoid, parents first, in the order of their angle columns.
+#: Geometry and angle limits are those of the reference's IK rig (``Plot_IK.py``, ``fullbody``):
+#: torso and upper torso 0.25 long and 0.3 wide, head 0.25 (width 0.15), upper arms and
+#: forearms 0.3, thighs and shins 0.35 (width 0.1); shoulders at (+-0.15, 0.25) of the upper
+#: torso, hips at (+-0.15, 0) of the torso. The left forearm and thigh limits are written
+#: (0.5 pi, 0) and (0.3 pi, -0.1 pi) as the reference writes them: the same intervals as the
+#: right side (the limbs are not mirrored). Masses (deepmix's choice; the reference's "centre of
+#: mass" is the sum of the 11 rectangles' vertex means divided by 16, not a centre of mass):
+#: Winter's (2009) segment fractions, head 0.081, trunk 0.497 (half to each torso bone), upper
+#: arm 0.028, forearm + hand 0.022, thigh 0.100, shank + foot 0.061 (they sum to 1), each at the
+#: midpoint of its segment.
+HUMANOID_BONES: tuple[HumanoidBone, ...] = (
+    HumanoidBone("torso", None, (0.0, 0.0), -0.4 * _PI, 0.4 * _PI, (0.0, 0.25), 0.3, 0.2485),
+    HumanoidBone("upper_torso", 0, (0.0, 0.25), -0.4 * _PI, 0.4 * _PI, (0.0, 0.25), 0.3, 0.2485),
+    HumanoidBone("head", 1, (0.0, 0.25), -0.1 * _PI, 0.1 * _PI, (0.0, 0.25), 0.15, 0.081),
+    HumanoidBone("head_top", 2, (0.0, 0.25), 0.0, 0.0),
+    HumanoidBone("r_upper_arm", 1, (0.15, 0.25), -0.5 * _PI, 0.5 * _PI, (0.3, 0.0), 0.1, 0.028),
+    HumanoidBone("r_forearm", 4, (0.3, 0.0), 0.0, 0.5 * _PI, (0.3, 0.0), 0.1, 0.022),
+    HumanoidBone("r_hand", 5, (0.3, 0.0), 0.0, 0.0),
+    HumanoidBone("l_upper_arm", 1, (-0.15, 0.25), -0.5 * _PI, 0.5 * _PI, (-0.3, 0.0), 0.1,
+                 0.028),
+    HumanoidBone("l_forearm", 7, (-0.3, 0.0), 0.5 * _PI, 0.0, (-0.3, 0.0), 0.1, 0.022),
+    HumanoidBone("l_hand", 8, (-0.3, 0.0), 0.0, 0.0),
+    HumanoidBone("r_thigh", 0, (0.15, 0.0), -0.1 * _PI, 0.3 * _PI, (0.0, -0.35), 0.1, 0.100),
+    HumanoidBone("r_shin", 10, (0.0, -0.35), -0.25 * _PI, 0.25 * _PI, (0.0, -0.35), 0.1, 0.061),
+    HumanoidBone("r_foot", 11, (0.0, -0.35), 0.0, 0.0),
+    HumanoidBone("l_thigh", 0, (-0.15, 0.0), 0.3 * _PI, -0.1 * _PI, (0.0, -0.35), 0.1, 0.100),
+    HumanoidBone("l_shin", 13, (0.0, -0.35), -0.25 * _PI, 0.25 * _PI, (0.0, -0.35), 0.1, 0.061),
+    HumanoidBone("l_foot", 14, (0.0, -0.35), 0.0, 0.0),
+)
+#: Root position limits (x, y) of the humanoid: x in [-0.3, 0.3], y in [0.4, 1.0].
+HUMANOID_ROOT = ((-0.3, 0.3), (0.4, 1.0))
+#: The observed points after the 18 pose columns, in column order: centre of mass, then the
+#: origins of the end-effector bones (the reference's order: hands, feet, top of the head).
+HUMANOID_POINTS: tuple[str, ...] = ("com", "r_hand", "l_hand", "r_foot", "l_foot", "head_top")
+HUMANOID_POSE_DIM = 2 + len(HUMANOID_BONES)                     # 18
+HUMANOID_DIM = HUMANOID_POSE_DIM + 2 * len(HUMANOID_POINTS)      # 30
+
+
+def humanoid_columns() -> dict[str, int]:
+    """Column index of every humanoid variable by name: ``root_x``, ``root_y``, the 16 bone
+    angles ``<bone>_angle`` (``torso_angle``, ..., ``l_foot_angle``; bones in
+    :data:`HUMANOID_BONES`), then
+    ``com_x``, ``com_y``, ``r_hand_x``, ..., ``head_top_y`` (:data:`HUMANOID_POINTS`). E.g. a
+    mask for "right hand at (0.8, 1.0)" sets columns ``r_hand_x`` and ``r_hand_y``."""
+    names = ["root_x", "root_y"] + [f"{b.name}_angle" for b in HUMANOID_BONES]
+    names += [f"{p}_{c}" for p in HUMANOID_POINTS for c in "xy"]
+    return {name: i for i, name in enumerate(names)}
+
+
+def _rotate(p: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+    # The reference rig's l2g (row vector times [[c, -s], [s, c]]): clockwise for phi > 0.
+    c, s = torch.cos(phi), torch.sin(phi)
+    return torch.stack([p[..., 0] * c + p[..., 1] * s, -p[..., 0] * s + p[..., 1] * c], -1)
+
+
+def humanoid_joints(pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""Forward kinematics of the humanoid: ``pose`` (..., 18) = (root_x, root_y, 16 bone
+    angles in the order of :data:`HUMANOID_BONES`) -> (origins (..., 16, 2), global angles
+    (..., 16)). A bone's global angle is :math:`\phi_i = \phi_{parent} + \theta_i` and its
+    origin :math:`o_i = o_{parent} + R(\phi_{parent})\,\mathrm{offset}_i`, with
+    :math:`R(\phi)(p_x, p_y) = (p_x\cos\phi + p_y\sin\phi, -p_x\sin\phi + p_y\cos\phi)`
+    (clockwise for :math:`\phi > 0`, as in the reference rig); the root bone's origin is
+    (root_x, root_y)."""
+    if pose.shape[-1] != HUMANOID_POSE_DIM:
+        raise DataError(f"humanoid_joints: pose has {pose.shape[-1]} columns; expected "
+                        f"{HUMANOID_POSE_DIM} (root x, y and {len(HUMANOID_BONES)} angles)")
+    origins: list[torch.Tensor] = []
+    phis: list[torch.Tensor] = []
+    for i, bone in enumerate(HUMANOID_BONES):
+        theta = pose[..., 2 + i]
+        if bone.parent is None:
+            origins.append(pose[..., :2])
+            phis.append(theta)
+            continue
+        off = torch.tensor(bone.offset, dtype=pose.dtype, device=pose.device)
+        origins.append(origins[bone.parent] + _rotate(off, phis[bone.parent]))
+        phis.append(phis[bone.parent] + theta)
+    return torch.stack(origins, -2), torch.stack(phis, -1)
+
+
+def humanoid_segments(pose: torch.Tensor) -> torch.Tensor:
+    """The drawn segments (..., 11, 2, 2) of the 11 bones with a length: (origin, tip) in world
+    coordinates, in the order of :data:`HUMANOID_BONES` (end-effector bones left out)."""
+    origins, phis = humanoid_joints(pose)
+    idx = [i for i, b in enumerate(HUMANOID_BONES) if b.length > 0]
+    tips = torch.tensor([HUMANOID_BONES[i].tip for i in idx], dtype=pose.dtype,
+                        device=pose.device)
+    o = origins[..., idx, :]
+    return torch.stack([o, o + _rotate(tips, phis[..., idx])], -2)
+
+
+def humanoid_observe(pose: torch.Tensor) -> torch.Tensor:
+    r"""The humanoid's 30 observed variables (..., 30) of ``pose`` (..., 18): the pose, the
+    centre of mass :math:`\sum_i m_i c_i / \sum_i m_i` (:math:`c_i` the midpoint of bone i's
+    segment, :math:`m_i` its mass in :data:`HUMANOID_BONES`), then the hands, feet and top of
+    the head (the origins of the end-effector bones); column names in :func:`humanoid_columns`."""
+    origins, _ = humanoid_joints(pose)
+    seg = humanoid_segments(pose)
+    m = torch.tensor([b.mass for b in HUMANOID_BONES if b.length > 0], dtype=pose.dtype,
+                     device=pose.device)
+    com = (m[:, None] * seg.mean(-2)).sum(-2) / m.sum()
+    names = [b.name for b in HUMANOID_BONES]
+    ends = [origins[..., names.index(p), :] for p in HUMANOID_POINTS[1:]]
+    return torch.cat([pose, com] + ends, -1)
+
+
+def humanoid_poses(n: int, *, seed: int | None = None, generator: torch.Generator | None = None,
+                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """n uniformly random humanoid poses (n, 18): root x U(-0.3, 0.3), y U(0.4, 1.0), each bone
+    angle uniform between its limits (``lo + (hi - lo) u``, so ``lo > hi`` is legal; the five
+    end-effector bones are 0)."""
+    n = _check_n("humanoid_poses", n)
+    g = _torch_generator(seed, generator)
+    lo = torch.tensor([r[0] for r in HUMANOID_ROOT] + [b.lo for b in HUMANOID_BONES],
+                      dtype=torch.float64)
+    hi = torch.tensor([r[1] for r in HUMANOID_ROOT] + [b.hi for b in HUMANOID_BONES],
+                      dtype=torch.float64)
+    u = torch.rand(n, HUMANOID_POSE_DIM, generator=g, dtype=torch.float64)
+    return (lo + (hi - lo) * u).to(dtype)
+
+
+def humanoid_ik(n: int, *, seed: int | None = None, generator: torch.Generator | None = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The DRMM paper's 2-D humanoid IK data (n, 30): :func:`humanoid_observe` of
+    :func:`humanoid_poses` (computed in float64, returned in ``dtype``)."""
+    return humanoid_observe(humanoid_poses(n, seed=seed, generator=generator)).to(dtype)

@@ -319,7 +319,6 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
         loss_rows, epoch_rows = int(t[1]), int(t[2])
 
     def checkpoint() -> None:
-        objective.flush(model)
         if out is None:
             return
         if step % steps_per_epoch:
@@ -407,7 +406,6 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                 bar.update(1)
             every = objective.log_every
             if every and (step % every == 0 or step == total):
-                objective.flush(model)
                 now = time.perf_counter()
                 emit({"step": step, "epoch": step / steps_per_epoch,
                       "seconds": seconds0 + now - t0 - paused,
@@ -418,7 +416,6 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                 if bar is not None and postfix:
                     bar.set_postfix_str(postfix)
             if step % steps_per_epoch == 0:
-                objective.flush(model)
                 objective.end_epoch(model)
                 sum_epoch_over_ranks(keep_on_main=False)
                 if not every:
@@ -444,7 +441,6 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
                     (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
                     or step == stop_at or agreed):
                 checkpoint()
-        objective.flush(model)
         if agreed:
             raise KeyboardInterrupt
     finally:

@@ -23,15 +23,14 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
 from ..errors import DistributedError
 
 __all__ = ["World", "SINGLE", "current_world", "init_from_env", "process_rank", "shard_bounds",
-           "launch_local", "launched", "COMM_STATS", "timeout_seconds", "ENV_TIMEOUT",
-           "PendingReduce"]
+           "launch_local", "launched", "COMM_STATS", "timeout_seconds", "ENV_TIMEOUT"]
 
 #: Environment variable: seconds a collective (and the rendezvous) may wait for a peer.
 ENV_TIMEOUT = "DEEPMIX_DIST_TIMEOUT"
@@ -72,30 +71,6 @@ def _unflatten_into(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> None
         offset += n
 
 
-class PendingReduce:
-    """An all-reduce in flight (:meth:`World.all_reduce_async_`); :meth:`wait` completes it."""
-
-    def __init__(self, world: World, work: Any, tensors: list[torch.Tensor],
-                 start_seconds: float) -> None:
-        self._world, self._work, self._tensors = world, work, tensors
-        self._start_seconds = start_seconds
-
-    @property
-    def done(self) -> bool:
-        return self._work is None
-
-    def wait(self) -> None:
-        """Block until the sums arrived and copy them into the tensors (once; idempotent)."""
-        if self._work is None:
-            return
-        work, flat = self._work
-        self._work = None
-        # Counted as one call of its bytes; its time is what the caller spent (start + wait).
-        self._world._collective(work.wait, "all-reduce", flat.numel() * flat.element_size())
-        COMM_STATS["seconds"] += self._start_seconds
-        _unflatten_into(flat, self._tensors)
-
-
 @dataclass(frozen=True)
 class World:
     """The processes of a run: ``rank`` of ``size`` (``local_rank`` on its machine)."""
@@ -129,23 +104,6 @@ class World:
         self._collective(lambda: torch.distributed.all_reduce(flat), "all-reduce",
                          flat.numel() * flat.element_size())
         _unflatten_into(flat, tensors)
-
-    def all_reduce_async_(self, tensors: Sequence[torch.Tensor]) -> PendingReduce:
-        """:meth:`all_reduce_` started in the background: ``tensors`` hold the sums once the
-        returned handle's :meth:`~PendingReduce.wait` returns (at once in one process). Meant
-        to overlap a step's communication with the next step's independent work; the
-        tensors must not be read or written before the wait."""
-        if self.size == 1 or not tensors:
-            return PendingReduce(self, None, [], 0.0)
-        dtype = tensors[0].dtype
-        for t in tensors[1:]:
-            dtype = torch.promote_types(dtype, t.dtype)
-        flat = torch.cat([t.detach().reshape(-1).to(dtype) for t in tensors])
-        t0 = time.perf_counter()
-        work: list[Any] = []
-        self._collective(lambda: work.append(torch.distributed.all_reduce(flat, async_op=True)),
-                         "all-reduce (start)", 0)
-        return PendingReduce(self, (work[0], flat), list(tensors), time.perf_counter() - t0)
 
     def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
         """Overwrite ``tensors`` with rank ``src``'s values (one call per dtype present)."""

@@ -204,11 +204,6 @@ class Objective:
         loss (0-d tensor, not synchronised) or None."""
         raise NotImplementedError
 
-    def flush(self, model: Any) -> None:
-        """Finish work that :meth:`step` left in flight (e.g. an all-reduce overlapped with
-        the next step): the loop calls it before anything reads the model or this objective
-        (metrics rows, epoch ends, checkpoints, evaluation) and when training ends."""
-
     def end_epoch(self, model: Any) -> None:
         """Called after the last batch of every epoch."""
 

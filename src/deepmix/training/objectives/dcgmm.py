@@ -131,9 +131,6 @@ class DCGMMObjective(Objective):
                     if clf is not None and info.has_targets else None)
         self.sources = set(model.classifier_sources) if self.opt is not None else set()
         self.log_every = o.window
-        # GMM layer number -> its index in model.layers; the update in flight (distributed).
-        self.layer_index = dict(enumerate(model.gmm_indices))
-        self._late: tuple | None = None
 
     def _warn_if_sigma_cannot_anneal(self, info: LoopInfo) -> None:
         # The sigma controller's first window sets its baseline and the second its first
@@ -180,8 +177,6 @@ class DCGMMObjective(Objective):
         fold = None
         stash: dict[int, torch.Tensor] = {}
         for li, layer in enumerate(model.layers):
-            if self._late is not None and li >= self._late[0]:
-                self.flush(model)      # the previous step's top update, before its layer runs
             if isinstance(layer, GMM):
                 if step >= self.starts[gi]:
                     update_d = o.centroids_first is None or float(layer.sigma) <= o.centroids_first
@@ -242,15 +237,9 @@ class DCGMMObjective(Objective):
             self.acc_n[gi] = 0
 
     def _reduce_and_apply(self, step: int, nb: int, pending: list, clf_loss: Any) -> None:
-        """The all-reduce of every layer's winner statistics and the classifier's row-weighted
-        gradient and loss, then the updates from the global sums.
-
-        In two parts, so that the big one overlaps the next step: the layers below the top
-        active GMM layer are reduced and updated now (the next step's first layers need
-        them at once); the top layer's statistics (2L-c: 0.87 MB of its 0.88 MB per step)
-        and the classifier's gradient travel in the background, and their update lands right
-        before the next step reaches that layer (:meth:`flush`). The arithmetic is the
-        one-process update at the global batch, only the waiting moves."""
+        """ONE all-reduce of every layer's winner statistics and the classifier's row-weighted
+        gradient and loss, then the updates from the global sums."""
+        o = self.options
         grads = []
         if clf_loss is not None:
             for p in self.opt.param_groups[0]["params"]:
@@ -258,37 +247,18 @@ class DCGMMObjective(Objective):
                     p.grad = torch.zeros_like(p)
                 grads.append(p.grad.mul_(nb))
             grads.append(clf_loss.mul(nb).reshape(1))
+        buffers = [t for _, _, st, _ in pending for t in st.tensors()] + grads
+        self.reduce(buffers)
         rows = self.info.global_rows(step)
-        early, late = (pending[:-1], pending[-1:]) if pending else ([], [])
-        if early:
-            self.reduce([t for _, _, st, _ in early for t in st.tensors()])
-            self._apply(early, [], rows)
-        buffers = [t for _, _, st, _ in late for t in st.tensors()] + grads
-        first = (self.layer_index[late[0][0]] if late
-                 else min(self.layer_index.values(), default=0))
-        self._late = (first, self.world.all_reduce_async_(buffers), late, grads, rows)
-
-    def _apply(self, entries: list, grads: list, rows: int) -> None:
-        """Updates from reduced statistics (``entries``) and classifier gradients."""
-        o = self.options
-        for gi, layer, st, update_d in entries:
+        for gi, layer, st, update_d in pending:
             layer.apply_statistics(st, rows, o.lr, o.lr_mu, o.lr_d, o.lr_xi, update_d=update_d)
             self._account(gi, layer, st.loss_sum, rows)
-        if grads:
+        if clf_loss is not None:
             for g in grads[:-1]:
                 g.div_(rows)
             self.opt.step()
             self.clf_acc += grads[-1][0].double() / rows
             self.clf_n += 1
-
-    def flush(self, model: Any) -> None:
-        """Complete the previous step's background all-reduce and apply its updates."""
-        if self._late is None:
-            return
-        _, handle, entries, grads, rows = self._late
-        self._late = None
-        handle.wait()
-        self._apply(entries, grads, rows)
 
     # ----------------------------------------------------------------------------- logging
     def log_row(self) -> dict[str, Any]:

@@ -47,6 +47,16 @@ REACH = 1.2
 HIT = 0.05 * REACH
 
 
+
+def _train(x, layers: int, args):
+    """A DRMM of ``layers`` layers on ``x`` with the run's options; (model, seconds, the mean
+    per-layer sigma of the continuous stream)."""
+    model, seconds = train_drmm(x, layers=layers, components=args.components, steps=args.steps,
+                                batch=256, lr=args.lr, init_batch=1024, sigma=args.sigma,
+                                curriculum=args.curriculum)
+    sig = [float(layer.streams[0].variances().detach().sqrt().mean()) for layer in model.layers]
+    return model, seconds, sig
+
 def tip_stats(err: torch.Tensor) -> dict[str, float]:
     q = torch.quantile(err.double(), torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64))
     return {"hit": float((err < HIT).double().mean()), "p10": float(q[0]),
@@ -100,10 +110,7 @@ def run_arm(args: argparse.Namespace) -> None:
     goals = arm_ik(args.goals, seed=1)[:, 4:]
     rows = []
     for L in args.layers:
-        model, seconds = train_drmm(x, layers=L, components=args.components, steps=args.steps,
-                                    batch=256, lr=args.lr, init_batch=1024, sigma=args.sigma,
-                                    curriculum=args.curriculum)
-        sig = [float(layer.streams[0].variances().detach().sqrt().mean()) for layer in model.layers]
+        model, seconds, sig = _train(x, L, args)
         for trunc in args.truncation:
             row = {"layers": L, "K": args.components, "params": model.n_parameters,
                    "curriculum": args.curriculum, "sigma": args.sigma,
@@ -309,10 +316,7 @@ def run_humanoid(args: argparse.Namespace) -> None:
     rows = []
     name = args.name or ("drmm_ik_humanoid_quick" if args.quick else "drmm_ik_humanoid")
     for L in args.layers:
-        model, seconds = train_drmm(x, layers=L, components=args.components, steps=args.steps,
-                                    batch=256, lr=args.lr, init_batch=1024, sigma=args.sigma,
-                                    curriculum=args.curriculum)
-        sig = [float(layer.streams[0].variances().detach().sqrt().mean()) for layer in model.layers]
+        model, seconds, sig = _train(x, L, args)
         for trunc in args.truncation:
             metrics, kept = evaluate_humanoid(model, args.batches, trunc, seed=2)
             row = {"layers": L, "K": args.components, "params": model.n_parameters,

@@ -21,6 +21,7 @@ import deepmix
 from deepmix.errors import DistributedError
 from deepmix.models import DCGMM, MixtureDensity, rat_spn
 from deepmix.training import TrainConfig, fit, train
+from deepmix.training.objectives.em import GaussianMixtureEM
 from deepmix.utils.distributed import SINGLE, init_from_env, shard_bounds
 
 pytestmark = pytest.mark.skipif(
@@ -150,6 +151,37 @@ def test_flat_gmm_em_on_two_processes_equals_one(tmp_path):
         torch.testing.assert_close(torch.tensor(got_losses), torch.tensor(losses), rtol=1e-6,
                                    atol=0)
         _close(got_state, state, rtol=1e-6, atol=1e-12)
+
+
+def _gmm_em_whole(rank: int, x: torch.Tensor):
+    objective = GaussianMixtureEM()
+    model = MixtureDensity(3, 4, "diag", dtype=torch.float64)
+    rows = fit(model, x, objective, epochs=3, seed=2)         # the default: all rows a step
+    return [r["loss"] for r in rows if "loss" in r], _state(model), objective._fused.z.shape[0]
+
+
+def test_batch_em_ranks_build_the_design_matrix_of_their_own_rows_only(tmp_path):
+    x = _blobs(301)
+    losses, state, n = _gmm_em_whole(0, x)
+    assert n == 301
+    results = _ok(_run(2, _gmm_em_whole, tmp_path, x))
+    assert [r[2] for r in results] == [151, 150]
+    for got_losses, got_state, _ in results:
+        torch.testing.assert_close(torch.tensor(got_losses), torch.tensor(losses), rtol=1e-6,
+                                   atol=0)
+        _close(got_state, state, rtol=1e-6, atol=1e-12)
+
+
+def test_rank_rows_are_the_shards_of_every_batch():
+    from deepmix.training.objectives.base import LoopInfo
+    from deepmix.utils.distributed import World
+    got = []
+    for rank in range(2):
+        info = LoopInfo(n=201, batch_size=100, steps_per_epoch=3, epochs=1, seed=0,
+                        device=torch.device("cpu"), world=World(rank=rank, size=2))
+        got.append(info.rank_rows())
+    assert got[0] == [slice(0, 50), slice(100, 150), slice(200, 201)]
+    assert got[1] == [slice(50, 100), slice(150, 200)]      # the 1-row last batch: none
 
 
 def _other_em(rank: int, name: str, batch: int):

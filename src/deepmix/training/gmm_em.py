@@ -275,13 +275,17 @@ class MixtureEM:
         wp = self.weights_[:, None] * prec
         return (wp * self.means_).sum(0) / wp.sum(0)
 
-    def rounding_error(self, X: torch.Tensor, fused: FusedRows, n_rows: int = 2048) -> float:
-        """Mean absolute change of log p(x) that ``fused``'s dtype makes against X's dtype,
-        on ``n_rows`` evenly spaced rows of X under the current parameters."""
+    def rounding_error(self, X: torch.Tensor, shift: torch.Tensor, compute_dtype: torch.dtype,
+                       n_rows: int = 2048) -> float:
+        """Mean absolute change of log p(x) that a design matrix in ``compute_dtype`` (around
+        ``shift``) makes against X's dtype, on ``n_rows`` evenly spaced rows of X under the
+        current parameters (built here from X, so every rank of a run, whatever rows it
+        holds, decides alike)."""
         idx = torch.linspace(0, X.shape[0] - 1, min(n_rows, X.shape[0]),
                              device=X.device).long()
         ll = []
-        for part in (fused[idx], self.fused_rows(X[idx], X.dtype, shift=fused.shift)):
+        for dtype in (compute_dtype, X.dtype):
+            part = self.fused_rows(X[idx], dtype, shift=shift)
             W, b = self.fused_terms(part.shift, part.z.dtype)
             ll.append(torch.logsumexp(torch.add(part.z @ W, b), 1))
         return float((ll[0] - ll[1]).abs().mean())

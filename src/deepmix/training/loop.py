@@ -265,7 +265,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
             paused += time.perf_counter() - t
         return row
 
-    objective.prepare(model, x)
+    objective.prepare(model, x, info)
     if resume:
         history = _read_rows(metrics_path, step)  # type: ignore[arg-type]
         if "loop.generator" in trainer_tensors:

@@ -79,6 +79,16 @@ class LoopInfo:
         process)."""
         return shard_bounds(self.global_rows(step), self.world.rank, self.world.size)
 
+    def rank_rows(self) -> list[slice]:
+        """The stored rows this rank reads in an epoch whose order is None (rows as stored):
+        for each batch b, ``[b B + lo_b, b B + hi_b)``, empty slices left out."""
+        out = []
+        for b in range(self.steps_per_epoch):
+            lo, hi = self.shard(b)
+            if hi > lo:
+                out.append(slice(b * self.batch_size + lo, b * self.batch_size + hi))
+        return out
+
 
 @dataclass
 class ObjectiveOptions:
@@ -180,9 +190,11 @@ class Objective:
         global (equal on every rank): rank 0 writes the row."""
         return {}
 
-    def prepare(self, model: Any, data: torch.Tensor) -> None:
+    def prepare(self, model: Any, data: torch.Tensor, info: LoopInfo | None = None) -> None:
         """Precompute per-row quantities once per fit (fresh and resumed runs); ``step``
-        receives the ``rows`` of its batch to index them."""
+        receives the ``rows`` of its batch to index them. ``info`` (the run, its world) lets
+        an objective whose epochs keep the stored order prepare only this rank's rows
+        (:meth:`LoopInfo.rank_rows`)."""
 
     def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:
         """Initialise ``model`` from the training data (fresh runs only)."""

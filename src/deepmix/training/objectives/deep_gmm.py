@@ -135,7 +135,7 @@ class HardEM(Objective):
         return lr * o.final_lr_factor if u >= total - final else lr
 
     # ------------------------------------------------------------------------ the loop's
-    def prepare(self, model: Any, data: torch.Tensor) -> None:
+    def prepare(self, model: Any, data: torch.Tensor, info: Any = None) -> None:
         self._data = data
 
     def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:

@@ -147,7 +147,7 @@ class DRMMObjective(Objective):
     families = ("drmm",)
     options_class = DRMMOptions
 
-    def prepare(self, model: Any, data: torch.Tensor) -> None:
+    def prepare(self, model: Any, data: torch.Tensor, info: Any = None) -> None:
         self._data = data          # a later stage initialises on its first global batch
         self._order: torch.Tensor | None = None
 

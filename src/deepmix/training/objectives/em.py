@@ -88,15 +88,30 @@ class GaussianMixtureEM(Objective):
             e.covariances_ = model.covariances.detach()
         self._terms = None
 
-    def prepare(self, model: Any, data: torch.Tensor) -> None:
+    def prepare(self, model: Any, data: torch.Tensor, info: Any = None) -> None:
         # The fused design matrix [x - c, (x - c)^2] once per fit (diag, spherical): an EM
         # iteration is then two products per batch; full covariances take x as it is.
+        # Batch EM keeps the stored order, so a rank reads the same rows every epoch: on
+        # several processes it builds the matrix of those rows alone (building all of them
+        # on every rank cost as much as two EM iterations and did not shrink with the ranks).
         e = self._engine(model)
-        self._squares, self._fused, self._data = None, None, data
+        self._squares, self._fused = None, None
+        self._data, self._local = data, None
+        if info is not None and info.world.size > 1:
+            parts = info.rank_rows()
+            if len(parts) == 1:
+                self._data = data[parts[0]]                          # a view: no copy
+            else:
+                self._data = torch.cat([data[r] for r in parts]) if parts else data[:0]
+            # Global row -> row of the local matrix, for the slices that step() receives.
+            self._local, offset = {}, 0
+            for r in parts:
+                self._local[r.start] = offset
+                offset += r.stop - r.start
         if e.fused:
-            cdt = resolve_compute_dtype(self.options.compute_dtype, data.dtype,
-                                        e.covariance_type, *data.shape)
-            self._fused = e.fused_rows(data, cdt)
+            self._cdt = resolve_compute_dtype(self.options.compute_dtype, data.dtype,
+                                              e.covariance_type, *data.shape)
+            self._fused = e.fused_rows(self._data, self._cdt)
 
     def _recentre(self, engine: MixtureEM, shift: torch.Tensor,
                   dtype: torch.dtype | None = None) -> None:
@@ -108,6 +123,16 @@ class GaussianMixtureEM(Objective):
         else:
             engine.fused_rows(self._data, shift=shift, out=self._fused)
 
+    def _own(self, rows: Any) -> Any:
+        """The rows of this rank's design matrix that the loop's ``rows`` (a slice of the
+        stored data, as batch EM's order is None) name."""
+        if self._local is None:
+            return rows
+        if rows.stop <= rows.start:       # an empty shard of a short last batch
+            return slice(0, 0)
+        lo = self._local[rows.start]
+        return slice(lo, lo + rows.stop - rows.start)
+
     def epoch_order(self, info: Any, epoch: int, generator: torch.Generator,
                     device: torch.device) -> None:
         return None           # batch EM's statistics do not depend on the order of the rows
@@ -115,12 +140,19 @@ class GaussianMixtureEM(Objective):
     def start(self, model: Any, data: torch.Tensor, generator: torch.Generator) -> None:
         engine = self._engine(model)
         with torch.no_grad():
-            engine.initialize(data, self._squares, generator, fused=self._fused)
+            fused = self._fused
+            if fused is not None and self._local is not None and engine.init_params in (
+                    "kmeans", "k-means++"):
+                # k-means sees every row on every rank (so that all ranks, and one process,
+                # start alike): the full matrix for the initialisation only.
+                fused = engine.fused_rows(data, self._cdt)
+            engine.initialize(data, self._squares, generator, fused=fused)
+            del fused
             model.set_moments(engine.weights_, engine.means_, engine.covariances_)
             if self._fused is not None:
                 self._recentre(engine, engine.precision_weighted_shift())
                 if (self.options.compute_dtype == "auto" and self._fused.z.dtype != data.dtype
-                        and engine.rounding_error(data, self._fused)
+                        and engine.rounding_error(data, self._fused.shift, self._fused.z.dtype)
                         > gmm_em.AUTO_ROUNDING_BUDGET):
                     # These data need the products in the model's dtype (module docstring of
                     # gmm_em: components nearly constant far from the shift).
@@ -137,7 +169,7 @@ class GaussianMixtureEM(Objective):
         e = self.engine
         if self._fused is not None:
             if rows is not None:
-                part = self._fused[rows]
+                part = self._fused[self._own(rows)]
                 if self._terms is None:
                     self._terms = e.fused_terms(part.shift, part.z.dtype)
                 terms = self._terms
@@ -228,9 +260,9 @@ class GaussianMixtureStepwiseEM(GaussianMixtureEM):
                     device: torch.device) -> torch.Tensor:
         return torch.randperm(info.n, generator=generator, device=device)
 
-    def prepare(self, model: Any, data: torch.Tensor) -> None:
+    def prepare(self, model: Any, data: torch.Tensor, info: Any = None) -> None:
         # Stepwise EM takes the reference path on x and x^2 (or its row sums).
-        self._fused = None
+        self._fused, self._local = None, None
         self._squares = self._engine(model).squares(data)
 
     def bind(self, model: Any, info: Any = None) -> None:

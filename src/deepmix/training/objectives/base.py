@@ -49,6 +49,18 @@ __all__ = ["LoopInfo", "Objective", "ObjectiveOptions", "register_objective", "o
            "objective_names", "make_objective"]
 
 
+def adam(params: Any, **options: Any) -> torch.optim.Adam:
+    """``torch.optim.Adam`` with its fused kernel where the parameters allow it (floating
+    point, CPU or CUDA): one kernel for all parameters instead of ~10 small ops per tensor,
+    which is most of a small model's step (DRMM 3 x 16: about a third of it). Same update
+    rule, float rounding aside."""
+    params = list(params)
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = bool(tensors) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
+                                  for p in tensors)
+    return torch.optim.Adam(params, fused=fused or None, **options)
+
+
 @dataclass
 class LoopInfo:
     """What the loop tells an objective about the run it is bound to."""

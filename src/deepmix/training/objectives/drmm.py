@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from ...errors import ConfigError
-from .base import LoopInfo, Objective, ObjectiveOptions, register_objective
+from .base import LoopInfo, Objective, ObjectiveOptions, adam, register_objective
 
 # Seed mixer of a later stage's initialisation generator (the run's seed, the stage).
 _STAGE_SEED_MIX = 1_000_037
@@ -169,8 +169,8 @@ class DRMMObjective(Objective):
         self.stages = model.stages()
         self.total = max(1, info.total_steps)
         self.stage_steps = max(1, math.ceil(self.total / len(self.stages)))
-        self.optimizers = [torch.optim.Adam(stage.parameters(), lr=self.options.lr,
-                                            betas=(0.9, 0.999), eps=1e-8)
+        self.optimizers = [adam(stage.parameters(), lr=self.options.lr, betas=(0.9, 0.999),
+                                 eps=1e-8)
                            for stage in self.stages]
         self._now: tuple[float, float] | None = None     # (rho_E, lr) of the last step
         rho = self.options.rho_final

@@ -20,13 +20,13 @@ from typing import Any, ClassVar
 import torch
 
 from ...errors import ConfigError
-from .base import Objective, ObjectiveOptions, register_objective
+from .base import Objective, ObjectiveOptions, adam, register_objective
 from .losses import nll, score_matching, sliced_score_matching
 
 __all__ = ["GradientOptions", "SlicedOptions", "GradientObjective", "MaximumLikelihood",
            "ScoreMatching", "SlicedScoreMatching"]
 
-_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+_OPTIMIZERS = {"adam": adam, "sgd": torch.optim.SGD}
 
 
 @dataclass

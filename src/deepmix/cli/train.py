@@ -30,9 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="float64", help="gmm/circuit: float64 (default) or float32")
     p.add_argument("--arch", help="architecture name (A-G, 1L, 2L-a..2L-e, 3L-a, 3L-b) or spec "
                                   "such as F(8,2)-G(25)-F(11,1)-G(36); required unless --resume")
-    p.add_argument("--data", help="mnist, fashion-mnist, digits, a folder of IDX files or "
-                                  "PNG/JPEG images, or an .npy/.npz of images (default mnist; "
-                                  "on --resume the run's own)")
+    p.add_argument("--data", help="mnist, fashion-mnist, digits, cifar10, cifar100, svhn "
+                                  "(files you put under $DEEPMIX_DATA), a folder of IDX files "
+                                  "or PNG/JPEG images, or an .npy/.npz of images (default "
+                                  "mnist; on --resume the run's own)")
     p.add_argument("--classes", help="train on these classes only, e.g. 1-9 or 0,3,5")
     p.add_argument("--epochs", type=positive_int, default=None, help="epochs (default 3)")
     p.add_argument("--batch-size", type=positive_int, default=None,

@@ -10,8 +10,14 @@ Masks: ``right-half`` (the papers' Fig. 8) and ``center`` (a 14 x 14 square), th
   after another in equal shares of --drmm-steps steps of batch 64, lr0 --drmm-lr) on the MNIST
   training images; completion ``model.complete(method="mean")``: the average of --drmm-draws backward
   samples conditioned on the known pixels (spec drmm §6-7).
+- flat DRMM: ``DRMM(DRMMConfig(784, K, L, sigma="diagonal"))`` (--flat-drmm L x K) on the
+  flattened images, trained like the patch DRMM (--flat-drmm-steps steps of batch 64, lr0
+  --flat-drmm-lr), completed the same way. Without a patch hierarchy it is the better
+  in-painter at these training lengths (the hierarchy's blocks get a share of the steps each).
 - flat GMM: ``deepmix.GaussianMixture(K, "diag")`` by EM, conditional mean
   E[x_m | x_o] = sum_k p(k | x_o) mu_k,m (``flat_gmm_inpaint``; exact).
+  Also a flat GMM with the flat DRMM's parameter count (K = P / (2 D + 1)), so that the DRMM
+  is compared with the GMM of its own size too.
 - DCGMM: architecture A, F(28,1)-G(49), the best in-painter of docs/reproducing-dcgmm.md,
   deepmix's in-painting (``inpaint``: marginalised GMM scores at every layer, posterior mean).
 - data-mean fill: the training images' mean pixel in the hole.
@@ -44,11 +50,12 @@ from deepmix.data import load_images  # noqa: E402
 from deepmix.experiments.dcgmm_papers import trained_model  # noqa: E402
 from deepmix.inference import (as_observed, flat_gmm_inpaint, inpaint, make_mask,  # noqa: E402
                                missing_mse)
+from deepmix.models import DRMM, DRMMConfig  # noqa: E402
 from deepmix.models.drmm import PatchDRMM  # noqa: E402
 from deepmix.plots import save_grid  # noqa: E402
 
 MASKS = ("right-half", "center")
-MODELS = ("drmm", "flat_gmm", "dcgmm", "data_mean")
+MODELS = ("drmm", "drmm_flat", "flat_gmm", "flat_gmm_equal", "dcgmm", "data_mean")
 
 
 def peak_rss_mib() -> float:
@@ -82,6 +89,10 @@ def main() -> None:
     ap.add_argument("--drmm-draws", type=int, default=16,
                     help="backward samples averaged per completed image")
     ap.add_argument("--chunk", type=int, default=100, help="images per DRMM complete call")
+    ap.add_argument("--flat-drmm", default="2x64", help="L x K of the flat DRMM")
+    ap.add_argument("--flat-drmm-steps", type=int, default=3000)
+    ap.add_argument("--flat-drmm-lr", type=float, default=0.005,
+                    help="lr0 (0.05 diverged on MNIST)")
     ap.add_argument("--gmm-k", type=int, default=49)
     ap.add_argument("--gmm-train", type=int, default=60_000)
     ap.add_argument("--gmm-iter", type=int, default=100)
@@ -94,6 +105,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.drmm_steps, args.gmm_train, args.gmm_iter = 150, 10_000, 20
+        args.flat_drmm_steps = 300
         args.dcgmm_epochs, args.n_test = 1, 100
     torch.set_num_threads(args.threads)
     t_all = time.perf_counter()
@@ -129,18 +141,44 @@ def main() -> None:
           f"{peak_rss_mib():.0f} MiB after completion", file=sys.stderr)
     del drmm
 
+    L, K = (int(v) for v in args.flat_drmm.lower().split("x"))
+    flat = DRMM(DRMMConfig(n_features=flat_train.shape[1], n_components=K, n_layers=L,
+                           sigma="diagonal"))
+    per_epoch = len(flat_train) // args.drmm_batch
+    epochs = max(1, math.ceil(args.flat_drmm_steps / per_epoch))
+    rows_used = min(len(flat_train), math.ceil(args.flat_drmm_steps / epochs) * args.drmm_batch)
     t = time.perf_counter()
-    gm = GaussianMixture(args.gmm_k, covariance_type="diag", dtype=torch.float32,
-                         max_iter=args.gmm_iter, random_state=args.seed)
-    gm.fit(flat_train[: args.gmm_train])
+    flat.fit(flat_train[:rows_used], epochs=epochs, batch_size=args.drmm_batch,
+             seed=args.seed, lr=args.flat_drmm_lr)
     secs = time.perf_counter() - t
     for m in MASKS:
-        filled[m]["flat_gmm"] = flat_gmm_inpaint(gm, test, observed[m]).to(test.dtype)
-    info["flat_gmm"] = {"model": f"GaussianMixture({args.gmm_k}, diag), EM",
-                        "train_seconds": secs, "train_images": min(args.gmm_train, len(train)),
-                        "em_iterations": int(gm.n_iter_),
-                        "parameters": args.gmm_k * (2 * flat_train.shape[1] + 1) - 1}
-    print(f"flat GMM: {secs:.0f} s", file=sys.stderr)
+        gen = torch.Generator().manual_seed(args.seed)
+        obs = observed[m].reshape(len(test), -1)
+        filled[m]["drmm_flat"] = torch.cat([
+            flat.complete(flat_test[i:i + args.chunk], obs[i:i + args.chunk], method="mean",
+                          generator=gen, n_samples=args.drmm_draws)
+            for i in range(0, len(test), args.chunk)]).reshape(test.shape)
+    info["drmm_flat"] = {"model": f"DRMM {L} x {K} (diagonal sigma, flat)",
+                         "train_seconds": secs, "steps": epochs * (rows_used // args.drmm_batch),
+                         "lr0": args.flat_drmm_lr, "parameters": flat.n_parameters}
+    print(f"flat drmm: {secs:.0f} s", file=sys.stderr)
+
+    width = 2 * flat_train.shape[1] + 1
+    for key, k in (("flat_gmm", args.gmm_k),
+                   ("flat_gmm_equal", max(1, round(flat.n_parameters / width)))):
+        t = time.perf_counter()
+        gm = GaussianMixture(k, covariance_type="diag", dtype=torch.float32,
+                             max_iter=args.gmm_iter, random_state=args.seed)
+        gm.fit(flat_train[: args.gmm_train])
+        secs = time.perf_counter() - t
+        for m in MASKS:
+            filled[m][key] = flat_gmm_inpaint(gm, test, observed[m]).to(test.dtype)
+        info[key] = {"model": f"GaussianMixture({k}, diag), EM"
+                              + (" (the flat DRMM's parameter count)"
+                                 if key == "flat_gmm_equal" else ""),
+                     "train_seconds": secs, "train_images": min(args.gmm_train, len(train)),
+                     "em_iterations": int(gm.n_iter_), "parameters": k * width - 1}
+        print(f"{key}: {secs:.0f} s", file=sys.stderr)
 
     dcgmm, secs = trained_model(args.dcgmm_arch, "mnist", epochs=args.dcgmm_epochs,
                                 seed=args.seed)
@@ -162,6 +200,9 @@ def main() -> None:
                "note": "timings from a machine shared with other jobs (not final)",
                "n_test": len(test), "mse_missing": mse, "models": info,
                "drmm_below_flat_gmm": {m: mse[m]["drmm"] < mse[m]["flat_gmm"] for m in MASKS},
+               "flat_drmm_below_flat_gmms": {
+                   m: mse[m]["drmm_flat"] < min(mse[m]["flat_gmm"], mse[m]["flat_gmm_equal"])
+                   for m in MASKS},
                "drmm_peak_rss_within_4gb":
                    info["drmm"]["peak_rss_mib_after_train_and_complete"] <= 4096,
                "wall_seconds": time.perf_counter() - t_all}
@@ -173,7 +214,7 @@ def main() -> None:
     for m in MASKS:
         rows += [test[:k], torch.where(observed[m][:k], test[:k], torch.full_like(test[:k], .5))]
         rows += [filled[m][key][:k].clamp(0, 1) for key in ("data_mean", "flat_gmm", "dcgmm",
-                                                            "drmm")]
+                                                            "drmm", "drmm_flat")]
     save_grid(torch.cat(rows).float(), png, ncol=k)
     payload["png"] = str(png.relative_to(RESULTS.parent.parent))
 
@@ -181,7 +222,7 @@ def main() -> None:
               "parameters": info[key]["parameters"],
               "train s": round(info[key]["train_seconds"], 1)} for key in MODELS]
     d = info["drmm"]
-    md = (f"# MNIST completion: patch DRMM vs flat GMM vs DCGMM{' (quick)' if args.quick else ''}"
+    md = (f"# MNIST completion: DRMMs vs flat GMMs vs DCGMM{' (quick)' if args.quick else ''}"
           f"\n\nMSE over the hidden pixels of the first {len(test)} MNIST test images (pixels in "
           f"[0, 1]; right-half hides 392 pixels, center a 14 x 14 square), the same images and "
           f"masks for every model.\n\n"
@@ -192,12 +233,16 @@ def main() -> None:
           f"both masks, {d['chunk']} images per call). Peak resident memory of the process "
           f"(MNIST loaded): {d['peak_rss_mib_after_train']:.0f} MiB after DRMM training, "
           f"**{d['peak_rss_mib_after_train_and_complete']:.0f} MiB** after training and "
-          f"completion (issue 19's check: <= 4 GB). DRMM below the flat GMM: "
+          f"completion (issue 19's check: <= 4 GB). Patch DRMM below the flat GMM: "
           + ", ".join(f"{m} {'yes' if payload['drmm_below_flat_gmm'][m] else 'no'}"
+                      for m in MASKS)
+          + f". Flat DRMM ({info['drmm_flat']['steps']} steps, lr0 "
+          f"{info['drmm_flat']['lr0']}) below both flat GMMs: "
+          + ", ".join(f"{m} {'yes' if payload['flat_drmm_below_flat_gmms'][m] else 'no'}"
                       for m in MASKS)
           + f".\n\nTimes: one thread, machine shared with other jobs (not final timings). "
           f"Wall time {payload['wall_seconds']:.0f} s. Grid `{png.name}`: per mask, rows of "
-          f"originals, inputs (hidden part grey), data-mean fill, flat GMM, DCGMM, DRMM.\n\n"
+          f"originals, inputs (hidden part grey), data-mean fill, flat GMM, DCGMM, patch DRMM, flat DRMM.\n\n"
           f"Command: `python benchmarks/drmm/completion.py{' --quick' if args.quick else ''}`\n")
     write_results(name, payload, md)
     print(md)

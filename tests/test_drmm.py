@@ -242,6 +242,24 @@ def test_sampling_options_and_completion():
         assert bool(torch.isfinite(out).all())
 
 
+def test_mean_completion_of_one_layer_is_the_gmm_conditional_mean():
+    # L = 1 is an isotropic GMM: E[x_m | x_o] = sum_k p(k | x_o) mu_k,m with
+    # p(k | x_o) proportional to w_k N(x_o; mu_k,o, sigma^2 I), whatever the draws.
+    m = _model(D=3, K=4, L=1)
+    data = torch.randn(6, 3, dtype=F64)
+    mask = torch.tensor([[True, False, True]]).expand(6, 3)
+    layer = m.layers[0]
+    mu, var = layer.streams[0].mu, layer.streams[0].variances()
+    o = torch.tensor([0, 2])
+    logp = layer.log_weights() - 0.5 * (((data[:, None, o] - mu[None][:, :, o]) ** 2)
+                                        / var[o]).sum(-1)
+    expected = torch.softmax(logp, 1) @ mu[:, 1]
+    out = m.complete(data, mask, method="mean", n_samples=3,
+                     generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out[:, 1], expected)
+    assert torch.equal(out[mask], data[mask])
+
+
 # ----------------------------------------------------------------------- 11. reproducibility
 def test_seeded_training_and_sampling_are_bit_reproducible(tmp_path):
     x = drmm_sierpinski(256, seed=0)

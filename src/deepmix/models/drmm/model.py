@@ -573,7 +573,13 @@ class DRMM(Model):
         """Fill the missing entries (``mask`` False) of every row of x (N, W) by conditional
         forward sampling on the observed ones: ``"sample"`` one draw, ``"mode"`` the argmax
         path (T = 0), ``"mean"`` the average of ``n_samples`` draws. Observed entries are
-        returned unchanged."""
+        returned unchanged.
+
+        ``"mean"`` on a continuous-only model averages Rao-Blackwellised draws: layers
+        1..L-1 are sampled, and the last layer's mean is taken in closed form,
+        :math:`\sum_{l<L} \mu^l_{h_l} + \sum_k p(h_L = k \mid \cdot)\, \mu^L_k`, the
+        expectation of a draw given the first L-1 choices (same mean, less variance; exact
+        for L = 1: the isotropic GMM's conditional mean)."""
         if method not in ("mean", "sample", "mode"):
             raise ConfigError(f"Unknown completion method '{method}'; expected 'mean', "
                               f"'sample' or 'mode'")
@@ -583,7 +589,15 @@ class DRMM(Model):
         reps = n_samples if method == "mean" else 1
         cond = DRMMCondition(values=xc.repeat_interleave(reps, 0),
                              mask=m.repeat_interleave(reps, 0))
-        out = self.sample(N * reps, generator=generator, condition=cond,
-                          temperature=0.0 if method == "mode" else 1.0)
+        if method == "mean" and not self.config.categorical:
+            resolved = self._resolve(cond, N * reps)
+            passed = self.forward_sample(resolved, temperature=1.0, generator=generator)
+            out = self.reconstruct(passed.choices)
+            mu = self.layers[-1].streams[0].mu
+            expected = torch.softmax(passed.logits[-1], 1) @ mu
+            out = out - mu[passed.choices[-1]] + expected
+        else:
+            out = self.sample(N * reps, generator=generator, condition=cond,
+                              temperature=0.0 if method == "mode" else 1.0)
         fill = out.reshape(N, reps, -1).mean(1)
         return torch.where(mt, xc, fill)

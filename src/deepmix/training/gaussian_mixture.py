@@ -42,8 +42,12 @@ class GaussianMixture(MixtureEM, DensityMixin, BaseEstimator):
         max_iter: EM iterations at most.
         n_init: EM runs from different initialisations; the best lower bound is kept.
         init_params: ``"kmeans"`` (k-means centres, hard responsibilities), ``"k-means++"``
-            (the k-means++ seeds only), or ``"random"`` (K random data points as means, random
-            normalised weights, the data's (co)variance for every component).
+            (the k-means++ seeds only), ``"random"`` (K random data points as means, random
+            normalised weights, the data's (co)variance for every component), or
+            ``"sklearn-kmeans"`` (scikit-learn's ``KMeans(K, n_init=1, random_state)`` labels,
+            as scikit-learn's GaussianMixture starts: with ``n_init=1`` the fit is then
+            scikit-learn's for the same ``random_state``, to float rounding; slower than
+            ``"kmeans"`` and CPU-only in its k-means).
         random_state: seed of the initialisation.
         dtype: ``torch.float64`` (default, as scikit-learn) or ``torch.float32``: the
             parameters, the scores, and every sum over rows during the fit.

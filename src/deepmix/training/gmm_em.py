@@ -33,6 +33,7 @@ import math
 from typing import Any
 
 import torch
+from sklearn.cluster import KMeans
 
 from ..errors import InputError
 from ..models.kmeans import kmeans
@@ -42,7 +43,7 @@ from ..utils.tensors import row_chunks as _chunks
 __all__ = ["MixtureEM", "FusedRows", "INIT_METHODS", "COMPUTE_DTYPES", "resolve_compute_dtype",
            "AUTO_ROUNDING_BUDGET"]
 
-INIT_METHODS = ("kmeans", "k-means++", "random")
+INIT_METHODS = ("kmeans", "k-means++", "random", "sklearn-kmeans")
 
 #: Accepted ``compute_dtype`` values; "auto" is float32 for diag / spherical mixtures on data of
 #: at least :data:`AUTO_FLOAT32_ENTRIES` design-matrix entries whose float32 rounding stays
@@ -431,6 +432,17 @@ class MixtureEM:
         run on its centred float32 columns and the first M-step be one product."""
         N, D = X.shape
         K = self.n_components
+        if self.init_params == "sklearn-kmeans":
+            # scikit-learn's own first step, ``KMeans(K, n_init=1, random_state=seed)`` on the
+            # float64 data (seed: the generator's, i.e. random_state + run): from it EM reaches
+            # scikit-learn's GaussianMixture fit of the same seed (to the rounding of the
+            # products), which tells EM's arithmetic apart from the luck of the partition.
+            seed = int(gen.initial_seed()) % 2**32
+            labels = KMeans(K, n_init=1, random_state=seed).fit(
+                X.detach().cpu().double().numpy()).labels_
+            labels = torch.as_tensor(labels, dtype=torch.long, device=X.device)
+            self.set_from_statistics(*self.hard_statistics(X, labels))
+            return
         if self.init_params in ("kmeans", "k-means++"):
             # Only an initialisation: float32 halves its cost at no visible loss. k-means is
             # shift-invariant, so the centred columns of z serve as they are.

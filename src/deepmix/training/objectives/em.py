@@ -36,7 +36,7 @@ class GaussianMixtureEMOptions(ObjectiveOptions):
     """Options of flat-GMM EM.
 
     Arguments:
-        init: ``"kmeans"``, ``"k-means++"`` or ``"random"`` (as
+        init: ``"kmeans"``, ``"k-means++"``, ``"random"`` or ``"sklearn-kmeans"`` (as
             :class:`~deepmix.training.GaussianMixture`).
         reg_covar: added to the diagonal of every covariance.
         compute_dtype: dtype of the E-step and statistics products of diag / spherical

@@ -160,4 +160,6 @@ def test_fused_apply_statistics_equals_reference(fused_mode, independent, update
     assert (b.mu.detach() - mu0).abs().max() > 1e-3
     # The linear-form cache sees the in-place update (version counters bumped).
     with torch.no_grad():
-        torch.testing.assert_close(b.log_scores(x), a.log_scores(x), **tol)
+        # log-scores sum D terms of size ~1e2, so float32 rounding reaches a few 1e-6 there.
+        score_tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else tol
+        torch.testing.assert_close(b.log_scores(x), a.log_scores(x), **score_tol)

@@ -570,7 +570,7 @@ class DRMM(Model):
     @torch.no_grad()
     def complete(self, x: Any, mask: Any, *, method: str = "mean",
                  generator: torch.Generator | None = None, n_samples: int = 64) -> torch.Tensor:
-        """Fill the missing entries (``mask`` False) of every row of x (N, W) by conditional
+        r"""Fill the missing entries (``mask`` False) of every row of x (N, W) by conditional
         forward sampling on the observed ones: ``"sample"`` one draw, ``"mode"`` the argmax
         path (T = 0), ``"mean"`` the average of ``n_samples`` draws. Observed entries are
         returned unchanged.

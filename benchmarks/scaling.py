@@ -12,7 +12,8 @@ workload runs with the defaults ``deepmix train`` gives it: 2L-c at batch 100 (1
 flat GMM (K = 25, diagonal) by batch EM over the whole shard per step (5 EM iterations), the
 circuit (RAT-SPN, EM) at batch 100 (1 epoch). The local batch is the same for every process
 count (the global batch grows with it: weak scaling, as data-parallel training is used). ``images/s`` = global rows / wall time of the
-slowest rank; ``comm`` is the time inside collectives (waiting for the slower rank included).
+slowest rank; ``comm`` is the time inside collectives (waiting for the slower rank included);
+the all-reduce of each measured size alone, on idle processes, shows what the transport costs.
 
 Projection (no measurement; printed with the formula): a ring all-reduce of S bytes over M
 machines moves :math:`2\frac{M-1}{M}S` bytes through each link in :math:`2(M-1)` latency-bound
@@ -62,6 +63,11 @@ def _worker(workload: str, n_images: int, batch: int | None, epochs: int, device
 
     world = current_world(device)
     images = load_images("mnist", "train").to_tensor()[:n_images]
+    if workload != "2L-c":
+        # The user's data preparation, before the fit and outside the timed region: the flat
+        # rows in the model's dtype (float64, ``deepmix train``'s default), so that the fit's
+        # input check converts nothing.
+        images = images.reshape(images.shape[0], -1).to(torch.float64)
 
     def run(x: torch.Tensor, n_epochs: int) -> int:
         if workload == "2L-c":
@@ -70,7 +76,7 @@ def _worker(workload: str, n_images: int, batch: int | None, epochs: int, device
                                                       delay=0.0, device=device),
                          progress=False)
         else:
-            flat = x.reshape(x.shape[0], -1).to(torch.float64)
+            flat = x
             if workload == "gmm":
                 model = MixtureDensity(25, flat.shape[1], "diag", dtype=torch.float64)
                 model.initialize(flat[:500], "random", generator=torch.Generator().manual_seed(0))
@@ -93,6 +99,53 @@ def _worker(workload: str, n_images: int, batch: int | None, epochs: int, device
     return {"rank": world.rank, "seconds": seconds, "steps": steps,
             "comm_seconds": COMM_STATS["seconds"], "comm_calls": COMM_STATS["calls"],
             "comm_bytes": COMM_STATS["bytes"]}
+
+
+def _allreduce_worker(nbytes: list[int], repeats: int, device: str) -> dict:
+    """One rank: the median wall time of an all-reduce of each size, nothing else running."""
+    import statistics
+
+    import torch
+
+    torch.set_num_threads(1)
+    from deepmix.utils.distributed import current_world
+
+    world = current_world(device)
+    out = {}
+    for n in nbytes:
+        t = torch.ones(max(1, n // 4), device=world_device(device, world))
+        times = []
+        for i in range(repeats + 5):
+            s = time.perf_counter()
+            world.all_reduce_([t])
+            if t.is_cuda:
+                torch.cuda.synchronize()
+            if i >= 5:                                  # (the first calls set up buffers)
+                times.append(time.perf_counter() - s)
+        out[n] = 1e3 * statistics.median(times)
+    return out
+
+
+def world_device(device: str, world) -> str:
+    """The device of this rank's tensors (its own GPU on a CUDA run)."""
+    return f"cuda:{world.local_rank}" if device.startswith("cuda") else device
+
+
+def allreduce_alone(nbytes: list[int], nproc: int, device: str,
+                    repeats: int = 50) -> dict[int, float]:
+    """ms of one all-reduce of each size in ``nbytes`` on ``nproc`` idle processes: what the
+    transport itself costs here, beside the comm time measured inside the training steps."""
+    import logging
+    import uuid
+
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
+                          run_id=uuid.uuid4().hex, rdzv_backend="c10d",
+                          rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
+    ranks = elastic_launch(config, _allreduce_worker)(nbytes, repeats, device)
+    return {n: max(r[n] for r in ranks.values()) for n in nbytes}
 
 
 def measure(workload: str, nproc: int, n_images: int, batch: int | None, epochs: int,
@@ -158,6 +211,13 @@ def markdown(results: list[dict], projections: list[dict], meta: dict) -> str:
                      f"{r['images_per_s']:.0f} | {speed:.2f}x | {r['step_ms']:.2f} | "
                      f"{r['comm_ms_per_step']:.3f} | {r['comm_calls_per_step']:.2f} | "
                      f"{r['comm_bytes_per_step']:.0f} |")
+    if meta.get("allreduce_alone_ms"):
+        lines += ["", f"All-reduce alone ({meta['allreduce_alone_nproc']} idle processes, "
+                  f"{meta.get('backend', 'gloo')}, median of 50): "
+                  + ", ".join(f"{int(n)} B: {ms:.3f} ms"
+                              for n, ms in meta["allreduce_alone_ms"].items())
+                  + ". Where a workload's comm ms/step is close to its all-reduce alone, the "
+                  "step waits on the transport rather than on the slower rank."]
     lines += ["", "## Projection (ring all-reduce)", "", f"`{FORMULA}`", "",
               "| workload | machines | ms/step | comm ms/step | images/s | efficiency |",
               "|---|---:|---:|---:|---:|---:|"]
@@ -196,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{workload:8s} {n} proc: {r['images_per_s']:9.0f} images/s, "
                   f"{r['step_ms']:8.2f} ms/step, comm {r['comm_ms_per_step']:.3f} ms/step "
                   f"({r['comm_bytes_per_step']:.0f} B/step)", flush=True)
+    # The transport alone, at each workload's measured bytes per call (and one float).
+    sizes = sorted({4} | {int(r["comm_bytes_per_step"] / max(r["comm_calls_per_step"], 1e-9))
+                          for r in results if r["nproc"] > 1 and r["comm_calls_per_step"]})
+    most = max(args.nproc)
+    alone = allreduce_alone(sizes, most, args.device) if most > 1 else {}
+    for n, ms in alone.items():
+        print(f"all-reduce of {n} B alone on {most} processes: {ms:.3f} ms", flush=True)
     projections = []
     for workload in args.workloads:
         one = next((r for r in results if r["workload"] == workload and r["nproc"] == 1), None)
@@ -208,7 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "torch": torch.__version__, "n_images": args.n_images, "epochs": args.epochs,
             "batch_size": args.batch_size, "device": args.device, "formula": FORMULA,
-            "quick": args.quick}
+            "quick": args.quick,
+            "allreduce_alone_ms": {str(n): ms for n, ms in alone.items()},
+            "allreduce_alone_nproc": most,
+            "backend": "nccl" if args.device.startswith("cuda") else "gloo"}
     print(FORMULA)
     for pr in projections:
         print(f"{pr['workload']:8s} {pr['machines']:3d} machines: {pr['images_per_s']:9.0f} "

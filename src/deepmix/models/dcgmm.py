@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import InputError, NoDensityError, SpecError
 from ..layers import GMM, Classifier, Folding, Layer, Pooling
 from ..layers.classifier import check_temperature
+from ..utils.tensors import all_finite
 from .base import Model
 from .registry import register_family
 from .spec import LayerSpec, format_spec, parse_spec, resolve_architecture
@@ -80,7 +81,7 @@ def as_images(x: Any, shape: Sequence[int], *, dtype: torch.dtype = torch.float3
         raise InputError(f"{what} have shape {s}; expected (N, {H}, {W}, {C}) or (N, {C}, {H}, {W})"
                          + (f" or (N, {H}, {W})" if C == 1 else ""))
     x = x.to(device=device, dtype=dtype)
-    if x.numel() and not bool(torch.isfinite(x).all()):
+    if not all_finite(x):
         raise InputError(f"{what} contain NaN or infinite values")
     return x.contiguous()
 

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from ..errors import CheckpointError, DeepmixError
 from ..models.registry import family_of, get_family, model_config_dict, model_from_config_dict
 from ..utils.io import atomic_path, read_safetensors, write_json_atomic
+from ..utils.tensors import all_finite
 
 __all__ = ["CONFIG_FILE", "WEIGHTS_FILE", "FORMAT", "STATE_PREFIX", "save_model", "save_checkpoint",
            "read_config", "run_family", "load_model", "load_checkpoint"]
@@ -121,7 +122,7 @@ def load_checkpoint(model: torch.nn.Module, directory: str | Path,
         if tuple(v.shape) != tuple(expected[k].shape):
             raise CheckpointError(f"{path}: tensor {k} has shape {tuple(v.shape)}, the model "
                                   f"needs {tuple(expected[k].shape)}")
-        if not bool(torch.isfinite(v).all()):
+        if not all_finite(v):
             raise CheckpointError(f"{path}: tensor {k} holds NaN or infinite values")
     model.load_state_dict(tensors)
     try:

@@ -30,6 +30,7 @@ from ..errors import CheckpointError, ConfigError, DataError, DeepmixError, Inpu
 from ..models import MixtureConfig, MixtureDensity
 from ..utils.config import config_from_dict, config_to_dict
 from ..utils.io import write_text_atomic
+from ..utils.tensors import all_finite
 from .checkpoint import CONFIG_FILE, load_model, read_config
 from .loop import METRICS_FILE
 
@@ -205,7 +206,7 @@ def load_density_data(cfg: DensityDataConfig, dtype: torch.dtype = torch.float64
                         f"{', '.join(TOY_DATA + IMAGE_DATA)} or a .npy file")
     if cfg.n_train is not None:
         train = train[:cfg.n_train]
-    if not bool(torch.isfinite(train).all()) or not bool(torch.isfinite(valid).all()):
+    if not all_finite(train) or not all_finite(valid):
         raise InputError(f"data '{name}' contains NaN or infinite values")
     return train.to(dtype), valid.to(dtype)
 

@@ -212,3 +212,21 @@ def test_saved_run_with_the_factorised_prior_loads(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(back.log_prob(x), m.log_prob(x))
         assert math.isfinite(float(back.log_prob(x).sum()))
+
+
+def test_prior_flag_of_the_cli(tmp_path, capsys):
+    from deepmix.cli.main import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "deep-gmm", "--data", "digits", "--layers", "hc3,bd2",
+                 "--fold", "2", "--dequantize", "--epochs", "2", "--out", str(out),
+                 "--prior", "factorised", "--no-progress"]) == 0
+    model = deepmix.load(out)
+    assert model.config.prior == "factorised" and model.prior is not None
+    assert json.loads((out / "config.json").read_text())["model"]["prior"] == "factorised"
+    capsys.readouterr()
+    assert main(["train", "--model", "deep-gmm", "--data", "digits", "--layers", "hc3,bd2",
+                 "--out", str(tmp_path / "bad"), "--prior", "factorised", "--gating",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("deepmix: error: ") and "prior" in err and len(err.splitlines()) == 1

@@ -408,14 +408,14 @@ def test_a_two_process_drmm_run_resumes_on_one_process(tmp_path):
     _close(_state(model), _drmm(0, False, 100)[1], rtol=1e-5, atol=1e-5)
 
 
-def _hard_em(rank: int, batch: int, out=None, stop=None):
+def _hard_em(rank: int, batch: int, out=None, stop=None, prior="uniform", min_usage=110):
     from deepmix.models import DeepGMM, DeepGMMConfig
 
     x = _blobs(211, 2)      # E-step shards 106 + 105; the last batch (11 rows) 6 + 5
     model = DeepGMM(DeepGMMConfig(shape=(1, 1, 2), fold=1, layers="full2,full2", seed=3,
-                                  search="coordinate", dtype="float64"))
+                                  search="coordinate", dtype="float64", prior=prior))
     obj = deepmix.training.make_objective("deep-gmm", "hard-em", {
-        "lr": 0.02, "first_m_epochs": 1, "m_epochs": 1, "min_usage": 110})
+        "lr": 0.02, "first_m_epochs": 1, "m_epochs": 1, "min_usage": min_usage})
     rows = fit(model, x, obj, epochs=3, batch_size=batch, seed=2, out_dir=out,
                stop_after_steps=stop)
     return rows, _state(model), obj.paths
@@ -450,6 +450,22 @@ def _empty_family(rank: int, family: str, batch: int):
     fit(model, _blobs(201, 2), "hard-em", epochs=2, batch_size=batch, seed=2, lr=0.02,
         gating_epochs=1)
     return _state(model)
+
+
+def test_deep_gmm_factorised_prior_on_two_processes_equals_one(tmp_path):
+    # The prior's M step counts the assembled paths of every rank: its weights, and so the
+    # E steps that use them, must equal the one-process fit's.
+    # (min_usage 1: re-seeded copies would share their source's count and keep it uniform)
+    rows, state, paths = _hard_em(0, 100, prior="factorised", min_usage=1)
+    assert any(k.startswith("prior") for k in state)
+    w = [v for k, v in state.items() if k.startswith("prior")]
+    assert any(float(t.std()) > 1e-3 for t in w)               # the M step moved the weights
+    for got_rows, got_state, got_paths in _ok(_run(2, _hard_em, tmp_path, 50, None, None,
+                                                   "factorised", 1)):
+        assert torch.equal(got_paths, paths)
+        for a, b in zip(got_rows[1:], rows[1:]):
+            assert a["loss"] == pytest.approx(b["loss"], rel=1e-6)
+        _close(got_state, state, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", ["drmm", "deep-gmm"])

@@ -65,6 +65,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gating", action="store_true",
                    help="deep-gmm: gating networks for the path prior (trained in the last "
                         "--gating-epochs)")
+    p.add_argument("--prior", choices=("uniform", "factorised", "gating"), default=None,
+                   help="deep-gmm: the path prior: uniform (the paper's, default), factorised "
+                        "(learned weights per layer and location, set in closed form by every "
+                        "M step) or gating (networks, as --gating)")
     p.add_argument("--gating-epochs", type=int, default=0, metavar="N",
                    help="deep-gmm: the last N epochs train the gates on the last E step's paths")
     p.add_argument("--first-m-epochs", type=positive_int, default=1,

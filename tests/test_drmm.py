@@ -643,3 +643,31 @@ def test_the_second_layer_models_the_first_layers_residuals():
     s1, s2 = (float(layer.streams[0].variances().detach().sqrt()[0]) for layer in m.layers)
     assert s2 < 0.75 * s1
     assert err[2] < 0.6 * err[1]
+
+
+@pytest.mark.parametrize("sigma", ["scalar", "diagonal"])
+def test_direct_and_product_distance_paths_agree_in_value_and_gradient(sigma):
+    # The small-batch fast path (broadcast differences) equals the matrix-product path on
+    # offset data with fractional masks, values and gradients of every parameter.
+    from deepmix.models.drmm.components import ContinuousComponents
+
+    g = torch.Generator().manual_seed(4)
+    mod = ContinuousComponents(7, 5, sigma, dtype=torch.float64)
+    with torch.no_grad():
+        mod.mu.copy_(3.0 + torch.randn(7, 5, generator=g, dtype=torch.float64))
+        mod.log_var.copy_(0.3 * torch.randn(mod.log_var.shape, generator=g, dtype=torch.float64))
+    x = 3.0 + torch.randn(40, 5, generator=g, dtype=torch.float64)
+    mask = (torch.rand(40, 5, generator=g, dtype=torch.float64) > 0.3).to(torch.float64)
+    mask[:5] *= 0.5
+    out = []
+    for path in (mod._log_terms_direct, mod._log_terms_products):
+        mod.zero_grad()
+        v = path(x, mask)
+        (v * torch.linspace(-1, 1, 7, dtype=torch.float64)).sum().backward()
+        out.append((v.detach(), mod.mu.grad.clone(), mod.log_var.grad.clone()))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-9)
+    # and log_terms picks each path by size
+    assert torch.equal(mod.log_terms(x, mask), mod._log_terms_direct(x, mask))
+    mod.direct_limit = 0
+    assert torch.equal(mod.log_terms(x, mask), mod._log_terms_products(x, mask))

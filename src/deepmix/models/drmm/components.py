@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 __all__ = ["StreamComponents", "ContinuousComponents", "CategoricalComponents",
-           "block_log_softmax"]
+           "block_log_softmax", "block_softmax"]
 
 
 def _device(generator: torch.Generator | None) -> torch.device:
@@ -32,8 +32,18 @@ def _device(generator: torch.Generator | None) -> torch.device:
 
 def block_log_softmax(x: torch.Tensor, categories: int) -> torch.Tensor:
     """log_softmax over each packed block of ``categories`` entries of the last dim."""
+    if x.shape[-1] == categories:           # one block (every flat DRMM): no reshapes
+        return torch.log_softmax(x, -1)
     shape = x.shape
     return torch.log_softmax(x.reshape(*shape[:-1], -1, categories), -1).reshape(shape)
+
+
+def block_softmax(x: torch.Tensor, categories: int) -> torch.Tensor:
+    """softmax over each packed block (``exp`` of :func:`block_log_softmax`, in one op)."""
+    if x.shape[-1] == categories:
+        return torch.softmax(x, -1)
+    shape = x.shape
+    return torch.softmax(x.reshape(*shape[:-1], -1, categories), -1).reshape(shape)
 
 
 class StreamComponents(nn.Module):
@@ -79,7 +89,26 @@ class ContinuousComponents(StreamComponents):
         """:math:`\\sigma_d^2` per variable, (D,)."""
         return torch.exp(self.log_var).expand(self.width)
 
+    #: Up to this many (row, component, variable) triples the squared distances are formed
+    #: directly (one broadcast difference: few ops, so little autograd bookkeeping on the
+    #: small batches of the 2-D and IK models); above it by matrix products (no N x K x D).
+    direct_limit: int = 1 << 17
+
     def log_terms(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] * self.n_components * self.width <= self.direct_limit:
+            return self._log_terms_direct(x, mask)
+        return self._log_terms_products(x, mask)
+
+    def _log_terms_direct(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_terms` from the (N, K, D) differences (exact, no cancellation)."""
+        diff = x.unsqueeze(1) - self.mu                                   # (N, K, D)
+        w = (mask * torch.exp(-self.log_var)).unsqueeze(1)                # (N, 1, D)
+        sq = (diff * diff * w).sum(-1)                                    # (N, K)
+        logdet = (mask * self.log_var).sum(-1, keepdim=True)             # (N, 1)
+        return -0.5 * (sq + logdet)
+
+    def _log_terms_products(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """:meth:`log_terms` by three matrix products (memory O(N K + N D))."""
         lam = torch.exp(-self.log_var).expand(self.width)                # (D,)
         # Squared distances by three matrix products, after centring data and means on the
         # means' centroid c: no cancellation on raw, offset data (spec §9). The value does not
@@ -133,7 +162,7 @@ class CategoricalComponents(StreamComponents):
         return block_log_softmax(self.logits, self.categories)
 
     def log_terms(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        q = mask * torch.exp(block_log_softmax(x, self.categories))
+        q = mask * block_softmax(x, self.categories)
         return q @ self.log_p().T
 
     def reconstruction(self, h: torch.Tensor) -> torch.Tensor:

@@ -82,15 +82,18 @@ class RMMLayer(nn.Module):
 
     def terms(self, inputs: list[Stream]) -> tuple[torch.Tensor, torch.Tensor]:
         """(data terms, latent terms), each (N, K); no log w, no rho."""
-        n = inputs[0].value.shape[0]
-        data = self.logits.new_zeros(n, self.n_components)
-        latent = self.logits.new_zeros(n, self.n_components)
+        data: torch.Tensor | None = None
+        latent: torch.Tensor | None = None
         for spec, mod, s in zip(self.specs, self.streams, inputs):
             t = mod.log_terms(s.value, s.mask)
             if spec.latent:
-                latent = latent + t
+                latent = t if latent is None else latent + t
             else:
-                data = data + t
+                data = t if data is None else data + t
+        if data is None or latent is None:
+            zeros = self.logits.new_zeros(inputs[0].value.shape[0], self.n_components)
+            data = zeros if data is None else data
+            latent = zeros if latent is None else latent
         return data, latent
 
     def membership(self, inputs: list[Stream], rho: float = 1.0) -> torch.Tensor:

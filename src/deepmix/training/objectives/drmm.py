@@ -264,7 +264,8 @@ class DRMMObjective(Objective):
         self._now = (plan.rho(t, self.rho_final), self.options.lr * lr_factor(t))
         alpha = self.options.alpha * plan.regulariser_weight(t)
         optimizer.zero_grad(set_to_none=True)
-        params = list(stage.parameters())
+        # (the optimiser's own list: no module walk per step)
+        params = optimizer.param_groups[0]["params"]
         if self.world.distributed and not alpha:
             # A plain mean over rows: the row-weighted gradient all-reduce (ONE reduce).
             n = values.shape[0]

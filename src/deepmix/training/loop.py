@@ -45,6 +45,7 @@ from ..utils.config import config_from_dict, config_to_dict
 from ..utils.device import resolve_device
 from ..utils.distributed import World, current_world, process_rank
 from ..utils.io import write_text_atomic
+from ..utils.memory import tune_allocator
 from ..utils.threads import ThreadGovernor, threads_pinned
 from .checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_checkpoint, read_config, save_model
 from .objectives import LoopInfo, Objective, make_objective, objective_class
@@ -194,6 +195,7 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
     arguments and the whole data; ``evaluate`` and ``until`` run on rank 0 (its decision is
     shared), ``callback`` on every rank.
     """
+    tune_allocator()      # a step's large tensors reuse freed memory (utils/memory.py)
     family = _family_name(model, needed=out_dir is not None)
     loop_fields = set(FitConfig.__dataclass_fields__)
     loop_over = {k: options.pop(k) for k in list(options) if k in loop_fields}

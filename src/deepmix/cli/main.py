@@ -20,7 +20,6 @@ from typing import Sequence
 
 from ..errors import DeepmixError
 from ..utils.io import is_stdout, json_stdout
-from ..utils.memory import tune_allocator
 from ..utils.threads import pin_threads
 from .common import positive_int
 from . import (cluster, complete, demo, evaluate, fetch, fit_gmm, outliers, report, sample,
@@ -70,7 +69,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"DEEPMIX_THREADS: {exc}")
     if threads is not None:
         pin_threads(threads)
-    tune_allocator()      # large tensors reuse freed memory (utils/memory.py)
     try:
         if is_stdout(getattr(args, "json", None)):
             # --json -: the JSON is the command's output on stdout; its report lines go to stderr.

@@ -55,7 +55,8 @@ def bound(family: str, name: str, model, data: torch.Tensor, batch: int, steps: 
 def step_ratio(L: int, K: int, D: int, batch: int, reps: int) -> dict:
     P = parameter_count(D, K, L)
     kg = max(1, round(P / (2 * D + 1)))           # diagonal GMM: K (2D + 1) parameters
-    data = torch.randn(max(4 * batch, 2048), D, generator=torch.Generator().manual_seed(0))
+    # (at least K rows: the GMM's initialisation draws K distinct rows)
+    data = torch.randn(max(4 * batch, 2048, kg), D, generator=torch.Generator().manual_seed(0))
     x = data[:batch]
     drmm = DRMM(DRMMConfig(n_features=D, n_components=K, n_layers=L))
     gmm = MixtureDensity(kg, D, "diag", generator=torch.Generator().manual_seed(0))

@@ -15,11 +15,12 @@ so a step's tensors come from (and go back to) the heap, which then stays at the
 high-water mark instead of shrinking between steps (the peak resident memory is the same
 high-water mark either way); a data set above 256 MB is still mapped on its own and returned
 when freed. The training loop (:func:`deepmix.training.fit`, so every ``fit``, ``train`` and
-``deepmix train``/``demo``) calls it once per process; scoring alone does not, since a pass
-over a data set in chunks of varying size gains little and the retained blocks raised the peak
-of ``deepmix evaluate`` from 0.55 to 0.8-1.6 GB. ``DEEPMIX_MALLOC=system`` leaves the C
-library's defaults alone. Elsewhere than
-glibc (macOS, musl, Windows) it does nothing.
+``deepmix train``/``demo``) calls it once per process; scoring alone does not: one pass over
+a data set gains little, and the peak of ``deepmix evaluate`` varied from run to run under
+either policy (0.55-1.54 GB with glibc's defaults, 0.83-1.64 GB with this one;
+``benchmarks/memory.py``), so it keeps the defaults. ``DEEPMIX_MALLOC=system`` leaves the C
+library's defaults alone everywhere. Elsewhere than glibc (macOS, musl, Windows) it does
+nothing.
 """
 
 from __future__ import annotations

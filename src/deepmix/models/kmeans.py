@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from ..utils.blas import fast_matmul
 from ..utils.tensors import row_chunks as _chunks
 
 __all__ = ["kmeans"]
@@ -14,6 +15,7 @@ _TRACE: list[int] | None = None   # rows scored per Lloyd iteration, when a list
 
 
 @torch.no_grad()
+@fast_matmul()   # its distance products: oneDNN where exact (utils.blas)
 def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
            generator: torch.Generator | None = None, chunk: int = 8192,
            plus_plus: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +101,9 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
         C = X[torch.randperm(N, generator=generator, device=gdev)[:k].to(X.device)].clone()
     # scikit-learn's tolerance: tol times the mean of the (biased) per-feature variances.
     # (the mean of E[x_d^2] - E[x_d]^2 over d, from the row norms: one pass less than var)
-    mean = X.mean(0, dtype=torch.float64)
+    # (a float32 view summed in float32 then widened: summing it with dtype=float64 took
+    # 10x longer, and torch's cascade sum keeps float32's relative accuracy for a tolerance)
+    mean = X.sum(0).double() / N
     threshold = tol * float((x2.sum(dtype=torch.float64) / N - (mean * mean).sum()) / D)
     # Lloyd with Hamerly's bounds (exact: the labels of plain Lloyd, to rounding): u bounds
     # the distance to the own centre from above, l the distance to any other from below;

@@ -37,6 +37,7 @@ from sklearn.cluster import KMeans
 
 from ..errors import InputError
 from ..models.kmeans import kmeans
+from ..utils.blas import fast_matmul
 from ..utils.tensors import LOG_2PI as _LOG_2PI
 from ..utils.tensors import row_chunks as _chunks
 
@@ -342,7 +343,8 @@ class MixtureEM:
         """
         z = rows.z
         W, b = terms
-        lp = torch.add(z @ W, b)              # (rows, K) in the parameters' dtype
+        with fast_matmul():                   # large float32 products: oneDNN where exact
+            lp = torch.add(z @ W, b)          # (rows, K) in the parameters' dtype
         top = lp.amax(1, keepdim=True)
         lp -= top
         # Responsibilities below exp(cut) (4e-18 in float32) are 0, so that no product of
@@ -353,7 +355,8 @@ class MixtureEM:
         total = top.sum() + mass.log_().sum()
         resp = lp
         nk = resp.sum(0)
-        S = (resp.to(z.dtype).T @ z).to(self.dtype)   # (K, F): every moment in one product
+        with fast_matmul():
+            S = (resp.to(z.dtype).T @ z).to(self.dtype)   # (K, F): every moment in one product
         return total, self._uncentre(nk, S, rows.shift)
 
     def _uncentre(self, nk: torch.Tensor, S: torch.Tensor, c: torch.Tensor

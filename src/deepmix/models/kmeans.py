@@ -15,7 +15,6 @@ _TRACE: list[int] | None = None   # rows scored per Lloyd iteration, when a list
 
 
 @torch.no_grad()
-@fast_matmul()   # its distance products: oneDNN where exact (utils.blas)
 def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
            generator: torch.Generator | None = None, chunk: int = 8192,
            plus_plus: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,6 +31,14 @@ def kmeans(X: torch.Tensor, k: int, *, n_iter: int = 300, tol: float = 1e-4,
     (e.g. the first columns of a wider matrix); k-means is shift-invariant, so centred data
     give the centred centres.
     """
+    N, D = X.shape
+    with fast_matmul(N * D * k):      # its distance products: oneDNN where exact (utils.blas)
+        return _lloyd(X, k, n_iter, tol, generator, chunk, plus_plus)
+
+
+def _lloyd(X: torch.Tensor, k: int, n_iter: int, tol: float, generator: torch.Generator | None,
+           chunk: int, plus_plus: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`kmeans` itself."""
     N, D = X.shape
     x2 = (X * X).sum(1)
 

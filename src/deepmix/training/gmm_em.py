@@ -343,7 +343,8 @@ class MixtureEM:
         """
         z = rows.z
         W, b = terms
-        with fast_matmul():                   # large float32 products: oneDNN where exact
+        work = z.shape[0] * z.shape[1] * W.shape[1]
+        with fast_matmul(work):               # large float32 products: oneDNN where exact
             lp = torch.add(z @ W, b)          # (rows, K) in the parameters' dtype
         top = lp.amax(1, keepdim=True)
         lp -= top
@@ -355,7 +356,7 @@ class MixtureEM:
         total = top.sum() + mass.log_().sum()
         resp = lp
         nk = resp.sum(0)
-        with fast_matmul():
+        with fast_matmul(work):
             S = (resp.to(z.dtype).T @ z).to(self.dtype)   # (K, F): every moment in one product
         return total, self._uncentre(nk, S, rows.shift)
 

@@ -343,20 +343,19 @@ class MixtureEM:
         """
         z = rows.z
         W, b = terms
-        work = z.shape[0] * z.shape[1] * W.shape[1]
-        with fast_matmul(work):               # large float32 products: oneDNN where exact
+        # Both products are large float32 ones: oneDNN where it is exact (utils.blas).
+        with fast_matmul(z.shape[0] * z.shape[1] * W.shape[1]):
             lp = torch.add(z @ W, b)          # (rows, K) in the parameters' dtype
-        top = lp.amax(1, keepdim=True)
-        lp -= top
-        # Responsibilities below exp(cut) (4e-18 in float32) are 0, so that no product of
-        # the statistics is a denormal number (see _flush_below).
-        torch.nn.functional.threshold_(lp, _cut(z.dtype), -math.inf).exp_()
-        mass = lp.sum(1, keepdim=True)
-        lp /= mass                            # responsibilities, in place
-        total = top.sum() + mass.log_().sum()
-        resp = lp
-        nk = resp.sum(0)
-        with fast_matmul(work):
+            top = lp.amax(1, keepdim=True)
+            lp -= top
+            # Responsibilities below exp(cut) (4e-18 in float32) are 0, so that no product of
+            # the statistics is a denormal number (see _flush_below).
+            torch.nn.functional.threshold_(lp, _cut(z.dtype), -math.inf).exp_()
+            mass = lp.sum(1, keepdim=True)
+            lp /= mass                        # responsibilities, in place
+            total = top.sum() + mass.log_().sum()
+            resp = lp
+            nk = resp.sum(0)
             S = (resp.to(z.dtype).T @ z).to(self.dtype)   # (K, F): every moment in one product
         return total, self._uncentre(nk, S, rows.shift)
 

@@ -4,11 +4,12 @@ PyTorch sends a float32 ``mm`` / ``addmm`` on the CPU to MKL's ``sgemm``, except
 ``torch.backends.mkldnn.matmul.fp32_precision`` is ``"bf16"``: then it calls oneDNN with
 ``fpmath_mode=bf16``, which *allows* oneDNN to round the inputs to bfloat16. oneDNN does so only
 on CPUs with AMX; on the others (AVX-512, AVX2) it keeps float32 arithmetic with float32
-accumulation, and its brgemm kernels run the tall, skinny products of EM and of DCGMM's layers
-much faster than MKL: on the 2-core AVX-512 VM of the benchmarks, :math:`(60000 \times 1568)
-(1568 \times 25)` takes 33 ms instead of 89 ms, :math:`(12100 \times 128)(128 \times 25)`
-1.1 ms instead of 1.6 ms (products below ~10^5 multiply-adds are slower there: ~20 us of call
-overhead, so only the large products take this route).
+accumulation, and its brgemm kernels run the tall, skinny products of EM much faster than
+MKL: on the 2-core AVX-512 VM of the benchmarks, :math:`(60000 \times 1568)(1568 \times 25)`
+takes 33 ms instead of 89 ms. Small products are slower there (~20 us of call overhead;
+:math:`(100 \times 784)(784 \times 64)` ran at 0.96x), so only products of at least
+:data:`MIN_WORK` multiply-adds take this route. (DCGMM's training steps, whose time goes to
+its fused kernel and convolutions, gained nothing measurable and do not use it.)
 
 :func:`fast_matmul` switches that route on around a block of large products, and only after
 :func:`onednn_is_exact` has checked on this machine that the route rounds nothing: a product

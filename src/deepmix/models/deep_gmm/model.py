@@ -32,6 +32,7 @@ from .config import DeepGMMConfig, parse_layers
 from .folding import fold, unfold
 from .gating import Gate
 from .prior import FactorisedPrior
+from .tail import AffineTail, tail_start
 from .transforms import (DiagonalTransform, FullTransform, HalfConvolution, SharedBlockTransform,
                          Transform, UnsharedBlockTransform)
 
@@ -102,6 +103,9 @@ class DeepGMM(Model):
                                      for layer in layers))
         #: Subtracted before folding (the training mean after initialize, with ``center``).
         self.register_buffer("offset", torch.zeros(self.D, dtype=dtype))
+        #: Index of the shared per-position affine tail scored by :class:`AffineTail`, or None.
+        self.tail_start = tail_start(self.layers, config.gating)
+        self._tail_cache: tuple[Any, AffineTail] | None = None
         g = torch.Generator().manual_seed(config.seed)
         self._perturb(g)
 
@@ -268,7 +272,14 @@ class DeepGMM(Model):
     def _exact_chunk(self) -> int:
         """Samples per chunk of exact enumeration (its largest tensor: #paths x chunk x D)."""
         k = min(self.n_paths(), self._chains())
-        return int(max(1, min(self.config.chunk_size, _EXACT_BUDGET // max(1.0, k * self.D))))
+        per_row = k * self.D
+        if self.tail_start is not None and self.n_paths() <= self.config.max_exact_paths:
+            # The tail's rows: prefix paths x (activities, packed statistics, tail scores).
+            tail = self.layers[self.tail_start:]
+            q = math.prod(layer.n_values for layer in tail)
+            prefix = self.n_paths() / q
+            per_row = prefix * max(self.D, self.P * self.Cb * (self.Cb + 3) / 2, q)
+        return int(max(1, min(self.config.chunk_size, _EXACT_BUDGET // max(1.0, per_row))))
 
     def search_method(self, method: str | None = None) -> str:
         """The path search ``search`` runs for ``method`` (None: the config's; ``auto``
@@ -333,14 +344,36 @@ class DeepGMM(Model):
             out_s.append(s)
         return torch.cat(out_c), torch.cat(out_s)
 
-    def _enumerate(self, h0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _affine_tail(self) -> AffineTail:
+        """The composite maps of the tail's paths, rebuilt when a parameter changed (and on
+        every call while autograd tracks them)."""
+        start = self.tail_start
+        layers = list(self.layers[start:])
+        weights = [None if (lw := self._prior_table(i)) is None else lw[0]
+                   for i in range(start, len(self.layers))]
+        params = [p for layer in layers for p in layer.parameters()]
+        if self.prior is not None:
+            params += list(self.prior.parameters())
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return AffineTail(layers, weights)
+        key = tuple((p._version, p.data_ptr()) for p in params)
+        if self._tail_cache is None or self._tail_cache[0] != key:
+            with torch.no_grad():
+                self._tail_cache = (key, AffineTail(layers, weights))
+        return self._tail_cache[1]
+
+    def _enumerate(self, h0: torch.Tensor, *, use_tail: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Every path as a tree sharing data-side prefixes: (best path (N, V), its score,
-        logsumexp of all path scores)."""
+        logsumexp of all path scores). A shared per-position affine tail (``tail_start``) is
+        scored for all its paths at once by :class:`AffineTail` (``use_tail=False``: the plain
+        tree, the reference)."""
         N = h0.shape[0]
         H = h0[None]                                           # (K, N, P, Cb)
         S = h0.new_zeros(1, N)                                 # prefix log-dets
         C = torch.zeros(1, N, 0, dtype=torch.long, device=h0.device)
-        for li, layer in enumerate(self.layers):
+        stop = self.tail_start if use_tail and self.tail_start is not None else len(self.layers)
+        for li, layer in enumerate(self.layers[:stop]):
             K = H.shape[0]
             flat = H.reshape(K * N, *H.shape[2:])
             table = layer.logdet_table()
@@ -380,6 +413,15 @@ class DeepGMM(Model):
                            combos[None, :, None].expand(K, Q, N, combos.shape[1])], 3)
             C = C.reshape(K * Q, N, -1)
         prior = self.log_prior if self.config.prior == "uniform" else 0.0
+        if stop < len(self.layers):
+            tail = self._affine_tail()
+            K, Q = H.shape[0], tail.n_paths
+            sc = tail.scores(H.reshape(K * N, *H.shape[2:])).reshape(K, N, Q)
+            total = (S[:, :, None] + sc + prior).transpose(1, 2).reshape(K * Q, N)
+            best_s, best = total.max(0)
+            k, q = best // Q, best % Q
+            best_c = torch.cat([C[k, torch.arange(N, device=h0.device)], tail.combos[q]], 1)
+            return best_c, best_s, torch.logsumexp(total, 0)
         total = S + _log_normal(H) + prior                     # (#paths, N)
         best_s, best = total.max(0)
         best_c = C.gather(0, best[None, :, None].expand(1, N, C.shape[2]))[0]

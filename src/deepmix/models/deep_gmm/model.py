@@ -237,15 +237,7 @@ class DeepGMM(Model):
 
     def score_folded(self, h0: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """:math:`s_c` of already folded, checked activities h0 (N, P, Cb)."""
-        if self.config.prior == "uniform":
-            h, logdet = self.transform(h0, c)
-            return self.log_prior + _log_normal(h) + logdet
-        h, total = h0, h0.new_zeros(h0.shape[0])
-        for i, (layer, cl) in enumerate(zip(self.layers, self.split(c))):
-            h = layer(h, cl)
-            total = total + layer.log_det(cl) + self._gate_term(i, h, cl) \
-                + self._prior_term(i, cl)
-        return total + _log_normal(h)
+        return self._score_activities(self._activities(h0, c), c)
 
     def _gate_term(self, i: int, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor | float:
         """:math:`\\log g_i(h_i)[c_i]` (0 for a layer without a gate)."""
@@ -430,22 +422,46 @@ class DeepGMM(Model):
     def _layer_index(self, layer: Transform) -> int:
         return next(i for i, m in enumerate(self.layers) if m is layer)
 
+    def _activities(self, h0: torch.Tensor, c: torch.Tensor, start: int = 0,
+                    hs: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """[h_0, ..., h_L] under paths c, recomputing h_{start+1..L} of ``hs`` (the rest kept)."""
+        hs = [h0] if hs is None else hs[:start + 1]
+        for layer, cl in zip(self.layers[start:], self.split(c)[start:]):
+            hs.append(layer(hs[-1], cl))
+        return hs
+
+    def _score_activities(self, hs: list[torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+        """:math:`s_c = \\log\\pi_c + \\log N(h_L; 0, I) + \\sum_i \\log|\\det A_{i,c_i}|` (N,)
+        from the activities ``hs`` of paths c, plus gate terms :math:`\\log g_i(h_i)[c_i]` if gated."""
+        if self.config.prior == "uniform":
+            logdet = hs[0].new_zeros(hs[0].shape[0])
+            for layer, cl in zip(self.layers, self.split(c)):
+                logdet = logdet + layer.log_det(cl)
+            return self.log_prior + _log_normal(hs[-1]) + logdet
+        total = hs[0].new_zeros(hs[0].shape[0])
+        for i, (layer, cl) in enumerate(zip(self.layers, self.split(c))):
+            total = total + layer.log_det(cl) + self._gate_term(i, hs[i + 1], cl) \
+                + self._prior_term(i, cl)
+        return total + _log_normal(hs[-1])
+
     def _coordinate(self, h0: torch.Tensor, c: torch.Tensor,
                     passes: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``passes`` sweeps of coordinate ascent from paths c, data side first; each layer's
-        variable takes its best value with the others fixed (never lowering the score)."""
+        variable takes its best value with the others fixed (never lowering the score).
+
+        The activities h_0..h_L of the current paths are kept across layers and passes: a
+        change at layer i recomputes only h_{i+1..L}, and a coupled proposal's activities
+        become the current ones where it is accepted."""
         c = c.clone()
-        N = h0.shape[0]
+        hs = self._activities(h0, c)
         if passes == 0:
-            return c, self.score_folded(h0, c)
+            return c, self._score_activities(hs, c)
+        N, L = h0.shape[0], len(self.layers)
         for _ in range(passes):
-            hs = [h0]
-            parts = self.split(c)
-            for layer, cl in zip(self.layers, parts):
-                hs.append(layer(hs[-1], cl))
             for i, layer in enumerate(self.layers):
                 if layer.n_values == 1:
                     continue
+                parts = self.split(c)
                 n = layer.n_values
                 cand = layer.forward_all(hs[i])                            # (n, N, P, Cb)
                 hh = cand.reshape(n * N, *h0.shape[1:])
@@ -454,7 +470,7 @@ class DeepGMM(Model):
                     values = torch.arange(n, device=h0.device).repeat_interleave(N)
                     gates = gates + self._gate_term(i, hh, values[:, None].expand(
                         n * N, layer.n_vars))
-                for j in range(i + 1, len(self.layers)):
+                for j in range(i + 1, L):
                     cj = parts[j].repeat(n, 1)
                     hh = self.layers[j](hh, cj)
                     if self.config.gating:
@@ -468,32 +484,35 @@ class DeepGMM(Model):
                     if lw is not None:
                         sc = sc + lw[0][:, None]
                     c[:, cols] = sc.argmax(0)[:, None]
-                else:
-                    # Per-position terms of candidate "value v at every position".
-                    sc = _log_normal(hh, per_position=True) + table[:, None, None]  # (n, N, P)
-                    if lw is not None:
-                        sc = sc + lw.T[:, None, :]
-                    proposal = sc.argmax(0)                                   # (N, P)
-                    if not self.config.gating and all(
-                            self.layers[j].per_position for j in range(i + 1, len(self.layers))):
-                        # The score separates over positions: the per-position argmax is exact.
-                        c[:, cols] = proposal
-                    else:
-                        # Positions are coupled above [deepmix]: accept the joint proposal only
-                        # where it raises the path score.
-                        trial = c.clone()
-                        trial[:, cols] = proposal
-                        old, new = self.score_folded(h0, c), self.score_folded(h0, trial)
-                        accept = new > old
-                        c = torch.where(accept[:, None], trial, c)
-                        if self.config.coupled_update == "sequential" and not bool(accept.all()):
-                            rest = (~accept).nonzero().squeeze(1)
-                            c[rest] = self._sequential(h0[rest], c[rest], i)
-                parts = self.split(c)
-                # Recompute h_{i+1..L} for the next layer's candidates.
-                for j in range(i, len(self.layers)):
-                    hs[j + 1] = self.layers[j](hs[j], parts[j])
-        return c, self.score_folded(h0, c)
+                    hs = self._activities(h0, c, i, hs)
+                    continue
+                # Per-position terms of candidate "value v at every position".
+                sc = _log_normal(hh, per_position=True) + table[:, None, None]  # (n, N, P)
+                if lw is not None:
+                    sc = sc + lw.T[:, None, :]
+                proposal = sc.argmax(0)                                       # (N, P)
+                if not self.config.gating and all(
+                        self.layers[j].per_position for j in range(i + 1, L)):
+                    # The score separates over positions: the per-position argmax is exact.
+                    c[:, cols] = proposal
+                    hs = self._activities(h0, c, i, hs)
+                    continue
+                # Positions are coupled above [deepmix]: accept the joint proposal only where
+                # it raises the path score.
+                trial = c.clone()
+                trial[:, cols] = proposal
+                hs_trial = self._activities(h0, trial, i, hs)
+                accept = self._score_activities(hs_trial, trial) > \
+                    self._score_activities(hs, c)
+                c = torch.where(accept[:, None], trial, c)
+                keep = accept.reshape(N, *[1] * (h0.ndim - 1))
+                hs = hs[:i + 1] + [torch.where(keep, a, b)
+                                   for a, b in zip(hs_trial[i + 1:], hs[i + 1:])]
+                if self.config.coupled_update == "sequential" and not bool(accept.all()):
+                    rest = (~accept).nonzero().squeeze(1)
+                    c[rest] = self._sequential(h0[rest], c[rest], i)
+                    hs = self._activities(h0, c, i, hs)
+        return c, self._score_activities(hs, c)
 
     def _sequential(self, h0: torch.Tensor, c: torch.Tensor, i: int) -> torch.Tensor:
         """Position by position, the best value of layer i's variable at that position with all

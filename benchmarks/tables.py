@@ -2,8 +2,8 @@
 
 usage: .venv/bin/python benchmarks/tables.py [--check]
 
-Reads benchmarks/results/{gmm_vs_sklearn,circuits_vs_peers,train_speed,contention,scaling,
-density_leaderboard}.json (whichever exist) and rewrites the text between
+Reads benchmarks/results/{gmm_vs_sklearn,circuits_vs_peers,train_speed,contention,
+deep_gmm_em_speed,scaling,density_leaderboard}.json (whichever exist) and rewrites the text between
 ``<!-- tables:speed -->`` / ``<!-- /tables:speed -->`` in docs/benchmarks.md and between
 ``<!-- tables:leaderboard -->`` / ``<!-- /tables:leaderboard -->`` in README.md, so the figures
 the docs quote are the ones the scripts wrote. ``--check`` exits 1 when a file is out of date.
@@ -67,6 +67,14 @@ def speed_rows() -> list[str]:
             rows.append(f"| DCGMM {cont['arch']} on {cont['n_images']} images, {r['case']} | "
                         f"{r['median_seconds']:.2f} s | quiet {quiet:.2f} s | "
                         f"**{r['vs_quiet']:.2f}x** the quiet time | `benchmarks/contention.py` |")
+    em = _load("deep_gmm_em_speed")
+    for r in (em or {}).get("rows", []):
+        rows.append(f"| deep GMM {r['model']} ({r['layers']}), one hard-EM iteration on "
+                    f"{r['rows']} MNIST images, {r['search']} E step + {r['m_updates']} updates | "
+                    f"{r['iteration_s']:.1f} s (E {r['e_step_s']:.2f} s), peak RSS "
+                    f"{r['peak_rss_gb']:.1f} GB | one log-likelihood pass {r['ll_pass_s']:.2f} s "
+                    f"| E step **{r['e_over_ll']:.1f}x** the pass | "
+                    f"`benchmarks/deep_gmm/em_speed.py` |")
     sc = _load("scaling")
     results = (sc or {}).get("results", [])
     for one in (r for r in results if r["nproc"] == 1):

@@ -6,6 +6,7 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -183,6 +184,43 @@ def test_warm_start_refuses_what_it_cannot_represent():
     full = deepmix.GaussianMixture(2, covariance_type="full", random_state=0).fit(x)
     with pytest.raises(ConfigError, match="diag or spherical"):
         DeepGMM.from_gaussian_mixture(full, (4, 4, 1), fold=2, layers="diag2")
+
+
+def test_variance_floor_adds_a_wide_twin_to_every_component():
+    """p(x) = sum_k w_k [(1 - eps) N(mu_k, s2_k) + eps N(mu_k, c s2_k)], c = max(1, f / median)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(300, 16, generator=g, dtype=D64) ** 4
+    x[:, :3] = 0.5 + 1e-3 * torch.rand(300, 3, generator=g, dtype=D64)   # near-constant pixels
+    gm = deepmix.GaussianMixture(4, covariance_type="diag", random_state=0).fit(x)
+    w, mu, var = (torch.as_tensor(np.asarray(a), dtype=D64)
+                  for a in (gm.weights_, gm.means_, gm.covariances_))
+    f, eps = 1e-2, 0.05
+    c = (f / var.median(0).values).clamp(min=1.0)
+    assert (c[:3] > 1).all() and (c > 1).sum() < 16          # widened where narrow only
+    comp = torch.distributions.Normal(mu[None], var.sqrt()[None])
+    wide = torch.distributions.Normal(mu[None], (c * var).sqrt()[None])
+    ref = torch.logsumexp(torch.cat([
+        (w * (1 - eps)).log() + comp.log_prob(x[:, None]).sum(-1),
+        (w * eps).log() + wide.log_prob(x[:, None]).sum(-1)], 1), 1)
+    for center in (True, False):
+        m = DeepGMM.from_gaussian_mixture(gm, (4, 4, 1), fold=2, layers="hc3,diag4,diag2",
+                                          variance_floor=f, floor_weight=eps, center=center)
+        with torch.no_grad():
+            torch.testing.assert_close(m.log_prob(x), ref, rtol=0, atol=1e-6)
+    # An ink stroke where the training pixels were constant costs far less under the twins.
+    y = x[:5].clone()
+    y[:, 0] = 0.9
+    with torch.no_grad():
+        assert (m.log_prob(y) > torch.as_tensor(gm.score_samples(y)) + 10).all()
+    with pytest.raises(ConfigError, match="one diag2 layer after"):
+        DeepGMM.from_gaussian_mixture(gm, (4, 4, 1), fold=2, layers="diag2,diag4",
+                                      variance_floor=f)
+    with pytest.raises(ConfigError, match="floor_weight"):
+        DeepGMM.from_gaussian_mixture(gm, (4, 4, 1), fold=2, layers="diag4,diag2",
+                                      variance_floor=f, floor_weight=1.0)
+    with pytest.raises(ConfigError, match="variance_floor"):
+        DeepGMM.from_gaussian_mixture(gm, (4, 4, 1), fold=2, layers="diag4,diag2",
+                                      variance_floor=float("nan"))
 
 
 def test_prior_config_round_trip_and_old_gating_configs():

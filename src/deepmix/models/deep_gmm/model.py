@@ -717,7 +717,8 @@ class DeepGMM(Model):
     @classmethod
     @torch.no_grad()
     def from_gaussian_mixture(cls, gmm: Any, shape: tuple[int, int, int], *, fold: int = 4,
-                              layers: str | None = None, **options: Any) -> "DeepGMM":
+                              layers: str | None = None, variance_floor: float | None = None,
+                              floor_weight: float = 0.01, **options: Any) -> "DeepGMM":
         r"""[deepmix] A deep GMM whose density is exactly the diagonal GMM ``gmm`` (a fitted
         :class:`deepmix.GaussianMixture`, scikit-learn ``GaussianMixture`` or a
         :class:`~deepmix.models.MixtureDensity`, ``diag`` or ``spherical``), to train further.
@@ -729,6 +730,18 @@ class DeepGMM(Model):
         0), :math:`h = \mathrm{fold}(x - o)` and the diag layer's value k
         :math:`a_k = -\tfrac12\log\sigma_k^2`, :math:`t_k = -e^{a_k}\,\mathrm{fold}(\mu_k - o)`,
         path k scores :math:`\log w_k + \log N(x; \mu_k, \mathrm{diag}\,\sigma_k^2)`.
+        ``variance_floor`` f [deepmix]: ``layers`` must then hold one ``diag2`` layer on the
+        noise side of ``diag<K>``; its value 0 is the identity and its value 1 widens every
+        component at pixel i by :math:`c_i = \max(1, f / \mathrm{median}_k \sigma^2_{ki})`, with
+        prior weights :math:`(1 - \epsilon, \epsilon)`, :math:`\epsilon` = ``floor_weight``:
+
+        .. math:: p(x) = \sum_k w_k \big[(1-\epsilon)\,N(x; \mu_k, \sigma_k^2)
+                  + \epsilon\,N(x; \mu_k, c\,\sigma_k^2)\big].
+
+        Why: on dequantised images many pixels are constant in training (variance near the
+        dequantisation floor 1/(12 * 256^2)), and a test image with ink there costs ~1e5 nats
+        under every narrow component; the wide twins bound that cost for
+        :math:`-\log(1-\epsilon)` nats on ordinary images.
         ``options`` are further :class:`DeepGMMConfig` fields (``prior`` must be factorised)."""
         if isinstance(gmm, MixtureDensity):
             kind = gmm.covariance_type
@@ -778,9 +791,30 @@ class DeepGMM(Model):
         counts = [torch.ones(lay.n_vars, lay.n_values, dtype=torch.float64)
                   for lay in model.layers]
         counts[diag[0]] = w.reshape(1, K)
+        if variance_floor is not None:
+            wide = model._widen(diag[0], var, variance_floor, floor_weight)
+            counts[wide] = torch.tensor([[1.0 - floor_weight, floor_weight]], dtype=torch.float64)
         model.set_prior_from_counts(counts, smoothing=0.0)
         model.check_invertible()
         return model
+
+    def _widen(self, k_layer: int, var: torch.Tensor, floor: float, weight: float) -> int:
+        """Set the one ``diag2`` layer above ``k_layer`` to (identity, widen by c); its index."""
+        if not (isinstance(floor, (int, float)) and math.isfinite(floor) and floor > 0):
+            raise ConfigError(f"variance_floor must be a positive number, got {floor!r}")
+        if not (isinstance(weight, (int, float)) and 0.0 < weight < 1.0):
+            raise ConfigError(f"floor_weight must lie in (0, 1), got {weight!r}")
+        wide = [i for i, layer in enumerate(self.layers)
+                if i > k_layer and isinstance(layer, DiagonalTransform) and layer.n_values == 2]
+        if len(wide) != 1:
+            raise ConfigError(f"variance_floor needs exactly one diag2 layer after the "
+                              f"diag{var.shape[0]} layer in '{self.config.layers}'")
+        layer = self.layers[wide[0]]
+        c = (floor / var.median(0).values).clamp(min=1.0)                      # (D,)
+        # fold() subtracts the offset; adding it first folds a per-pixel field unchanged
+        b = self.fold((-0.5 * c.log()).to(self.dtype)[None] + self.offset)
+        layer.log_scale[1].copy_(b.reshape(layer.log_scale[1].shape))
+        return wide[0]
 
     def _whiten(self, layer: Transform, h: torch.Tensor, ridge: float) -> None:
         N = h.shape[0]

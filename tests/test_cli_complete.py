@@ -73,6 +73,9 @@ def test_complete_every_family_by_named_mask(runs, family, mask, tmp_path, capsy
     assert np.isfinite(r["mse_missing"]) and 0.0 <= r["mse_missing"] < zero_fill
     if family == "gmm":
         assert r["mse_missing"] < r["mse_missing_mean_fill"]
+    # A flat DRMM (8^2 paths) completes by its exact conditional mean, a patch DRMM by draws.
+    if family in ("drmm", "patch-drmm"):
+        assert r["method"] == ("exact" if family == "drmm" else "mean")
 
 
 def test_inpaint_is_the_same_command(runs, tmp_path, capsys):

@@ -260,6 +260,44 @@ def test_mean_completion_of_one_layer_is_the_gmm_conditional_mean():
     assert torch.equal(out[mask], data[mask])
 
 
+def test_exact_completion_is_the_conditional_mean_of_the_density():
+    # E[x_1 | x_0] = int x_1 p(x_0, x_1) dx_1 / int p(x_0, x_1) dx_1, by quadrature of the
+    # enumerated log_prob on a fine grid: independent of conditional_mean's path sums.
+    m = _model(D=2, K=3, L=3, seed=1)
+    for layer in m.layers:
+        layer.logits.data = torch.randn(layer.logits.shape, dtype=F64,
+                                        generator=torch.Generator().manual_seed(2))
+    x0 = torch.tensor([-0.5, 0.0, 0.7], dtype=F64)
+    grid = torch.linspace(-12, 12, 48001, dtype=F64)
+    expected = []
+    for v in x0:
+        pts = torch.stack([v.expand_as(grid), grid], 1)
+        with torch.no_grad():
+            p = torch.softmax(m.log_prob(pts), 0)
+        expected.append((p * grid).sum())
+    data = torch.stack([x0, torch.full_like(x0, 99.0)], 1)
+    mask = torch.tensor([[True, False]]).expand(3, 2)
+    out = m.complete(data, mask, method="exact")
+    torch.testing.assert_close(out[:, 1], torch.stack(expected), rtol=1e-6, atol=1e-6)
+    assert torch.equal(out[:, 0], x0)
+    # L = 1: the exact mean is the isotropic GMM's conditional mean, as "mean" is.
+    one = _model(D=3, K=4, L=1)
+    d = torch.randn(6, 3, dtype=F64)
+    mk = torch.tensor([[True, False, True]]).expand(6, 3)
+    torch.testing.assert_close(one.complete(d, mk, method="exact"),
+                               one.complete(d, mk, method="mean", n_samples=2))
+    # Chunked paths and rows give the same numbers as one chunk.
+    import deepmix.models.drmm.model as dm
+    big = _model(D=3, K=5, L=3, seed=3)
+    ref = big.complete(d, mk, method="exact")
+    old = dm._ELEMENTS
+    try:
+        dm._ELEMENTS = 40
+        torch.testing.assert_close(big.complete(d, mk, method="exact"), ref)
+    finally:
+        dm._ELEMENTS = old
+
+
 # ----------------------------------------------------------------------- 11. reproducibility
 def test_seeded_training_and_sampling_are_bit_reproducible(tmp_path):
     x = drmm_sierpinski(256, seed=0)

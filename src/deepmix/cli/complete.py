@@ -5,7 +5,8 @@ grid of originals, inputs, completions; MSE on the hidden pixels against the dat
 One completion vocabulary for every family: ``--mask`` names the hidden part (or a .npy of
 observed pixels), ``--mode mean`` the least-squares fill (DCGMM: top-down posterior mean; flat
 GMM: the exact conditional mean E[x_m | x_o]; circuit: its MPE completion; DRMM: the average of
-``--samples`` conditional draws), ``--mode sample`` one drawn completion.
+``--samples`` conditional draws, or, for a flat continuous DRMM of at most 2^18 paths K^L,
+its exact conditional mean), ``--mode sample`` one drawn completion.
 """
 
 from __future__ import annotations
@@ -114,8 +115,11 @@ def run(args: argparse.Namespace) -> int:
         done = inpaint(model, x, obs, iterations=args.iterations, mode=args.mode,
                        top_s=args.top_s, divisor=args.divisor, seed=args.seed)
     else:
-        result["method"] = completer[args.mode]
-        done = _complete_flat(model, x, obs, completer[args.mode], args)
+        method = completer[args.mode]
+        if model.family == "drmm" and method == "mean" and model.exact_completion():
+            method = "exact"        # the least-squares fill itself, not an average of draws
+        result["method"] = method
+        done = _complete_flat(model, x, obs, method, args)
     result["mse_missing"] = missing_mse(done, x, obs)
     shown = torch.where(obs, x, torch.full_like(x, 0.5))
     return _write(args, result, [x, shown, done],

@@ -174,6 +174,14 @@ class PatchDRMM(DRMM):
                     generator: torch.Generator | None = None) -> torch.Tensor:
         return self.log_prob(x)
 
+    def exact_completion(self) -> bool:
+        return False
+
+    def conditional_mean(self, x: Any, mask: Any) -> torch.Tensor:
+        raise NoDensityError("a patch DRMM has no exact conditional mean (no normalised image "
+                             "density); use complete(x, mask, method='mean'), the average of "
+                             "backward samples")
+
     # ------------------------------------------------------------------ sampling
     def sample_with_scores(self, n: int, **options: Any) -> Any:
         raise InputError("a patch DRMM samples backward only: use sample(n, condition=...) or "

@@ -31,11 +31,14 @@ from ..registry import register_family
 from .conditions import DRMMCondition, ResolvedCondition
 from .layer import RMMLayer, Stream, StreamSpec
 
-__all__ = ["DRMMConfig", "DRMM", "ForwardPass", "parameter_count", "MAX_PATHS"]
+__all__ = ["DRMMConfig", "DRMM", "ForwardPass", "parameter_count", "MAX_PATHS",
+           "EXACT_COMPLETION_PATHS"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 #: Largest number of latent paths per point that :meth:`DRMM.log_prob` enumerates.
 MAX_PATHS = 1_000_000
+#: Full paths K^L up to which ``deepmix complete --mode mean`` uses the exact conditional mean.
+EXACT_COMPLETION_PATHS = 1 << 18
 _ELEMENTS = 1 << 22    # bound on (rows x paths x K x D) elements computed at once
 
 
@@ -316,24 +319,22 @@ class DRMM(Model):
         d = r[..., None, :] - mu
         return -0.5 * ((d * d / var).sum(-1) + torch.log(var).sum() + r.shape[-1] * LOG_2PI)
 
-    def log_prob(self, x: Any) -> torch.Tensor:
-        """:math:`\\log p(x)` in nats (N,) by exact enumeration of the :math:`K^{L-1}` paths
-        (spec §3, with the :math:`2\\pi` constant); differentiable."""
-        x = self.check_input(x)
+    def _path_chunks(self, device: torch.device):
+        r"""The full paths in chunks: per chunk of latent paths (P',) their last-layer centres
+        :math:`\sum_{l<L} \mu^l_{h_l} + \mu^L_k` (P', K, D) and log weights (P', K); raises
+        where the latent paths are too many to enumerate."""
         self._continuous_only("log_prob")
         P = self.n_paths()
         if P > MAX_PATHS:
             raise NoDensityError(f"log_prob would enumerate K^(L-1) = {P} latent paths per "
                                  f"point (more than {MAX_PATHS}); use the importance-sampling "
                                  f"estimate log_prob_is(x, n_samples=...)")
-        log_w, mu, var, log_p = self._last_layer_terms()
-        K, D, L = self.n_components, x.shape[1], self.n_layers
+        log_w, mu, _, log_p = self._last_layer_terms()
+        K, D, L = self.n_components, mu.shape[1], self.n_layers
         prev_mu = [layer.streams[0].mu for layer in self.layers[:-1]]
-        N = x.shape[0]
         chunk_p = max(1, min(P, _ELEMENTS // max(1, K * D)))
-        parts = []
         for start in range(0, P, chunk_p):
-            ids = torch.arange(start, min(P, start + chunk_p), device=x.device)
+            ids = torch.arange(start, min(P, start + chunk_p), device=device)
             offset = mu.new_zeros(len(ids), D)
             path_log = mu.new_zeros(len(ids), K)
             rest = ids
@@ -342,15 +343,68 @@ class DRMM(Model):
                 rest = rest // K
                 offset = offset + prev_mu[l][h]
                 path_log = path_log + log_p[l][:, h].T
-            centres = offset[:, None, :] + mu[None]                           # (P', K, D)
-            weights = log_w + path_log                                        # (P', K)
-            rows = max(1, _ELEMENTS // max(1, len(ids) * K * D))
+            yield offset[:, None, :] + mu[None], log_w + path_log
+
+    def log_prob(self, x: Any) -> torch.Tensor:
+        r""":math:`\log p(x)` in nats (N,) by exact enumeration of the :math:`K^{L-1}` paths
+        (spec §3, with the :math:`2\pi` constant); differentiable."""
+        x = self.check_input(x)
+        var = self._last_layer_terms()[2]
+        N, KD = x.shape[0], self.n_components * x.shape[1]
+        parts = []
+        for centres, weights in self._path_chunks(x.device):
+            rows = max(1, _ELEMENTS // max(1, centres.shape[0] * KD))
             col = []
             for s in range(0, N, rows):
                 lg = self._log_gauss(x[s:s + rows, None, :], centres, var)    # (n, P', K)
                 col.append(torch.logsumexp((lg + weights).flatten(1), 1))
             parts.append(torch.cat(col))
         return torch.logsumexp(torch.stack(parts, 1), 1)
+
+    def exact_completion(self) -> bool:
+        """Whether :meth:`conditional_mean` applies and is cheap: continuous streams only and
+        at most :data:`EXACT_COMPLETION_PATHS` full paths :math:`K^L`."""
+        return (not self.config.categorical
+                and self.n_components ** self.n_layers <= EXACT_COMPLETION_PATHS)
+
+    @torch.no_grad()
+    def conditional_mean(self, x: Any, mask: Any) -> torch.Tensor:
+        r"""The exact :math:`E[x_u \mid x_o]` (N, D) of a continuous-only DRMM, observed entries
+        (``mask`` True) returned unchanged: the density is a mixture over all :math:`K^L` paths
+        p of :math:`N(c_p, \mathrm{diag}\,\sigma^2_L)`, so
+
+        .. math:: E[x_u \mid x_o] = \sum_p \mathrm{softmax}_p\big(\log \pi_p
+                  + \log N(x_o; c_{p,o}, \sigma^2_{L,o})\big)\, c_{p,u},
+
+        the least-squares completion under the model (as ``flat_gmm_inpaint`` is for a GMM),
+        summed over path chunks with a running log-sum-exp. Raises where
+        :meth:`log_prob` would."""
+        xc, mt = self._completion_input(x, mask, self.check_input)
+        var = self._last_layer_terms()[2].expand(xc.shape[1])
+        m = mt.to(xc.dtype)
+        prec = m / var                                                   # (N, D): 0 if unknown
+        const = -0.5 * (m * (var.log() + LOG_2PI)).sum(1)                # (N,)
+        N, KD = xc.shape[0], self.n_components * xc.shape[1]
+        top = xc.new_full((N,), -math.inf)
+        acc = xc.new_zeros(N, xc.shape[1])                              # sum_p e_p c_p
+        total = xc.new_zeros(N)                                          # sum_p e_p
+        for centres, weights in self._path_chunks(xc.device):
+            c = centres.flatten(0, 1)                                    # (P'K, D)
+            w = weights.flatten()
+            rows = max(1, _ELEMENTS // max(1, centres.shape[0] * KD))
+            for s in range(0, N, rows):
+                xs, ps = xc[s:s + rows], prec[s:s + rows]
+                # -1/2 sum_o (x - c)^2 / var, expanded: three products, no (n, P'K, D) tensor
+                quad = (xs * xs * ps).sum(1, keepdim=True) - 2 * (xs * ps) @ c.T + ps @ (c * c).T
+                a = w - 0.5 * quad + const[s:s + rows, None]             # (n, P'K)
+                new = torch.maximum(top[s:s + rows], a.max(1).values)
+                scale = torch.exp(top[s:s + rows] - new)
+                e = torch.exp(a - new[:, None])
+                acc[s:s + rows] = acc[s:s + rows] * scale[:, None] + e @ c
+                total[s:s + rows] = total[s:s + rows] * scale + e.sum(1)
+                top[s:s + rows] = new
+        fill = acc / total[:, None]
+        return torch.where(mt, xc, fill)
 
     @torch.no_grad()
     def log_prob_is(self, x: Any, n_samples: int = 1000, *,
@@ -572,17 +626,20 @@ class DRMM(Model):
                  generator: torch.Generator | None = None, n_samples: int = 64) -> torch.Tensor:
         r"""Fill the missing entries (``mask`` False) of every row of x (N, W) by conditional
         forward sampling on the observed ones: ``"sample"`` one draw, ``"mode"`` the argmax
-        path (T = 0), ``"mean"`` the average of ``n_samples`` draws. Observed entries are
-        returned unchanged.
+        path (T = 0), ``"mean"`` the average of ``n_samples`` draws, ``"exact"`` the exact
+        conditional mean by enumeration of every path (:meth:`conditional_mean`; continuous
+        models within :data:`MAX_PATHS`). Observed entries are returned unchanged.
 
         ``"mean"`` on a continuous-only model averages Rao-Blackwellised draws: layers
         1..L-1 are sampled, and the last layer's mean is taken in closed form,
         :math:`\sum_{l<L} \mu^l_{h_l} + \sum_k p(h_L = k \mid \cdot)\, \mu^L_k`, the
         expectation of a draw given the first L-1 choices (same mean, less variance; exact
         for L = 1: the isotropic GMM's conditional mean)."""
-        if method not in ("mean", "sample", "mode"):
+        if method not in ("mean", "sample", "mode", "exact"):
             raise ConfigError(f"Unknown completion method '{method}'; expected 'mean', "
-                              f"'sample' or 'mode'")
+                              f"'sample', 'mode' or 'exact'")
+        if method == "exact":
+            return self.conditional_mean(x, mask)
         xc, mt = self._completion_input(x, mask, self.check_input)
         m = mt.to(dtype=xc.dtype)
         N = xc.shape[0]

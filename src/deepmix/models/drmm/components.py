@@ -91,8 +91,12 @@ class ContinuousComponents(StreamComponents):
 
     #: Up to this many (row, component, variable) triples the squared distances are formed
     #: directly (one broadcast difference: few ops, so little autograd bookkeeping on the
-    #: small batches of the 2-D and IK models); above it by matrix products (no N x K x D).
-    direct_limit: int = 1 << 17
+    #: small batches of the 2-D models); above it by matrix products (no N x K x D). Measured
+    #: per drmm-em step, 1 thread (2026-12-04): 3 x 16, D = 2, batch 64 (2,048 triples)
+    #: direct 1.22 ms vs products 1.42; 3 x 16, D = 6, batch 256 (24,576) 1.88 vs 1.71;
+    #: 4 x 64, D = 6, batch 256 (98,304) 5.31 vs 3.57: broadcast kernels over a short last
+    #: dimension are slow, so the products win early.
+    direct_limit: int = 1 << 13
 
     def log_terms(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if x.shape[0] * self.n_components * self.width <= self.direct_limit:

@@ -76,3 +76,17 @@ def write_results(name: str, payload: dict, rows: list[dict], columns: list[str]
         md.append("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |")
     write_text_atomic(out.with_suffix(".md"), "\n".join(md) + "\n")
     return out
+
+
+def sample_grid(models: list[tuple[str, object]], name: str, n: int = 12,
+                seed: int = 0) -> Path:
+    """A PNG under benchmarks/results/: one row of ``n`` samples per model (same seed for
+    every row), mapped from [-1, 1) back to pixels in [0, 1]; returns its path."""
+    from deepmix.plots import save_grid
+
+    rows = []
+    for _, model in models:
+        x = model.sample(n, generator=torch.Generator().manual_seed(seed))
+        rows.append(((x.double() + 1.0) / 2.0).clamp(0, 1).reshape(n, 28, 28, 1))
+    return save_grid(torch.cat(rows), RESULTS / f"{name}.png", ncol=n)
+

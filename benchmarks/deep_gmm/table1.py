@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import deepmix
-from common import RESULTS, full_gaussian, splits, summary
+from common import RESULTS, full_gaussian, sample_grid, splits, summary
 from deepmix.models import DeepGMM, DeepGMMConfig
 from deepmix.utils.io import write_json_atomic, write_text_atomic
 
@@ -43,6 +43,7 @@ def main() -> None:
     train, valid, test = splits(args.quick)
     updates = args.updates or (1000 if args.quick else 10000)
     rows = []
+    trained = []
     logp, params = full_gaussian(train)
     rows.append({"model": "full-covariance Gaussian", "params": params,
                  "valid": summary(logp(valid)), "test": summary(logp(test)), "seconds": 0.0})
@@ -67,6 +68,7 @@ def main() -> None:
                    "valid": summary(model.log_prob(valid.float())),
                    "test": summary(model.log_prob(test.float())), "seconds": seconds}
         rows.append(row)
+        trained.append((name, model))
         print(f"{name:48s} {row['params']:8d} params  valid {row['valid']['nats']:9.1f} "
               f"({row['valid']['bits_per_dim']:.3f} bits/dim)  test {row['test']['nats']:9.1f}"
               f"  {seconds:6.1f} s", flush=True)
@@ -85,6 +87,8 @@ def main() -> None:
                   f"{r['test']['nats']:.1f} ± {r['test']['se']:.1f} | "
                   f"{r['test']['bits_per_dim']:.3f} |")
     write_text_atomic(out.with_suffix(".md"), "\n".join(md) + "\n")
+    png = sample_grid(trained, out.stem)
+    print(f"samples (one row per model, BD-only Gaussian first, then 0-4 HC): {png}")
     print(f"wrote {out} and {out.with_suffix('.md')}")
 
 

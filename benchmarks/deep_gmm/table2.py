@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from common import splits, summary, train_hard_em, write_results
+from common import sample_grid, splits, summary, train_hard_em, write_results
 from deepmix.models import DeepGMM, DeepGMMConfig
 
 
@@ -49,6 +49,7 @@ def main() -> None:
     later = args.updates or (300 if args.quick else 3000)
     train, valid, test = splits(args.quick)
     rows = []
+    trained = []
     for k in ks:
         for label, layers in ((f"deep: 3 HC + {k} x {args.n}",
                                ",".join(["hc5"] * 3 + [f"bd{args.n}"] * k)),
@@ -67,6 +68,7 @@ def main() -> None:
                    "valid": evaluate(model, valid), "test": evaluate(model, test),
                    "seconds": round(time.perf_counter() - t, 1)}
             rows.append(row)
+            trained.append((label, model))
             print(f"{label:28s} {row['params']:8d} params  valid LB {row['valid']['nats']:8.1f} "
                   f"({row['valid']['bits_per_dim']:.3f} bits/dim)  test LB "
                   f"{row['test']['nats']:8.1f}  {row['seconds']:7.1f} s", flush=True)
@@ -89,7 +91,10 @@ def main() -> None:
         r["valid nats"] = f"{r['valid']['nats']:.1f} ± {r['valid']['se']:.1f}"
         r["valid bits/dim"] = f"{r['valid']['bits_per_dim']:.3f}"
         r["test nats"] = f"{r['test']['nats']:.1f} ± {r['test']['se']:.1f}"
-    out = write_results("deep_gmm_table2" + ("_quick" if args.quick else ""),
+    name = "deep_gmm_table2" + ("_quick" if args.quick else "")
+    png = sample_grid(trained, name)
+    print(f"samples (one row per model, in table order): {png}")
+    out = write_results(name,
                         {"quick": args.quick, "em_iterations": em, "first_updates": first,
                          "updates": later, "n": args.n},
                         rows, ["model", "params", "valid nats", "valid bits/dim", "test nats"])

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from common import splits, summary, train_hard_em, write_results
+from common import sample_grid, splits, summary, train_hard_em, write_results
 from deepmix.errors import NoDensityError
 from deepmix.models import DeepGMM, DeepGMMConfig
 
@@ -53,6 +53,7 @@ def main() -> None:
     later = args.updates or (300 if args.quick else 3000)
     train, valid, test = splits(args.quick)
     rows = []
+    trained = []
     bank = f"ubd{args.m}"
     for L in Ls:
         stacks = [("bottom HC only", ",".join(["hc5"] * 3 + [bank] * L))]
@@ -75,10 +76,14 @@ def main() -> None:
                    "test LB": f"{te['lb']['nats']:.1f}",
                    "test exact": f"{te['exact']['nats']:.1f}" if "exact" in te else "-"}
             rows.append(row)
+            trained.append((row["model"], model))
             print(f"{row['model']:26s} {row['params']:7d} params  valid LB {row['valid LB']:>8s}"
                   f"  UB* {row['valid UB*']:>8s}  exact {row['valid exact']:>8s}  test LB "
                   f"{row['test LB']:>8s}  {row['seconds']:7.1f} s", flush=True)
-    out = write_results("deep_gmm_table3" + ("_quick" if args.quick else ""),
+    name = "deep_gmm_table3" + ("_quick" if args.quick else "")
+    png = sample_grid(trained, name)
+    print(f"samples (one row per model, in table order): {png}")
+    out = write_results(name,
                         {"quick": args.quick, "em_iterations": em, "first_updates": first,
                          "updates": later, "m": args.m},
                         rows, ["model", "params", "valid LB", "valid UB*", "valid exact",

@@ -319,16 +319,17 @@ class DRMM(Model):
         d = r[..., None, :] - mu
         return -0.5 * ((d * d / var).sum(-1) + torch.log(var).sum() + r.shape[-1] * LOG_2PI)
 
-    def _path_chunks(self, device: torch.device):
+    def _path_chunks(self, device: torch.device, what: str = "log_prob"):
         r"""The full paths in chunks: per chunk of latent paths (P',) their last-layer centres
         :math:`\sum_{l<L} \mu^l_{h_l} + \mu^L_k` (P', K, D) and log weights (P', K); raises
-        where the latent paths are too many to enumerate."""
-        self._continuous_only("log_prob")
+        where the latent paths are too many to enumerate (``what``: the caller, for errors)."""
+        self._continuous_only(what)
         P = self.n_paths()
         if P > MAX_PATHS:
-            raise NoDensityError(f"log_prob would enumerate K^(L-1) = {P} latent paths per "
-                                 f"point (more than {MAX_PATHS}); use the importance-sampling "
-                                 f"estimate log_prob_is(x, n_samples=...)")
+            instead = ("the importance-sampling estimate log_prob_is(x, n_samples=...)"
+                       if what == "log_prob" else "complete(x, mask, method='mean')")
+            raise NoDensityError(f"{what} would enumerate K^(L-1) = {P} latent paths per "
+                                 f"point (more than {MAX_PATHS}); use {instead}")
         log_w, mu, _, log_p = self._last_layer_terms()
         K, D, L = self.n_components, mu.shape[1], self.n_layers
         prev_mu = [layer.streams[0].mu for layer in self.layers[:-1]]
@@ -388,7 +389,7 @@ class DRMM(Model):
         top = xc.new_full((N,), -math.inf)
         acc = xc.new_zeros(N, xc.shape[1])                              # sum_p e_p c_p
         total = xc.new_zeros(N)                                          # sum_p e_p
-        for centres, weights in self._path_chunks(xc.device):
+        for centres, weights in self._path_chunks(xc.device, "conditional_mean"):
             c = centres.flatten(0, 1)                                    # (P'K, D)
             w = weights.flatten()
             rows = max(1, _ELEMENTS // max(1, centres.shape[0] * KD))

@@ -53,10 +53,11 @@ def _transforms():
         ("ubd", UnsharedBlockTransform(grid, Cb, 3), torch.tensor([[0, 2, 1, 1, 2, 0]])),
         ("hc-even", HalfConvolution(grid, Cb, 1, 3, parity=0), torch.tensor([[0]])),
         ("hc-odd", HalfConvolution(grid, Cb, 2, 3, parity=1), torch.tensor([[1]])),
+        ("hc-bias", HalfConvolution(grid, Cb, 2, 3, parity=0, bias=True), torch.tensor([[1]])),
     ]
 
 
-@pytest.mark.parametrize("index", range(6))
+@pytest.mark.parametrize("index", range(7))
 def test_logdet_inverse_and_dense_jacobian(index):
     name, layer, c = _transforms()[index]
     _randomise(layer, index)
@@ -355,7 +356,7 @@ def test_unit_conversion_matches_the_paper():
 
 # ------------------------------------------------------------------------ 12. gradients, config
 def test_gradcheck_through_logdets_and_half_convolutions():
-    m = _net((2, 2, 2), 1, "hc3,bd2,ubd2,hc3", seed=21)
+    m = _net((2, 2, 2), 1, "hc3b,bd2,ubd2,hc3", seed=21)                # an HC bias too
     x = torch.randn(3, 8, generator=torch.Generator().manual_seed(22), dtype=D64)
     c = m.random_paths(3, torch.Generator().manual_seed(23))
     names = [n for n, _ in m.named_parameters()]
@@ -391,6 +392,10 @@ def test_config_round_trip_rebuilds_an_identical_model(tmp_path):
     hc = m.layers[0]
     assert hc.n_params() == 2 * 2 * 2 * 9 and m.layers[1].n_params() == 2 * 4 * (16 + 4)
     assert m.layers[2].n_params() == 3 * (16 + 4)
+    # The HC bias option: one bias per value and updated channel, in the spec string.
+    b = DeepGMM(DeepGMMConfig(shape=(4, 4, 1), fold=2, layers="hc3x2b,bd2"))
+    assert b.spec() == "hc3x2b,bd2" and b.layers[0].n_params() == 2 * 2 * 2 * 9 + 2 * 2
+    assert [t.bias for t in parse_layers("hc3,hc5b,hc3x2b")] == [False, True, True]
 
 
 # ------------------------------------------------------------------------ bad input

@@ -6,7 +6,8 @@ A stack is written data side first, as comma-separated tokens:
 - ``diag<n>``: diagonal, :math:`e^a \\odot h + t`, n values;
 - ``bd<n>``: block-diagonal, shared latent (one choice per layer), n values;
 - ``ubd<m>``: block-diagonal, unshared latent (a bank of m blocks, one choice per position);
-- ``hc<k>`` or ``hc<k>x<n>``: half-convolution with a k x k kernel (k odd), n values (default 1).
+- ``hc<k>`` or ``hc<k>x<n>``: half-convolution with a k x k kernel (k odd), n values (default 1);
+  a trailing ``b`` (``hc5b``, ``hc5x2b``) adds a bias per value to the updated half.
 
 For example ``"hc5,hc5,hc5,bd4"`` (the spec's Table-1/2 stacks) or ``"hc3,ubd4,hc3,ubd4"``.
 """
@@ -23,7 +24,7 @@ __all__ = ["DeepGMMConfig", "LayerToken", "parse_layers", "SEARCH_METHODS", "PRI
 SEARCH_METHODS = ("auto", "exact", "coordinate")
 PRIORS = ("uniform", "factorised", "gating")
 
-_TOKEN = re.compile(r"^(?:(full|diag|bd|ubd)(\d+)|hc(\d+)(?:x(\d+))?)$")
+_TOKEN = re.compile(r"^(?:(full|diag|bd|ubd)(\d+)|hc(\d+)(?:x(\d+))?(b)?)$")
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class LayerToken:
     kind: str
     n_values: int
     kernel: int = 0
+    #: HC only: a per-value bias on the updated half (``hc<k>b``)
+    bias: bool = False
 
 
 def parse_layers(spec: str) -> list[LayerToken]:
@@ -47,14 +50,15 @@ def parse_layers(spec: str) -> list[LayerToken]:
         m = _TOKEN.match(tok)
         if m is None:
             raise SpecError(f"deep GMM layer spec {spec!r}: cannot parse {raw.strip()!r}; "
-                            f"expected full<n>, diag<n>, bd<n>, ubd<m>, hc<k> or hc<k>x<n>")
+                            f"expected full<n>, diag<n>, bd<n>, ubd<m>, hc<k>, hc<k>x<n> or "
+                            f"hc<k>[x<n>]b")
         if m.group(1):
             kind, n, k = m.group(1), int(m.group(2)), 0
         else:
             kind, k, n = "hc", int(m.group(3)), int(m.group(4) or 1)
         if n < 1:
             raise SpecError(f"deep GMM layer spec {spec!r}: {tok!r} needs at least one value")
-        out.append(LayerToken(kind, n, k))
+        out.append(LayerToken(kind, n, k, bias=bool(m.group(5))))
     return out
 
 

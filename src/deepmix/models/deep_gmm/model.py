@@ -77,7 +77,7 @@ class DeepGMM(Model):
         for tok in parse_layers(config.layers):
             if tok.kind == "hc":
                 layers.append(HalfConvolution(self.grid, self.Cb, tok.n_values, tok.kernel,
-                                              parity=hc_index, dtype=dtype))
+                                              parity=hc_index, bias=tok.bias, dtype=dtype))
                 hc_index += 1
             else:
                 cls = {"full": FullTransform, "diag": DiagonalTransform,
@@ -691,7 +691,8 @@ class DeepGMM(Model):
             self.config.seed)
         for layer in self.layers:
             if isinstance(layer, HalfConvolution):
-                layer.weight.zero_()
+                for p in layer.parameters():
+                    p.zero_()
             elif isinstance(layer, DiagonalTransform):
                 layer.log_scale.zero_()
                 layer.bias.zero_()

@@ -234,19 +234,21 @@ class UnsharedBlockTransform(Transform):
 
 
 class HalfConvolution(_Shared):
-    r"""Half-convolution (a coupling layer): :math:`h_b \leftarrow h_b + w_c \circledast h_a`,
-    :math:`h_a` unchanged; stride 1, zero 'same' padding, no bias; log-det 0 exactly.
+    r"""Half-convolution (a coupling layer): :math:`h_b \leftarrow h_b + w_c \circledast h_a
+    (+ b_c)`, :math:`h_a` unchanged; stride 1, zero 'same' padding, bias optional (the
+    paper's eq. 1 has none; ``hc<k>b``); log-det 0 exactly.
 
     ``h_a`` is the first Cb/2 channels and ``h_b`` the rest; layer ``parity`` 0 updates ``h_b``
     from ``h_a``, parity 1 updates ``h_a`` from ``h_b`` (the j-th HC layer of a stack has parity
-    j mod 2). ``(Cb/2)²·k²`` parameters per value.
+    j mod 2). ``(Cb/2)²·k²`` parameters per value (+ Cb/2 with bias).
     """
 
     code = "hc"
     per_position = False
 
     def __init__(self, grid: tuple[int, int], channels: int, n_values: int, kernel: int,
-                 parity: int = 0, dtype: torch.dtype = torch.float64) -> None:
+                 parity: int = 0, bias: bool = False,
+                 dtype: torch.dtype = torch.float64) -> None:
         super().__init__(grid, channels, n_values)
         if self.Cb % 2:
             raise SpecError(f"a half-convolution needs an even number of channels, got "
@@ -258,16 +260,20 @@ class HalfConvolution(_Shared):
         half = self.Cb // 2
         self.weight = nn.Parameter(torch.zeros(n_values, half, half, kernel, kernel,
                                                dtype=dtype))
+        # one bias per value and channel of the updated half, the same at every position
+        self.bias = nn.Parameter(torch.zeros(n_values, half, dtype=dtype)) if bias else None
 
     def spec(self) -> str:
-        return f"hc{self.kernel}" + (f"x{self.n_values}" if self.n_values > 1 else "")
+        return (f"hc{self.kernel}" + (f"x{self.n_values}" if self.n_values > 1 else "")
+                + ("b" if self.bias is not None else ""))
 
     def _conv(self, src: torch.Tensor, v: int) -> torch.Tensor:
         """``w_v ⊛ src`` for src (N, P, Cb/2), as (N, P, Cb/2)."""
         N = src.shape[0]
         Hg, Wg = self.grid
         img = src.reshape(N, Hg, Wg, -1).permute(0, 3, 1, 2)
-        out = F.conv2d(img, self.weight[v], padding=self.kernel // 2)
+        out = F.conv2d(img, self.weight[v], None if self.bias is None else self.bias[v],
+                       padding=self.kernel // 2)
         return out.permute(0, 2, 3, 1).reshape(src.shape)
 
     def _couple(self, h: torch.Tensor, v: int, sign: float) -> torch.Tensor:

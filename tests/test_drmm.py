@@ -286,6 +286,15 @@ def test_exact_completion_is_the_conditional_mean_of_the_density():
     mk = torch.tensor([[True, False, True]]).expand(6, 3)
     torch.testing.assert_close(one.complete(d, mk, method="exact"),
                                one.complete(d, mk, method="mean", n_samples=2))
+    # Shifting model and data by 1000 shifts the completion (no cancellation in float32).
+    shifted = _model(D=2, K=3, L=3, seed=1).to(torch.float32)
+    shifted.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        for layer in shifted.layers[:1]:
+            layer.streams[0].mu.add_(1000.0)
+    far = shifted.complete((data + torch.tensor([1000.0, 0.0], dtype=F64)).float(), mask,
+                           method="exact")
+    torch.testing.assert_close(far[:, 1].double() - 1000.0, out[:, 1], rtol=0, atol=2e-3)
     # Chunked paths and rows give the same numbers as one chunk.
     import deepmix.models.drmm.model as dm
     big = _model(D=3, K=5, L=3, seed=3)

@@ -386,15 +386,19 @@ class DRMM(Model):
         prec = m / var                                                   # (N, D): 0 if unknown
         const = -0.5 * (m * (var.log() + LOG_2PI)).sum(1)                # (N,)
         N, KD = xc.shape[0], self.n_components * xc.shape[1]
+        # Distances are expanded into products below; centring data and centres on one point
+        # (the mean path centre) keeps them free of cancellation on offset data (spec §9).
+        ref = sum(layer.streams[0].mu.mean(0) for layer in self.layers)
+        xc0 = xc - ref
         top = xc.new_full((N,), -math.inf)
         acc = xc.new_zeros(N, xc.shape[1])                              # sum_p e_p c_p
         total = xc.new_zeros(N)                                          # sum_p e_p
         for centres, weights in self._path_chunks(xc.device, "conditional_mean"):
-            c = centres.flatten(0, 1)                                    # (P'K, D)
+            c = centres.flatten(0, 1) - ref                              # (P'K, D)
             w = weights.flatten()
             rows = max(1, _ELEMENTS // max(1, centres.shape[0] * KD))
             for s in range(0, N, rows):
-                xs, ps = xc[s:s + rows], prec[s:s + rows]
+                xs, ps = xc0[s:s + rows], prec[s:s + rows]
                 # -1/2 sum_o (x - c)^2 / var, expanded: three products, no (n, P'K, D) tensor
                 quad = (xs * xs * ps).sum(1, keepdim=True) - 2 * (xs * ps) @ c.T + ps @ (c * c).T
                 a = w - 0.5 * quad + const[s:s + rows, None]             # (n, P'K)
@@ -404,7 +408,7 @@ class DRMM(Model):
                 acc[s:s + rows] = acc[s:s + rows] * scale[:, None] + e @ c
                 total[s:s + rows] = total[s:s + rows] * scale + e.sum(1)
                 top[s:s + rows] = new
-        fill = acc / total[:, None]
+        fill = acc / total[:, None] + ref
         return torch.where(mt, xc, fill)
 
     @torch.no_grad()

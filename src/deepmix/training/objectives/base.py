@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+from torch.autograd.graph import increment_version
 
 from ...errors import ConfigError
 from ...utils.config import config_from_dict
@@ -58,7 +59,21 @@ def adam(params: Any, **options: Any) -> torch.optim.Adam:
     tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
     fused = bool(tensors) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda")
                                   for p in tensors)
-    return torch.optim.Adam(params, fused=fused or None, **options)
+    return (_FusedAdam if fused else torch.optim.Adam)(params, fused=fused or None, **options)
+
+
+class _FusedAdam(torch.optim.Adam):
+    """Fused Adam that bumps its parameters' version counters after a step. Why: the fused
+    kernel writes the parameters without bumping ``Tensor._version`` (torch 2.13), and caches
+    keyed on it (deep GMM log-det tables and affine tails, the GMM layer's linear form) would
+    otherwise serve values of the parameters before the step."""
+
+    def step(self, closure: Any = None) -> Any:
+        out = super().step(closure)
+        stepped = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if stepped:
+            increment_version(stepped)
+        return out
 
 
 @dataclass

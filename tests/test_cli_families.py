@@ -126,3 +126,40 @@ def test_inpaint_completes_a_gmm_run(gmm_run, tmp_path, capsys, mode):
     result = json.loads((tmp_path / "i.json").read_text())
     assert result["family"] == "gmm" and result["method"] == mode
     assert 0.0 <= result["mse_missing"] < 1.0 and (tmp_path / "i.png").stat().st_size > 0
+
+
+def test_deep_gmm_warm_start_is_the_flat_gmms_twin(tmp_path, capsys):
+    import torch
+
+    from deepmix.data import load_images
+
+    out = tmp_path / "warm"
+    code, _, err = _run(["train", "--model", "deep-gmm", "--data", "digits", "--warm-start", 4,
+                         "--fold", 2, "--layers", "hc3,diag4", "--lr", 1e-12, "--epochs", 1,
+                         "--dequantize", "--out", out, "--no-progress"], capsys)
+    assert code == 0, err
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["objective"] == "mle"
+    rows = load_images("digits", "train").to_tensor(
+        dequantize=True, generator=torch.Generator().manual_seed(0)).reshape(-1, 64).double()
+    flat = deepmix.GaussianMixture(4, covariance_type="diag", random_state=0).fit(rows)
+    with torch.no_grad():
+        deep = deepmix.load(out).log_prob(rows)
+    assert torch.allclose(deep, flat.log_prob(rows).to(deep.dtype), rtol=1e-7, atol=1e-6)
+
+
+def test_deep_gmm_warm_start_defaults_and_refusals(tmp_path, capsys):
+    out = tmp_path / "warm"
+    code, _, err = _run(["train", "--model", "deep-gmm", "--data", "digits", "--warm-start", 3,
+                         "--fold", 2, "--epochs", 1, "--dequantize", "--out", out,
+                         "--no-progress"], capsys)
+    assert code == 0, err
+    model = deepmix.load(out)
+    assert model.config.layers == "hc5,hc5,hc5,diag3,bd1,diag2"
+    assert model.n_paths() == 6                     # 3 components, each with its wide twin
+    code, _, err = _run(["train", "--model", "gmm", "--data", "digits", "--warm-start", 3,
+                         "--out", tmp_path / "b"], capsys)
+    assert code == 2 and err.startswith("deepmix: error: --warm-start is a deep-gmm option")
+    code, _, err = _run(["train", "--model", "deep-gmm", "--data", "digits", "--warm-start", 3,
+                         "--layers", "hc3,diag4", "--out", tmp_path / "c"], capsys)
+    assert code == 2 and "exactly one diag3 layer" in err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from .common import parse_classes, positive_int
 
@@ -75,6 +76,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="deep-gmm: epochs (Adam passes) of the first M step (default 1)")
     p.add_argument("--m-epochs", type=positive_int, default=1,
                    help="deep-gmm: epochs of every later M step (default 1)")
+    p.add_argument("--warm-start", type=positive_int, default=None, metavar="K",
+                   help="deep-gmm: fit a flat diagonal GMM with K components to the training "
+                        "images first and start from its exact twin "
+                        "(DeepGMM.from_gaussian_mixture); then the default layers are "
+                        "hc5,hc5,hc5,diag<K>,bd1,diag2, the objective mle, lr 1e-4")
+    p.add_argument("--variance-floor", type=float, default=None, metavar="F",
+                   help="deep-gmm --warm-start: the wide twins' variance floor (default 1e-3 "
+                        "when the layers hold a diag2 after diag<K>)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS")
     p.add_argument("--preset", default=None,
                    help="drmm: an image hierarchy of patch DRMMs, mnist (paper Table 1) or "
@@ -114,8 +123,15 @@ def _run_family(args: argparse.Namespace, family: str) -> int:
         data_name = args.data or "mnist"
         classes = parse_classes(args.classes)
         dequantize = bool(args.dequantize)
-        name = args.objective or DEFAULT_OBJECTIVE.get(family, "mle")
-        options = {} if args.lr is None else {"lr": args.lr}
+        warm = getattr(args, "warm_start", None)
+        if warm is not None and family != "deep-gmm":
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--warm-start is a deep-gmm option (it starts a deep GMM from a "
+                              f"flat GMM), not one of {family}")
+        name = args.objective or ("mle" if warm else DEFAULT_OBJECTIVE.get(family, "mle"))
+        lr = 1e-4 if warm and args.lr is None else args.lr
+        options = {} if lr is None else {"lr": lr}
         if family == "deep-gmm" and name == "hard-em":
             options.update(first_m_epochs=args.first_m_epochs, m_epochs=args.m_epochs,
                            gating_epochs=args.gating_epochs)
@@ -126,21 +142,25 @@ def _run_family(args: argparse.Namespace, family: str) -> int:
             raise ConfigError(f"{name.upper()} on quantised pixels is unbounded below; add "
                               f"--dequantize")
         ds = load_images(data_name, "train", classes=classes)
-        model = build_model(family, args, ds.shape)
+        model = None if warm else build_model(family, args, ds.shape)
         batch = args.batch_size if args.batch_size is not None else objective.default_batch_size
         config = FitConfig(epochs=args.epochs or 10, batch_size=batch, seed=args.seed,
                            device=args.device, checkpoint_every=args.checkpoint_every)
         data_info = {"name": _data_name(data_name), "split": "train", "classes": classes,
                      "levels": ds.levels, "shape": list(ds.shape), "dequantize": dequantize}
+    import torch
+
+    gen = torch.Generator().manual_seed(args.seed)
+    images = ds.to_tensor(dequantize=dequantize, generator=gen)
+    if not args.resume:
+        if model is None:
+            model = _warm_start(args, images)
         if _main_rank():
             print(f"training {describe(model)} by {objective.name} on {data_name} ({len(ds)} "
                   f"images, {config.epochs} epochs, batch "
                   f"{'all rows' if config.batch_size is None else config.batch_size}"
                   f"{_per_process()}) into {out}", file=sys.stderr)
-    import torch
-
-    gen = torch.Generator().manual_seed(args.seed)
-    x = model_input(model, ds.to_tensor(dequantize=dequantize, generator=gen))
+    x = model_input(model, images)
     try:
         if args.resume:
             overrides = {"epochs": args.epochs} if args.epochs else {}
@@ -148,7 +168,8 @@ def _run_family(args: argparse.Namespace, family: str) -> int:
                        progress=not args.no_progress, data_info=data_info, **overrides)
         else:
             rows = fit(model, x, objective, config=config, out_dir=out,
-                       progress=not args.no_progress, data_info=data_info)
+                       progress=not args.no_progress, data_info=data_info,
+                       initialize=getattr(args, "warm_start", None) is None)
     except KeyboardInterrupt:
         if _main_rank():
             print(f"interrupted: checkpoint saved in {out}; continue with "
@@ -160,6 +181,28 @@ def _run_family(args: argparse.Namespace, family: str) -> int:
             print(f"epoch {last['epoch']}: loss {last['loss']:.4f}", file=sys.stderr)
         print(f"run folder: {out}")
     return 0
+
+
+def _warm_start(args: argparse.Namespace, images: Any) -> Any:
+    """The deep GMM of ``--warm-start K``: a flat diagonal GMM (deepmix's estimator, seeded by
+    ``--seed``) fitted to the training images, as the exact twin of ``--layers``."""
+    from ..models import DeepGMM
+    from ..training.gaussian_mixture import GaussianMixture
+
+    K = args.warm_start
+    layers = args.layers or f"hc5,hc5,hc5,diag{K},bd1,diag2"
+    floor = args.variance_floor
+    tokens = [t.strip() for t in layers.split(",")]
+    if floor is None and f"diag{K}" in tokens and "diag2" in tokens[tokens.index(f"diag{K}"):]:
+        floor = 1e-3
+    rows = images.reshape(images.shape[0], -1)
+    if _main_rank():
+        print(f"warm start: fitting a flat diagonal GMM with {K} components to {len(rows)} "
+              f"images", file=sys.stderr)
+    gm = GaussianMixture(K, covariance_type="diag", random_state=args.seed).fit(rows)
+    return DeepGMM.from_gaussian_mixture(gm, tuple(images.shape[1:]), fold=args.fold,
+                                         layers=layers, dtype=args.dtype, seed=args.seed,
+                                         search=args.search, variance_floor=floor)
 
 
 def _saved_objective(out: Path, family: str):

@@ -273,6 +273,35 @@ def test_e_step_exact_and_coordinate(layers, update):
     assert agree > 0.3
 
 
+@pytest.mark.parametrize("prior", ["uniform", "factorised", "gating"])
+def test_beam_search_is_exact_when_wide_and_a_valid_bound_when_narrow(prior):
+    m = _net((4, 4, 1), 2, "hc3x2,bd3,bd2,diag2", seed=21, prior=prior)     # 24 paths
+    N = 50
+    x = torch.randn(N, 16, generator=torch.Generator().manual_seed(22), dtype=D64)
+    with torch.no_grad():
+        c_ex, s_ex = m.search(x, method="exact")
+        m.config.beam_width = 24
+        c_wide, s_wide = m.search(x, method="beam")
+        m.config.beam_width = 2
+        c_b, s_b = m.search(x, method="beam")
+        start = m.random_paths(N, torch.Generator().manual_seed(23))
+        c_s, s_s = m.search(x, start, method="beam")
+        s_start = m.path_score(x, start)
+    assert torch.equal(c_wide, c_ex)
+    torch.testing.assert_close(s_wide, s_ex)
+    torch.testing.assert_close(m.path_score(x, c_b), s_b)    # the score of the path returned
+    assert (s_b <= s_ex + 1e-10).all() and (s_b < s_ex - 1e-6).any()
+    assert (s_s >= s_start - 1e-10).all() and (s_s >= s_b - 1e-10).all()
+
+
+def test_beam_search_refuses_unshared_layers_and_a_bad_width():
+    m = _net((2, 2, 2), 1, "ubd2,bd2", seed=1)
+    with pytest.raises(ConfigError, match="beam search takes shared layers only"):
+        m.search(torch.zeros(3, 8, dtype=D64), method="beam")
+    with pytest.raises(ConfigError, match="beam_width must be a positive integer"):
+        DeepGMMConfig(shape=(2, 2, 2), fold=1, layers="bd2", beam_width=0)
+
+
 # ------------------------------------------------------------------------ 9. hard EM
 def _blobs(n=200, seed=0):
     g = torch.Generator().manual_seed(seed)
@@ -426,7 +455,7 @@ def test_bad_input_is_one_clear_error():
     with pytest.raises(ConfigError, match="not invertible"):
         m.log_prob(x)
     with pytest.raises(ConfigError, match="Unknown path search"):
-        DeepGMMConfig(search="beam")
+        DeepGMMConfig(search="greedy")
     with pytest.raises(DeepmixError):
         deepmix.training.make_objective("deep-gmm", "hard-em", {"lr": -1})
 

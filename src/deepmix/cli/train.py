@@ -62,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", type=positive_int, default=2,
                    help="deep-gmm: fold factor r, images become (H/r, W/r, r*r*C)")
     p.add_argument("--search", default="auto",
-                   help="deep-gmm: E-step path search, auto (default), exact or coordinate")
+                   help="deep-gmm: E-step path search, auto (default), exact, coordinate or "
+                        "beam (shared layers, 16 prefixes kept)")
     p.add_argument("--gating", action="store_true",
                    help="deep-gmm: gating networks for the path prior (trained in the last "
                         "--gating-epochs)")

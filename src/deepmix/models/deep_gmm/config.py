@@ -21,7 +21,7 @@ from ...errors import ConfigError, SpecError
 
 __all__ = ["DeepGMMConfig", "LayerToken", "parse_layers", "SEARCH_METHODS", "PRIORS"]
 
-SEARCH_METHODS = ("auto", "exact", "coordinate")
+SEARCH_METHODS = ("auto", "exact", "coordinate", "beam")
 PRIORS = ("uniform", "factorised", "gating")
 
 _TOKEN = re.compile(r"^(?:(full|diag|bd|ubd)(\d+)|hc(\d+)(?:x(\d+))?(b)?)$")
@@ -73,11 +73,16 @@ class DeepGMMConfig:
         layers: the layer spec (module docstring), data side first.
         dtype: ``"float64"`` or ``"float32"``.
         seed: seeds the parameters' initial perturbation in :meth:`from_config`.
-        search: path search of the E step and of the lower bound: ``"exact"``, ``"coordinate"``
-            or ``"auto"`` (exact while there are at most ``max_exact_paths`` paths).
+        search: path search of the E step and of the lower bound: ``"exact"``, ``"coordinate"``,
+            ``"beam"`` or ``"auto"`` (exact while there are at most ``max_exact_paths`` paths,
+            else coordinate).
         max_exact_paths: the largest number of paths ``exact`` (and an exact ``log_prob`` by
             enumeration) will enumerate.
         chunk_size: samples per chunk in path search (bounds memory).
+        beam_width: [deepmix] prefixes kept per sample by ``search="beam"`` (shared layers
+            only): data side first, every layer extends each kept prefix by all its values
+            and keeps the ``beam_width`` best, a prefix scored as if its partial activity were
+            the last (log N(h_i; 0, I) + its log-dets and prior terms).
         restarts: coordinate passes from a random path per E step (the paper: 2, after one pass
             from the previous paths).
         coupled_update: how coordinate search updates an unshared layer whose positions are
@@ -107,6 +112,7 @@ class DeepGMMConfig:
     search: str = "auto"
     max_exact_paths: int = 10000
     chunk_size: int = 1000
+    beam_width: int = 16
     restarts: int = 2
     coupled_update: str = "joint"
     center: bool = True
@@ -144,7 +150,7 @@ class DeepGMMConfig:
         elif self.gating and self.prior != "gating":
             raise ConfigError(f"gating=True contradicts prior='{self.prior}'; give prior only")
         self.gating = self.prior == "gating"
-        for name in ("max_exact_paths", "chunk_size", "restarts", "gate_hidden"):
+        for name in ("max_exact_paths", "chunk_size", "beam_width", "restarts", "gate_hidden"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "restarts"
                                                                    else 1):

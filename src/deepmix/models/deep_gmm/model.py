@@ -282,9 +282,13 @@ class DeepGMM(Model):
         method = method or self.config.search
         if method == "auto":
             method = "exact" if self._exact_tractable() else "coordinate"
-        if method not in ("exact", "coordinate"):
-            raise ConfigError(f"Unknown path search '{method}'; expected exact, coordinate "
-                              f"or auto")
+        if method not in ("exact", "coordinate", "beam"):
+            raise ConfigError(f"Unknown path search '{method}'; expected exact, coordinate, "
+                              f"beam or auto")
+        if method == "beam" and any(layer.unshared for layer in self.layers):
+            raise ConfigError(f"beam search takes shared layers only ({self.spec()} has an "
+                              f"unshared one, whose values multiply per position); use "
+                              f"search='coordinate'")
         return method
 
     @torch.no_grad()
@@ -325,6 +329,13 @@ class DeepGMM(Model):
                 c, s, _ = self._factorised_all(h0)
             elif method == "exact":
                 c, s, _ = self._enumerate(h0)
+            elif method == "beam":
+                c, s = self._beam(h0, self.config.beam_width)
+                if start is not None:
+                    c1, s1 = self._coordinate(h0, start[a:a + step].to(self.device), 1)
+                    better = s1 >= s
+                    c = torch.where(better[:, None], c1, c)
+                    s = torch.where(better, s1, s)
             else:
                 c, s = self._coordinate(h0, randoms[a:a + step], self.config.restarts)
                 if start is not None:
@@ -418,6 +429,55 @@ class DeepGMM(Model):
         best_s, best = total.max(0)
         best_c = C.gather(0, best[None, :, None].expand(1, N, C.shape[2]))[0]
         return best_c, best_s, torch.logsumexp(total, 0)
+
+    def _beam(self, h0: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""[deepmix] Beam search over a shared stack: (best path kept (N, V), its score).
+
+        Data side first, each of the ``width`` kept prefixes of a sample is extended by every
+        value of the next layer; a prefix through layer i is ranked by
+        :math:`\log N(h_i; 0, I) + \sum_{j \le i} (\log|\det A_{j,c_j}| + \log\pi_j[c_j]
+        + \log g_j(h_j)[c_j])`, the score it would have if no layer followed, and the
+        ``width`` best per sample stay. The returned score is the exact path score
+        :math:`s_c`, so it is a valid lower bound; with ``width`` >= #paths it is the exact
+        search."""
+        N = h0.shape[0]
+        ar = torch.arange(N, device=h0.device)
+        H = h0[None]                                           # (B, N, P, Cb)
+        S = h0.new_zeros(1, N)
+        C = torch.zeros(1, N, 0, dtype=torch.long, device=h0.device)
+        for li, layer in enumerate(self.layers):
+            B = H.shape[0]
+            flat = H.reshape(B * N, *H.shape[2:])
+            n = layer.n_values
+            table = layer.logdet_table()
+            if n == 1:
+                zeros = torch.zeros(B * N, layer.n_vars, dtype=torch.long, device=h0.device)
+                H = layer(flat, zeros).reshape(H.shape)
+                S = S + table[0] * layer.n_vars
+                C = torch.cat([C, zeros.reshape(B, N, -1)], 2)
+                continue
+            out = layer.forward_all(flat).reshape(n, B, N, *H.shape[2:]).transpose(0, 1)
+            ld = table
+            lw = self._prior_table(li)
+            if lw is not None:
+                ld = ld + lw[0]
+            H = out.reshape(B * n, N, *H.shape[2:])
+            S = (S[:, None] + ld[None, :, None]).reshape(B * n, N)
+            values = torch.arange(n, device=h0.device)
+            if self.config.gating:
+                gate = self.gates[self._layer_index(layer)]
+                cc = values[None, :, None, None].expand(B, n, N, 1).reshape(B * n * N, 1)
+                S = S + gate.log_prob(H.reshape(B * n * N, *H.shape[2:]), cc).reshape(B * n, N)
+            C = torch.cat([C[:, None].expand(B, n, N, C.shape[2]),
+                           values[None, :, None, None].expand(B, n, N, 1)], 3)
+            C = C.reshape(B * n, N, -1)
+            if B * n > width:
+                keep = (S + _log_normal(H)).topk(width, 0).indices           # (width, N)
+                H, S, C = H[keep, ar], S[keep, ar], C[keep, ar]
+        prior = self.log_prior if self.config.prior == "uniform" else 0.0
+        total = S + _log_normal(H) + prior
+        best_s, best = total.max(0)
+        return C[best, ar], best_s
 
     def _layer_index(self, layer: Transform) -> int:
         return next(i for i, m in enumerate(self.layers) if m is layer)

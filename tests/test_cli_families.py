@@ -163,3 +163,7 @@ def test_deep_gmm_warm_start_defaults_and_refusals(tmp_path, capsys):
     code, _, err = _run(["train", "--model", "deep-gmm", "--data", "digits", "--warm-start", 3,
                          "--layers", "hc3,diag4", "--out", tmp_path / "c"], capsys)
     assert code == 2 and "exactly one diag3 layer" in err
+    code, _, err = _run(["train", "--model", "deep-gmm", "--data", "digits", "--warm-start", 3,
+                         "--variance-floor", -1, "--out", tmp_path / "d"], capsys)
+    assert code == 2 and err == "deepmix: error: --variance-floor must be a positive number, " \
+        "got -1.0\n" and not (tmp_path / "d").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,11 @@ def _warm_start(args: argparse.Namespace, images: Any) -> Any:
     tokens = [t.strip() for t in layers.split(",")]
     if floor is None and f"diag{K}" in tokens and "diag2" in tokens[tokens.index(f"diag{K}"):]:
         floor = 1e-3
+    if floor is not None and not (math.isfinite(floor) and floor > 0):
+        from ..errors import ConfigError
+
+        # checked before the flat GMM's fit, which takes a while on real data
+        raise ConfigError(f"--variance-floor must be a positive number, got {floor!r}")
     rows = images.reshape(images.shape[0], -1)
     if _main_rank():
         print(f"warm start: fitting a flat diagonal GMM with {K} components to {len(rows)} "

@@ -332,17 +332,11 @@ class DeepGMM(Model):
             elif method == "beam":
                 c, s = self._beam(h0, self.config.beam_width)
                 if start is not None:
-                    c1, s1 = self._coordinate(h0, start[a:a + step].to(self.device), 1)
-                    better = s1 >= s
-                    c = torch.where(better[:, None], c1, c)
-                    s = torch.where(better, s1, s)
+                    c, s = self._or_start(h0, start[a:a + step], c, s)
             else:
                 c, s = self._coordinate(h0, randoms[a:a + step], self.config.restarts)
                 if start is not None:
-                    c1, s1 = self._coordinate(h0, start[a:a + step].to(self.device), 1)
-                    better = s1 >= s
-                    c = torch.where(better[:, None], c1, c)
-                    s = torch.where(better, s1, s)
+                    c, s = self._or_start(h0, start[a:a + step], c, s)
             out_c.append(c)
             out_s.append(s)
         return torch.cat(out_c), torch.cat(out_s)
@@ -429,6 +423,14 @@ class DeepGMM(Model):
         best_s, best = total.max(0)
         best_c = C.gather(0, best[None, :, None].expand(1, N, C.shape[2]))[0]
         return best_c, best_s, torch.logsumexp(total, 0)
+
+    def _or_start(self, h0: torch.Tensor, start: torch.Tensor, c: torch.Tensor,
+                  s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per sample, the better of (c, s) and one coordinate pass from ``start``: so an E
+        step never scores below the previous paths."""
+        c1, s1 = self._coordinate(h0, start.to(self.device), 1)
+        better = s1 >= s
+        return torch.where(better[:, None], c1, c), torch.where(better, s1, s)
 
     def _beam(self, h0: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         r"""[deepmix] Beam search over a shared stack: (best path kept (N, V), its score).

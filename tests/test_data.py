@@ -533,3 +533,29 @@ def test_halfmoons_two_moons():
     r_lower = np.hypot(x - 1.0, y - 0.5)
     on_one = np.minimum(np.abs(r_upper - 1), np.abs(r_lower - 1)) < 1e-5
     assert on_one.all() and 0.4 < (np.abs(r_upper - 1) < 1e-5).mean() < 0.6
+
+
+def test_image_patches_are_slices_of_the_images_with_ink_and_reproducible():
+    from deepmix.data import image_patches
+    from deepmix.errors import DataError
+
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(5, 9, 7, 2, generator=g) < 0.2).float() * torch.rand(5, 9, 7, 2,
+                                                                             generator=g)
+    p = image_patches(images, 300, 3, seed=4, min_ink=2)
+    assert p.shape == (300, 18) and p.dtype == images.dtype
+    assert bool(((p != 0).sum(1) >= 2).all())
+    # Every patch is images[i, r:r+3, c:c+3, :] for some (i, r, c), flattened row-major.
+    windows = images.unfold(1, 3, 1).unfold(2, 3, 1)          # (5, 7, 5, 2, 3, 3)
+    windows = windows.permute(0, 1, 2, 4, 5, 3).reshape(-1, 18)
+    assert bool((p[:, None, :] == windows[None]).all(-1).any(1).all())
+    torch.testing.assert_close(p, image_patches(images, 300, 3, seed=4, min_ink=2))
+    assert not torch.equal(p, image_patches(images, 300, 3, seed=5, min_ink=2))
+    # Grey images (N, H, W) work; blank patches stay without min_ink.
+    q = image_patches(images[..., 0], 50, 2, seed=0)
+    assert q.shape == (50, 4) and bool(((q != 0).sum(1) == 0).any())
+    for bad in (dict(size=10), dict(size=0), dict(min_ink=19)):
+        with pytest.raises(DataError):
+            image_patches(images, 3, **{"size": 3, **bad})
+    with pytest.raises(DataError, match="no 3 x 3 patch"):
+        image_patches(torch.zeros(2, 4, 4), 3, 3, min_ink=1)

@@ -3,6 +3,8 @@ split and dequantisation, closed-form Gaussians, training on the library's loop,
 
 from __future__ import annotations
 
+import json
+
 import math
 from pathlib import Path
 
@@ -76,6 +78,17 @@ def write_results(name: str, payload: dict, rows: list[dict], columns: list[str]
         md.append("| " + " | ".join(str(r.get(c, "")) for c in columns) + " |")
     write_text_atomic(out.with_suffix(".md"), "\n".join(md) + "\n")
     return out
+
+
+def merged_rows(name: str, rows: list[dict]) -> list[dict]:
+    """``rows`` after the rows of ``results/<name>.json`` whose model they do not retrain, in
+    the order of the model's depth label (earlier rows first)."""
+    path = RESULTS / f"{name}.json"
+    if not path.is_file():
+        return rows
+    new = {r["model"] for r in rows}
+    old = [r for r in json.loads(path.read_text())["rows"] if r["model"] not in new]
+    return old + rows
 
 
 def sample_grid(models: list[tuple[str, object]], name: str, n: int = 12,

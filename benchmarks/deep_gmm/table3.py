@@ -2,7 +2,10 @@
 block-diagonal layers (a bank of m blocks, one choice per position).
 
 usage: .venv/bin/python benchmarks/deep_gmm/table3.py [--quick] [--L 1 2 3] [--m 4]
-       [--em 10] [--first-updates 10000] [--updates 3000] [--lr 1e-3] [--threads 2]
+       [--em 10] [--first-updates 10000] [--updates 3000] [--lr 1e-3] [--threads 2] [--merge]
+
+``--merge`` keeps the rows of the results file that this run does not retrain (e.g. ``--L 3
+--merge`` adds L = 3 to earlier L = 1, 2 rows); each row records its own date.
 
 Stacks, data side first: "bottom HC only" = 3 HC + L x ubd<m> (p(x) factorises over positions:
 exact log p and the exact best path per position), and "intermediate HC" = 3 HC + (ubd<m> + 3 HC)
@@ -17,7 +20,7 @@ import time
 
 import torch
 
-from common import sample_grid, splits, summary, train_hard_em, write_results
+from common import merged_rows, sample_grid, splits, summary, train_hard_em, write_results
 from deepmix.errors import NoDensityError
 from deepmix.models import DeepGMM, DeepGMMConfig
 
@@ -44,6 +47,8 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=None)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the earlier rows of models this run does not train")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -71,6 +76,7 @@ def main() -> None:
                    "log_paths": round(model.log_n_paths, 2),
                    "train_lb_per_e_step": [round(s, 1) for s in obj.e_scores],
                    "valid": v, "test": te, "seconds": round(time.perf_counter() - t, 1),
+                   "date": time.strftime("%Y-%m-%d"),
                    "valid LB": f"{v['lb']['nats']:.1f}", "valid UB*": f"{v['ub']['nats']:.1f}",
                    "valid exact": f"{v['exact']['nats']:.1f}" if "exact" in v else "-",
                    "test LB": f"{te['lb']['nats']:.1f}",
@@ -81,7 +87,9 @@ def main() -> None:
                   f"  UB* {row['valid UB*']:>8s}  exact {row['valid exact']:>8s}  test LB "
                   f"{row['test LB']:>8s}  {row['seconds']:7.1f} s", flush=True)
     name = "deep_gmm_table3" + ("_quick" if args.quick else "")
-    png = sample_grid(trained, name)
+    png = sample_grid(trained, name + (f"_L{''.join(map(str, Ls))}" if args.merge else ""))
+    if args.merge:
+        rows = merged_rows(name, rows)
     print(f"samples (one row per model, in table order): {png}")
     out = write_results(name,
                         {"quick": args.quick, "em_iterations": em, "first_updates": first,

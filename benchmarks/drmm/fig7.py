@@ -1,9 +1,16 @@
 """The DRMM paper's Fig. 7 protocol, reduced: sample F1 against parameter count for DRMMs of
-depth 1-4 (a 1-layer DRMM is the baseline isotropic GMM, spec drmm §3) on the 3-D Swiss roll and
-the 4-link arm IK data.
+depth 1-4 (a 1-layer DRMM is the baseline isotropic GMM, spec drmm §3) on the 3-D Swiss roll,
+the 4-link arm IK data, the 2-D humanoid's full-body IK data (30 variables) and 8 x 8 MNIST
+patches (64 pixels; patches with ink, held-out ones from the test images).
 
 usage: .venv/bin/python benchmarks/drmm/fig7.py [--quick] [--gmm-k 64 128 256]
-       [--depths 2 3 4] [--steps 3000] [--n-eval 5000]
+       [--depths 2 3 4] [--steps 3000] [--n-eval 5000] [--data NAME ...] [--merge]
+
+``--merge`` keeps the rows of the results file for the data sets this run does not train (e.g.
+``--data humanoid_ik mnist_patches --merge`` adds two panels to an earlier run's two). [--data NAME ...] [--merge]
+
+``--merge`` keeps the rows of the results file for the data sets this run does not train (e.g.
+``--data humanoid_ik mnist_patches --merge`` adds two panels to an earlier run's two).
 
 For each baseline size K_G (1-layer DRMM with K_G components) and depth L in --depths, the DRMM
 with the smallest K >= 4 whose parameter count reaches the baseline's; all trained by the
@@ -18,7 +25,9 @@ sample sums of means without noise (the paper's default). Paper's result: DRMM b
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 import matplotlib
@@ -31,7 +40,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, environment, markdown_table, train_drmm, write_results  # noqa
 
-from deepmix.data import arm_ik, drmm_swissroll  # noqa: E402
+from deepmix.data import arm_ik, drmm_swissroll, humanoid_ik, image_patches  # noqa
+from deepmix.data import load_images  # noqa: E402
 from deepmix.metrics.precision_recall import precision_recall  # noqa: E402
 from deepmix.models.drmm.model import parameter_count  # noqa: E402
 
@@ -44,8 +54,24 @@ def matching_k(D: int, L: int, target: int) -> int:
     return K
 
 
+#: MNIST patch size of the Fig. 7 panel (the paper does not state it): 8 x 8, the receptive
+#: field of DCGMM's first layers, 64 raw pixel values in [0, 1].
+PATCH = 8
+
+
+def mnist_patches(n: int, seed: int) -> torch.Tensor:
+    """n random 8 x 8 MNIST patches with ink (at least one non-zero pixel: a blank patch is
+    one point mass, which k-NN precision / recall measures with radius 0); seed 0 draws from
+    the training images, any other seed from the test images (held-out)."""
+    images = load_images("mnist", "train" if seed == 0 else "test").to_tensor()
+    return image_patches(images, n, PATCH, seed=seed, min_ink=1)
+
+
+#: name -> (n, seed) -> (n, D) rows; seed 0 gives the training data, seed 1 the held-out data.
 DATA = {"swissroll3d": lambda n, seed: drmm_swissroll(n, dims=3, seed=seed),
-        "arm_ik": lambda n, seed: arm_ik(n, seed=seed)}
+        "arm_ik": lambda n, seed: arm_ik(n, seed=seed),
+        "humanoid_ik": lambda n, seed: humanoid_ik(n, seed=seed),
+        "mnist_patches": mnist_patches}
 
 
 def main() -> None:
@@ -59,6 +85,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="K_G 64, depths 2 and 4, 1500 steps, "
                     "2000 eval points")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the earlier rows of the data sets this run does not train")
     args = ap.parse_args()
     if args.quick:
         args.gmm_k, args.depths, args.steps, args.n_eval = [64], [2, 4], 1500, 2000
@@ -82,15 +110,20 @@ def main() -> None:
                 row = {"data": name, "gmm_K": kg, "layers": L, "K": K,
                        "params": model.n_parameters, "precision": pr["precision"],
                        "recall": pr["recall"], "f1": pr["f1"], "steps": args.steps,
-                       "train_s": round(seconds, 1)}
+                       "train_s": round(seconds, 1), "date": time.strftime("%Y-%m-%d")}
                 rows.append(row)
                 print(f"{name} K_G={kg}: L={L} K={K} ({row['params']} params) P "
                       f"{row['precision']:.3f} R {row['recall']:.3f} F1 {row['f1']:.3f} "
                       f"[{seconds:.0f} s]", flush=True)
-    fig, axes = plt.subplots(1, len(args.data), figsize=(4.5 * len(args.data), 3.6),
-                             squeeze=False)
-    for ax, name in zip(axes[0], args.data):
-        for L in [1, *args.depths]:
+    stem = "drmm_fig7_quick" if args.quick else "drmm_fig7"
+    if args.merge and (RESULTS / f"{stem}.json").is_file():
+        old = json.loads((RESULTS / f"{stem}.json").read_text())["rows"]
+        rows = [r for r in old if r["data"] not in args.data] + rows
+    names = list(dict.fromkeys(r["data"] for r in rows))
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        steps = sorted({r["steps"] for r in rows if r["data"] == name})
+        for L in sorted({r["layers"] for r in rows if r["data"] == name}):
             pts = sorted((r["params"], r["f1"]) for r in rows if r["data"] == name
                          and r["layers"] == L)
             ax.plot([p for p, _ in pts], [f for _, f in pts], "o-",
@@ -99,17 +132,16 @@ def main() -> None:
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("parameters")
         ax.set_ylabel("F1 (k=3)")
-        ax.set_title(f"{name}, {args.steps} steps")
+        ax.set_title(f"{name}, {'/'.join(map(str, steps))} steps")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    stem = "drmm_fig7_quick" if args.quick else "drmm_fig7"
     png = RESULTS / f"{stem}.png"
     RESULTS.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=110)
     plt.close(fig)
     summary = []
-    for name in args.data:
-        for kg in args.gmm_k:
+    for name in names:
+        for kg in sorted({r["gmm_K"] for r in rows if r["data"] == name}):
             sub = [r for r in rows if r["data"] == name and r["gmm_K"] == kg]
             gmm = next(r for r in sub if r["layers"] == 1)
             best = max((r for r in sub if r["layers"] > 1), key=lambda r: r["f1"], default=None)
@@ -123,12 +155,13 @@ def main() -> None:
               f"{s['best_drmm']} F1 {s['best_drmm_f1']:.3f}")
     md = (f"# DRMM Fig. 7 protocol, reduced (`benchmarks/drmm/fig7.py"
           f"{' --quick' if args.quick else ''}`)\n\n![F1 vs parameters]({png.name})\n\n"
-          f"{args.steps} steps (paper 50k), batch 64, lr0 0.005, {args.n_eval} samples vs "
-          f"{args.n_eval} held-out points, k = 3; GMM (L = 1) samples with noise, DRMMs without.\n\n"
+          f"Steps per row (paper 50k), batch 64, lr0 0.005, {args.n_eval} samples vs "
+          f"{args.n_eval} held-out points, k = 3; GMM (L = 1) samples with noise, DRMMs without; "
+          f"MNIST patches: {PATCH} x {PATCH}, with ink.\n\n"
           + markdown_table(summary, ["data", "gmm_K", "gmm_f1", "best_drmm", "best_drmm_f1",
                                      "drmm_better"]) + "\n\n"
           + markdown_table(rows, ["data", "gmm_K", "layers", "K", "params", "precision",
-                                  "recall", "f1", "steps", "train_s"]))
+                                  "recall", "f1", "steps", "train_s", "date"]))
     write_results(stem, {**environment(args.threads), "args": vars(args), "rows": rows,
                          "summary": summary, "png": str(png)}, md)
 

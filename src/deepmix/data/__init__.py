@@ -13,6 +13,7 @@ from deepmix.data.cache import cache_dir
 from deepmix.data.cifar import cifar_label_names, load_cifar
 from deepmix.data.dataset import ImageDataset
 from deepmix.data.idx import load_idx_folder, read_idx
+from deepmix.data.patches import image_patches
 from deepmix.data.registry import DATASETS, USER_DATASETS, fetch, load_images
 from deepmix.data.svhn import load_svhn
 from deepmix.data.toys import THESIS_TOYS, TOYS, make_toy, thesis_toy, thesis_train_valid
@@ -27,6 +28,7 @@ __all__ = [
     "cifar_label_names",
     "load_svhn",
     "ImageDataset",
+    "image_patches",
     "fetch",
     "load_images",
     "read_idx",

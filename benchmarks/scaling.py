@@ -3,6 +3,7 @@ in communication per step, and a projection to 8 and 64 machines.
 
 usage: .venv/bin/python benchmarks/scaling.py [--workloads 2L-c gmm circuit] [--nproc 1 2]
        [--n-images 60000] [--batch-size B] [--epochs E] [--device cpu] [--quick]
+       [--no-independent]
        [--json benchmarks/results/scaling.json]
 
 Every workload trains through the library's one loop (``deepmix.fit`` / ``deepmix.train``) on
@@ -46,8 +47,10 @@ DEFAULTS: dict[str, tuple[int | None, int]] = {"2L-c": (100, 1), "gmm": (None, 5
                                                "circuit": (100, 1)}
 
 
-def _worker(workload: str, n_images: int, batch: int | None, epochs: int, device: str) -> dict:
-    """One rank: warm up, then time ``epochs`` epochs of ``workload``; returns its figures."""
+def _worker(workload: str, n_images: int, batch: int | None, epochs: int, device: str,
+            independent: bool = False) -> dict:
+    """One rank: warm up, then time ``epochs`` epochs of ``workload``; returns its figures.
+    ``independent``: join no group, train alone (the processes only share the machine)."""
     import warnings
 
     import torch
@@ -61,6 +64,8 @@ def _worker(workload: str, n_images: int, batch: int | None, epochs: int, device
     from deepmix.training import FitConfig, TrainConfig, fit, train
     from deepmix.utils.distributed import COMM_STATS, current_world
 
+    if independent:
+        os.environ["WORLD_SIZE"] = "1"
     world = current_world(device)
     images = load_images("mnist", "train").to_tensor()[:n_images]
     if workload != "2L-c":
@@ -149,8 +154,12 @@ def allreduce_alone(nbytes: list[int], nproc: int, device: str,
 
 
 def measure(workload: str, nproc: int, n_images: int, batch: int | None, epochs: int,
-            device: str) -> dict:
-    """Run ``workload`` on ``nproc`` processes (torchrun's launcher, 1 thread each)."""
+            device: str, independent: bool = False) -> dict:
+    """Run ``workload`` on ``nproc`` processes (torchrun's launcher, 1 thread each).
+
+    ``independent``: the processes join no group and each trains the whole data alone, side by
+    side; their summed images/s is what the machine gives without any communication (the
+    ceiling of the distributed row)."""
     import logging
     import uuid
 
@@ -161,8 +170,21 @@ def measure(workload: str, nproc: int, n_images: int, batch: int | None, epochs:
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc,
                           run_id=uuid.uuid4().hex, rdzv_backend="c10d",
                           rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.1)
-    ranks = elastic_launch(config, _worker)(workload, n_images, batch, epochs, device)
+    ranks = elastic_launch(config, _worker)(workload, n_images, batch, epochs, device,
+                                            independent)
     slowest = max(ranks.values(), key=lambda r: r["seconds"])
+    if independent:
+        one = measure_row(workload, 1, n_images, batch, epochs, slowest, ranks)
+        one.update({"nproc": nproc, "independent": True, "global_batch": one["local_batch"],
+                    "images_per_s": sum(n_images * epochs / r["seconds"]
+                                        for r in ranks.values())})
+        return one
+    return measure_row(workload, nproc, n_images, batch, epochs, slowest, ranks)
+
+
+def measure_row(workload: str, nproc: int, n_images: int, batch: int | None, epochs: int,
+                slowest: dict, ranks: dict) -> dict:
+    """The figures of one configuration from its ranks' reports."""
     steps = slowest["steps"]
     rows = n_images * epochs            # every timed epoch reads all images once
     local = batch if batch is not None else -(-n_images // nproc)     # whole shard per step
@@ -206,7 +228,8 @@ def markdown(results: list[dict], projections: list[dict], meta: dict) -> str:
     for r in results:
         b = base.get(r["workload"])
         speed = r["images_per_s"] / b["images_per_s"] if b else float("nan")
-        lines.append(f"| {r['workload']} | {r['nproc']} | {r.get('epochs', '')} | "
+        procs = f"{r['nproc']} independent" if r.get("independent") else r["nproc"]
+        lines.append(f"| {r['workload']} | {procs} | {r.get('epochs', '')} | "
                      f"{r['local_batch']} | {r['global_batch']} | "
                      f"{r['images_per_s']:.0f} | {speed:.2f}x | {r['step_ms']:.2f} | "
                      f"{r['comm_ms_per_step']:.3f} | {r['comm_calls_per_step']:.2f} | "
@@ -218,6 +241,10 @@ def markdown(results: list[dict], projections: list[dict], meta: dict) -> str:
                               for n, ms in meta["allreduce_alone_ms"].items())
                   + ". Where a workload's comm ms/step is close to its all-reduce alone, the "
                   "step waits on the transport rather than on the slower rank."]
+    if any(r.get("independent") for r in results):
+        lines += ["", "`N independent`: N processes that join no group, each training the "
+                  "whole data alone, side by side (images/s summed): what the machine gives "
+                  "without communication, the ceiling of the distributed row above it."]
     lines += ["", "## Projection (ring all-reduce)", "", f"`{FORMULA}`", "",
               "| workload | machines | ms/step | comm ms/step | images/s | efficiency |",
               "|---|---:|---:|---:|---:|---:|"]
@@ -239,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="timed epochs of every workload (default: each one's)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="a smoke run: 400 images")
+    p.add_argument("--no-independent", action="store_true",
+                   help="skip the rows of independent processes side by side")
     p.add_argument("--json", default=str(HERE / "results" / "scaling.json"))
     args = p.parse_args(argv)
     if args.quick:
@@ -256,9 +285,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{workload:8s} {n} proc: {r['images_per_s']:9.0f} images/s, "
                   f"{r['step_ms']:8.2f} ms/step, comm {r['comm_ms_per_step']:.3f} ms/step "
                   f"({r['comm_bytes_per_step']:.0f} B/step)", flush=True)
+            if n > 1 and not args.no_independent:
+                r = measure(workload, n, args.n_images, batch, epochs, args.device,
+                            independent=True)
+                results.append(r)
+                print(f"{workload:8s} {n} independent processes side by side: "
+                      f"{r['images_per_s']:9.0f} images/s together (no communication)",
+                      flush=True)
     # The transport alone, at each workload's measured bytes per call (and one float).
     sizes = sorted({4} | {int(r["comm_bytes_per_step"] / max(r["comm_calls_per_step"], 1e-9))
-                          for r in results if r["nproc"] > 1 and r["comm_calls_per_step"]})
+                          for r in results if r["nproc"] > 1 and r["comm_calls_per_step"]
+                          and not r.get("independent")})
     most = max(args.nproc)
     alone = allreduce_alone(sizes, most, args.device) if most > 1 else {}
     for n, ms in alone.items():
@@ -266,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     projections = []
     for workload in args.workloads:
         one = next((r for r in results if r["workload"] == workload and r["nproc"] == 1), None)
-        many = [r for r in results if r["workload"] == workload and r["nproc"] > 1]
+        many = [r for r in results if r["workload"] == workload and r["nproc"] > 1
+                and not r.get("independent")]
         if one is None or not many:
             continue
         for m in MACHINES:

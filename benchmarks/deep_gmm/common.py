@@ -64,7 +64,8 @@ def train_hard_em(model, x: torch.Tensor, *, first_updates: int, later_updates: 
     later = max(1, round(later_updates / spe))
     obj = deepmix.training.make_objective("deep-gmm", "hard-em", {
         "lr": lr, "first_m_epochs": first, "m_epochs": later, "ridge": 1e-9, **options})
-    epochs = first + later * (em_iterations - 1)
+    # (gating epochs, if any, are the run's last ones: after the EM iterations)
+    epochs = first + later * (em_iterations - 1) + int(options.get("gating_epochs", 0))
     deepmix.training.fit(model, x, obj, epochs=epochs, batch_size=batch_size, seed=seed)
     return obj
 

@@ -3,13 +3,17 @@ block-diagonal layers (a bank of m blocks, one choice per position).
 
 usage: .venv/bin/python benchmarks/deep_gmm/table3.py [--quick] [--L 1 2 3] [--m 4]
        [--em 10] [--first-updates 10000] [--updates 3000] [--lr 1e-3] [--threads 2] [--merge]
+       [--stacks bottom intermediate gating] [--gating-epochs 10]
 
 ``--merge`` keeps the rows of the results file that this run does not retrain (e.g. ``--L 3
 --merge`` adds L = 3 to earlier L = 1, 2 rows); each row records its own date.
 
 Stacks, data side first: "bottom HC only" = 3 HC + L x ubd<m> (p(x) factorises over positions:
-exact log p and the exact best path per position), and "intermediate HC" = 3 HC + (ubd<m> + 3 HC)
-x (L-1) + ubd<m> (coordinate E step). Reports the validation/test lower bound, UB* = LB + log
+exact log p and the exact best path per position), "intermediate HC" = 3 HC + (ubd<m> + 3 HC)
+x (L-1) + ubd<m> (coordinate E step), and "+ gating" = the intermediate stack (bottom HC only
+at L = 1, where there is no intermediate layer) with gating networks as its path prior, trained
+in ``--gating-epochs`` epochs after the EM iterations (the paper's third row; the gates make
+the positions coupled, so the E step is the coordinate search). Reports the validation/test lower bound, UB* = LB + log
 #paths (= LB + 49 L ln m) and the exact value where tractable, nats per image.
 """
 
@@ -47,6 +51,10 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=None)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--stacks", nargs="+", default=["bottom", "intermediate", "gating"],
+                    choices=["bottom", "intermediate", "gating"])
+    ap.add_argument("--gating-epochs", type=int, default=None,
+                    help="epochs of gate training after EM (default 10; --quick 2)")
     ap.add_argument("--merge", action="store_true",
                     help="keep the earlier rows of models this run does not train")
     args = ap.parse_args()
@@ -60,19 +68,28 @@ def main() -> None:
     rows = []
     trained = []
     bank = f"ubd{args.m}"
+    gating_epochs = args.gating_epochs or (2 if args.quick else 10)
     for L in Ls:
-        stacks = [("bottom HC only", ",".join(["hc5"] * 3 + [bank] * L))]
-        if L > 1:
-            stacks.append(("intermediate HC", ",".join(["hc5"] * 3 + ([bank] + ["hc5"] * 3)
-                                                       * (L - 1) + [bank])))
-        for label, layers in stacks:
+        bottom = ",".join(["hc5"] * 3 + [bank] * L)
+        inter = ",".join(["hc5"] * 3 + ([bank] + ["hc5"] * 3) * (L - 1) + [bank])
+        stacks = []
+        if "bottom" in args.stacks:
+            stacks.append(("bottom HC only", bottom, {}))
+        if L > 1 and "intermediate" in args.stacks:
+            stacks.append(("intermediate HC", inter, {}))
+        if "gating" in args.stacks:
+            stacks.append(("intermediate HC + gating" if L > 1 else "bottom HC + gating",
+                           inter if L > 1 else bottom, {"gating_epochs": gating_epochs}))
+        for label, layers, options in stacks:
             model = DeepGMM(DeepGMMConfig(shape=(28, 28, 1), fold=4, layers=layers,
-                                          dtype="float32"))
+                                          dtype="float32",
+                                          prior="gating" if options else "uniform"))
             t = time.perf_counter()
             obj = train_hard_em(model, train.float(), first_updates=first, later_updates=later,
-                                em_iterations=em, lr=args.lr)
+                                em_iterations=em, lr=args.lr, **options)
             v, te = evaluate(model, valid), evaluate(model, test)
             row = {"model": f"{label}, L={L}", "layers": layers, "params": model.n_params(),
+                   "gate params": model.n_gate_params(),
                    "log_paths": round(model.log_n_paths, 2),
                    "train_lb_per_e_step": [round(s, 1) for s in obj.e_scores],
                    "valid": v, "test": te, "seconds": round(time.perf_counter() - t, 1),
@@ -94,7 +111,7 @@ def main() -> None:
     out = write_results(name,
                         {"quick": args.quick, "em_iterations": em, "first_updates": first,
                          "updates": later, "m": args.m},
-                        rows, ["model", "params", "valid LB", "valid UB*", "valid exact",
+                        rows, ["model", "params", "gate params", "valid LB", "valid UB*", "valid exact",
                                "test LB", "test exact"])
     print(f"wrote {out} and {out.with_suffix('.md')}")
 

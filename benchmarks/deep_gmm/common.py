@@ -4,7 +4,6 @@ split and dequantisation, closed-form Gaussians, training on the library's loop,
 from __future__ import annotations
 
 import json
-
 import math
 from pathlib import Path
 
@@ -82,8 +81,8 @@ def write_results(name: str, payload: dict, rows: list[dict], columns: list[str]
 
 
 def merged_rows(name: str, rows: list[dict]) -> list[dict]:
-    """``rows`` after the rows of ``results/<name>.json`` whose model they do not retrain, in
-    the order of the model's depth label (earlier rows first)."""
+    """The rows of ``results/<name>.json`` whose model ``rows`` do not retrain (in their
+    order), then ``rows``."""
     path = RESULTS / f"{name}.json"
     if not path.is_file():
         return rows

@@ -7,9 +7,6 @@ usage: .venv/bin/python benchmarks/drmm/fig7.py [--quick] [--gmm-k 64 128 256]
        [--depths 2 3 4] [--steps 3000] [--n-eval 5000] [--data NAME ...] [--merge]
 
 ``--merge`` keeps the rows of the results file for the data sets this run does not train (e.g.
-``--data humanoid_ik mnist_patches --merge`` adds two panels to an earlier run's two). [--data NAME ...] [--merge]
-
-``--merge`` keeps the rows of the results file for the data sets this run does not train (e.g.
 ``--data humanoid_ik mnist_patches --merge`` adds two panels to an earlier run's two).
 
 For each baseline size K_G (1-layer DRMM with K_G components) and depth L in --depths, the DRMM

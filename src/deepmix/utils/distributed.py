@@ -80,10 +80,11 @@ def _finish(work, cpu: bool) -> None:
     :data:`POLL_SECONDS` before the blocking ``wait``. Why: a blocked rank's core goes idle,
     and waking an idle virtual CPU costs milliseconds on some VMs; gloo's ring passes several
     messages per all-reduce, each waiting for such a wake-up. On a 2-core VM (2026-12-07) the
-    0.9 MB all-reduce of a DCGMM 2L-c step took 3.2 ms blocking and 0.6-0.7 ms polled (2 idle
-    ranks), and 2 processes trained 2L-c at 1.08x one process blocking, 1.2-1.4x polled. A
-    long wait (a slow peer, a checkpoint) still ends in the blocking wait, so no core spins
-    for long; NCCL work is waited for as usual (its ``wait`` does not block the host)."""
+    0.9 MB all-reduce of a DCGMM 2L-c step took 2.9-4.0 ms blocking and 0.6-0.75 ms polled
+    (2 idle ranks, ``benchmarks/scaling.py``), and 2 processes trained 2L-c at 1.06-1.09x one
+    process blocking, 1.13-1.40x polled (the host is noisy). A long wait (a slow peer, a
+    checkpoint) still ends in the blocking wait, so no core spins for long; NCCL work is
+    waited for as usual (its ``wait`` does not block the host)."""
     if cpu:
         deadline = time.perf_counter() + POLL_SECONDS
         while not work.is_completed() and time.perf_counter() < deadline:

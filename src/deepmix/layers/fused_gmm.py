@@ -13,8 +13,8 @@ row :math:`[x, x^2]` added to the winner's sums, all while the block sits in L1.
 (the background of digit images) score exactly :math:`c`, so they are evaluated once.
 
 The kernel is plain C++ (no torch headers, GCC vector extensions, OpenMP threads = torch's
-thread count) built on first use with the system compiler into a per-user cache and called
-through :mod:`ctypes`; without a compiler, or if the build fails, :func:`kernel` returns None
+thread count) built on first use by :mod:`deepmix.utils.native` (system compiler, per-user
+cache, :mod:`ctypes`); without a compiler, or if the build fails, :func:`kernel` returns None
 and the layer silently keeps its pure-torch path. ``DEEPMIX_FUSED=0`` turns the kernel off.
 Results equal the reference path up to float rounding (the summation order differs).
 """
@@ -22,15 +22,10 @@ Results equal the reference path up to float rounding (the summation order diffe
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import torch
+
+from ..utils import native
 
 __all__ = ["kernel", "available", "fused_statistics", "fused_apply", "MAX_K"]
 
@@ -340,71 +335,21 @@ int dm_gmm_stats_f64(const double* x, long H, long W, long C, long fy, long fx, 
 }
 """
 
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fPIC", "-shared", "-std=c++17"]
-_STATE: dict[str, object] = {}
-
-
-def _cache_dir() -> Path:
-    base = os.environ.get("DEEPMIX_CACHE") or os.environ.get("XDG_CACHE_HOME") \
-        or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "deepmix" / "kernels"
-
-
-def _cpu_key() -> str:
-    # -march=native ties the binary to this CPU: key the cache on its feature flags.
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    return line
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _build() -> ctypes.CDLL | None:
-    cxx = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if cxx is None or platform.system() != "Linux":
-        return None
-    key = hashlib.sha256("\0".join([_SOURCE, cxx, *_FLAGS, _cpu_key(),
-                                    torch.__version__]).encode()).hexdigest()[:16]
-    out = _cache_dir() / f"fused_gmm_{key}.so"
-    if not out.is_file():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            src = Path(tmp) / "fused_gmm.cpp"
-            src.write_text(_SOURCE)
-            lib = Path(tmp) / out.name
-            res = subprocess.run([cxx, *_FLAGS, "-fopenmp", str(src), "-o", str(lib)],
-                                 capture_output=True, text=True, timeout=300)
-            if res.returncode != 0:
-                return None
-            os.replace(lib, out)   # atomic: concurrent builds (ranks, tests) never see half a file
-    # Loading after torch makes the kernel share torch's OpenMP runtime (same soname).
-    lib = ctypes.CDLL(str(out))
-    for name, ct in (("dm_gmm_stats_f32", ctypes.c_float), ("dm_gmm_stats_f64", ctypes.c_double)):
+def _declare(lib: ctypes.CDLL) -> None:
+    L, P = ctypes.c_long, ctypes.c_void_p
+    for name in ("dm_gmm_stats_f32", "dm_gmm_stats_f64"):
         fn = getattr(lib, name)
-        L, P = ctypes.c_long, ctypes.c_void_p
         fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, P, P, P, P, P, ctypes.c_int]
         fn.restype = ctypes.c_int
     for name, ct in (("dm_gmm_apply_f32", ctypes.c_float), ("dm_gmm_apply_f64", ctypes.c_double)):
         fn = getattr(lib, name)
-        L, P = ctypes.c_long, ctypes.c_void_p
         fn.argtypes = [P, P, P, P, L, L, ct, ct, ctypes.c_int, ct, ct, ctypes.c_int]
         fn.restype = ctypes.c_int
-    return lib
 
 
 def kernel() -> ctypes.CDLL | None:
     """The compiled kernel (built on first use, cached on disk), or None where it cannot be."""
-    if os.environ.get("DEEPMIX_FUSED", "1") == "0":
-        return None
-    if "lib" not in _STATE:
-        try:
-            _STATE["lib"] = _build()
-        except Exception:   # no compiler, read-only cache, sandbox: the torch path still works
-            _STATE["lib"] = None
-    return _STATE["lib"]  # type: ignore[return-value]
+    return native.load("fused_gmm", _SOURCE, _declare, openmp=True)
 
 
 def available(x: torch.Tensor, K: int) -> bool:

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from ...errors import ConfigError
+from . import drmm_kernel
 from .base import LoopInfo, Objective, ObjectiveOptions, adam, register_objective
 
 # Seed mixer of a later stage's initialisation generator (the run's seed, the stage).
@@ -284,11 +285,31 @@ class DRMMObjective(Objective):
             # The gradients of the shares sum to the global batch's gradient.
             self.reduce_gradients(params, [loss])
         else:
-            loss = self.layer_losses(stage, values, self._now[0], mask, alpha=alpha,
-                                     end_to_end=plan.end_to_end(t))
-            loss.backward()
+            fast = self._kernel_step(stage, values, mask, alpha, plan.end_to_end(t))
+            if fast is None:
+                loss = self.layer_losses(stage, values, self._now[0], mask, alpha=alpha,
+                                         end_to_end=plan.end_to_end(t))
+                loss.backward()
+            else:
+                loss = fast
         optimizer.step()
         return loss.detach()
+
+    def _kernel_step(self, stage: Any, values: torch.Tensor, mask: torch.Tensor | None,
+                     alpha: float, end_to_end: bool) -> torch.Tensor | None:
+        """The loss, with the gradients set, by :mod:`.drmm_kernel` where it takes the step
+        (a small flat DRMM, no mask, gradient stops); None: the autograd path's job."""
+        if end_to_end or (mask is not None and not bool((mask == 1).all())):
+            return None
+        params = drmm_kernel.eligible(stage, values)
+        out = None if params is None else \
+            drmm_kernel.loss_and_gradients(stage, values, params, self._now[0], alpha)
+        if out is None:
+            return None
+        loss, grads = out
+        for p, g in zip(params, grads):
+            p.grad = g
+        return loss
 
     def _initialize_stage(self, model: Any, j: int, step: int) -> None:
         """Stage j's data-dependent initialisation on the stage's first global batch (every

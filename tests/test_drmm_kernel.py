@@ -91,3 +91,22 @@ def test_what_the_kernel_does_not_take_goes_to_autograd(monkeypatch):
     assert obj._kernel_step(flat, x, torch.ones_like(x), 0.01, False) is not None
     monkeypatch.setenv("DEEPMIX_FUSED", "0")
     assert drmm_kernel.kernel() is None and drmm_kernel.eligible(flat, x) is None
+
+
+def test_threads_do_not_change_the_result():
+    """Rows are spread over threads above 2M multiply-adds a layer; every sum over rows runs in
+    row order, so 1 and 2 threads give the same bits."""
+    m = DRMM(DRMMConfig(n_features=6, n_components=64, n_layers=3))
+    x = torch.randn(300, 6, generator=torch.Generator().manual_seed(1))
+    m.initialize(x, generator=torch.Generator().manual_seed(2))
+    params = drmm_kernel.eligible(m, x)
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            outs.append(drmm_kernel.loss_and_gradients(m, x, params, 0.7, 0.01))
+    finally:
+        torch.set_num_threads(before)
+    (l1, g1), (l2, g2) = outs
+    assert torch.equal(l1, l2) and all(torch.equal(a, b) for a, b in zip(g1, g2))

@@ -25,7 +25,10 @@ form (gradient stops between layers make every layer's gradient local):
   the new latent stream :math:`(1-\epsilon)\,\mathrm{onehot}(h) + \epsilon/K`.
 
 Inner loops run over components (parameters stored transposed), so the compiler vectorises
-them without reassociating any sum. The result equals the autograd path
+them; rows go in blocks of 8 against each parameter row while it sits in L1, and blocks and
+rows are spread over torch's thread count (OpenMP) where a layer's work exceeds 2M
+multiply-adds. Every sum over rows runs serially in row order, so a result does not depend on
+the thread count. The result equals the autograd path
 (:meth:`~deepmix.training.objectives.drmm.DRMMObjective.layer_losses`) up to float rounding;
 ``tests/test_drmm_kernel.py`` checks it over several training steps. It serves what it was built
 for: one continuous data stream, no mask, gradient stops, one process; everything else takes
@@ -44,27 +47,37 @@ from ...utils import native
 
 __all__ = ["kernel", "eligible", "loss_and_gradients", "MAX_WORK"]
 
-#: Largest step, in multiply-adds :math:`N K \sum_l (D + (l-1)K)`, given to the kernel. Above
-#: it the autograd path's matrix products (BLAS, all threads) win; measured in one process,
-#: 1 thread (2026-12-07): see docs/drmm.md, Speed.
-MAX_WORK = 1 << 26
+#: Largest step, in multiply-adds :math:`N K \sum_l (D + (l-1)K)`, given to the kernel: it beat
+#: the autograd path at every measured size up to 10 x 256 at batch 256 (759M; docs/drmm.md,
+#: Speed); larger steps are unmeasured, so they keep the autograd path.
+MAX_WORK = 1 << 30
 
 _SOURCE = r"""
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
+#include <omp.h>
+
+// Rows per block: the terms of a block are formed against each row of the (transposed)
+// parameters while it sits in L1, so a large K streams them once per block, not per row.
+static const long RB = 8;
 
 // P: per layer l, 3 + l pointers: logits (K), mu (K x D), log_var (1 or D), then the latent
 // streams' logits (K x K) j = 0..l-1. G: the gradients, same layout (overwritten).
+// Parallel parts (the terms per row, the next layer's input) are per row; every sum over rows
+// runs serially in row order, so results do not depend on the thread count.
 template <typename T>
 static int drmm_step(long N, long D, long K, long L, int diag, const T* x, const T* const* P,
-                     T* const* G, T rho, T alpha, double* loss_out) {
+                     T* const* G, T rho, T alpha, double* loss_out, int nthreads) {
   const T eps = T(1e-8);
-  std::vector<T> r(x, x + N * D);                       // the residual, (N, D)
-  std::vector<T> q((size_t)N * (L > 1 ? L - 1 : 1) * K); // latent probabilities (N, L-1, K)
+  const long LQ = L > 1 ? L - 1 : 1;
+  std::vector<T> r(x, x + N * D);                      // the residual, (N, D)
+  std::vector<T> q((size_t)N * LQ * K);                // latent probabilities (N, L-1, K)
+  std::vector<T> dall((size_t)N * K);                  // data terms of the layer (N, K)
+  std::vector<T> me(N);                                // m_{i, e_i}
   std::vector<long> h(N), e(N);
-  std::vector<T> muT, lpT, lp, dk(K), ak(K), inv(D), lw(K);
+  std::vector<T> muT, lpT, pk, inv(D), lw(K);
   std::vector<double> S, SQ, Q, n(K), best(K);
   std::vector<long> bi(K);
   double loss = 0.0;
@@ -93,23 +106,92 @@ static int drmm_step(long N, long D, long K, long L, int diag, const T* x, const
       for (long d = 0; d < D; ++d) muT[d * K + k] = mu[k * D + d];
     // latent streams: log p transposed (c, k) for the terms, p (k, c) for the updates
     lpT.assign((size_t)l * K * K, T(0));
-    lp.assign((size_t)l * K * K, T(0));
-    for (long j = 0; j < l; ++j) {
-      const T* lg = P[o + 3 + j];
-      for (long k = 0; k < K; ++k) {
-        const T* row = lg + k * K;
+    pk.assign((size_t)l * K * K, T(0));
+    const double work = double(N) * double(K) * double(D + l * K);
+    const int nt = work < 2e6 ? 1 : (nthreads < 1 ? 1 : nthreads);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (long jk = 0; jk < l * K; ++jk) {
+      const long j = jk / K, k = jk % K;
+      {
+        const T* row = P[o + 3 + j] + k * K;
         T m2 = -std::numeric_limits<T>::infinity();
         for (long c = 0; c < K; ++c) m2 = row[c] > m2 ? row[c] : m2;
+        T* pr = pk.data() + (j * K + k) * K;
         double z2 = 0.0;
-        for (long c = 0; c < K; ++c) z2 += std::exp(double(row[c] - m2));
-        const double lz = std::log(z2);
+        for (long c = 0; c < K; ++c) { pr[c] = std::exp(row[c] - m2); z2 += pr[c]; }
+        const T lz = T(std::log(z2)), iz = T(1.0 / z2);
         for (long c = 0; c < K; ++c) {
-          const T v = T(double(row[c] - m2) - lz);
-          lp[(j * K + k) * K + c] = v;
-          lpT[(j * K + c) * K + k] = v;
+          lpT[(j * K + c) * K + k] = (row[c] - m2) - lz;
+          pr[c] *= iz;
         }
       }
     }
+    const long nblocks = (N + RB - 1) / RB;
+    int bad = 0;
+#pragma omp parallel for num_threads(nt) schedule(static) reduction(|:bad)
+    for (long b = 0; b < nblocks; ++b) {
+      const long i0 = b * RB, nb = (i0 + RB <= N ? RB : N - i0);
+      std::vector<T> A((size_t)nb * K, T(0));
+      T* __restrict dk = dall.data() + (size_t)i0 * K;
+      for (long t = 0; t < nb * K; ++t) dk[t] = T(0);
+      for (long d = 0; d < D; ++d) {
+        const T w = inv[d];
+        const T* __restrict m = muT.data() + d * K;
+        for (long t = 0; t < nb; ++t) {
+          const T rv = r[(i0 + t) * D + d];
+          T* __restrict dt = dk + t * K;
+          for (long k = 0; k < K; ++k) {
+            const T df = rv - m[k];
+            dt[k] += df * df * w;
+          }
+        }
+      }
+      for (long j = 0; j < l; ++j) {
+        const T* tj = lpT.data() + (size_t)j * K * K;
+        long c = 0;
+        // four categories per pass over a row's sums: a quarter of the loads and stores
+        for (; c + 4 <= K; c += 4) {
+          const T* __restrict t0 = tj + c * K;
+          const T* __restrict t1 = t0 + K;
+          const T* __restrict t2 = t1 + K;
+          const T* __restrict t3 = t2 + K;
+          for (long t = 0; t < nb; ++t) {
+            const T* qr = q.data() + ((size_t)(i0 + t) * LQ + j) * K + c;
+            const T q0 = qr[0], q1 = qr[1], q2 = qr[2], q3 = qr[3];
+            T* __restrict at = A.data() + t * K;
+            for (long k = 0; k < K; ++k)
+              at[k] += (q0 * t0[k] + q1 * t1[k]) + (q2 * t2[k] + q3 * t3[k]);
+          }
+        }
+        for (; c < K; ++c) {
+          const T* __restrict tc = tj + c * K;
+          for (long t = 0; t < nb; ++t) {
+            const T qc = q[((size_t)(i0 + t) * LQ + j) * K + c];
+            T* __restrict at = A.data() + t * K;
+            for (long k = 0; k < K; ++k) at[k] += qc * tc[k];
+          }
+        }
+      }
+      for (long t = 0; t < nb; ++t) {
+        T* dt = dk + t * K;
+        const T* at = A.data() + t * K;
+        for (long k = 0; k < K; ++k) dt[k] = T(-0.5) * (dt[k] + logdet);
+        long hb = 0, eb = 0;
+        T mb = lw[0] + dt[0] + at[0], ebv = dt[0] + rho * at[0];
+        for (long k = 1; k < K; ++k) {
+          const T m = lw[k] + dt[k] + at[k];
+          if (m > mb) { mb = m; hb = k; }
+          const T ev = dt[k] + rho * at[k];
+          if (ev > ebv) { ebv = ev; eb = k; }
+        }
+        if (!std::isfinite(mb) || !std::isfinite(ebv)) bad = 1;
+        h[i0 + t] = hb;
+        e[i0 + t] = eb;
+        me[i0 + t] = lw[eb] + dt[eb] + at[eb];
+      }
+    }
+    if (bad) return 1;   // NaN/inf: the autograd path takes the step
+    // sums over rows, serially in row order
     S.assign(K * D, 0.0);
     SQ.assign(diag ? D : 1, 0.0);
     Q.assign((size_t)l * K * K, 0.0);
@@ -119,42 +201,11 @@ static int drmm_step(long N, long D, long K, long L, int diag, const T* x, const
     double fit = 0.0;
     for (long i = 0; i < N; ++i) {
       const T* ri = r.data() + i * D;
-      for (long k = 0; k < K; ++k) dk[k] = T(0);
-      for (long d = 0; d < D; ++d) {
-        const T rv = ri[d], w = inv[d];
-        const T* m = muT.data() + d * K;
-        for (long k = 0; k < K; ++k) {
-          const T df = rv - m[k];
-          dk[k] += df * df * w;
-        }
-      }
-      for (long k = 0; k < K; ++k) {
-        dk[k] = T(-0.5) * (dk[k] + logdet);
-        ak[k] = T(0);
-      }
-      for (long j = 0; j < l; ++j) {
-        const T* qi = q.data() + ((size_t)i * (L - 1) + j) * K;
-        const T* t = lpT.data() + (size_t)j * K * K;
-        for (long c = 0; c < K; ++c) {
-          const T qc = qi[c];
-          const T* tc = t + c * K;
-          for (long k = 0; k < K; ++k) ak[k] += qc * tc[k];
-        }
-      }
-      long hb = 0, eb = 0;
-      T mb = lw[0] + dk[0] + ak[0], ebv = dk[0] + rho * ak[0];
-      for (long k = 1; k < K; ++k) {
-        const T m = lw[k] + dk[k] + ak[k];
-        if (m > mb) { mb = m; hb = k; }
-        const T ev = dk[k] + rho * ak[k];
-        if (ev > ebv) { ebv = ev; eb = k; }
-      }
+      const T* di = dall.data() + (size_t)i * K;
       for (long k = 0; k < K; ++k)
-        if (double(dk[k]) > best[k]) { best[k] = dk[k]; bi[k] = i; }
-      if (!std::isfinite(mb) || !std::isfinite(ebv)) return 1;   // NaN/inf: the autograd path
-      h[i] = hb;
-      e[i] = eb;
-      fit += double(lw[eb] + dk[eb] + ak[eb]);
+        if (double(di[k]) > best[k]) { best[k] = di[k]; bi[k] = i; }
+      const long eb = e[i];
+      fit += double(me[i]);
       n[eb] += 1.0;
       for (long d = 0; d < D; ++d) {
         S[eb * D + d] += ri[d];
@@ -162,7 +213,7 @@ static int drmm_step(long N, long D, long K, long L, int diag, const T* x, const
         SQ[diag ? d : 0] += df * df * (diag ? 1.0 : double(inv[d]));
       }
       for (long j = 0; j < l; ++j) {
-        const T* qi = q.data() + ((size_t)i * (L - 1) + j) * K;
+        const T* qi = q.data() + ((size_t)i * LQ + j) * K;
         double* Qe = Q.data() + ((size_t)j * K + eb) * K;
         for (long c = 0; c < K; ++c) Qe[c] += qi[c];
       }
@@ -181,10 +232,10 @@ static int drmm_step(long N, long D, long K, long L, int diag, const T* x, const
     for (long j = 0; j < l; ++j) {
       T* g = G[o + 3 + j];
       const double* Qj = Q.data() + (size_t)j * K * K;
-      const T* pj = lp.data() + (size_t)j * K * K;
+      const T* pj = pk.data() + (size_t)j * K * K;
       for (long k = 0; k < K; ++k)
         for (long c = 0; c < K; ++c)
-          g[k * K + c] = T(-(Qj[k * K + c] - n[k] * std::exp(double(pj[k * K + c]))) / Nd);
+          g[k * K + c] = T(-(Qj[k * K + c] - n[k] * double(pj[k * K + c])) / Nd);
     }
     if (alpha > 0) {
       double glv0 = 0.0;
@@ -204,19 +255,21 @@ static int drmm_step(long N, long D, long K, long L, int diag, const T* x, const
       if (!diag) glv[0] = T(double(glv[0]) + glv0);
     }
     if (l + 1 < L) {   // the next layer's input
+#pragma omp parallel for num_threads(nt) schedule(static)
       for (long i = 0; i < N; ++i) {
         T* ri = r.data() + i * D;
         const long hk = h[i];
         for (long d = 0; d < D; ++d) ri[d] -= mu[hk * D + d];
         for (long j = 0; j < l; ++j) {
-          T* qi = q.data() + ((size_t)i * (L - 1) + j) * K;
-          const T* pr = lp.data() + ((size_t)j * K + hk) * K;
+          T* qi = q.data() + ((size_t)i * LQ + j) * K;
+          const T* pr = pk.data() + ((size_t)j * K + hk) * K;
+          for (long c = 0; c < K; ++c) qi[c] = qi[c] / pr[c];
           double s = 0.0;
-          for (long c = 0; c < K; ++c) { qi[c] = qi[c] * std::exp(-pr[c]); s += qi[c]; }
+          for (long c = 0; c < K; ++c) s += qi[c];
           const T sc = T(1.0 / s);
           for (long c = 0; c < K; ++c) qi[c] *= sc;
         }
-        T* qn = q.data() + ((size_t)i * (L - 1) + l) * K;
+        T* qn = q.data() + ((size_t)i * LQ + l) * K;
         const T lo = eps / T(K);
         for (long c = 0; c < K; ++c) qn[c] = lo;
         qn[hk] = T(1) - eps + lo;
@@ -231,13 +284,13 @@ static int drmm_step(long N, long D, long K, long L, int diag, const T* x, const
 extern "C" {
 int dm_drmm_step_f32(long N, long D, long K, long L, int diag, const float* x,
                      const float* const* P, float* const* G, float rho, float alpha,
-                     double* loss) {
-  return drmm_step<float>(N, D, K, L, diag, x, P, G, rho, alpha, loss);
+                     double* loss, int nthreads) {
+  return drmm_step<float>(N, D, K, L, diag, x, P, G, rho, alpha, loss, nthreads);
 }
 int dm_drmm_step_f64(long N, long D, long K, long L, int diag, const double* x,
                      const double* const* P, double* const* G, double rho, double alpha,
-                     double* loss) {
-  return drmm_step<double>(N, D, K, L, diag, x, P, G, rho, alpha, loss);
+                     double* loss, int nthreads) {
+  return drmm_step<double>(N, D, K, L, diag, x, P, G, rho, alpha, loss, nthreads);
 }
 }
 """
@@ -247,13 +300,13 @@ def _declare(lib: ctypes.CDLL) -> None:
     Lg, P = ctypes.c_long, ctypes.c_void_p
     for name, ct in (("dm_drmm_step_f32", ctypes.c_float), ("dm_drmm_step_f64", ctypes.c_double)):
         fn = getattr(lib, name)
-        fn.argtypes = [Lg, Lg, Lg, Lg, ctypes.c_int, P, P, P, ct, ct, P]
+        fn.argtypes = [Lg, Lg, Lg, Lg, ctypes.c_int, P, P, P, ct, ct, P, ctypes.c_int]
         fn.restype = ctypes.c_int
 
 
 def kernel() -> ctypes.CDLL | None:
     """The compiled kernel (built on first use, cached on disk), or None where it cannot be."""
-    return native.load("drmm_step", _SOURCE, _declare)
+    return native.load("drmm_step", _SOURCE, _declare, openmp=True)
 
 
 def _layout(model: Any) -> list[torch.Tensor] | None:
@@ -317,7 +370,7 @@ def loss_and_gradients(model: Any, batch: torch.Tensor, params: list[torch.Tenso
     fn = lib.dm_drmm_step_f32 if x.dtype == torch.float32 else lib.dm_drmm_step_f64
     diag = int(layers[0].streams[0].log_var.numel() > 1)
     rc = fn(x.shape[0], x.shape[1], layers[0].n_components, len(layers), diag, x.data_ptr(),
-            P, G, float(rho_e), float(alpha), ctypes.byref(loss))
+            P, G, float(rho_e), float(alpha), ctypes.byref(loss), torch.get_num_threads())
     if rc != 0 or not math.isfinite(loss.value):
         return None
     return torch.tensor(loss.value, dtype=x.dtype), grads

@@ -57,6 +57,19 @@ def _conv_weight_to_rows(gw: torch.Tensor, fold: Any) -> torch.Tensor:
     return gw.view(K, 2, C, fold.fy, fold.fx).permute(0, 1, 3, 4, 2).reshape(K, -1)
 
 
+def _with_squares(x: torch.Tensor) -> torch.Tensor:
+    """[x, x^2] along the last (channel) dim, (N, H, W, 2C), as an NCHW view (channels last).
+
+    Written in place into one buffer (a copy and a multiply with ``out``) rather than
+    ``cat([x, x * x])``, which first materialises x^2 and then copies both halves: for a
+    responsibility map of 100 x 26 x 26 x 25 floats that is a third less memory traffic."""
+    C = x.shape[-1]
+    out = torch.empty(*x.shape[:-1], 2 * C, dtype=x.dtype, device=x.device)
+    out[..., :C].copy_(x)
+    torch.mul(x, x, out=out[..., C:])
+    return out.permute(0, 3, 1, 2)
+
+
 def _responsibilities(s: torch.Tensor) -> torch.Tensor:
     r = torch.softmax(s, dim=-1)
     if r.requires_grad:  # autograd needs softmax's own output: no in-place change
@@ -322,7 +335,7 @@ class GMM(Layer):
             xc = x[c0:c0 + per_chunk]
             n = xc.shape[0]
             if conv:
-                inp = torch.cat([xc, xc * xc], dim=-1).permute(0, 3, 1, 2)
+                inp = _with_squares(xc)
                 s4 = F.conv2d(inp, wconv, c[0], stride=(fold.sy, fold.sx))
                 s = s4.permute(0, 2, 3, 1).reshape(-1, K)              # (n*H*W, K)
                 if self._fused_finish_applies(xc, fold):

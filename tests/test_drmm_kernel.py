@@ -88,7 +88,13 @@ def test_what_the_kernel_does_not_take_goes_to_autograd(monkeypatch):
     nan[3, 1] = float("nan")
     obj._now = (1.0, 0.01)
     assert obj._kernel_step(flat, nan, None, 0.01, False) is None         # NaN: autograd's call
+    with torch.no_grad():
+        flat.layers[1].streams[0].mu[2, 0] = float("nan")     # a NaN that never wins a max
+    assert obj._kernel_step(flat, x, None, 0.01, False) is None
+    flat = DRMM(DRMMConfig(n_features=3, n_components=4, n_layers=2))
     assert obj._kernel_step(flat, x, torch.ones_like(x), 0.01, False) is not None
+    flat.layers[0].logits.requires_grad_(False)                          # frozen: autograd's
+    assert drmm_kernel.eligible(flat, x) is None
     monkeypatch.setenv("DEEPMIX_FUSED", "0")
     assert drmm_kernel.kernel() is None and drmm_kernel.eligible(flat, x) is None
 

@@ -178,13 +178,15 @@ static int drmm_step(long N, long D, long K, long L, int diag, const T* x, const
         for (long k = 0; k < K; ++k) dt[k] = T(-0.5) * (dt[k] + logdet);
         long hb = 0, eb = 0;
         T mb = lw[0] + dt[0] + at[0], ebv = dt[0] + rho * at[0];
+        int nan = 0;
         for (long k = 1; k < K; ++k) {
           const T m = lw[k] + dt[k] + at[k];
           if (m > mb) { mb = m; hb = k; }
           const T ev = dt[k] + rho * at[k];
           if (ev > ebv) { ebv = ev; eb = k; }
+          nan |= (m != m) | (ev != ev);   // a NaN never wins a comparison: look for it
         }
-        if (!std::isfinite(mb) || !std::isfinite(ebv)) bad = 1;
+        if (nan || !std::isfinite(mb) || !std::isfinite(ebv)) bad = 1;
         h[i0 + t] = hb;
         e[i0 + t] = eb;
         me[i0 + t] = lw[eb] + dt[eb] + at[eb];
@@ -339,8 +341,10 @@ def eligible(model: Any, batch: torch.Tensor) -> list[torch.Tensor] | None:
             or batch.dim() != 2 or batch.shape[0] == 0:
         return None
     params = _layout(model)
-    if params is None or any(p.dtype != batch.dtype or p.device.type != "cpu"
-                             or not p.is_contiguous() for p in params) \
+    # (frozen parameters or no grad mode: autograd's path knows what to leave alone)
+    if params is None or not torch.is_grad_enabled() \
+            or any(p.dtype != batch.dtype or p.device.type != "cpu" or not p.is_contiguous()
+                   or not p.requires_grad for p in params) \
             or len(params) != sum(1 for _ in model.parameters()):
         return None
     layers = model.layers

@@ -1,4 +1,4 @@
-r"""One C++ call for the loss and gradients of a drmm-em step of a small flat DRMM.
+r"""One C++ call for the loss and gradients of a drmm-em step of a flat DRMM.
 
 Why: a 3 x 16 DRMM step is about 500 torch ops of a few microseconds each (terms, argmaxes,
 residuals and their backward for every layer), so dispatch, not arithmetic, sets its speed;

@@ -11,7 +11,9 @@ number of components that gives the same parameter count, on the same batch of a
 random data (D = --data-dim), through each family's objective ``step`` (the call the one loop
 makes). The two are interleaved in one process, so load from other processes hits both
 alike; medians of wall time are reported, and the ratio of mean process CPU times (less
-sensitive to other processes on a shared machine). Issue 19 goal: ratio <= 1.5.
+sensitive to other processes on a shared machine). Issue 19 goal: ratio <= 1.5. A third
+interleaved step of the same DRMM with the compiled kernel off (``drmm_autograd_ms``) gives
+the kernel's A/B against the autograd path in the same sitting.
 
 Tutorial: the reference's Swiss-roll tutorial settings (16 components x 3 layers, batch 64,
 40k steps, lr0 0.005) trained by ``model.fit`` on the one loop; goal < 2 minutes on 2 CPU cores.
@@ -37,7 +39,7 @@ from deepmix.data import drmm_swissroll  # noqa: E402
 from deepmix.models import DRMM, DRMMConfig  # noqa: E402
 from deepmix.models.drmm.model import parameter_count  # noqa: E402
 from deepmix.models.gmm import MixtureDensity  # noqa: E402
-from deepmix.training.objectives import make_objective  # noqa: E402
+from deepmix.training.objectives import drmm_kernel, make_objective  # noqa: E402
 from deepmix.training.objectives.base import LoopInfo  # noqa: E402
 
 
@@ -65,23 +67,33 @@ def step_ratio(L: int, K: int, D: int, batch: int, reps: int) -> dict:
     # random-row init: a step's cost does not depend on it, and k-means over the 228k
     # components of 10 x 256's equal-parameter GMM would take longer than the whole benchmark
     g_obj, g_gen = bound("gmm", "sgd", gmm, data, batch, steps, {"init": "random"})
-    td, tg, cd, cg = [], [], [], []
+    td, tg, ta, cd, cg = [], [], [], [], []
+    default_work = drmm_kernel.MAX_WORK
     for i in range(steps):
         t, c = time.perf_counter(), time.process_time()
         d_obj.step(drmm, x, generator=d_gen, step=i)
         t1, c1 = time.perf_counter(), time.process_time()
         g_obj.step(gmm, x, generator=g_gen, step=i)
         t2, c2 = time.perf_counter(), time.process_time()
+        # the same DRMM step on the autograd path (the compiled kernel off), for the A/B column
+        drmm_kernel.MAX_WORK = 0
+        try:
+            d_obj.step(drmm, x, generator=d_gen, step=i)
+        finally:
+            drmm_kernel.MAX_WORK = default_work
+        t3 = time.perf_counter()
         if i >= 5:
             td.append(t1 - t)
             tg.append(t2 - t1)
+            ta.append(t3 - t2)
             cd.append(c1 - c)
             cg.append(c2 - c1)
-    d, g = statistics.median(td), statistics.median(tg)
+    d, g, a = statistics.median(td), statistics.median(tg), statistics.median(ta)
     return {"drmm": f"{L}x{K}", "drmm_params": drmm.n_parameters, "gmm_K": kg,
             "gmm_params": sum(p.numel() for p in gmm.parameters()), "batch": batch, "D": D,
             "drmm_ms": 1e3 * d, "gmm_ms": 1e3 * g, "ratio": d / g,
-            "ratio_cpu": statistics.mean(cd) / statistics.mean(cg)}
+            "ratio_cpu": statistics.mean(cd) / statistics.mean(cg),
+            "drmm_autograd_ms": 1e3 * a}
 
 
 def tutorial(steps: int, threads: int) -> dict:
@@ -127,7 +139,8 @@ def main() -> None:
         rows.append(r)
         print(f"DRMM {c} ({r['drmm_params']} params): {r['drmm_ms']:.2f} ms/step; GMM "
               f"K={r['gmm_K']} diag ({r['gmm_params']} params, sgd): {r['gmm_ms']:.2f} ms/step;"
-              f" ratio {r['ratio']:.2f} wall, {r['ratio_cpu']:.2f} CPU time (goal <= 1.5)", flush=True)
+              f" ratio {r['ratio']:.2f} wall, {r['ratio_cpu']:.2f} CPU time (goal <= 1.5); "
+              f"DRMM on the autograd path {r['drmm_autograd_ms']:.2f} ms/step", flush=True)
     tut = tutorial(args.tutorial_steps, args.threads)
     label = "extrapolated from " + str(tut["steps_timed"]) + " steps" if tut["extrapolated"] \
         else "measured"
@@ -139,7 +152,8 @@ def main() -> None:
           f"\n\nMedian of {args.reps} interleaved steps, {args.threads} thread(s), shared CPU: "
           f"indicative only. Goal: ratio <= 1.5.\n\n"
           + markdown_table(rows, ["drmm", "drmm_params", "gmm_K", "gmm_params", "batch", "D",
-                                  "drmm_ms", "gmm_ms", "ratio", "ratio_cpu"])
+                                  "drmm_ms", "gmm_ms", "ratio", "ratio_cpu",
+                                  "drmm_autograd_ms"])
           + f"\n\nSwiss-roll tutorial (16 x 3, batch 64, lr0 0.005): "
             f"{tut['seconds_per_step'] * 1e3:.2f} ms/step over {tut['steps_timed']} steps; "
             f"40k steps: {tut['seconds_40k']:.0f} s wall, {tut['cpu_seconds_40k']:.0f} s process "

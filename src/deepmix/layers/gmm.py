@@ -63,6 +63,8 @@ def _with_squares(x: torch.Tensor) -> torch.Tensor:
     Written in place into one buffer (a copy and a multiply with ``out``) rather than
     ``cat([x, x * x])``, which first materialises x^2 and then copies both halves: for a
     responsibility map of 100 x 26 x 26 x 25 floats that is a third less memory traffic."""
+    if x.requires_grad and torch.is_grad_enabled():   # ``out=`` has no autograd
+        return torch.cat([x, x * x], dim=-1).permute(0, 3, 1, 2)
     C = x.shape[-1]
     out = torch.empty(*x.shape[:-1], 2 * C, dtype=x.dtype, device=x.device)
     out[..., :C].copy_(x)

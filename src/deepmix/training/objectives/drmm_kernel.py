@@ -48,8 +48,8 @@ from ...utils import native
 __all__ = ["kernel", "eligible", "loss_and_gradients", "MAX_WORK"]
 
 #: Largest step, in multiply-adds :math:`N K \sum_l (D + (l-1)K)`, given to the kernel: it beat
-#: the autograd path at every measured size up to 10 x 256 at batch 256 (759M; docs/drmm.md,
-#: Speed); larger steps are unmeasured, so they keep the autograd path.
+#: the autograd path at every measured size up to 10 x 256 at batch 256 (759M; step_time.py,
+#: docs/drmm.md Benchmarks); larger steps are unmeasured, so they keep the autograd path.
 MAX_WORK = 1 << 30
 
 _SOURCE = r"""

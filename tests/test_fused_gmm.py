@@ -163,3 +163,93 @@ def test_fused_apply_statistics_equals_reference(fused_mode, independent, update
         # log-scores sum D terms of size ~1e2, so float32 rounding reaches a few 1e-6 there.
         score_tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else tol
         torch.testing.assert_close(b.log_scores(x), a.log_scores(x), **score_tol)
+
+
+def _background_maps(shape, n, dtype, seed, live=0.3):
+    """Maps (n, H, W, C) that repeat one random vector except at about ``live`` of the
+    positions (a responsibility map of digits repeats the background's responsibilities);
+    the first image's top-left position is background, as the kernel assumes for speed."""
+    gen = torch.Generator().manual_seed(seed)
+    H, W, C = shape
+    r0 = torch.rand(C, generator=gen, dtype=dtype)
+    x = r0.expand(n, H, W, C).clone()
+    mask = torch.rand(n, H, W, generator=gen) < live
+    mask[0, 0, 0] = False
+    x[mask] = torch.rand(int(mask.sum()), C, generator=gen, dtype=dtype)
+    # Live positions may equal r0 in some channels: only all-equal positions are skipped.
+    x[mask.nonzero()[::3].unbind(1)] = torch.where(
+        torch.arange(C) % 2 == 0, r0, torch.rand(C, generator=gen, dtype=dtype))
+    return x
+
+
+# (map shape, fold (fy, fx, sy, sx), K): overlapping strided patches (E's second layer),
+# stride 1, non-overlapping, strides above the patch size (positions no patch covers).
+BG_CASES = [((12, 12, 5), (4, 4, 2, 2), 25), ((7, 6, 3), (3, 3, 1, 1), 17),
+            ((8, 8, 2), (2, 2, 2, 2), 1), ((9, 7, 4), (3, 1, 3, 2), 33)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape, patch, K", BG_CASES)
+def test_background_scores_equal_the_convolution(dtype, shape, patch, K):
+    from deepmix.layers.gmm import _conv_weight, _with_squares
+
+    x = _background_maps(shape, 6, dtype, seed=5)
+    fold = Folding(shape, *patch).to(dtype)
+    layer = _layer(fold.output_shape, K, dtype, seed=6, sigma=1.0)
+    Ho, Wo, _ = fold.output_shape
+    with torch.no_grad():
+        Wl, c = layer._linear_form()
+        ref = torch.nn.functional.conv2d(_with_squares(x), _conv_weight(Wl[0], fold), c[0],
+                                         stride=patch[2:])
+        ref = ref.permute(0, 2, 3, 1).reshape(-1, K)
+    got = fused_gmm.background_scores(x, (*patch, Ho, Wo), Wl[0], c[0])
+    assert got is not None and got.dtype == dtype
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got, ref, **tol)
+    # Exact whatever r0 is: a first position that is not background only costs speed.
+    y = x.clone()
+    y[0, 0, 0] += 0.25
+    with torch.no_grad():
+        ref_y = torch.nn.functional.conv2d(_with_squares(y), _conv_weight(Wl[0], fold), c[0],
+                                           stride=patch[2:]).permute(0, 2, 3, 1).reshape(-1, K)
+    assert fused_gmm.background_scores(y, (*patch, Ho, Wo), Wl[0], c[0]) is None
+    got_y = fused_gmm.background_scores(y, (*patch, Ho, Wo), Wl[0], c[0], max_live=1.0)
+    torch.testing.assert_close(got_y, ref_y, **tol)
+
+
+def test_background_scores_decline_dense_maps():
+    x = _background_maps((10, 10, 3), 4, torch.float32, seed=7, live=0.8)
+    fold = Folding((10, 10, 3), 4, 4, 2, 2)
+    layer = _layer(fold.output_shape, 9, torch.float32, seed=8, sigma=1.0)
+    Wl, c = layer._linear_form()
+    assert fused_gmm.background_scores(x, (4, 4, 2, 2, 4, 4), Wl[0], c[0]) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sigma", [1.5, 1e-4])
+def test_winner_statistics_on_background_maps_equal_reference(fused_mode, dtype, sigma):
+    # The default path on a mostly-background map: background scores, then the kernel's finish.
+    x = _background_maps((12, 12, 5), 7, dtype, seed=9)
+    fold = Folding((12, 12, 5), 4, 4, 2, 2).to(dtype)
+    layer = _layer(fold.output_shape, 25, dtype, seed=10, sigma=sigma)
+    fused_mode(False)
+    ref = layer.winner_statistics(x, fold=fold)
+    fused_mode(None)
+    calls = []
+    real = fused_gmm.background_scores
+
+    def spy(*a, **k):
+        calls.append(real(*a, **k))
+        return calls[-1]
+
+    fused_gmm.background_scores = spy
+    try:
+        got = layer.winner_statistics(x, fold=fold)
+    finally:
+        fused_gmm.background_scores = real
+    assert calls and calls[0] is not None
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got.counts, ref.counts, rtol=0, atol=0)
+    torch.testing.assert_close(got.sums, ref.sums, **tol)
+    torch.testing.assert_close(got.loss_sum, ref.loss_sum, **tol)
+    torch.testing.assert_close(got.resp, ref.resp, **tol)

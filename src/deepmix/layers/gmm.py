@@ -337,10 +337,19 @@ class GMM(Layer):
             xc = x[c0:c0 + per_chunk]
             n = xc.shape[0]
             if conv:
-                inp = _with_squares(xc)
-                s4 = F.conv2d(inp, wconv, c[0], stride=(fold.sy, fold.sx))
-                s = s4.permute(0, 2, 3, 1).reshape(-1, K)              # (n*H*W, K)
-                if self._fused_finish_applies(xc, fold):
+                finish = self._fused_finish_applies(xc, fold)
+                s = None
+                if finish:
+                    # Maps that mostly repeat one vector (background): scored from the positions
+                    # that differ from it, or None (then the convolution).
+                    s = fused_gmm.background_scores(
+                        xc, (fold.fy, fold.fx, fold.sy, fold.sx, H, W), Wl[0], c[0],
+                        max_live=fused_gmm.MAX_LIVE)
+                if s is None:
+                    inp = _with_squares(xc)
+                    s4 = F.conv2d(inp, wconv, c[0], stride=(fold.sy, fold.sx))
+                    s = s4.permute(0, 2, 3, 1).reshape(-1, K)          # (n*H*W, K)
+                if finish:
                     # (One chunk: the whole batch.) The kernel finishes the convolution's scores
                     # in one pass and sums the winners' patches from the input: no weight-
                     # gradient convolution (as costly as the scores) for the sums.

@@ -77,6 +77,27 @@ template <typename V> struct Exp<float, V> {
   }
 };
 
+// Max / sum of the lanes of a B-byte vector by halving it (lanes pairwise, as a tree).
+template <typename T, unsigned B> struct Halve {
+  typedef T V __attribute__((vector_size(B)));
+  typedef T H __attribute__((vector_size(B / 2)));
+  static inline T max(V v) {
+    H lo, hi;
+    std::memcpy(&lo, &v, B / 2); std::memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
+    return Halve<T, B / 2>::max(lo > hi ? lo : hi);
+  }
+  static inline T sum(V v) {
+    H lo, hi;
+    std::memcpy(&lo, &v, B / 2); std::memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
+    return Halve<T, B / 2>::sum(lo + hi);
+  }
+};
+template <typename T> struct Halve<T, 2 * sizeof(T)> {
+  typedef T V __attribute__((vector_size(2 * sizeof(T))));
+  static inline T max(V v) { return v[0] > v[1] ? v[0] : v[1]; }
+  static inline T sum(V v) { return v[0] + v[1]; }
+};
+
 template <typename T, int NV>
 static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, long sx,
                 long Ho, long Wo, long M, const T* Wt, const T* cpad, const T* gT, long K,
@@ -85,22 +106,17 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
   typedef typename Vec<T>::type V;
   const long L = 64 / sizeof(T), KP = NV * L, D = fy * fx * C, D2 = 2 * D, run_len = fx * C;
   const T floor_r = T(1e-18);
-  // Horizontal max / sum of NV vectors as a tree (a chain of K scalar steps is latency-bound).
+  // Horizontal max / sum of NV vectors: lane-wise over the NV vectors, then halving the vector
+  // (in registers; a scalar tree through a stack buffer stalled on store forwarding).
   auto hmax = [&](const V* a) {
     V m = a[0];
     for (int v = 1; v < NV; ++v) m = m > a[v] ? m : a[v];
-    T buf[16]; std::memcpy(buf, &m, sizeof(V));
-    for (long w = L / 2; w >= 1; w /= 2)
-      for (long l = 0; l < w; ++l) buf[l] = buf[l] > buf[l + w] ? buf[l] : buf[l + w];
-    return buf[0];
+    return Halve<T, sizeof(V)>::max(m);
   };
   auto hsum = [&](const V* a) {
     V m = a[0];
     for (int v = 1; v < NV; ++v) m += a[v];
-    T buf[16]; std::memcpy(buf, &m, sizeof(V));
-    for (long w = L / 2; w >= 1; w /= 2)
-      for (long l = 0; l < w; ++l) buf[l] += buf[l + w];
-    return buf[0];
+    return Halve<T, sizeof(V)>::sum(m);
   };
   // Padding lanes (k >= K) hold -inf in c, hence in the scores; the annealed scores start there.
   V apad[NV];
@@ -162,21 +178,26 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
   }
   int nt = nthreads < 1 ? 1 : nthreads;
   if (M < 64) nt = 1;
-  std::vector<T> tsums((size_t)nt * K * D2, T(0));
+  // Thread 0 adds into sums itself: a top layer's (K, 2D) sums are large next to its few rows,
+  // so every private copy costs a clear and a reduction pass.
+  std::vector<T> tsums((size_t)(nt - 1) * K * D2, T(0));
   std::vector<int64_t> tcounts((size_t)nt * K, 0), tzero(nt, 0);
   std::vector<double> tbest(nt, 0.0);
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), nth = omp_get_num_threads();
     const long m_begin = M * t / nth, m_end = M * (t + 1) / nth;
-    T* ls = tsums.data() + (size_t)t * K * D2;
+    T* ls = t == 0 ? sums : tsums.data() + (size_t)(t - 1) * K * D2;
     int64_t* lc = tcounts.data() + (size_t)t * K;
     int64_t nzero = 0;
     double best = 0.0;
     std::vector<T> zval(D);
     std::vector<int> zidx(D);
-    for (long m = m_begin; m < m_end; ++m) {
-      const long ow = m % Wo, oh = (m / Wo) % Ho, n = m / (Wo * Ho);
+    // Patch m's (n, oh, ow), advanced with m: three integer divisions a patch cost as much as
+    // scoring a background patch.
+    long ow = m_begin % Wo, oh = (m_begin / Wo) % Ho, n = m_begin / (Wo * Ho);
+    auto advance = [&]() { if (++ow == Wo) { ow = 0; if (++oh == Ho) { oh = 0; ++n; } } };
+    for (long m = m_begin; m < m_end; ++m, advance()) {
       if (given) {
         // Scores computed outside (a convolution over dense maps): finish the patch, then add
         // its rows [x, x^2] to the winner's sums straight from the input.
@@ -255,8 +276,10 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
   // Deterministic reduction in thread order.
   double bsum = 0.0;
   for (int t = 0; t < nt; ++t) {
-    const T* ls = tsums.data() + (size_t)t * K * D2;
-    for (long i = 0; i < K * D2; ++i) sums[i] += ls[i];
+    if (t > 0) {
+      const T* ls = tsums.data() + (size_t)(t - 1) * K * D2;
+      for (long i = 0; i < K * D2; ++i) sums[i] += ls[i];
+    }
     for (long k = 0; k < K; ++k) counts[k] += tcounts[(size_t)t * K + k];
     counts[k0] += tzero[t];
     bsum += tbest[t] + (double)tzero[t] * (double)a0;

@@ -321,6 +321,14 @@ class GMM(Layer):
         g = self.annealing_matrix()
         if self._fused_applies(x, fold):
             return self._fused_statistics(x, fold, Wl, c, g)
+        if fold is not None and fold._is_reshape and not self.independent and N > 0 \
+                and self._fused_finish_applies(x, fold):
+            # The whole map is one patch (a top layer): scores by two GEMMs on x and x^2, no
+            # design matrix; the kernel finishes them and sums the winners' rows from x itself.
+            xf = x.reshape(N, -1)
+            s = torch.addmm(c[0], xf, Wl[0][:D])
+            s.addmm_(xf * xf, Wl[0][D:])
+            return self._fused_statistics(x, fold, Wl, c, g, scores=s)
         per_chunk = max(1, chunk_rows // (H * W))
         sums = torch.zeros(P * K, 2 * D, dtype=self.mu.dtype, device=self.mu.device)
         counts = torch.zeros(P * K, dtype=torch.long, device=self.mu.device)

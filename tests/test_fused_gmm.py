@@ -165,7 +165,7 @@ def test_fused_apply_statistics_equals_reference(fused_mode, independent, update
         torch.testing.assert_close(b.log_scores(x), a.log_scores(x), **score_tol)
 
 
-def _background_maps(shape, n, dtype, seed, live=0.3):
+def _background_maps(shape, n, dtype, seed, live=0.6):
     """Maps (n, H, W, C) that repeat one random vector except at about ``live`` of the
     positions (a responsibility map of digits repeats the background's responsibilities);
     the first image's top-left position is background, as the kernel assumes for speed."""
@@ -173,8 +173,10 @@ def _background_maps(shape, n, dtype, seed, live=0.3):
     H, W, C = shape
     r0 = torch.rand(C, generator=gen, dtype=dtype)
     x = r0.expand(n, H, W, C).clone()
-    mask = torch.rand(n, H, W, generator=gen) < live
-    mask[0, 0, 0] = False
+    # Live positions lie in the middle half (a digit), so border patches are all background.
+    mask = torch.zeros(n, H, W, dtype=torch.bool)
+    mask[:, H // 4:H - H // 4, W // 4:W - W // 4] = True
+    mask &= torch.rand(n, H, W, generator=gen) < live
     x[mask] = torch.rand(int(mask.sum()), C, generator=gen, dtype=dtype)
     # Live positions may equal r0 in some channels: only all-equal positions are skipped.
     x[mask.nonzero()[::3].unbind(1)] = torch.where(
@@ -202,9 +204,19 @@ def test_background_scores_equal_the_convolution(dtype, shape, patch, K):
         ref = torch.nn.functional.conv2d(_with_squares(x), _conv_weight(Wl[0], fold), c[0],
                                          stride=patch[2:])
         ref = ref.permute(0, 2, 3, 1).reshape(-1, K)
-    got = fused_gmm.background_scores(x, (*patch, Ho, Wo), Wl[0], c[0])
-    assert got is not None and got.dtype == dtype
+    bg = fused_gmm.background_scores(x, (*patch, Ho, Wo), Wl[0], c[0])
+    assert bg is not None and bg.scores.dtype == dtype
+    got = bg.scores
+    # A patch is live iff one of its positions differs from the background vector.
+    diff = (x != x[0, 0, 0]).any(-1, keepdim=True).to(dtype).permute(0, 3, 1, 2)
+    hit = torch.nn.functional.conv2d(diff, torch.ones(1, 1, patch[0], patch[1], dtype=dtype),
+                                     stride=patch[2:]).reshape(-1) > 0
+    assert torch.equal(bg.live.bool(), hit)
+    if patch == (4, 4, 2, 2):
+        assert 0 < int(bg.live.sum()) < bg.live.numel()
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-10)
+    if not hit.all():
+        torch.testing.assert_close(bg.patch_scores, ref[~hit][0], **tol)
     torch.testing.assert_close(got, ref, **tol)
     # Exact whatever r0 is: a first position that is not background only costs speed.
     y = x.clone()
@@ -214,11 +226,12 @@ def test_background_scores_equal_the_convolution(dtype, shape, patch, K):
                                            stride=patch[2:]).permute(0, 2, 3, 1).reshape(-1, K)
     assert fused_gmm.background_scores(y, (*patch, Ho, Wo), Wl[0], c[0]) is None
     got_y = fused_gmm.background_scores(y, (*patch, Ho, Wo), Wl[0], c[0], max_live=1.0)
-    torch.testing.assert_close(got_y, ref_y, **tol)
+    torch.testing.assert_close(got_y.scores, ref_y, **tol)
 
 
 def test_background_scores_decline_dense_maps():
-    x = _background_maps((10, 10, 3), 4, torch.float32, seed=7, live=0.8)
+    x = _background_maps((10, 10, 3), 4, torch.float32, seed=7, live=1.0)
+    x[:, :, :, 0] += torch.rand(4, 10, 10)   # most positions differ from the first
     fold = Folding((10, 10, 3), 4, 4, 2, 2)
     layer = _layer(fold.output_shape, 9, torch.float32, seed=8, sigma=1.0)
     Wl, c = layer._linear_form()

@@ -22,13 +22,14 @@ Results equal the reference path up to float rounding (the summation order diffe
 from __future__ import annotations
 
 import ctypes
+from typing import NamedTuple
 
 import torch
 
 from ..utils import native
 
-__all__ = ["kernel", "available", "fused_statistics", "fused_apply", "background_scores", "MAX_K",
-           "MAX_LIVE"]
+__all__ = ["kernel", "available", "fused_statistics", "fused_apply", "background_scores",
+           "Background", "MAX_K", "MAX_LIVE"]
 
 #: Largest K the kernel takes (register blocking over K in 64-byte vectors).
 MAX_K = 128
@@ -101,8 +102,8 @@ template <typename T> struct Halve<T, 2 * sizeof(T)> {
 template <typename T, int NV>
 static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, long sx,
                 long Ho, long Wo, long M, const T* Wt, const T* cpad, const T* gT, long K,
-                const T* given, T* resp, T* sums, int64_t* counts, double* best_sum,
-                int nthreads) {
+                const T* given, const unsigned char* live, const T* bgrow, const T* bgs,
+                T* resp, T* sums, int64_t* counts, double* best_sum, int nthreads) {
   typedef typename Vec<T>::type V;
   const long L = 64 / sizeof(T), KP = NV * L, D = fy * fx * C, D2 = 2 * D, run_len = fx * C;
   const T floor_r = T(1e-18);
@@ -129,23 +130,31 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     if (gT) {
       T s[NV * 16];
       std::memcpy(s, sv, sizeof(V) * NV);
-      V h[NV];   // two accumulator chains: the K-step FMA chain is latency-bound
-      for (int v = 0; v < NV; ++v) { g[v] = apad[v]; h[v] = V{}; }
-      long j = 0;
-      for (; j + 1 < K; j += 2) {
-        const T sj = s[j], sk = s[j + 1];
-        for (int v = 0; v < NV; ++v) {
-          V w, u;
-          std::memcpy(&w, gT + j * KP + v * L, sizeof(V));
-          std::memcpy(&u, gT + (j + 1) * KP + v * L, sizeof(V));
-          g[v] += sj * w; h[v] += sk * u;
-        }
+      // CH accumulator chains: one chain of K dependent FMAs would be latency-bound.
+      constexpr int CH = NV <= 2 ? 4 : 2;
+      V h[CH][NV];
+      for (int v = 0; v < NV; ++v) {
+        h[0][v] = apad[v];
+        for (int q = 1; q < CH; ++q) h[q][v] = V{};
       }
+      long j = 0;
+      for (; j + CH <= K; j += CH)
+        for (int q = 0; q < CH; ++q) {
+          const T sj = s[j + q];
+          for (int v = 0; v < NV; ++v) {
+            V w;
+            std::memcpy(&w, gT + (j + q) * KP + v * L, sizeof(V));
+            h[q][v] += sj * w;
+          }
+        }
       for (; j < K; ++j) {
         const T sj = s[j];
-        for (int v = 0; v < NV; ++v) { V w; std::memcpy(&w, gT + j * KP + v * L, sizeof(V)); g[v] += sj * w; }
+        for (int v = 0; v < NV; ++v) { V w; std::memcpy(&w, gT + j * KP + v * L, sizeof(V)); h[0][v] += sj * w; }
       }
-      for (int v = 0; v < NV; ++v) g[v] += h[v];
+      for (int v = 0; v < NV; ++v) {
+        g[v] = h[0][v];
+        for (int q = 1; q < CH; ++q) g[v] += h[q][v];
+      }
       ap = g;
     }
     // First maximum of the annealed scores.
@@ -176,12 +185,24 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     for (int v = 0; v < NV; ++v) std::memcpy(&acc[v], cpad + v * L, sizeof(V));
     finish(acc, r0, k0, a0);
   }
+  // With given scores and live flags (background_scores): a patch of background positions only
+  // scores exactly bgs, so it too is finished once; its rows (bgrow tiled) are added at the end.
+  T rb[NV * 16];
+  long kb = 0;
+  T ab = 0;
+  if (live) {
+    V acc[NV];
+    T sv[NV * 16];
+    for (long k = 0; k < KP; ++k) sv[k] = k < K ? bgs[k] : cpad[k];
+    std::memcpy(acc, sv, sizeof(V) * NV);
+    finish(acc, rb, kb, ab);
+  }
   int nt = nthreads < 1 ? 1 : nthreads;
   if (M < 64) nt = 1;
   // Thread 0 adds into sums itself: a top layer's (K, 2D) sums are large next to its few rows,
   // so every private copy costs a clear and a reduction pass.
   std::vector<T> tsums((size_t)(nt - 1) * K * D2, T(0));
-  std::vector<int64_t> tcounts((size_t)nt * K, 0), tzero(nt, 0);
+  std::vector<int64_t> tcounts((size_t)nt * K, 0), tzero(nt, 0), tbg(nt, 0);
   std::vector<double> tbest(nt, 0.0);
 #pragma omp parallel num_threads(nt)
   {
@@ -189,7 +210,7 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     const long m_begin = M * t / nth, m_end = M * (t + 1) / nth;
     T* ls = t == 0 ? sums : tsums.data() + (size_t)(t - 1) * K * D2;
     int64_t* lc = tcounts.data() + (size_t)t * K;
-    int64_t nzero = 0;
+    int64_t nzero = 0, nbg = 0;
     double best = 0.0;
     std::vector<T> zval(D);
     std::vector<int> zidx(D);
@@ -201,6 +222,7 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
       if (given) {
         // Scores computed outside (a convolution over dense maps): finish the patch, then add
         // its rows [x, x^2] to the winner's sums straight from the input.
+        if (live && !live[m]) { std::memcpy(resp + m * K, rb, K * sizeof(T)); ++nbg; continue; }
         V acc[NV];
         T sv[NV * 16];
         for (long k = 0; k < KP; ++k) sv[k] = k < K ? given[m * K + k] : cpad[k];
@@ -271,6 +293,7 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
       ++lc[ks];
     }
     tzero[t] = nzero;
+    tbg[t] = nbg;
     tbest[t] = best;
   }
   // Deterministic reduction in thread order.
@@ -284,17 +307,29 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     counts[k0] += tzero[t];
     bsum += tbest[t] + (double)tzero[t] * (double)a0;
   }
+  if (live) {
+    int64_t nb = 0;
+    for (int t = 0; t < nt; ++t) nb += tbg[t];
+    counts[kb] += nb;
+    bsum += (double)nb * (double)ab;
+    T* dst = sums + kb * D2;
+    for (long i = 0; i < D; ++i) {
+      const T v = bgrow[i % C];
+      dst[i] += T(nb) * v; dst[D + i] += T(nb) * (v * v);
+    }
+  }
   *best_sum += bsum;
 }
 
 template <typename T>
 static int dispatch(const T* x, long H, long W, long C, long fy, long fx, long sy, long sx,
                     long Ho, long Wo, long M, const T* Wt, const T* cpad, const T* gT, long K,
-                    long nv, const T* given, T* resp, T* sums, int64_t* counts, double* best_sum,
+                    long nv, const T* given, const unsigned char* live, const T* bgrow,
+                    const T* bgs, T* resp, T* sums, int64_t* counts, double* best_sum,
                     int nthreads) {
   switch (nv) {
-#define CASE(n) case n: run<T, n>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, given, resp, \
-                                  sums, counts, best_sum, nthreads); return 0;
+#define CASE(n) case n: run<T, n>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, given, live, \
+                                  bgrow, bgs, resp, sums, counts, best_sum, nthreads); return 0;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
     CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) CASE(16)
 #undef CASE
@@ -343,18 +378,18 @@ static void apply_step(T* mu, T* d, const T* sums, const T* counts, long rows, l
 template <typename T, int NV>
 static int bg_scores(const T* x, long N, long H, long W, long C, long fy, long fx, long sy,
                      long sx, long Ho, long Wo, const T* r0, const T* tab, const T* cpad, long K,
-                     double max_frac, T* out, int nthreads) {
+                     double max_frac, T* out, unsigned char* live, int nthreads) {
   typedef typename Vec<T>::type V;
   constexpr int PB = NV >= 16 ? 1 : 16 / NV;
   const long L = 64 / sizeof(T), KP = NV * L, C2 = 2 * C, HW = H * W, P = Ho * Wo;
   const long nchk = N < 16 ? N : 16;
-  long live = 0;
+  long nlive = 0;
   for (long p = 0; p < nchk * HW; ++p) {
     const T* xp = x + p * C;
     for (long c = 0; c < C; ++c)
-      if (xp[c] != r0[c]) { ++live; break; }
+      if (xp[c] != r0[c]) { ++nlive; break; }
   }
-  if ((double)live > max_frac * (double)(nchk * HW)) return 2;
+  if ((double)nlive > max_frac * (double)(nchk * HW)) return 2;
   int nt = nthreads < 1 ? 1 : nthreads;
   if (N < 2) nt = 1;
 #pragma omp parallel num_threads(nt)
@@ -362,6 +397,7 @@ static int bg_scores(const T* x, long N, long H, long W, long C, long fy, long f
     // Row HW is never written (nz < HW): the padding slots' zeros.
     std::vector<T> z((size_t)(HW + 1) * C2, T(0));
     std::vector<T> S((size_t)(P + 1) * KP);            // row P: the padding slots' sink
+    std::vector<unsigned char> touched(P + 1);
     std::vector<int> lst((size_t)sy * sx * HW), pi(HW + 1), pj(HW + 1);
     std::vector<long> cnt((size_t)sy * sx);
 #pragma omp for schedule(static)
@@ -388,6 +424,7 @@ static int bg_scores(const T* x, long N, long H, long W, long C, long fy, long f
       // The sums start at 0 and c' is added last: c' is large, and small terms added onto it
       // would each lose the bits below its last place.
       std::fill(S.begin(), S.end(), T(0));
+      std::fill(touched.begin(), touched.end(), (unsigned char)0);
       for (long u = 0; u < fy; ++u)
         for (long v = 0; v < fx; ++v) {
           const long cls = (u % sy) * sx + (v % sx);
@@ -422,6 +459,7 @@ static int bg_scores(const T* x, long N, long H, long W, long C, long fy, long f
             if (oa >= Ho || ob >= Wo) continue;
             zp[nb] = z.data() + (long)r * C2;
             sp[nb] = S.data() + (oa * Wo + ob) * KP;
+            touched[oa * Wo + ob] = 1;
             if (++nb == PB) flush();
           }
           if (nb) flush();
@@ -429,6 +467,7 @@ static int bg_scores(const T* x, long N, long H, long W, long C, long fy, long f
       T* on = out + n * P * K;
       for (long p = 0; p < P; ++p)
         for (long k = 0; k < K; ++k) on[p * K + k] = S[p * KP + k] + cpad[k];
+      std::memcpy(live + n * P, touched.data(), P);
     }
   }
   return 0;
@@ -437,10 +476,10 @@ static int bg_scores(const T* x, long N, long H, long W, long C, long fy, long f
 template <typename T>
 static int bg_dispatch(const T* x, long N, long H, long W, long C, long fy, long fx, long sy,
                        long sx, long Ho, long Wo, const T* r0, const T* tab, const T* cpad, long K,
-                       long nv, double max_frac, T* out, int nthreads) {
+                       long nv, double max_frac, T* out, unsigned char* live, int nthreads) {
   switch (nv) {
 #define CASE(n) case n: return bg_scores<T, n>(x, N, H, W, C, fy, fx, sy, sx, Ho, Wo, r0, tab, \
-                                               cpad, K, max_frac, out, nthreads);
+                                               cpad, K, max_frac, out, live, nthreads);
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
     CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) CASE(16)
 #undef CASE
@@ -452,16 +491,16 @@ extern "C" {
 int dm_gmm_bgscores_f32(const float* x, long N, long H, long W, long C, long fy, long fx, long sy,
                         long sx, long Ho, long Wo, const float* r0, const float* tab,
                         const float* cpad, long K, long nv, double max_frac, float* out,
-                        int nthreads) {
+                        unsigned char* live, int nthreads) {
   return bg_dispatch<float>(x, N, H, W, C, fy, fx, sy, sx, Ho, Wo, r0, tab, cpad, K, nv, max_frac,
-                            out, nthreads);
+                            out, live, nthreads);
 }
 int dm_gmm_bgscores_f64(const double* x, long N, long H, long W, long C, long fy, long fx, long sy,
                         long sx, long Ho, long Wo, const double* r0, const double* tab,
                         const double* cpad, long K, long nv, double max_frac, double* out,
-                        int nthreads) {
+                        unsigned char* live, int nthreads) {
   return bg_dispatch<double>(x, N, H, W, C, fy, fx, sy, sx, Ho, Wo, r0, tab, cpad, K, nv, max_frac,
-                             out, nthreads);
+                             out, live, nthreads);
 }
 int dm_gmm_apply_f32(float* mu, float* d, const float* sums, const float* counts, long rows,
                      long D, float step_mu, float step_d, int update_d, float d_min, float d_max,
@@ -480,16 +519,20 @@ int dm_gmm_apply_f64(double* mu, double* d, const double* sums, const double* co
 
 int dm_gmm_stats_f32(const float* x, long H, long W, long C, long fy, long fx, long sy, long sx,
                      long Ho, long Wo, long M, const float* Wt, const float* cpad,
-                     const float* gT, long K, long nv, const float* given, float* resp, float* sums,
-                     int64_t* counts, double* best_sum, int nthreads) {
-  return dispatch<float>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, given, resp, sums,
+                     const float* gT, long K, long nv, const float* given,
+                     const unsigned char* live, const float* bgrow, const float* bgs, float* resp,
+                     float* sums, int64_t* counts, double* best_sum, int nthreads) {
+  return dispatch<float>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, given, live, bgrow,
+                         bgs, resp, sums,
                          counts, best_sum, nthreads);
 }
 int dm_gmm_stats_f64(const double* x, long H, long W, long C, long fy, long fx, long sy, long sx,
                      long Ho, long Wo, long M, const double* Wt, const double* cpad,
-                     const double* gT, long K, long nv, const double* given, double* resp, double* sums,
-                     int64_t* counts, double* best_sum, int nthreads) {
-  return dispatch<double>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, given, resp, sums,
+                     const double* gT, long K, long nv, const double* given,
+                     const unsigned char* live, const double* bgrow, const double* bgs, double* resp,
+                     double* sums, int64_t* counts, double* best_sum, int nthreads) {
+  return dispatch<double>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, given, live, bgrow,
+                         bgs, resp, sums,
                           counts, best_sum, nthreads);
 }
 }
@@ -499,7 +542,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     L, P = ctypes.c_long, ctypes.c_void_p
     for name in ("dm_gmm_stats_f32", "dm_gmm_stats_f64"):
         fn = getattr(lib, name)
-        fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, P, P, P, P, P, ctypes.c_int]
+        fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, P, P, P, P, P, P, P, P,
+                       ctypes.c_int]
         fn.restype = ctypes.c_int
     for name, ct in (("dm_gmm_apply_f32", ctypes.c_float), ("dm_gmm_apply_f64", ctypes.c_double)):
         fn = getattr(lib, name)
@@ -507,7 +551,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = ctypes.c_int
     for name in ("dm_gmm_bgscores_f32", "dm_gmm_bgscores_f64"):
         fn = getattr(lib, name)
-        fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, ctypes.c_double, P,
+        fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, ctypes.c_double, P, P,
                        ctypes.c_int]
         fn.restype = ctypes.c_int
 
@@ -524,8 +568,20 @@ def available(x: torch.Tensor, K: int) -> bool:
             and kernel() is not None)
 
 
+class Background(NamedTuple):
+    """What :func:`background_scores` found: the patches' ``scores`` (M, K), which patches hold
+    a position other than the background (``live``, (M,) uint8), the background vector ``row``
+    (C,) and the scores of an all-background patch ``patch_scores`` (K,)."""
+
+    scores: torch.Tensor
+    live: torch.Tensor
+    row: torch.Tensor
+    patch_scores: torch.Tensor
+
+
 def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tensor,
-                     c: torch.Tensor, g: torch.Tensor | None, scores: torch.Tensor | None = None
+                     c: torch.Tensor, g: torch.Tensor | None, scores: torch.Tensor | None = None,
+                     background: Background | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(sums (K, 2D), counts (K,) int64, best-score sum (0-d float64), responsibilities (M, K)).
 
@@ -533,7 +589,9 @@ def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tenso
     H, W without a Folding layer); ``Wl`` (2D, K), ``c`` (K,) the linear form and ``g`` the
     annealing matrix (None: identity). With ``scores`` (M, K) given (computed by a convolution
     over dense maps, where a GEMM reuses the weights better than the kernel's sparse scoring),
-    the kernel only finishes each patch and adds it to its winner's sums.
+    the kernel only finishes each patch and adds it to its winner's sums. With ``background``
+    (from :func:`background_scores`; its scores are then the scores) an all-background patch is
+    finished once and its rows are added to its winner's sums as one multiple.
     """
     lib = kernel()
     assert lib is not None
@@ -559,12 +617,19 @@ def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tenso
     counts = torch.zeros(K, dtype=torch.int64)
     best = torch.zeros((), dtype=torch.float64)
     fn = lib.dm_gmm_stats_f32 if dt == torch.float32 else lib.dm_gmm_stats_f64
+    if background is not None:
+        scores = background.scores
+        assert background.live.shape == (M,) and background.row.shape == (C,)
     if scores is not None:
         scores = scores.contiguous()
         assert scores.shape == (M, K) and scores.dtype == dt
     rc = fn(x.data_ptr(), H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt.data_ptr(), cpad.data_ptr(),
             0 if gT is None else gT.data_ptr(), K, nv,
-            0 if scores is None else scores.data_ptr(), resp.data_ptr(), sums.data_ptr(),
+            0 if scores is None else scores.data_ptr(),
+            *((0, 0, 0) if background is None else (background.live.data_ptr(),
+                                                      background.row.data_ptr(),
+                                                      background.patch_scores.data_ptr())),
+            resp.data_ptr(), sums.data_ptr(),
             counts.data_ptr(), best.data_ptr(), torch.get_num_threads())
     if rc != 0:
         raise RuntimeError("fused GMM kernel rejected its arguments")
@@ -572,9 +637,10 @@ def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tenso
 
 
 def background_scores(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tensor,
-                      c: torch.Tensor, *, max_live: float = MAX_LIVE) -> torch.Tensor | None:
+                      c: torch.Tensor, *, max_live: float = MAX_LIVE) -> Background | None:
     r"""Scores (M, K) of every patch of a map ``x`` (N, H, W, C) that mostly repeats one vector
-    :math:`r_0`, or None where more than ``max_live`` of the positions differ from it.
+    :math:`r_0` (with which patches hold other vectors: :class:`Background`), or None where
+    more than ``max_live`` of the positions differ from it.
 
     With :math:`z = x - r_0` at each position and the linear form split per patch offset
     :math:`(u, v)` into :math:`W^1_{uv}, W^2_{uv}` (C, K) (the x and x^2 halves),
@@ -607,14 +673,16 @@ def background_scores(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tens
     cpad = torch.full((KP,), float("-inf"), dtype=dt)
     cpad[:K] = (c.double() + (w1 * r + w2 * (r * r)).sum((0, 1, 2))).to(dt)
     out = torch.empty(N * Ho * Wo, K, dtype=dt)
+    live = torch.empty(N * Ho * Wo, dtype=torch.uint8)
     fn = lib.dm_gmm_bgscores_f32 if dt == torch.float32 else lib.dm_gmm_bgscores_f64
     rc = fn(x.data_ptr(), N, H, W, C, fy, fx, sy, sx, Ho, Wo, r0.data_ptr(), tab.data_ptr(),
-            cpad.data_ptr(), K, nv, float(max_live), out.data_ptr(), torch.get_num_threads())
+            cpad.data_ptr(), K, nv, float(max_live), out.data_ptr(), live.data_ptr(),
+            torch.get_num_threads())
     if rc == 2:
         return None
     if rc != 0:
         raise RuntimeError("fused GMM kernel rejected its arguments")
-    return out
+    return Background(out, live, r0, cpad[:K].clone())
 
 
 def fused_apply(mu: torch.Tensor, d: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,

@@ -346,17 +346,17 @@ class GMM(Layer):
             n = xc.shape[0]
             if conv:
                 finish = self._fused_finish_applies(xc, fold)
-                s = None
                 if finish:
                     # Maps that mostly repeat one vector (background): scored from the positions
                     # that differ from it, or None (then the convolution).
-                    s = fused_gmm.background_scores(
+                    bg = fused_gmm.background_scores(
                         xc, (fold.fy, fold.fx, fold.sy, fold.sx, H, W), Wl[0], c[0],
                         max_live=fused_gmm.MAX_LIVE)
-                if s is None:
-                    inp = _with_squares(xc)
-                    s4 = F.conv2d(inp, wconv, c[0], stride=(fold.sy, fold.sx))
-                    s = s4.permute(0, 2, 3, 1).reshape(-1, K)          # (n*H*W, K)
+                    if bg is not None:
+                        return self._fused_statistics(xc, fold, Wl, c, g, background=bg)
+                inp = _with_squares(xc)
+                s4 = F.conv2d(inp, wconv, c[0], stride=(fold.sy, fold.sx))
+                s = s4.permute(0, 2, 3, 1).reshape(-1, K)              # (n*H*W, K)
                 if finish:
                     # (One chunk: the whole batch.) The kernel finishes the convolution's scores
                     # in one pass and sums the winners' patches from the input: no weight-
@@ -408,15 +408,15 @@ class GMM(Layer):
                 and fused_gmm.available(x, self.K))
 
     def _fused_statistics(self, x: torch.Tensor, fold: Any, Wl: torch.Tensor, c: torch.Tensor,
-                          g: torch.Tensor | None, scores: torch.Tensor | None = None
-                          ) -> WinnerStatistics:
+                          g: torch.Tensor | None, scores: torch.Tensor | None = None,
+                          background: Any = None) -> WinnerStatistics:
         """:meth:`winner_statistics` by the fused kernel (same results up to float rounding)."""
         N = x.shape[0]
         H, W, _ = self.input_shape
         geometry = ((fold.fy, fold.fx, fold.sy, fold.sx, H, W) if fold is not None
                     else (1, 1, 1, 1, H, W))
         sums, counts, best, resp = fused_gmm.fused_statistics(x, geometry, Wl[0], c[0], g,
-                                                              scores=scores)
+                                                              scores=scores, background=background)
         loss_sum = best.to(self.mu.dtype) - N * H * W * 0.5 * self.D * _LOG_2PI
         return WinnerStatistics(sums=sums, counts=counts.to(sums.dtype), loss_sum=loss_sum,
                                 resp=resp.reshape(N, H, W, self.K))

@@ -603,8 +603,11 @@ def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tenso
     lanes = 64 // x.element_size()
     nv = -(-K // lanes)
     KP = nv * lanes
-    Wt = torch.zeros(D2, KP, dtype=dt)
-    Wt[:, :K] = Wl
+    if scores is None and background is None:
+        Wt = torch.zeros(D2, KP, dtype=dt)
+        Wt[:, :K] = Wl
+    else:   # the kernel only finishes given scores: no padded copy of a (2D, K) matrix
+        Wt = torch.zeros(KP, dtype=dt)
     cpad = torch.full((KP,), float("-inf"), dtype=dt)   # padding lanes never win
     cpad[:K] = c
     gT = None

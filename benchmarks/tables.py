@@ -56,8 +56,9 @@ def speed_rows() -> list[str]:
     ts = _load("train_speed")
     if ts and ts.get("yardstick_s"):
         for arch, r in ts["archs"].items():
+            med = f", median of {ts['rounds']} rounds" if ts.get("rounds", 1) > 1 else ""
             rows.append(f"| DCGMM {arch} epoch, batch {ts['batch_size']}, {ts['threads']} "
-                        f"threads | {r['seconds_per_epoch']:.2f} s | yardstick "
+                        f"threads{med} | {r['seconds_per_epoch']:.2f} s | yardstick "
                         f"{ts['yardstick_s']:.2f} s | **{r['ratio_to_yardstick']:.2f}x** the "
                         f"yardstick (lower is faster) | `benchmarks/train_speed.py --yardstick` |")
     cont = _load("contention")

@@ -1,14 +1,17 @@
 """Training speed of DCGMM architectures: seconds per epoch on the 60 000 MNIST training images.
 
 usage: .venv/bin/python benchmarks/train_speed.py [--archs 1L 2L-c B E F] [--batch-size 100]
-       [--protocol shared|reference] [--n-images N] [--yardstick] [--no-fused]
+       [--protocol shared|reference] [--n-images N] [--yardstick] [--rounds 3] [--no-fused]
        [--json benchmarks/results/train_speed.json]
 
 Every GMM layer is active for the whole timed epoch (delay 0: the most work an epoch can hold),
 after one untimed warm-up of 20 steps. With --yardstick the project's speed yardstick
 (../shared/bench/naive_layer_epoch.py, a plainly written F(8,2)-G(25) torch epoch) runs in the
 same process session, and each figure is also given as a ratio to it (machines differ; ratios
-measured in one run are what to compare). ``--protocol reference`` times the papers' letters A-G
+measured in one run are what to compare). The sitting is ``--rounds`` rounds (default 3) of the
+yardstick followed by every architecture; each figure is the median over the rounds, each ratio
+the median of the rounds' ratios (one yardstick epoch moved by up to 25 % between two runs on a
+shared VM, so a ratio to a single yardstick run said as much about the machine as the code). ``--protocol reference`` times the papers' letters A-G
 as the authors' outlier scripts train them (independent lower layers; see
 ``deepmix.experiments.dcgmm_outliers``); ``--n-images`` times a shorter epoch (step times are
 also printed, so a short epoch gives the cost of a long run: steps x ms/step).
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import math
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -64,6 +68,8 @@ def main() -> None:
     ap.add_argument("--archs", nargs="+", default=["1L", "2L-c", "B", "E", "F"])
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--yardstick", action="store_true", help="also time the shared yardstick")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="rounds of (yardstick, every arch); figures are medians (default 3)")
     ap.add_argument("--json", default=str(HERE / "results" / "train_speed.json"))
     ap.add_argument("--device", default="cpu", help="torch device (the yardstick stays on the CPU)")
     ap.add_argument("--protocol", choices=PROTOCOLS, default="shared",
@@ -84,26 +90,39 @@ def main() -> None:
                "protocol": args.protocol,
                "fused_kernel": not args.no_fused and fused_gmm.kernel() is not None,
                "archs": {}}
-    ys = yardstick() if args.yardstick else None
-    if ys is not None:
-        results["yardstick_s"] = ys
-        print(f"yardstick (naive F(8,2)-G(25) epoch): {ys:.2f} s")
+    rounds = max(1, args.rounds)
+    times: dict[str, list[float]] = {arch: [] for arch in args.archs}
+    ratios: dict[str, list[float]] = {arch: [] for arch in args.archs}
+    ys_runs: list[float] = []
+    for rnd in range(rounds):
+        ys = yardstick() if args.yardstick else None
+        if ys is not None:
+            ys_runs.append(ys)
+            print(f"round {rnd + 1}/{rounds}: yardstick (naive F(8,2)-G(25) epoch): {ys:.2f} s")
+        for arch in args.archs:
+            spec = protocol_spec(arch, args.protocol) if arch in ARCHS else arch
+            s = time_epoch(spec, x, args.batch_size, device=args.device)
+            times[arch].append(s)
+            if ys:
+                ratios[arch].append(s / ys)
+            print(f"round {rnd + 1}/{rounds}: {arch:>5}: {s:6.2f} s/epoch"
+                  + (f"  {s / ys:.2f}x yardstick" if ys else ""))
+    if ys_runs:
+        results["yardstick_s"] = statistics.median(ys_runs)
+        results["yardstick_runs_s"] = ys_runs
+    results["rounds"] = rounds
+    print(f"medians over {rounds} round(s):")
     for arch in args.archs:
         spec = protocol_spec(arch, args.protocol) if arch in ARCHS else arch
-        s = time_epoch(spec, x, args.batch_size, device=args.device)
+        s = statistics.median(times[arch])
         ms_step = 1000 * s / math.ceil(x.shape[0] / args.batch_size)
         row = {"spec": spec, "seconds_per_epoch": s, "ms_per_step": ms_step,
-               "images_per_second": x.shape[0] / s}
-        if ys:
-            row["ratio_to_yardstick"] = s / ys
+               "images_per_second": x.shape[0] / s, "runs_s": times[arch]}
+        if ratios[arch]:
+            row["ratio_to_yardstick"] = statistics.median(ratios[arch])
         results["archs"][arch] = row
         print(f"{arch:>5}: {s:6.2f} s/epoch  {ms_step:6.2f} ms/step  {x.shape[0] / s:8.0f} images/s"
-              + (f"  {s / ys:.2f}x yardstick" if ys else ""))
-    if ys is not None:  # timed again after, since the machine may drift
-        ys2 = yardstick()
-        if ys2 is not None:
-            results["yardstick_after_s"] = ys2
-            print(f"yardstick again: {ys2:.2f} s")
+              + (f"  {row['ratio_to_yardstick']:.2f}x yardstick" if ratios[arch] else ""))
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
     from deepmix.utils.io import write_json_atomic

@@ -391,8 +391,12 @@ def fit(model: Any, data: Any, objective: Objective | str = "mle", *,
             lo, hi = info.shard(step)          # this rank's part of the global batch
             lo, hi = b * B + lo, b * B + hi
             rows = slice(lo, hi) if order is None else order[lo:hi]
-            batch = x[rows]
-            batch_y = None if y is None else y[rows]
+            if isinstance(rows, slice):
+                batch = x[rows]
+                batch_y = None if y is None else y[rows]
+            else:   # index_select: advanced indexing x[rows] took 5-7x longer for a batch
+                batch = x.index_select(0, rows)
+                batch_y = None if y is None else y.index_select(0, rows)
             loss = objective.step(model, batch, generator=step_gen(step) or gen, step=step,
                                   targets=batch_y, rows=rows)
             if loss is not None and batch.shape[0]:

@@ -406,7 +406,8 @@ static void apply_step(T* mu, T* d, const T* sums, const T* counts, long rows, l
 // A live position of class (i mod sy, j mod sx) meets a patch at each offset (u, v) of that
 // class; those (position, patch) pairs are scored in register blocks of PB positions sharing
 // one table row. Returns 2 (nothing written) when more than max_frac of the first images'
-// positions are live: the convolution is faster there.
+// positions are live: the convolution is faster there (max_frac >= 1: no check; out NULL: only
+// the check).
 template <typename T, int NV>
 static int bg_scores(const T* x, long N, long H, long W, long C, long fy, long fx, long sy,
                      long sx, long Ho, long Wo, const T* r0, const T* tab, const T* cpad, long K,
@@ -414,14 +415,17 @@ static int bg_scores(const T* x, long N, long H, long W, long C, long fy, long f
   typedef typename Vec<T>::type V;
   constexpr int PB = NV >= 16 ? 1 : 16 / NV;
   const long L = 64 / sizeof(T), KP = NV * L, C2 = 2 * C, HW = H * W, P = Ho * Wo;
-  const long nchk = N < 16 ? N : 16;
-  long nlive = 0;
-  for (long p = 0; p < nchk * HW; ++p) {
-    const T* xp = x + p * C;
-    for (long c = 0; c < C; ++c)
-      if (xp[c] != r0[c]) { ++nlive; break; }
+  if (max_frac < 1.0) {
+    const long nchk = N < 16 ? N : 16;
+    long nlive = 0;
+    for (long p = 0; p < nchk * HW; ++p) {
+      const T* xp = x + p * C;
+      for (long c = 0; c < C; ++c)
+        if (xp[c] != r0[c]) { ++nlive; break; }
+    }
+    if ((double)nlive > max_frac * (double)(nchk * HW)) return 2;
   }
-  if ((double)nlive > max_frac * (double)(nchk * HW)) return 2;
+  if (!out) return 0;   // (the density check alone)
   int nt = nthreads < 1 ? 1 : nthreads;
   if (N < 2) nt = 1;
 #pragma omp parallel num_threads(nt)
@@ -698,6 +702,12 @@ def background_scores(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tens
     nv = -(-K // lanes)
     KP = nv * lanes
     r0 = x[0, 0, 0].clone()
+    fn = lib.dm_gmm_bgscores_f32 if dt == torch.float32 else lib.dm_gmm_bgscores_f64
+    # The density check first: a declined map then costs no tables (a few torch ops on
+    # (fy, fx, C, K) arrays, as long as the check on a dense 12 x 12 map).
+    if max_live < 1.0 and fn(x.data_ptr(), N, H, W, C, fy, fx, sy, sx, Ho, Wo, r0.data_ptr(), 0, 0,
+                             K, nv, float(max_live), 0, 0, 1) == 2:
+        return None
     # The constant in float64: a sum of fy*fx*C*K products that the convolution would not form.
     w1 = Wl[: D2 // 2].view(fy, fx, C, K).double()
     w2 = Wl[D2 // 2:].view(fy, fx, C, K).double()
@@ -709,12 +719,9 @@ def background_scores(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tens
     cpad[:K] = (c.double() + (w1 * r + w2 * (r * r)).sum((0, 1, 2))).to(dt)
     out = torch.empty(N * Ho * Wo, K, dtype=dt)
     live = torch.empty(N * Ho * Wo, dtype=torch.uint8)
-    fn = lib.dm_gmm_bgscores_f32 if dt == torch.float32 else lib.dm_gmm_bgscores_f64
     rc = fn(x.data_ptr(), N, H, W, C, fy, fx, sy, sx, Ho, Wo, r0.data_ptr(), tab.data_ptr(),
-            cpad.data_ptr(), K, nv, float(max_live), out.data_ptr(), live.data_ptr(),
+            cpad.data_ptr(), K, nv, 1.0, out.data_ptr(), live.data_ptr(),
             torch.get_num_threads())
-    if rc == 2:
-        return None
     if rc != 0:
         raise RuntimeError("fused GMM kernel rejected its arguments")
     return Background(out, live, r0, cpad[:K].clone())

@@ -139,6 +139,33 @@ template <> struct Compact<float> {
 };
 #endif
 
+// Index of the first lane of a[0..NV) equal to m (K - 1 where none is: a NaN maximum).
+template <typename T, typename V, int NV> struct FirstEq {
+  static inline long find(const V* a, T m, long K) {
+    T b[NV * 16];
+    std::memcpy(b, a, sizeof(V) * NV);
+    long k = 0;
+    while (b[k] != m && k < K - 1) ++k;
+    return k;
+  }
+};
+#if defined(__AVX512F__)
+// AVX-512: a compare to a mask per vector (the scalar scan mispredicted its exit branch).
+template <typename V, int NV> struct FirstEq<float, V, NV> {
+  static inline long find(const V* a, float m, long K) {
+    const __m512 mv = _mm512_set1_ps(m);
+    for (int v = 0; v < NV; ++v) {
+      const __mmask16 eq = _mm512_cmp_ps_mask((__m512)a[v], mv, _CMP_EQ_OQ);
+      if (eq) {
+        const long k = v * 16L + __builtin_ctz((unsigned)eq);
+        return k < K - 1 ? k : K - 1;
+      }
+    }
+    return K - 1;
+  }
+};
+#endif
+
 template <typename T, int NV>
 static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, long sx,
                 long Ho, long Wo, long M, const T* Wt, const T* cpad, const T* gT, long K,
@@ -199,10 +226,7 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     }
     // First maximum of the annealed scores.
     const T am = hmax(ap);
-    T a[NV * 16];
-    std::memcpy(a, ap, sizeof(V) * NV);
-    ks = 0;
-    while (a[ks] != am && ks < K - 1) ++ks;
+    ks = FirstEq<T, V, NV>::find(ap, am, K);
     best = am;
     const T mx = hmax(sv);
     V e[NV];

@@ -478,7 +478,7 @@ static int bg_scores(const T* x, long N, long H, long W, long C, long fy, long f
           }
           const long cls = (i % sy) * sx + (j % sx);
           lst[cls * HW + cnt[cls]++] = (int)nz;
-          pi[nz] = (int)i; pj[nz] = (int)j;
+          pi[nz] = (int)(i / sy); pj[nz] = (int)(j / sx);   // i = pi sy + i mod sy
           ++nz;
         }
       // The sums start at 0 and c' is added last: c' is large, and small terms added onto it
@@ -488,6 +488,9 @@ static int bg_scores(const T* x, long N, long H, long W, long C, long fy, long f
       for (long u = 0; u < fy; ++u)
         for (long v = 0; v < fx; ++v) {
           const long cls = (u % sy) * sx + (v % sx);
+          // A position of this class meets the patch (pi - u / sy, pj - v / sx): no division
+          // per position (they cost as much as the scoring).
+          const long ud = u / sy, vd = v / sx;
           const T* tw = tab + (u * fx + v) * C2 * KP;
           const T* zp[PB];
           T* sp[PB];
@@ -513,10 +516,8 @@ static int bg_scores(const T* x, long N, long H, long W, long C, long fy, long f
           const long nc = cnt[cls];
           for (long q = 0; q < nc; ++q) {
             const int r = lst[cls * HW + q];
-            const long i = pi[r], j = pj[r];
-            if (i < u || j < v) continue;
-            const long oa = (i - u) / sy, ob = (j - v) / sx;
-            if (oa >= Ho || ob >= Wo) continue;
+            const long oa = pi[r] - ud, ob = pj[r] - vd;
+            if (oa < 0 || ob < 0 || oa >= Ho || ob >= Wo) continue;
             zp[nb] = z.data() + (long)r * C2;
             sp[nb] = S.data() + (oa * Wo + ob) * KP;
             touched[oa * Wo + ob] = 1;

@@ -266,3 +266,27 @@ def test_winner_statistics_on_background_maps_equal_reference(fused_mode, dtype,
     torch.testing.assert_close(got.sums, ref.sums, **tol)
     torch.testing.assert_close(got.loss_sum, ref.loss_sum, **tol)
     torch.testing.assert_close(got.resp, ref.resp, **tol)
+
+
+@pytest.mark.parametrize("update_d", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_apply_refills_the_linear_form(fused_mode, update_d, dtype):
+    # The fused update writes the new [d^2 mu, -d^2/2] and offsets c into the cache; they must
+    # equal the torch fill from the updated parameters (D = 37: vector body and scalar tail).
+    x = _images((4, 3, 37), 9, dtype, seed=11)
+    layer = GMM((4, 3, 37), 7, sigma=1.2).to(dtype)
+    with torch.no_grad():
+        layer.d.uniform_(0.5, 4.4)
+        layer.mu.uniform_(-0.5, 1.5)
+    fused_mode(None)
+    st = layer.winner_statistics(x)
+    layer.apply_statistics(st, 9, 0.5, update_d=update_d)
+    assert layer._lf_key == layer._params_key()     # the cache was refilled, not invalidated
+    W, c = layer._lf
+    W, c = W.clone(), c.clone()
+    with torch.no_grad():
+        W_ref, c_ref = layer._fill_linear_form()
+    tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(W, W_ref, **tol)
+    torch.testing.assert_close(c, c_ref, **(dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32
+                                             else tol))

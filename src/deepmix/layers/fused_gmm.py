@@ -396,9 +396,70 @@ static int dispatch(const T* x, long H, long W, long C, long fy, long fx, long s
 // The SGD ascent step of GMM.apply_statistics in one pass over (rows, D) (rows = P*K):
 //   t = S^x - n mu, e = S^xx - mu (S^x + t), mu += step_mu (-d^2/2) t, d += step_d (n/d - d e),
 // d clamped to [d_min, d_max]; every term from the old mu and d, as in the torch path.
+// Row r of the linear form: out = [d^2 m, -d^2/2], *ls = sum log d, *pm = sum d^2 m^2 (in double).
+template <typename T> struct LinearRow {
+  static inline void run(const T* m, const T* d, long D, T* out, double* ls, double* pm) {
+    double a = 0.0, b = 0.0;
+    for (long i = 0; i < D; ++i) {
+      const T p = d[i] * d[i], q = p * m[i];
+      out[i] = q; out[D + i] = p * T(-0.5);
+      a += std::log((double)d[i]); b += (double)q * (double)m[i];
+    }
+    *ls = a; *pm = b;
+  }
+};
+// float: 16 lanes a step, log by the Cephes logf polynomial (about 1 ulp; d > 0 always, the
+// layer clamps it to [d_min, d_max]), sums over lanes in double.
+template <> struct LinearRow<float> {
+  typedef float V __attribute__((vector_size(64)));
+  typedef int I __attribute__((vector_size(64)));
+  typedef double W __attribute__((vector_size(128)));
+  static inline V log16(V x) {
+    I bits; std::memcpy(&bits, &x, sizeof(V));
+    I e = ((bits >> 23) & 0xff) - 126;
+    bits = (bits & 0x807fffff) | 0x3f000000;          // mantissa in [0.5, 1)
+    V f; std::memcpy(&f, &bits, sizeof(V));
+    const I small = f < 0.707106781186547524f;
+    e = e + small;                                        // (small is -1 where true)
+    V fe = __builtin_convertvector(e, V);
+    V y = f + (small ? f : V{}) - 1.0f;                   // 2f - 1 or f - 1
+    const V z = y * y;
+    V p = V{} + 7.0376836292E-2f;
+    p = p * y - 1.1514610310E-1f; p = p * y + 1.1676998740E-1f; p = p * y - 1.2420140846E-1f;
+    p = p * y + 1.4249322787E-1f; p = p * y - 1.6668057665E-1f; p = p * y + 2.0000714765E-1f;
+    p = p * y - 2.4999993993E-1f; p = p * y + 3.3333331174E-1f;
+    V r = p * y * z;
+    r = r + fe * -2.12194440e-4f;
+    r = r - 0.5f * z;
+    return y + r + fe * 0.693359375f;
+  }
+  static inline void run(const float* m, const float* d, long D, float* out, double* ls,
+                         double* pm) {
+    W a = W{}, b = W{};
+    long i = 0;
+    for (; i + 16 <= D; i += 16) {
+      V dv, mv;
+      std::memcpy(&dv, d + i, sizeof(V)); std::memcpy(&mv, m + i, sizeof(V));
+      const V p = dv * dv, q = p * mv, h = p * -0.5f;
+      std::memcpy(out + i, &q, sizeof(V)); std::memcpy(out + D + i, &h, sizeof(V));
+      a += __builtin_convertvector(log16(dv), W);
+      b += __builtin_convertvector(q * mv, W);
+    }
+    double sa = 0.0, sb = 0.0;
+    for (int l = 0; l < 16; ++l) { sa += a[l]; sb += b[l]; }
+    for (; i < D; ++i) {
+      const float p = d[i] * d[i], q = p * m[i];
+      out[i] = q; out[D + i] = p * -0.5f;
+      sa += std::log((double)d[i]); sb += (double)q * (double)m[i];
+    }
+    *ls = sa; *pm = sb;
+  }
+};
+
 template <typename T>
 static void apply_step(T* mu, T* d, const T* sums, const T* counts, long rows, long D,
-                       T step_mu, T step_d, int update_d, T d_min, T d_max, int nthreads) {
+                       T step_mu, T step_d, int update_d, T d_min, T d_max, T* lf, double* lsum,
+                       double* pmmu, int nthreads) {
   int nt = nthreads < 1 ? 1 : nthreads;
   if (rows * D < 32768) nt = 1;
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -419,6 +480,9 @@ static void apply_step(T* mu, T* d, const T* sums, const T* counts, long rows, l
       }
       m[i] = mi + step_mu * (hp * t);
     }
+    // The new linear form's row [d^2 mu, -d^2/2] and its offsets' sums sum log d, sum d^2 mu^2,
+    // while the row is in L1 (torch took five passes and a log over all parameters for them).
+    if (lf) LinearRow<T>::run(m, dd, D, lf + r * 2 * D, lsum + r, pmmu + r);
   }
 }
 
@@ -565,16 +629,16 @@ int dm_gmm_bgscores_f64(const double* x, long N, long H, long W, long C, long fy
 }
 int dm_gmm_apply_f32(float* mu, float* d, const float* sums, const float* counts, long rows,
                      long D, float step_mu, float step_d, int update_d, float d_min, float d_max,
-                     int nthreads) {
+                     float* lf, double* lsum, double* pmmu, int nthreads) {
   apply_step<float>(mu, d, sums, counts, rows, D, step_mu, step_d, update_d, d_min, d_max,
-                    nthreads);
+                    lf, lsum, pmmu, nthreads);
   return 0;
 }
 int dm_gmm_apply_f64(double* mu, double* d, const double* sums, const double* counts, long rows,
                      long D, double step_mu, double step_d, int update_d, double d_min,
-                     double d_max, int nthreads) {
+                     double d_max, double* lf, double* lsum, double* pmmu, int nthreads) {
   apply_step<double>(mu, d, sums, counts, rows, D, step_mu, step_d, update_d, d_min, d_max,
-                     nthreads);
+                     lf, lsum, pmmu, nthreads);
   return 0;
 }
 
@@ -608,7 +672,7 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.restype = ctypes.c_int
     for name, ct in (("dm_gmm_apply_f32", ctypes.c_float), ("dm_gmm_apply_f64", ctypes.c_double)):
         fn = getattr(lib, name)
-        fn.argtypes = [P, P, P, P, L, L, ct, ct, ctypes.c_int, ct, ct, ctypes.c_int]
+        fn.argtypes = [P, P, P, P, L, L, ct, ct, ctypes.c_int, ct, ct, P, P, P, ctypes.c_int]
         fn.restype = ctypes.c_int
     for name in ("dm_gmm_bgscores_f32", "dm_gmm_bgscores_f64"):
         fn = getattr(lib, name)
@@ -753,17 +817,31 @@ def background_scores(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tens
 
 
 def fused_apply(mu: torch.Tensor, d: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,
-                step_mu: float, step_d: float, update_d: bool, d_min: float, d_max: float) -> None:
-    """In place: ``mu += step_mu * (-d^2/2) * (S^x - n mu)`` and, with ``update_d``,
+                step_mu: float, step_d: float, update_d: bool, d_min: float, d_max: float,
+                linear_form: torch.Tensor | None = None) -> torch.Tensor | None:
+    r"""In place: ``mu += step_mu * (-d^2/2) * (S^x - n mu)`` and, with ``update_d``,
     ``d = clamp(d + step_d * (n/d - d (S^xx - 2 mu S^x + n mu^2)), d_min, d_max)`` from the old
     mu and d; ``sums`` (P, K, 2D), ``counts`` (P, K) (annealing already applied). The caller
-    bumps the parameters' version counters (the linear-form cache keys on them)."""
+    bumps the parameters' version counters (the linear-form cache keys on them).
+
+    With ``linear_form`` (a contiguous (P, K, 2D) buffer) the same pass writes the new
+    :math:`[d^2 \mu, -d^2/2]` into it and returns (P, K) :math:`\sum \log d - \tfrac12
+    \sum d^2 \mu^2` (float64), the parameter part of the offsets c."""
     lib = kernel()
     assert lib is not None and mu.is_contiguous() and d.is_contiguous()
     P, K, D = mu.shape
     sums = sums.contiguous()
     counts = counts.contiguous()
     fn = lib.dm_gmm_apply_f32 if mu.dtype == torch.float32 else lib.dm_gmm_apply_f64
+    lsum = pmmu = None
+    if linear_form is not None:
+        assert linear_form.is_contiguous() and linear_form.shape == (P, K, 2 * D) \
+            and linear_form.dtype == mu.dtype
+        lsum = torch.empty(P, K, dtype=torch.float64)
+        pmmu = torch.empty(P, K, dtype=torch.float64)
     fn(mu.data_ptr(), d.data_ptr(), sums.data_ptr(), counts.data_ptr(), P * K, D,
        float(step_mu), float(step_d), int(bool(update_d)), float(d_min), float(d_max),
+       *((0, 0, 0) if linear_form is None else (linear_form.data_ptr(), lsum.data_ptr(),
+                                                pmmu.data_ptr())),
        torch.get_num_threads())
+    return None if lsum is None else lsum - 0.5 * pmmu

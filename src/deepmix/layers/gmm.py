@@ -175,13 +175,16 @@ class GMM(Layer):
             c = (torch.log_softmax(self.xi, dim=-1) + torch.log(self.d).sum(-1)
                  - 0.5 * torch.linalg.vecdot(pm, self.mu))
             return W, c
-        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in (self.mu, self.d, self.xi))
-        if self._lf_key != key:
+        if self._lf_key != self._params_key():
             with torch.no_grad():
                 self._lf = self._fill_linear_form()
-            self._lf_key = tuple((p._version, p.data_ptr(), p.dtype, p.device)
-                                 for p in (self.mu, self.d, self.xi))
+            self._lf_key = self._params_key()
         return self._lf
+
+    def _params_key(self) -> tuple:
+        """What the cached linear form depends on: the parameters' versions and storage."""
+        return tuple((p._version, p.data_ptr(), p.dtype, p.device)
+                     for p in (self.mu, self.d, self.xi))
 
     def _fill_linear_form(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Write [d^2 mu, -d^2/2] into a reused (P, K, 2D) buffer: three passes, no concatenation."""
@@ -445,13 +448,23 @@ class GMM(Layer):
         grad_xi = counts_f - self.pi * counts_f.sum(-1, keepdim=True)
         if self.use_fused is not False and fused_gmm.available(mu, K) and d.dtype == mu.dtype \
                 and sums.dtype == mu.dtype and sums.device == mu.device:
-            # One pass over (P*K, D) instead of about ten elementwise ones.
-            fused_gmm.fused_apply(mu.data, d.data, sums, counts_f, -2.0 * step * lr_mu,
-                                  step * lr_d, update_d, self.d_min, self.d_max)
+            # One pass over (P*K, D) instead of about ten elementwise ones; it also refills the
+            # linear-form buffer for the new parameters (same values as _fill_linear_form).
+            buf = self._lf_buf
+            if buf is None or buf.shape != (P, K, 2 * D) or buf.dtype != mu.dtype \
+                    or buf.device != mu.device:
+                buf = None
+            part = fused_gmm.fused_apply(mu.data, d.data, sums, counts_f, -2.0 * step * lr_mu,
+                                         step * lr_d, update_d, self.d_min, self.d_max,
+                                         linear_form=buf)
             increment_version(mu)
             if update_d:
                 increment_version(d)
             self.xi.add_(grad_xi, alpha=step * lr_xi)
+            if part is not None:
+                c = torch.log_softmax(self.xi, dim=-1) + part.to(mu.dtype)
+                self._lf = (buf.transpose(1, 2), c)
+                self._lf_key = self._params_key()
             return
         Sx, Sxx = sums[..., :D], sums[..., D:]
         nk = counts_f.unsqueeze(-1)

@@ -271,8 +271,9 @@ def test_winner_statistics_on_background_maps_equal_reference(fused_mode, dtype,
 @pytest.mark.parametrize("update_d", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_fused_apply_refills_the_linear_form(fused_mode, update_d, dtype):
-    # The fused update writes the new [d^2 mu, -d^2/2] and offsets c into the cache; they must
-    # equal the torch fill from the updated parameters (D = 37: vector body and scalar tail).
+    # The fused update writes the new [d^2 mu, -d^2/2] and offsets c into the cache: the same
+    # bits as the kernel's fill from the updated parameters (what a loaded model computes), and
+    # torch's fill up to rounding (D = 37: vector body and scalar tail).
     x = _images((4, 3, 37), 9, dtype, seed=11)
     layer = GMM((4, 3, 37), 7, sigma=1.2).to(dtype)
     with torch.no_grad():
@@ -285,7 +286,10 @@ def test_fused_apply_refills_the_linear_form(fused_mode, update_d, dtype):
     W, c = layer._lf
     W, c = W.clone(), c.clone()
     with torch.no_grad():
-        W_ref, c_ref = layer._fill_linear_form()
+        W_fill, c_fill = layer._fill_linear_form()       # the kernel's fill: the same bits
+        assert torch.equal(W, W_fill) and torch.equal(c, c_fill)
+        fused_mode(False)
+        W_ref, c_ref = layer._fill_linear_form()         # torch's
     tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(W, W_ref, **tol)
     torch.testing.assert_close(c, c_ref, **(dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32

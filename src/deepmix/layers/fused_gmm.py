@@ -28,7 +28,8 @@ import torch
 
 from ..utils import native
 
-__all__ = ["kernel", "available", "fused_statistics", "fused_apply", "background_scores",
+__all__ = ["kernel", "available", "fused_statistics", "fused_apply", "linear_form",
+           "background_scores",
            "Background", "MAX_K", "MAX_LIVE"]
 
 #: Largest K the kernel takes (register blocking over K in 64-byte vectors).
@@ -613,6 +614,24 @@ static int bg_dispatch(const T* x, long N, long H, long W, long C, long fy, long
 }
 
 extern "C" {
+int dm_gmm_linear_f32(const float* mu, const float* d, long rows, long D, float* lf, double* lsum,
+                      double* pmmu, int nthreads) {
+  int nt = nthreads < 1 ? 1 : nthreads;
+  if (rows * D < 32768) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (long r = 0; r < rows; ++r)
+    LinearRow<float>::run(mu + r * D, d + r * D, D, lf + r * 2 * D, lsum + r, pmmu + r);
+  return 0;
+}
+int dm_gmm_linear_f64(const double* mu, const double* d, long rows, long D, double* lf,
+                      double* lsum, double* pmmu, int nthreads) {
+  int nt = nthreads < 1 ? 1 : nthreads;
+  if (rows * D < 32768) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (long r = 0; r < rows; ++r)
+    LinearRow<double>::run(mu + r * D, d + r * D, D, lf + r * 2 * D, lsum + r, pmmu + r);
+  return 0;
+}
 int dm_gmm_bgscores_f32(const float* x, long N, long H, long W, long C, long fy, long fx, long sy,
                         long sx, long Ho, long Wo, const float* r0, const float* tab,
                         const float* cpad, long K, long nv, double max_frac, float* out,
@@ -673,6 +692,10 @@ def _declare(lib: ctypes.CDLL) -> None:
     for name, ct in (("dm_gmm_apply_f32", ctypes.c_float), ("dm_gmm_apply_f64", ctypes.c_double)):
         fn = getattr(lib, name)
         fn.argtypes = [P, P, P, P, L, L, ct, ct, ctypes.c_int, ct, ct, P, P, P, ctypes.c_int]
+        fn.restype = ctypes.c_int
+    for name in ("dm_gmm_linear_f32", "dm_gmm_linear_f64"):
+        fn = getattr(lib, name)
+        fn.argtypes = [P, P, L, L, P, P, P, ctypes.c_int]
         fn.restype = ctypes.c_int
     for name in ("dm_gmm_bgscores_f32", "dm_gmm_bgscores_f64"):
         fn = getattr(lib, name)
@@ -814,6 +837,24 @@ def background_scores(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tens
     if rc != 0:
         raise RuntimeError("fused GMM kernel rejected its arguments")
     return Background(out, live, r0, cpad[:K].clone())
+
+
+def linear_form(mu: torch.Tensor, d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    r"""Write :math:`[d^2 \mu, -d^2/2]` of ``mu``, ``d`` (P, K, D) into ``out`` (P, K, 2D) and
+    return (P, K) :math:`\sum \log d - \tfrac12 \sum d^2 \mu^2` (float64), the parameter part of
+    the offsets c. The same code as :func:`fused_apply`'s refill, so a layer's linear form is
+    the same bits whether it was refilled by a training step or computed from loaded
+    parameters."""
+    lib = kernel()
+    assert lib is not None and mu.is_contiguous() and d.is_contiguous() and out.is_contiguous()
+    P, K, D = mu.shape
+    assert out.shape == (P, K, 2 * D) and out.dtype == mu.dtype == d.dtype
+    lsum = torch.empty(P, K, dtype=torch.float64)
+    pmmu = torch.empty(P, K, dtype=torch.float64)
+    fn = lib.dm_gmm_linear_f32 if mu.dtype == torch.float32 else lib.dm_gmm_linear_f64
+    fn(mu.data_ptr(), d.data_ptr(), P * K, D, out.data_ptr(), lsum.data_ptr(), pmmu.data_ptr(),
+       torch.get_num_threads())
+    return lsum - 0.5 * pmmu
 
 
 def fused_apply(mu: torch.Tensor, d: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,

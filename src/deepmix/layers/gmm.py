@@ -193,6 +193,10 @@ class GMM(Layer):
         if buf is None or buf.shape != (P, K, 2 * D) or buf.dtype != self.mu.dtype \
                 or buf.device != self.mu.device:
             buf = self._lf_buf = torch.empty(P, K, 2 * D, dtype=self.mu.dtype, device=self.mu.device)
+        if self._fused_linear_form():
+            # The kernel's fill: the same code (and bits) as the refill after a fused update.
+            part = fused_gmm.linear_form(self.mu.detach(), self.d.detach(), buf)
+            return buf.transpose(1, 2), torch.log_softmax(self.xi, dim=-1) + part.to(buf.dtype)
         pm, half_prec = buf[..., :D], buf[..., D:]
         torch.mul(self.d, self.d, out=half_prec)
         torch.mul(half_prec, self.mu, out=pm)
@@ -200,6 +204,12 @@ class GMM(Layer):
              - 0.5 * torch.linalg.vecdot(pm, self.mu))
         half_prec.mul_(-0.5)
         return buf.transpose(1, 2), c
+
+    def _fused_linear_form(self) -> bool:
+        """Whether the kernel fills the linear form (then a fused update refills it too)."""
+        return (self.use_fused is not False and self.mu.dtype == self.d.dtype
+                and self.mu.is_contiguous() and self.d.is_contiguous()
+                and fused_gmm.available(self.mu, self.K))
 
     @staticmethod
     def design(x: torch.Tensor) -> torch.Tensor:
@@ -452,7 +462,7 @@ class GMM(Layer):
             # linear-form buffer for the new parameters (same values as _fill_linear_form).
             buf = self._lf_buf
             if buf is None or buf.shape != (P, K, 2 * D) or buf.dtype != mu.dtype \
-                    or buf.device != mu.device:
+                    or buf.device != mu.device or not self._fused_linear_form():
                 buf = None
             part = fused_gmm.fused_apply(mu.data, d.data, sums, counts_f, -2.0 * step * lr_mu,
                                          step * lr_d, update_d, self.d_min, self.d_max,

@@ -294,3 +294,35 @@ def test_fused_apply_refills_the_linear_form(fused_mode, update_d, dtype):
     torch.testing.assert_close(W, W_ref, **tol)
     torch.testing.assert_close(c, c_ref, **(dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32
                                              else tol))
+
+
+def test_portable_kernel_equals_reference(monkeypatch, tmp_path, fused_mode):
+    # The kernel built for x86-64-v3 (AVX2, no AVX-512): the generic C++ paths that CPUs
+    # without AVX-512 run (compaction and winner search by scalar loops). -O1: the test is
+    # about results, and the build takes a third of the time.
+    import platform
+
+    from deepmix.utils import native
+
+    if platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("x86-64 only")
+    monkeypatch.setattr(native, "FLAGS", [
+        {"-march=native": "-march=x86-64-v3", "-O3": "-O1"}.get(f, f) for f in native.FLAGS])
+    monkeypatch.setenv("DEEPMIX_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_LOADED", {})
+    if fused_gmm.kernel() is None:
+        pytest.skip("the compiler cannot build for x86-64-v3")
+    # Pixel patches (compaction, winner search) and a background map (background scores).
+    for (shape, patch, K, make), sigma in zip(
+            [((10, 10, 1), (4, 4, 2, 2), 9, _images),
+             ((12, 12, 5), (4, 4, 2, 2), 25, _background_maps)] * 2, [1.5, 1.5, 1e-4, 1e-4]):
+        x = make(shape, 7, torch.float32, seed=12)
+        fold = Folding(shape, *patch)
+        layer = _layer(fold.output_shape, K, torch.float32, seed=13, sigma=sigma)
+        fused_mode(False)
+        ref = layer.winner_statistics(x, fold=fold)
+        fused_mode(True)
+        got = layer.winner_statistics(x, fold=fold)
+        torch.testing.assert_close(got.counts, ref.counts, rtol=0, atol=0)
+        for a, b in ((got.sums, ref.sums), (got.loss_sum, ref.loss_sum), (got.resp, ref.resp)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

@@ -457,6 +457,17 @@ template <> struct LinearRow<float> {
   }
 };
 
+// The linear form of every row (the fill from parameters; apply_step refills row by row).
+template <typename T>
+static void linear_rows(const T* mu, const T* d, long rows, long D, T* lf, double* lsum,
+                        double* pmmu, int nthreads) {
+  int nt = nthreads < 1 ? 1 : nthreads;
+  if (rows * D < 32768) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (long r = 0; r < rows; ++r)
+    LinearRow<T>::run(mu + r * D, d + r * D, D, lf + r * 2 * D, lsum + r, pmmu + r);
+}
+
 template <typename T>
 static void apply_step(T* mu, T* d, const T* sums, const T* counts, long rows, long D,
                        T step_mu, T step_d, int update_d, T d_min, T d_max, T* lf, double* lsum,
@@ -616,20 +627,12 @@ static int bg_dispatch(const T* x, long N, long H, long W, long C, long fy, long
 extern "C" {
 int dm_gmm_linear_f32(const float* mu, const float* d, long rows, long D, float* lf, double* lsum,
                       double* pmmu, int nthreads) {
-  int nt = nthreads < 1 ? 1 : nthreads;
-  if (rows * D < 32768) nt = 1;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (long r = 0; r < rows; ++r)
-    LinearRow<float>::run(mu + r * D, d + r * D, D, lf + r * 2 * D, lsum + r, pmmu + r);
+  linear_rows<float>(mu, d, rows, D, lf, lsum, pmmu, nthreads);
   return 0;
 }
 int dm_gmm_linear_f64(const double* mu, const double* d, long rows, long D, double* lf,
                       double* lsum, double* pmmu, int nthreads) {
-  int nt = nthreads < 1 ? 1 : nthreads;
-  if (rows * D < 32768) nt = 1;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (long r = 0; r < rows; ++r)
-    LinearRow<double>::run(mu + r * D, d + r * D, D, lf + r * 2 * D, lsum + r, pmmu + r);
+  linear_rows<double>(mu, d, rows, D, lf, lsum, pmmu, nthreads);
   return 0;
 }
 int dm_gmm_bgscores_f32(const float* x, long N, long H, long W, long C, long fy, long fx, long sy,
@@ -727,6 +730,18 @@ class Background(NamedTuple):
     patch_scores: torch.Tensor
 
 
+def _prepare(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tensor) -> tuple:
+    """The library, contiguous x, its shape, the patch geometry, (2D, K), and the K padding:
+    nv 64-byte vectors of KP lanes."""
+    lib = kernel()
+    assert lib is not None
+    x = x.contiguous()
+    D2, K = Wl.shape
+    nv = -(-K // (64 // x.element_size()))
+    return (lib, x, tuple(x.shape), tuple(int(v) for v in geometry), (D2, K), nv,
+            nv * (64 // x.element_size()))
+
+
 def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tensor,
                      c: torch.Tensor, g: torch.Tensor | None, scores: torch.Tensor | None = None,
                      background: Background | None = None
@@ -741,16 +756,8 @@ def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tenso
     (from :func:`background_scores`; its scores are then the scores) an all-background patch is
     finished once and its rows are added to its winner's sums as one multiple.
     """
-    lib = kernel()
-    assert lib is not None
+    lib, x, (N, H, W, C), (fy, fx, sy, sx, Ho, Wo), (D2, K), nv, KP = _prepare(x, geometry, Wl)
     dt = x.dtype
-    x = x.contiguous()
-    N, H, W, C = x.shape
-    fy, fx, sy, sx, Ho, Wo = (int(v) for v in geometry)
-    D2, K = Wl.shape
-    lanes = 64 // x.element_size()
-    nv = -(-K // lanes)
-    KP = nv * lanes
     if scores is None and background is None:
         Wt = torch.zeros(D2, KP, dtype=dt)
         Wt[:, :K] = Wl
@@ -803,16 +810,8 @@ def background_scores(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tens
     result is exact whatever it is, only the speed depends on it. ``geometry`` and ``Wl``,
     ``c`` as in :func:`fused_statistics`.
     """
-    lib = kernel()
-    assert lib is not None
+    lib, x, (N, H, W, C), (fy, fx, sy, sx, Ho, Wo), (D2, K), nv, KP = _prepare(x, geometry, Wl)
     dt = x.dtype
-    x = x.contiguous()
-    N, H, W, C = x.shape
-    fy, fx, sy, sx, Ho, Wo = (int(v) for v in geometry)
-    D2, K = Wl.shape
-    lanes = 64 // x.element_size()
-    nv = -(-K // lanes)
-    KP = nv * lanes
     r0 = x[0, 0, 0].clone()
     fn = lib.dm_gmm_bgscores_f32 if dt == torch.float32 else lib.dm_gmm_bgscores_f64
     # The density check first: a declined map then costs no tables (a few torch ops on

@@ -326,3 +326,54 @@ def test_portable_kernel_equals_reference(monkeypatch, tmp_path, fused_mode):
         torch.testing.assert_close(got.counts, ref.counts, rtol=0, atol=0)
         for a, b in ((got.sums, ref.sums), (got.loss_sum, ref.loss_sum), (got.resp, ref.resp)):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_pixels_give_the_reference_results(fused_mode, bad):
+    # torch's max takes the first NaN and propagates it, threshold keeps NaN, an infinite pixel
+    # must not turn the kernel's padding lanes into NaN.
+    x = torch.zeros(2, 6, 6, 1)
+    x[0, 2, 2, 0] = bad
+    x[1, 3, 1, 0] = 0.5
+    fold = Folding((6, 6, 1), 3, 3, 1, 1)
+    for sigma in (1.5, 1e-4):
+        layer = _layer(fold.output_shape, 5, torch.float32, seed=14, sigma=sigma)
+        fused_mode(False)
+        ref = layer.winner_statistics(x, fold=fold)
+        fused_mode(True)
+        got = layer.winner_statistics(x, fold=fold)
+        assert torch.equal(got.counts, ref.counts)
+        torch.testing.assert_close(got.resp, ref.resp, equal_nan=True, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.loss_sum, ref.loss_sum, equal_nan=True)
+
+
+def test_linear_form_of_unusual_precisions_equals_torch():
+    # log16 covers normal positive floats; 0, subnormal, negative and NaN d take exact logs.
+    mu = torch.rand(1, 4, 32)
+    for bad in (0.0, 1e-40, -1.0, float("nan")):
+        d = 1.0 + torch.rand(1, 4, 32)
+        d[0, 1, 5] = bad
+        out = torch.empty(1, 4, 64)
+        part = fused_gmm.linear_form(mu, d, out)
+        ref = torch.log(d.double()).sum(-1) - 0.5 * (d.double() ** 2 * mu.double() ** 2).sum(-1)
+        torch.testing.assert_close(part, ref, equal_nan=True, rtol=1e-6, atol=1e-4)
+
+
+def test_kernel_wrappers_refuse_inconsistent_arguments():
+    x = torch.rand(2, 4, 4, 1)
+    Wl, c = torch.rand(18, 3), torch.rand(3)
+    with pytest.raises(ValueError, match="do not fit"):
+        fused_gmm.fused_statistics(x, (3, 3, 1, 1, 3, 3), Wl, c, None)     # 3 + 2 > 4
+    with pytest.raises(ValueError, match="do not fit"):
+        fused_gmm.fused_statistics(x, (3, 3, 1, 1, 2, 2), Wl[:8], c, None)  # 8 != 2 * 9 rows
+    assert fused_gmm.background_scores(x[:0], (3, 3, 1, 1, 2, 2), Wl, c) is None
+    mu, d = torch.rand(1, 3, 4), torch.ones(1, 3, 4)
+    with pytest.raises(ValueError, match="do not match"):
+        fused_gmm.fused_apply(mu, d, torch.zeros(1, 3, 7), torch.zeros(1, 3), 0.1, 0.1, True,
+                              0.1, 10.0)
+    # counts in another dtype are converted, not read as raw bytes of mu's dtype
+    a, b = mu.clone(), mu.clone()
+    sums, counts = torch.rand(1, 3, 8), torch.tensor([[2.0, 0.0, 1.0]])
+    fused_gmm.fused_apply(a, d.clone(), sums, counts, 0.1, 0.1, False, 0.1, 10.0)
+    fused_gmm.fused_apply(b, d.clone(), sums, counts.double(), 0.1, 0.1, False, 0.1, 10.0)
+    assert torch.equal(a, b)

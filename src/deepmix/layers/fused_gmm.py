@@ -45,6 +45,7 @@ _SOURCE = r"""
 #include <cstring>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 #include <omp.h>
 #if defined(__AVX512F__)
@@ -91,6 +92,11 @@ template <typename T, unsigned B> struct Halve {
     std::memcpy(&lo, &v, B / 2); std::memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
     return Halve<T, B / 2>::max(lo > hi ? lo : hi);
   }
+  static inline T max_nan(V v) {   // NaN wins, as in torch's max
+    H lo, hi;
+    std::memcpy(&lo, &v, B / 2); std::memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
+    return Halve<T, B / 2>::max_nan((lo > hi) | (lo != lo) ? lo : hi);
+  }
   static inline T sum(V v) {
     H lo, hi;
     std::memcpy(&lo, &v, B / 2); std::memcpy(&hi, reinterpret_cast<const char*>(&v) + B / 2, B / 2);
@@ -100,6 +106,7 @@ template <typename T, unsigned B> struct Halve {
 template <typename T> struct Halve<T, 2 * sizeof(T)> {
   typedef T V __attribute__((vector_size(2 * sizeof(T))));
   static inline T max(V v) { return v[0] > v[1] ? v[0] : v[1]; }
+  static inline T max_nan(V v) { return v[0] > v[1] || v[0] != v[0] ? v[0] : v[1]; }
   static inline T sum(V v) { return v[0] + v[1]; }
 };
 
@@ -140,13 +147,17 @@ template <> struct Compact<float> {
 };
 #endif
 
-// Index of the first lane of a[0..NV) equal to m (K - 1 where none is: a NaN maximum).
+// Index of the first lane of a[0..NV) equal to the maximum m, or the first NaN lane where m is
+// NaN (torch's max): the first maximum, capped at K - 1.
 template <typename T, typename V, int NV> struct FirstEq {
   static inline long find(const V* a, T m, long K) {
     T b[NV * 16];
     std::memcpy(b, a, sizeof(V) * NV);
     long k = 0;
-    while (b[k] != m && k < K - 1) ++k;
+    if (m != m)
+      while (b[k] == b[k] && k < K - 1) ++k;
+    else
+      while (b[k] != m && k < K - 1) ++k;
     return k;
   }
 };
@@ -155,8 +166,10 @@ template <typename T, typename V, int NV> struct FirstEq {
 template <typename V, int NV> struct FirstEq<float, V, NV> {
   static inline long find(const V* a, float m, long K) {
     const __m512 mv = _mm512_set1_ps(m);
+    const bool nan = m != m;
     for (int v = 0; v < NV; ++v) {
-      const __mmask16 eq = _mm512_cmp_ps_mask((__m512)a[v], mv, _CMP_EQ_OQ);
+      const __mmask16 eq = nan ? _mm512_cmp_ps_mask((__m512)a[v], (__m512)a[v], _CMP_UNORD_Q)
+                               : _mm512_cmp_ps_mask((__m512)a[v], mv, _CMP_EQ_OQ);
       if (eq) {
         const long k = v * 16L + __builtin_ctz((unsigned)eq);
         return k < K - 1 ? k : K - 1;
@@ -182,6 +195,11 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     for (int v = 1; v < NV; ++v) m = m > a[v] ? m : a[v];
     return Halve<T, sizeof(V)>::max(m);
   };
+  auto hmax_nan = [&](const V* a) {   // NaN wins, as in torch's max
+    V m = a[0];
+    for (int v = 1; v < NV; ++v) m = (m > a[v]) | (m != m) ? m : a[v];
+    return Halve<T, sizeof(V)>::max_nan(m);
+  };
   auto hsum = [&](const V* a) {
     V m = a[0];
     for (int v = 1; v < NV; ++v) m += a[v];
@@ -191,8 +209,20 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
   V apad[NV];
   for (int v = 0; v < NV; ++v)
     for (long l = 0; l < L; ++l) apad[v][l] = v * L + l < K ? T(0) : -std::numeric_limits<T>::infinity();
-  // Winner, annealed best score and responsibilities of one patch from its scores.
-  auto finish = [&](const V* sv, T* rr, long& ks, T& best) {
+  typedef decltype(V{} < V{}) Mask;
+  Mask valid[NV];
+  for (int v = 0; v < NV; ++v) valid[v] = apad[v] == T(0);
+  const T ninf = -std::numeric_limits<T>::infinity();
+  // Winner, annealed best score and responsibilities of one patch from its scores. The fast
+  // form (careful false) gives up (false) where a maximum or the softmax sum is not finite: a
+  // NaN or infinite input. The careful form then sets the padding lanes back to -inf (an
+  // infinite input times a padding weight 0 made them NaN) and lets NaN win the maxima, as
+  // torch does; it costs a tenth of a pixel layer's pass, so only such patches take it.
+  auto finish_as = [&](auto careful_c, const V* sv_in, T* rr, long& ks, T& best)
+      __attribute__((always_inline)) -> bool {
+    constexpr bool careful = decltype(careful_c)::value;
+    V sv[NV];
+    for (int v = 0; v < NV; ++v) sv[v] = careful ? (valid[v] ? sv_in[v] : ninf) : sv_in[v];
     const V* ap = sv;
     V g[NV];
     if (gT) {
@@ -222,24 +252,33 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
       for (int v = 0; v < NV; ++v) {
         g[v] = h[0][v];
         for (int q = 1; q < CH; ++q) g[v] += h[q][v];
+        if (careful) g[v] = valid[v] ? g[v] : ninf;
       }
       ap = g;
     }
     // First maximum of the annealed scores.
-    const T am = hmax(ap);
-    ks = FirstEq<T, V, NV>::find(ap, am, K);
-    best = am;
-    const T mx = hmax(sv);
+    const T am = careful ? hmax_nan(ap) : hmax(ap);
+    const T mx = careful ? hmax_nan(sv) : hmax(sv);
     V e[NV];
     for (int v = 0; v < NV; ++v) e[v] = Exp<T, V>::apply(sv[v] - mx);
     const T inv = T(1) / hsum(e);
+    if (!careful && !(std::isfinite(am) && std::isfinite(mx) && std::isfinite(inv))) return false;
+    ks = FirstEq<T, V, NV>::find(ap, am, K);
+    best = am;
     T out[NV * 16];
     for (int v = 0; v < NV; ++v) {
       V r = e[v] * inv;
-      r = r > floor_r ? r : V{};
+      r = r <= floor_r ? V{} : r;   // (NaN stays NaN, as torch.threshold leaves it)
       std::memcpy(out + v * L, &r, sizeof(V));
     }
     std::memcpy(rr, out, K * sizeof(T));
+    return true;
+  };
+  auto careful = [&](const V* sv, T* rr, long& ks, T& best) __attribute__((noinline)) {
+    finish_as(std::true_type{}, sv, rr, ks, best);
+  };
+  auto finish = [&](const V* sv, T* rr, long& ks, T& best) __attribute__((always_inline)) {
+    if (__builtin_expect(!finish_as(std::false_type{}, sv, rr, ks, best), 0)) careful(sv, rr, ks, best);
   };
   // The all-zero patch scores exactly c: evaluate it once.
   T r0[NV * 16];
@@ -364,9 +403,9 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     counts[k0] += tzero[t];
     bsum += tbest[t] + (double)tzero[t] * (double)a0;
   }
-  if (live) {
-    int64_t nb = 0;
-    for (int t = 0; t < nt; ++t) nb += tbg[t];
+  int64_t nb = 0;
+  for (int t = 0; t < nt; ++t) nb += tbg[t];
+  if (live && nb > 0) {   // (0 x an infinite background row would be NaN)
     counts[kb] += nb;
     bsum += (double)nb * (double)ab;
     T* dst = sums + kb * D2;
@@ -437,10 +476,12 @@ template <> struct LinearRow<float> {
   static inline void run(const float* m, const float* d, long D, float* out, double* ls,
                          double* pm) {
     W a = W{}, b = W{};
+    I bad = I{};   // lanes where d is not a normal positive float: log16 does not cover them
     long i = 0;
     for (; i + 16 <= D; i += 16) {
       V dv, mv;
       std::memcpy(&dv, d + i, sizeof(V)); std::memcpy(&mv, m + i, sizeof(V));
+      bad |= (dv < 1.17549435e-38f) | (dv != dv) | (dv > 3.40282347e+38f);
       const V p = dv * dv, q = p * mv, h = p * -0.5f;
       std::memcpy(out + i, &q, sizeof(V)); std::memcpy(out + D + i, &h, sizeof(V));
       a += __builtin_convertvector(log16(dv), W);
@@ -448,6 +489,12 @@ template <> struct LinearRow<float> {
     }
     double sa = 0.0, sb = 0.0;
     for (int l = 0; l < 16; ++l) { sa += a[l]; sb += b[l]; }
+    bool any_bad = false;
+    for (int l = 0; l < 16; ++l) any_bad |= bad[l] != 0;
+    if (any_bad) {   // (d <= 0, subnormal, inf or NaN: only a hand-set or loaded d) exact logs
+      sa = 0.0;
+      for (long k = 0; k < i; ++k) sa += std::log((double)d[k]);
+    }
     for (; i < D; ++i) {
       const float p = d[i] * d[i], q = p * m[i];
       out[i] = q; out[D + i] = p * -0.5f;
@@ -737,6 +784,13 @@ def _prepare(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tensor) -> tu
     assert lib is not None
     x = x.contiguous()
     D2, K = Wl.shape
+    N, H, W, C = x.shape
+    fy, fx, sy, sx, Ho, Wo = (int(v) for v in geometry)
+    # The kernels index x and Wl by this geometry: refuse what would read past them.
+    if min(fy, fx, sy, sx, Ho, Wo) < 1 or (Ho - 1) * sy + fy > H or (Wo - 1) * sx + fx > W \
+            or D2 != 2 * fy * fx * C:
+        raise ValueError(f"fused GMM kernel: patches {fy}x{fx} stride {sy}x{sx} -> {Ho}x{Wo} do "
+                         f"not fit x {tuple(x.shape)} and a linear form of {D2} rows")
     nv = -(-K // (64 // x.element_size()))
     return (lib, x, tuple(x.shape), tuple(int(v) for v in geometry), (D2, K), nv,
             nv * (64 // x.element_size()))
@@ -810,6 +864,8 @@ def background_scores(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tens
     result is exact whatever it is, only the speed depends on it. ``geometry`` and ``Wl``,
     ``c`` as in :func:`fused_statistics`.
     """
+    if x.shape[0] == 0:
+        return None
     lib, x, (N, H, W, C), (fy, fx, sy, sx, Ho, Wo), (D2, K), nv, KP = _prepare(x, geometry, Wl)
     dt = x.dtype
     r0 = x[0, 0, 0].clone()
@@ -870,8 +926,12 @@ def fused_apply(mu: torch.Tensor, d: torch.Tensor, sums: torch.Tensor, counts: t
     lib = kernel()
     assert lib is not None and mu.is_contiguous() and d.is_contiguous()
     P, K, D = mu.shape
-    sums = sums.contiguous()
-    counts = counts.contiguous()
+    # The C code reads both as mu's dtype, in these shapes: anything else would be read as garbage.
+    sums = sums.to(mu.dtype).contiguous()
+    counts = counts.to(mu.dtype).contiguous()
+    if sums.numel() != P * K * 2 * D or counts.numel() != P * K:
+        raise ValueError(f"fused_apply: sums {tuple(sums.shape)} / counts {tuple(counts.shape)} "
+                         f"do not match mu {tuple(mu.shape)}")
     fn = lib.dm_gmm_apply_f32 if mu.dtype == torch.float32 else lib.dm_gmm_apply_f64
     lsum = pmmu = None
     if linear_form is not None:

@@ -165,6 +165,48 @@ def test_fused_apply_statistics_equals_reference(fused_mode, independent, update
         torch.testing.assert_close(b.log_scores(x), a.log_scores(x), **score_tol)
 
 
+@pytest.mark.parametrize("independent", [False, True])
+@pytest.mark.parametrize("sigma", [2.0, 0.2, 1e-4])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_update_equals_the_formula(fused_mode, independent, sigma, dtype):
+    # Winners' statistics with components that never won (count 0, zero sums: the annealing
+    # skips them), an annealing matrix that is dense (sigma 2), has exact zeros (0.2) or is
+    # the identity (1e-4), and 2D = 80: a full block of columns and a tail.
+    gen = torch.Generator().manual_seed(21)
+    K, D = 25, 40
+    layer = GMM((2, 1, D), K, independent, sigma=sigma).to(dtype)
+    P = layer.mu.shape[0]
+    with torch.no_grad():
+        layer.mu.uniform_(-0.5, 1.5, generator=gen)
+        layer.d.uniform_(0.5, 4.4, generator=gen)
+        layer.xi.normal_(generator=gen)
+    counts = torch.randint(0, 4, (P, K), generator=gen).to(dtype)
+    counts[:, ::3] = 0
+    sums = torch.rand(P, K, 2 * D, generator=gen, dtype=dtype) * counts.unsqueeze(-1)
+    g = layer.annealing_matrix()
+    if sigma == 0.2:
+        assert g is not None and (g == 0).any()
+    if g is not None:   # not symmetric (as every toroidal g is): catches a transposed read
+        g = g * torch.rand(K, K, generator=gen, dtype=dtype)
+    mu, d, xi = (p.detach().clone() for p in (layer.mu, layer.d, layer.xi))
+    n, S = (counts, sums) if g is None else (counts @ g, torch.matmul(g.T, sums))
+    step = 0.3
+    t = S[..., :D] - n.unsqueeze(-1) * mu
+    e = S[..., D:] - mu * (S[..., :D] + t)
+    d_ref = (d + step * 0.1 * (n.unsqueeze(-1) / d - d * e)).clamp(0.1, 4.4)
+    mu_ref = mu + step * 1.0 * d * d * t
+    xi_ref = xi + step * 0.2 * (n - torch.softmax(xi, -1) * n.sum(-1, keepdim=True))
+    buf = torch.empty(P, K, 2 * D, dtype=dtype)
+    c = fused_gmm.fused_update(mu, d, xi, sums, counts, g, step, 1.0, 0.1, 0.2, True, 0.1, 4.4,
+                               linear_form=buf)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+    for got, ref in ((mu, mu_ref), (d, d_ref), (xi, xi_ref)):
+        torch.testing.assert_close(got, ref, **tol)
+    # The refilled linear form is the kernel's fill of the new parameters, to the bit.
+    fill = torch.empty_like(buf)
+    assert torch.equal(fused_gmm.linear_form(mu, d, xi, fill), c) and torch.equal(fill, buf)
+
+
 def _background_maps(shape, n, dtype, seed, live=0.6):
     """Maps (n, H, W, C) that repeat one random vector except at about ``live`` of the
     positions (a responsibility map of digits repeats the background's responsibilities);
@@ -354,9 +396,11 @@ def test_linear_form_of_unusual_precisions_equals_torch():
         d = 1.0 + torch.rand(1, 4, 32)
         d[0, 1, 5] = bad
         out = torch.empty(1, 4, 64)
-        part = fused_gmm.linear_form(mu, d, out)
-        ref = torch.log(d.double()).sum(-1) - 0.5 * (d.double() ** 2 * mu.double() ** 2).sum(-1)
-        torch.testing.assert_close(part, ref, equal_nan=True, rtol=1e-6, atol=1e-4)
+        xi = torch.tensor([[0.5, -1.0, 2.0, 0.0]])
+        c = fused_gmm.linear_form(mu, d, xi, out)
+        ref = (torch.log_softmax(xi.double(), -1) + torch.log(d.double()).sum(-1)
+               - 0.5 * (d.double() ** 2 * mu.double() ** 2).sum(-1))
+        torch.testing.assert_close(c, ref.float(), equal_nan=True, rtol=1e-6, atol=1e-4)
 
 
 def test_kernel_wrappers_refuse_inconsistent_arguments():
@@ -367,13 +411,14 @@ def test_kernel_wrappers_refuse_inconsistent_arguments():
     with pytest.raises(ValueError, match="do not fit"):
         fused_gmm.fused_statistics(x, (3, 3, 1, 1, 2, 2), Wl[:8], c, None)  # 8 != 2 * 9 rows
     assert fused_gmm.background_scores(x[:0], (3, 3, 1, 1, 2, 2), Wl, c) is None
-    mu, d = torch.rand(1, 3, 4), torch.ones(1, 3, 4)
+    mu, d, xi = torch.rand(1, 3, 4), torch.ones(1, 3, 4), torch.zeros(1, 3)
     with pytest.raises(ValueError, match="do not match"):
-        fused_gmm.fused_apply(mu, d, torch.zeros(1, 3, 7), torch.zeros(1, 3), 0.1, 0.1, True,
-                              0.1, 10.0)
+        fused_gmm.fused_update(mu, d, xi, torch.zeros(1, 3, 7), torch.zeros(1, 3), None, 0.1,
+                               1.0, 0.1, 0.2, True, 0.1, 10.0)
     # counts in another dtype are converted, not read as raw bytes of mu's dtype
     a, b = mu.clone(), mu.clone()
     sums, counts = torch.rand(1, 3, 8), torch.tensor([[2.0, 0.0, 1.0]])
-    fused_gmm.fused_apply(a, d.clone(), sums, counts, 0.1, 0.1, False, 0.1, 10.0)
-    fused_gmm.fused_apply(b, d.clone(), sums, counts.double(), 0.1, 0.1, False, 0.1, 10.0)
+    for m, cnt in ((a, counts), (b, counts.double())):
+        fused_gmm.fused_update(m, d.clone(), xi.clone(), sums, cnt, None, 0.1, 1.0, 0.1, 0.2,
+                               False, 0.1, 10.0)
     assert torch.equal(a, b)

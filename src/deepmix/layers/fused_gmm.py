@@ -28,7 +28,7 @@ import torch
 
 from ..utils import native
 
-__all__ = ["kernel", "available", "fused_statistics", "fused_apply", "linear_form",
+__all__ = ["kernel", "available", "fused_statistics", "fused_update", "linear_form",
            "background_scores",
            "Background", "MAX_K", "MAX_LIVE"]
 
@@ -504,45 +504,150 @@ template <> struct LinearRow<float> {
   }
 };
 
-// The linear form of every row (the fill from parameters; apply_step refills row by row).
+// Offsets of one position's linear form: c_k = log softmax(xi)_k + sum log d_k - (1/2) sum
+// d_k^2 mu_k^2, in double, rounded once. The fill from parameters and the refill after a
+// fused update share it, so a trained layer and its reload hold the same bits.
 template <typename T>
-static void linear_rows(const T* mu, const T* d, long rows, long D, T* lf, double* lsum,
-                        double* pmmu, int nthreads) {
+static void offsets_row(const T* xi, const double* lsum, const double* pmmu, long K, T* c) {
+  double m = -std::numeric_limits<double>::infinity();
+  for (long k = 0; k < K; ++k) m = std::max(m, (double)xi[k]);
+  double z = 0.0;
+  for (long k = 0; k < K; ++k) z += std::exp((double)xi[k] - m);
+  const double lz = m + std::log(z);
+  for (long k = 0; k < K; ++k) c[k] = T(((double)xi[k] - lz) + (lsum[k] - 0.5 * pmmu[k]));
+}
+
+// The linear form of every row (the fill from parameters; update_step refills row by row),
+// and with xi the offsets c (P, K).
+template <typename T>
+static void linear_rows(const T* mu, const T* d, const T* xi, long P, long K, long D, T* lf,
+                        T* c, int nthreads) {
+  const long rows = P * K;
+  std::vector<double> lsum(rows), pmmu(rows);
   int nt = nthreads < 1 ? 1 : nthreads;
   if (rows * D < 32768) nt = 1;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (long r = 0; r < rows; ++r)
-    LinearRow<T>::run(mu + r * D, d + r * D, D, lf + r * 2 * D, lsum + r, pmmu + r);
+    LinearRow<T>::run(mu + r * D, d + r * D, D, lf + r * 2 * D, &lsum[r], &pmmu[r]);
+  for (long p = 0; p < P; ++p) offsets_row(xi + p * K, &lsum[p * K], &pmmu[p * K], K, c + p * K);
 }
 
+// Annealed sums A_p = g^T S_p ((K, 2D) per position p): A_k = sum_j g_jk S_j over the
+// components j that won (count c_j != 0: the other rows of S are sums of no rows, exact zeros;
+// a top layer's batch has one or two winners among 36 components early in training) and the
+// non-zero g_jk (WEIGHT_FLOOR zeros at a small sigma). Columns go in blocks of four 64-byte
+// vectors of accumulators per output row; the rows of a block stay in L1.
 template <typename T>
-static void apply_step(T* mu, T* d, const T* sums, const T* counts, long rows, long D,
-                       T step_mu, T step_d, int update_d, T d_min, T d_max, T* lf, double* lsum,
-                       double* pmmu, int nthreads) {
+static void anneal_sums(const T* S, const T* counts, const T* g, long P, long K, long D2, T* A,
+                        int nthreads) {
+  typedef typename Vec<T>::type V;
+  const long L = 64 / sizeof(T), CB = 4 * L, nb = (D2 + CB - 1) / CB;
+  std::vector<long> act(P * K), nact(P, 0);
+  long work = 0;
+  for (long p = 0; p < P; ++p)
+    for (long j = 0; j < K; ++j)
+      if (counts[p * K + j] != T(0)) act[p * K + nact[p]++] = j;
+  for (long p = 0; p < P; ++p) work += nact[p];
+  int nt = nthreads < 1 ? 1 : nthreads;
+  if (work * K * D2 < (1L << 18)) nt = 1;
+#pragma omp parallel for num_threads(nt) schedule(static) collapse(2)
+  for (long p = 0; p < P; ++p)
+    for (long b = 0; b < nb; ++b) {
+      const long c0 = b * CB, w = std::min(CB, D2 - c0), na = nact[p];
+      const long* aj = act.data() + p * K;
+      const T* Sp = S + p * K * D2 + c0;
+      T* Ap = A + p * K * D2 + c0;
+      for (long k = 0; k < K; ++k) {
+        if (w == CB) {
+          V a[4] = {V{}, V{}, V{}, V{}};
+          for (long q = 0; q < na; ++q) {
+            const long j = aj[q];
+            const T gw = g[j * K + k];
+            if (gw == T(0)) continue;
+            for (int v = 0; v < 4; ++v) {
+              V s; std::memcpy(&s, Sp + j * D2 + v * L, sizeof(V));
+              a[v] += gw * s;
+            }
+          }
+          std::memcpy(Ap + k * D2, a, sizeof(a));
+        } else {
+          T a[64 / sizeof(T) * 4] = {};
+          for (long q = 0; q < na; ++q) {
+            const long j = aj[q];
+            const T gw = g[j * K + k];
+            if (gw == T(0)) continue;
+            for (long i = 0; i < w; ++i) a[i] += gw * Sp[j * D2 + i];
+          }
+          std::memcpy(Ap + k * D2, a, w * sizeof(T));
+        }
+      }
+    }
+}
+
+// The whole SGD ascent step of GMM.apply_statistics from the winners' sums S and counts c:
+// with g, n = c g and S <- g^T S per position (else n = c); then
+//   xi += step lr_xi (n - softmax(xi) sum n),
+//   t = S^x - n mu, e = S^xx - mu (S^x + t), mu += step lr_mu d^2 t, d += step lr_d (n/d - d e),
+// d clamped to [d_min, d_max]; every term from the old mu, d and xi, as in the torch path.
+// With lf, the same pass writes the new linear form (row r: [d^2 mu, -d^2/2]) and c its offsets.
+template <typename T>
+static void update_step(T* mu, T* d, T* xi, const T* sums, const T* counts, const T* g, long P,
+                        long K, long D, double step, double lr_mu, double lr_d, double lr_xi,
+                        int update_d, T d_min, T d_max, T* lf, T* c, int nthreads) {
+  const long rows = P * K, D2 = 2 * D;
+  std::vector<T> n(rows);
+  const T* A = sums;
+  static thread_local std::vector<T> abuf;
+  if (g) {
+    for (long p = 0; p < P; ++p)
+      for (long k = 0; k < K; ++k) {
+        double s = 0.0;
+        for (long j = 0; j < K; ++j) s += (double)counts[p * K + j] * (double)g[j * K + k];
+        n[p * K + k] = T(s);
+      }
+    if ((long)abuf.size() < rows * D2) abuf.resize(rows * D2);
+    anneal_sums(sums, counts, g, P, K, D2, abuf.data(), nthreads);
+    A = abuf.data();
+  } else {
+    std::copy(counts, counts + rows, n.begin());
+  }
+  for (long p = 0; p < P; ++p) {   // softmax(xi) of the old xi
+    T* x = xi + p * K;
+    double m = -std::numeric_limits<double>::infinity(), z = 0.0, tot = 0.0;
+    for (long k = 0; k < K; ++k) m = std::max(m, (double)x[k]);
+    for (long k = 0; k < K; ++k) { z += std::exp((double)x[k] - m); tot += (double)n[p * K + k]; }
+    for (long k = 0; k < K; ++k) {
+      const double pi = std::exp((double)x[k] - m) / z;
+      x[k] = T((double)x[k] + step * lr_xi * ((double)n[p * K + k] - pi * tot));
+    }
+  }
+  const T step_mu = T(step * lr_mu), step_d = T(step * lr_d);
+  std::vector<double> lsum(lf ? rows : 0), pmmu(lf ? rows : 0);
   int nt = nthreads < 1 ? 1 : nthreads;
   if (rows * D < 32768) nt = 1;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (long r = 0; r < rows; ++r) {
-    const T n = counts[r];
-    const T* sx = sums + r * 2 * D;
+    const T nr = n[r];
+    const T* sx = A + r * D2;
     const T* sxx = sx + D;
     T* m = mu + r * D;
     T* dd = d + r * D;
     for (long i = 0; i < D; ++i) {
-      const T mi = m[i], di = dd[i], t = sx[i] - n * mi;
-      const T hp = (di * di) * T(-0.5);
+      const T mi = m[i], di = dd[i], t = sx[i] - nr * mi;
       if (update_d) {
         const T e = sxx[i] - mi * (sx[i] + t);
-        T nd = di + step_d * (n / di - di * e);
+        T nd = di + step_d * (nr / di - di * e);
         nd = nd < d_min ? d_min : nd;
         dd[i] = nd > d_max ? d_max : nd;
       }
-      m[i] = mi + step_mu * (hp * t);
+      m[i] = mi + step_mu * ((di * di) * t);
     }
-    // The new linear form's row [d^2 mu, -d^2/2] and its offsets' sums sum log d, sum d^2 mu^2,
-    // while the row is in L1 (torch took five passes and a log over all parameters for them).
-    if (lf) LinearRow<T>::run(m, dd, D, lf + r * 2 * D, lsum + r, pmmu + r);
+    // The new linear form's row and its offsets' sums sum log d, sum d^2 mu^2 while the row
+    // is in L1 (torch took five passes and a log over all parameters for them).
+    if (lf) LinearRow<T>::run(m, dd, D, lf + r * D2, &lsum[r], &pmmu[r]);
   }
+  if (lf)
+    for (long p = 0; p < P; ++p) offsets_row(xi + p * K, &lsum[p * K], &pmmu[p * K], K, c + p * K);
 }
 
 // Scores of every patch of a map that mostly repeats one vector r0 (the responsibilities of
@@ -672,14 +777,14 @@ static int bg_dispatch(const T* x, long N, long H, long W, long C, long fy, long
 }
 
 extern "C" {
-int dm_gmm_linear_f32(const float* mu, const float* d, long rows, long D, float* lf, double* lsum,
-                      double* pmmu, int nthreads) {
-  linear_rows<float>(mu, d, rows, D, lf, lsum, pmmu, nthreads);
+int dm_gmm_linear_f32(const float* mu, const float* d, const float* xi, long P, long K, long D,
+                      float* lf, float* c, int nthreads) {
+  linear_rows<float>(mu, d, xi, P, K, D, lf, c, nthreads);
   return 0;
 }
-int dm_gmm_linear_f64(const double* mu, const double* d, long rows, long D, double* lf,
-                      double* lsum, double* pmmu, int nthreads) {
-  linear_rows<double>(mu, d, rows, D, lf, lsum, pmmu, nthreads);
+int dm_gmm_linear_f64(const double* mu, const double* d, const double* xi, long P, long K,
+                      long D, double* lf, double* c, int nthreads) {
+  linear_rows<double>(mu, d, xi, P, K, D, lf, c, nthreads);
   return 0;
 }
 int dm_gmm_bgscores_f32(const float* x, long N, long H, long W, long C, long fy, long fx, long sy,
@@ -696,18 +801,20 @@ int dm_gmm_bgscores_f64(const double* x, long N, long H, long W, long C, long fy
   return bg_dispatch<double>(x, N, H, W, C, fy, fx, sy, sx, Ho, Wo, r0, tab, cpad, K, nv, max_frac,
                              out, live, nthreads);
 }
-int dm_gmm_apply_f32(float* mu, float* d, const float* sums, const float* counts, long rows,
-                     long D, float step_mu, float step_d, int update_d, float d_min, float d_max,
-                     float* lf, double* lsum, double* pmmu, int nthreads) {
-  apply_step<float>(mu, d, sums, counts, rows, D, step_mu, step_d, update_d, d_min, d_max,
-                    lf, lsum, pmmu, nthreads);
+int dm_gmm_update_f32(float* mu, float* d, float* xi, const float* sums, const float* counts,
+                      const float* g, long P, long K, long D, double step, double lr_mu,
+                      double lr_d, double lr_xi, int update_d, float d_min, float d_max,
+                      float* lf, float* c, int nthreads) {
+  update_step<float>(mu, d, xi, sums, counts, g, P, K, D, step, lr_mu, lr_d, lr_xi, update_d,
+                     d_min, d_max, lf, c, nthreads);
   return 0;
 }
-int dm_gmm_apply_f64(double* mu, double* d, const double* sums, const double* counts, long rows,
-                     long D, double step_mu, double step_d, int update_d, double d_min,
-                     double d_max, double* lf, double* lsum, double* pmmu, int nthreads) {
-  apply_step<double>(mu, d, sums, counts, rows, D, step_mu, step_d, update_d, d_min, d_max,
-                     lf, lsum, pmmu, nthreads);
+int dm_gmm_update_f64(double* mu, double* d, double* xi, const double* sums,
+                      const double* counts, const double* g, long P, long K, long D, double step,
+                      double lr_mu, double lr_d, double lr_xi, int update_d, double d_min,
+                      double d_max, double* lf, double* c, int nthreads) {
+  update_step<double>(mu, d, xi, sums, counts, g, P, K, D, step, lr_mu, lr_d, lr_xi, update_d,
+                      d_min, d_max, lf, c, nthreads);
   return 0;
 }
 
@@ -739,13 +846,15 @@ def _declare(lib: ctypes.CDLL) -> None:
         fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, P, P, P, P, P, P, P, P,
                        ctypes.c_int]
         fn.restype = ctypes.c_int
-    for name, ct in (("dm_gmm_apply_f32", ctypes.c_float), ("dm_gmm_apply_f64", ctypes.c_double)):
+    Dbl = ctypes.c_double
+    for name, ct in (("dm_gmm_update_f32", ctypes.c_float), ("dm_gmm_update_f64", Dbl)):
         fn = getattr(lib, name)
-        fn.argtypes = [P, P, P, P, L, L, ct, ct, ctypes.c_int, ct, ct, P, P, P, ctypes.c_int]
+        fn.argtypes = [P, P, P, P, P, P, L, L, L, Dbl, Dbl, Dbl, Dbl, ctypes.c_int, ct, ct, P, P,
+                       ctypes.c_int]
         fn.restype = ctypes.c_int
     for name in ("dm_gmm_linear_f32", "dm_gmm_linear_f64"):
         fn = getattr(lib, name)
-        fn.argtypes = [P, P, L, L, P, P, P, ctypes.c_int]
+        fn.argtypes = [P, P, P, L, L, L, P, P, ctypes.c_int]
         fn.restype = ctypes.c_int
     for name in ("dm_gmm_bgscores_f32", "dm_gmm_bgscores_f64"):
         fn = getattr(lib, name)
@@ -894,54 +1003,70 @@ def background_scores(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tens
     return Background(out, live, r0, cpad[:K].clone())
 
 
-def linear_form(mu: torch.Tensor, d: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+def linear_form(mu: torch.Tensor, d: torch.Tensor, xi: torch.Tensor,
+                out: torch.Tensor) -> torch.Tensor:
     r"""Write :math:`[d^2 \mu, -d^2/2]` of ``mu``, ``d`` (P, K, D) into ``out`` (P, K, 2D) and
-    return (P, K) :math:`\sum \log d - \tfrac12 \sum d^2 \mu^2` (float64), the parameter part of
-    the offsets c. The same code as :func:`fused_apply`'s refill, so a layer's linear form is
-    the same bits whether it was refilled by a training step or computed from loaded
-    parameters."""
+    return the offsets (P, K) :math:`c = \log\mathrm{softmax}(\xi) + \sum \log d - \tfrac12
+    \sum d^2 \mu^2` (summed in float64, rounded once). The same code as :func:`fused_update`'s
+    refill, so a layer's linear form is the same bits whether it was refilled by a training
+    step or computed from loaded parameters."""
     lib = kernel()
-    assert lib is not None and mu.is_contiguous() and d.is_contiguous() and out.is_contiguous()
     P, K, D = mu.shape
+    assert lib is not None and mu.is_contiguous() and d.is_contiguous() and out.is_contiguous()
     assert out.shape == (P, K, 2 * D) and out.dtype == mu.dtype == d.dtype
-    lsum = torch.empty(P, K, dtype=torch.float64)
-    pmmu = torch.empty(P, K, dtype=torch.float64)
+    xi = xi.to(mu.dtype).contiguous()
+    assert xi.shape == (P, K)
+    c = torch.empty(P, K, dtype=mu.dtype)
     fn = lib.dm_gmm_linear_f32 if mu.dtype == torch.float32 else lib.dm_gmm_linear_f64
-    fn(mu.data_ptr(), d.data_ptr(), P * K, D, out.data_ptr(), lsum.data_ptr(), pmmu.data_ptr(),
+    fn(mu.data_ptr(), d.data_ptr(), xi.data_ptr(), P, K, D, out.data_ptr(), c.data_ptr(),
        torch.get_num_threads())
-    return lsum - 0.5 * pmmu
+    return c
 
 
-def fused_apply(mu: torch.Tensor, d: torch.Tensor, sums: torch.Tensor, counts: torch.Tensor,
-                step_mu: float, step_d: float, update_d: bool, d_min: float, d_max: float,
-                linear_form: torch.Tensor | None = None) -> torch.Tensor | None:
-    r"""In place: ``mu += step_mu * (-d^2/2) * (S^x - n mu)`` and, with ``update_d``,
-    ``d = clamp(d + step_d * (n/d - d (S^xx - 2 mu S^x + n mu^2)), d_min, d_max)`` from the old
-    mu and d; ``sums`` (P, K, 2D), ``counts`` (P, K) (annealing already applied). The caller
-    bumps the parameters' version counters (the linear-form cache keys on them).
+def fused_update(mu: torch.Tensor, d: torch.Tensor, xi: torch.Tensor, sums: torch.Tensor,
+                 counts: torch.Tensor, g: torch.Tensor | None, step: float, lr_mu: float,
+                 lr_d: float, lr_xi: float, update_d: bool, d_min: float, d_max: float,
+                 linear_form: torch.Tensor | None = None) -> torch.Tensor | None:
+    r"""One SGD ascent step of a GMM layer in place, from its winners' ``sums`` (P, K, 2D) and
+    ``counts`` (P, K) (before annealing; as in :class:`~deepmix.layers.gmm.WinnerStatistics`,
+    the sums of a component with count 0 are zero, and the annealing skips them). With the annealing matrix ``g`` (K, K),
+    :math:`n = c\,g` and :math:`S \leftarrow g^T S` per position; then, every term at the old
+    parameters,
+
+    .. math:: \xi \mathrel{+}= \eta\lambda_\xi (n - \pi \textstyle\sum_k n_k), \quad
+              \mu \mathrel{+}= \eta\lambda_\mu d^2 (S^x - n\mu), \quad
+              d \leftarrow \mathrm{clamp}(d + \eta\lambda_d (n/d - d(S^{xx} - 2\mu S^x + n\mu^2)))
+
+    (:math:`\eta` = ``step``, d only with ``update_d``, clamped to [d_min, d_max]). One call
+    instead of about twenty torch ops and a (K, K) x (K, 2D) product. The caller bumps the
+    parameters' version counters (the linear-form cache keys on them).
 
     With ``linear_form`` (a contiguous (P, K, 2D) buffer) the same pass writes the new
-    :math:`[d^2 \mu, -d^2/2]` into it and returns (P, K) :math:`\sum \log d - \tfrac12
-    \sum d^2 \mu^2` (float64), the parameter part of the offsets c."""
+    :math:`[d^2 \mu, -d^2/2]` into it and returns the new offsets c (P, K) (as
+    :func:`linear_form` computes them)."""
     lib = kernel()
-    assert lib is not None and mu.is_contiguous() and d.is_contiguous()
+    assert lib is not None and mu.is_contiguous() and d.is_contiguous() and xi.is_contiguous()
     P, K, D = mu.shape
-    # The C code reads both as mu's dtype, in these shapes: anything else would be read as garbage.
-    sums = sums.to(mu.dtype).contiguous()
-    counts = counts.to(mu.dtype).contiguous()
+    dt = mu.dtype
+    assert d.dtype == xi.dtype == dt and xi.shape == (P, K)
+    # The C code reads these as mu's dtype, in these shapes: anything else would be garbage.
+    sums = sums.to(dt).contiguous()
+    counts = counts.to(dt).contiguous()
     if sums.numel() != P * K * 2 * D or counts.numel() != P * K:
-        raise ValueError(f"fused_apply: sums {tuple(sums.shape)} / counts {tuple(counts.shape)} "
+        raise ValueError(f"fused_update: sums {tuple(sums.shape)} / counts {tuple(counts.shape)} "
                          f"do not match mu {tuple(mu.shape)}")
-    fn = lib.dm_gmm_apply_f32 if mu.dtype == torch.float32 else lib.dm_gmm_apply_f64
-    lsum = pmmu = None
+    if g is not None:
+        g = g.to(dt).contiguous()
+        assert g.shape == (K, K)
+    c = None
     if linear_form is not None:
         assert linear_form.is_contiguous() and linear_form.shape == (P, K, 2 * D) \
-            and linear_form.dtype == mu.dtype
-        lsum = torch.empty(P, K, dtype=torch.float64)
-        pmmu = torch.empty(P, K, dtype=torch.float64)
-    fn(mu.data_ptr(), d.data_ptr(), sums.data_ptr(), counts.data_ptr(), P * K, D,
-       float(step_mu), float(step_d), int(bool(update_d)), float(d_min), float(d_max),
-       *((0, 0, 0) if linear_form is None else (linear_form.data_ptr(), lsum.data_ptr(),
-                                                pmmu.data_ptr())),
+            and linear_form.dtype == dt
+        c = torch.empty(P, K, dtype=dt)
+    fn = lib.dm_gmm_update_f32 if dt == torch.float32 else lib.dm_gmm_update_f64
+    fn(mu.data_ptr(), d.data_ptr(), xi.data_ptr(), sums.data_ptr(), counts.data_ptr(),
+       0 if g is None else g.data_ptr(), P, K, D, float(step), float(lr_mu), float(lr_d),
+       float(lr_xi), int(bool(update_d)), float(d_min), float(d_max),
+       *((0, 0) if c is None else (linear_form.data_ptr(), c.data_ptr())),
        torch.get_num_threads())
-    return None if lsum is None else lsum - 0.5 * pmmu
+    return c

@@ -195,8 +195,8 @@ class GMM(Layer):
             buf = self._lf_buf = torch.empty(P, K, 2 * D, dtype=self.mu.dtype, device=self.mu.device)
         if self._fused_linear_form():
             # The kernel's fill: the same code (and bits) as the refill after a fused update.
-            part = fused_gmm.linear_form(self.mu.detach(), self.d.detach(), buf)
-            return buf.transpose(1, 2), torch.log_softmax(self.xi, dim=-1) + part.to(buf.dtype)
+            c = fused_gmm.linear_form(self.mu.detach(), self.d.detach(), self.xi.detach(), buf)
+            return buf.transpose(1, 2), c
         pm, half_prec = buf[..., :D], buf[..., D:]
         torch.mul(self.d, self.d, out=half_prec)
         torch.mul(half_prec, self.mu, out=pm)
@@ -442,40 +442,35 @@ class GMM(Layer):
         linear form they were computed with."""
         P, K, D = self.mu.shape
         H, W, _ = self.input_shape
-        Wl, _ = self._linear_form()
         g = self.annealing_matrix()
         N = int(rows)
-        sums, counts = st.sums, st.counts
-
-        count_div = float(N) if self.independent else float(N * H * W)
-        counts_f = counts.view(P, K)
-        sums = sums.view(P, K, 2 * D)
-        if g is not None:
-            sums = torch.matmul(g.T, sums)
-            counts_f = counts_f @ g
         mu, d = self.mu, self.d
-        step = lr / count_div
-        grad_xi = counts_f - self.pi * counts_f.sum(-1, keepdim=True)
-        if self.use_fused is not False and fused_gmm.available(mu, K) and d.dtype == mu.dtype \
-                and sums.dtype == mu.dtype and sums.device == mu.device:
-            # One pass over (P*K, D) instead of about ten elementwise ones; it also refills the
-            # linear-form buffer for the new parameters (same values as _fill_linear_form).
+        step = lr / (float(N) if self.independent else float(N * H * W))
+        if self.use_fused is not False and fused_gmm.available(mu, K) \
+                and d.dtype == self.xi.dtype == mu.dtype and st.sums.device == mu.device:
+            # One call for annealing, the three gradients and the update (about twenty torch
+            # ops and a (K, K) x (K, 2D) product otherwise); it also refills the linear-form
+            # buffer for the new parameters (the same bits as _fill_linear_form).
             buf = self._lf_buf
             if buf is None or buf.shape != (P, K, 2 * D) or buf.dtype != mu.dtype \
                     or buf.device != mu.device or not self._fused_linear_form():
                 buf = None
-            part = fused_gmm.fused_apply(mu.data, d.data, sums, counts_f, -2.0 * step * lr_mu,
-                                         step * lr_d, update_d, self.d_min, self.d_max,
-                                         linear_form=buf)
-            increment_version(mu)
-            if update_d:
-                increment_version(d)
-            self.xi.add_(grad_xi, alpha=step * lr_xi)
-            if part is not None:
-                c = torch.log_softmax(self.xi, dim=-1) + part.to(mu.dtype)
+            c = fused_gmm.fused_update(mu.data, d.data, self.xi.data, st.sums, st.counts, g,
+                                       step, lr_mu, lr_d, lr_xi, update_d, self.d_min,
+                                       self.d_max, linear_form=buf)
+            for p in (mu, d, self.xi) if update_d else (mu, self.xi):
+                increment_version(p)
+            if c is not None:
                 self._lf = (buf.transpose(1, 2), c)
                 self._lf_key = self._params_key()
             return
+        Wl, _ = self._linear_form()
+        counts_f = st.counts.view(P, K)
+        sums = st.sums.view(P, K, 2 * D)
+        if g is not None:
+            sums = torch.matmul(g.T, sums)
+            counts_f = counts_f @ g
+        grad_xi = counts_f - self.pi * counts_f.sum(-1, keepdim=True)
         Sx, Sxx = sums[..., :D], sums[..., D:]
         nk = counts_f.unsqueeze(-1)
         half_prec = Wl.transpose(1, 2)[..., D:]                     # -d^2/2 at the old d

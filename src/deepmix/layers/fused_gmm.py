@@ -302,20 +302,52 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     finish(acc, rb, kb, ab);
   }
   int nt = nthreads < 1 ? 1 : nthreads;
-  if (M < 64) nt = 1;
+  // Given scores for few patches with long rows (a top layer: (K, 2D) sums as large as all its
+  // rows together): finish every patch first, then add the rows to the winners' sums by column
+  // ranges, one per thread, rows in order; no private copy of the sums to clear and reduce.
+  const bool by_columns = given && K * 4 > M;
+  if (M < 64 && !by_columns) nt = 1;
   // Thread 0 adds into sums itself: a top layer's (K, 2D) sums are large next to its few rows,
   // so every private copy costs a clear and a reduction pass.
-  std::vector<T> tsums((size_t)(nt - 1) * K * D2, T(0));
+  std::vector<T> tsums(by_columns ? 0 : (size_t)(nt - 1) * K * D2, T(0));
   std::vector<int64_t> tcounts((size_t)nt * K, 0), tzero(nt, 0), tbg(nt, 0);
   std::vector<double> tbest(nt, 0.0);
+  std::vector<long> win(by_columns ? M : 0);
 #pragma omp parallel num_threads(nt)
   {
     const int t = omp_get_thread_num(), nth = omp_get_num_threads();
     const long m_begin = M * t / nth, m_end = M * (t + 1) / nth;
-    T* ls = t == 0 ? sums : tsums.data() + (size_t)(t - 1) * K * D2;
+    T* ls = t == 0 || by_columns ? sums : tsums.data() + (size_t)(t - 1) * K * D2;
     int64_t* lc = tcounts.data() + (size_t)t * K;
     int64_t nzero = 0, nbg = 0;
     double best = 0.0;
+    if (by_columns) {
+      for (long m = m_begin; m < m_end; ++m) {
+        if (live && !live[m]) { std::memcpy(resp + m * K, rb, K * sizeof(T)); win[m] = -1; ++nbg; continue; }
+        V acc[NV];
+        T sv[NV * 16];
+        for (long k = 0; k < KP; ++k) sv[k] = k < K ? given[m * K + k] : cpad[k];
+        std::memcpy(acc, sv, sizeof(V) * NV);
+        long ks; T bk;
+        finish(acc, resp + m * K, ks, bk);
+        best += (double)bk;
+        win[m] = ks;
+        ++lc[ks];
+      }
+#pragma omp barrier
+      const long c0 = D * t / nth, c1 = D * (t + 1) / nth;
+      for (long m = 0; m < M; ++m) {
+        if (win[m] < 0) continue;
+        const long n = m / (Ho * Wo), oh = (m / Wo) % Ho, ow = m % Wo;
+        T* dst = ls + win[m] * D2;
+        for (long r = c0 / run_len; r < fy && r * run_len < c1; ++r) {
+          const long lo = std::max(c0, r * run_len), hi = std::min(c1, (r + 1) * run_len);
+          // src[i] is design column i of this patch row
+          const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C - r * run_len;
+          for (long i = lo; i < hi; ++i) { const T v = src[i]; dst[i] += v; dst[D + i] += v * v; }
+        }
+      }
+    } else {
     std::vector<T> zval(D + 16);   // + 16: Compact stores whole vectors
     std::vector<int> zidx(D + 16);
     // Patch m's (n, oh, ow), advanced with m: three integer divisions a patch cost as much as
@@ -388,6 +420,7 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
       for (long q = 0; q < nnz; ++q) { const T zv = zval[q]; dst[zidx[q]] += zv; dst[D + zidx[q]] += zv * zv; }
       ++lc[ks];
     }
+    }
     tzero[t] = nzero;
     tbg[t] = nbg;
     tbest[t] = best;
@@ -396,8 +429,10 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
   double bsum = 0.0;
   for (int t = 0; t < nt; ++t) {
     if (t > 0) {
-      const T* ls = tsums.data() + (size_t)(t - 1) * K * D2;
-      for (long i = 0; i < K * D2; ++i) sums[i] += ls[i];
+      if (!by_columns) {
+        const T* ls = tsums.data() + (size_t)(t - 1) * K * D2;
+        for (long i = 0; i < K * D2; ++i) sums[i] += ls[i];
+      }
     }
     for (long k = 0; k < K; ++k) counts[k] += tcounts[(size_t)t * K + k];
     counts[k0] += tzero[t];
@@ -417,25 +452,43 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
   *best_sum += bsum;
 }
 
+// The entry of one layer pass: lays out what run() reads (weights (2D, KP) padded to whole
+// vectors, offsets padded with -inf, g^T padded) from the layer's own (K, 2D) linear form, c
+// and g (a few thousand entries: cheaper here than as torch ops), and writes the counts in T
+// and the loss = best-score sum + offset.
 template <typename T>
 static int dispatch(const T* x, long H, long W, long C, long fy, long fx, long sy, long sx,
-                    long Ho, long Wo, long M, const T* Wt, const T* cpad, const T* gT, long K,
+                    long Ho, long Wo, long M, const T* Wk, const T* c, const T* g, long K,
                     long nv, const T* given, const unsigned char* live, const T* bgrow,
-                    const T* bgs, T* resp, T* sums, int64_t* counts, double* best_sum,
+                    const T* bgs, T* resp, T* sums, T* counts_out, double offset, T* loss,
                     int nthreads) {
+  const long L = 64 / sizeof(T), KP = nv * L, D2 = 2 * fy * fx * C;
+  std::vector<T> Wt(Wk ? D2 * KP : KP, T(0));
+  if (Wk)
+    for (long k = 0; k < K; ++k)
+      for (long i = 0; i < D2; ++i) Wt[i * KP + k] = Wk[k * D2 + i];
+  std::vector<T> cpad(KP, -std::numeric_limits<T>::infinity());   // padding lanes never win
+  std::copy(c, c + K, cpad.begin());
+  std::vector<T> gT(g ? K * KP : 0, T(0));
+  if (g)
+    for (long j = 0; j < K; ++j)
+      for (long k = 0; k < K; ++k) gT[j * KP + k] = g[k * K + j];
+  std::vector<int64_t> counts(K, 0);
+  double best = 0.0;
   switch (nv) {
-#define CASE(n) case n: run<T, n>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, given, live, \
-                                  bgrow, bgs, resp, sums, counts, best_sum, nthreads); return 0;
+#define CASE(n) case n: run<T, n>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt.data(), cpad.data(), \
+                                  g ? gT.data() : nullptr, K, given, live, bgrow, bgs, resp, sums, \
+                                  counts.data(), &best, nthreads); break;
     CASE(1) CASE(2) CASE(3) CASE(4) CASE(5) CASE(6) CASE(7) CASE(8)
     CASE(9) CASE(10) CASE(11) CASE(12) CASE(13) CASE(14) CASE(15) CASE(16)
 #undef CASE
+    default: return 1;
   }
-  return 1;
+  for (long k = 0; k < K; ++k) counts_out[k] = T(counts[k]);
+  *loss = T(best + offset);
+  return 0;
 }
 
-// The SGD ascent step of GMM.apply_statistics in one pass over (rows, D) (rows = P*K):
-//   t = S^x - n mu, e = S^xx - mu (S^x + t), mu += step_mu (-d^2/2) t, d += step_d (n/d - d e),
-// d clamped to [d_min, d_max]; every term from the old mu and d, as in the torch path.
 // Row r of the linear form: out = [d^2 m, -d^2/2], *ls = sum log d, *pm = sum d^2 m^2 (in double).
 template <typename T> struct LinearRow {
   static inline void run(const T* m, const T* d, long D, T* out, double* ls, double* pm) {
@@ -819,22 +872,20 @@ int dm_gmm_update_f64(double* mu, double* d, double* xi, const double* sums,
 }
 
 int dm_gmm_stats_f32(const float* x, long H, long W, long C, long fy, long fx, long sy, long sx,
-                     long Ho, long Wo, long M, const float* Wt, const float* cpad,
-                     const float* gT, long K, long nv, const float* given,
-                     const unsigned char* live, const float* bgrow, const float* bgs, float* resp,
-                     float* sums, int64_t* counts, double* best_sum, int nthreads) {
-  return dispatch<float>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, given, live, bgrow,
-                         bgs, resp, sums,
-                         counts, best_sum, nthreads);
+                     long Ho, long Wo, long M, const float* Wk, const float* c, const float* g,
+                     long K, long nv, const float* given, const unsigned char* live,
+                     const float* bgrow, const float* bgs, float* resp, float* sums,
+                     float* counts, double offset, float* loss, int nthreads) {
+  return dispatch<float>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wk, c, g, K, nv, given, live,
+                         bgrow, bgs, resp, sums, counts, offset, loss, nthreads);
 }
 int dm_gmm_stats_f64(const double* x, long H, long W, long C, long fy, long fx, long sy, long sx,
-                     long Ho, long Wo, long M, const double* Wt, const double* cpad,
-                     const double* gT, long K, long nv, const double* given,
-                     const unsigned char* live, const double* bgrow, const double* bgs, double* resp,
-                     double* sums, int64_t* counts, double* best_sum, int nthreads) {
-  return dispatch<double>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt, cpad, gT, K, nv, given, live, bgrow,
-                         bgs, resp, sums,
-                          counts, best_sum, nthreads);
+                     long Ho, long Wo, long M, const double* Wk, const double* c, const double* g,
+                     long K, long nv, const double* given, const unsigned char* live,
+                     const double* bgrow, const double* bgs, double* resp, double* sums,
+                     double* counts, double offset, double* loss, int nthreads) {
+  return dispatch<double>(x, H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wk, c, g, K, nv, given, live,
+                          bgrow, bgs, resp, sums, counts, offset, loss, nthreads);
 }
 }
 """
@@ -843,8 +894,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     L, P = ctypes.c_long, ctypes.c_void_p
     for name in ("dm_gmm_stats_f32", "dm_gmm_stats_f64"):
         fn = getattr(lib, name)
-        fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, P, P, P, P, P, P, P, P,
-                       ctypes.c_int]
+        fn.argtypes = [P, L, L, L, L, L, L, L, L, L, L, P, P, P, L, L, P, P, P, P, P, P, P,
+                       ctypes.c_double, P, ctypes.c_int]
         fn.restype = ctypes.c_int
     Dbl = ctypes.c_double
     for name, ct in (("dm_gmm_update_f32", ctypes.c_float), ("dm_gmm_update_f64", Dbl)):
@@ -907,9 +958,10 @@ def _prepare(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tensor) -> tu
 
 def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tensor,
                      c: torch.Tensor, g: torch.Tensor | None, scores: torch.Tensor | None = None,
-                     background: Background | None = None
+                     background: Background | None = None, offset: float = 0.0
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sums (K, 2D), counts (K,) int64, best-score sum (0-d float64), responsibilities (M, K)).
+    """(sums (K, 2D), counts (K,), loss (0-d), responsibilities (M, K)), all in x's dtype; the
+    loss is the sum of the patches' best annealed scores plus ``offset`` (summed in float64).
 
     ``x`` is (N, H, W, C); ``geometry`` = (fy, fx, sy, sx, Ho, Wo) of the patches (1, 1, 1, 1,
     H, W without a Folding layer); ``Wl`` (2D, K), ``c`` (K,) the linear form and ``g`` the
@@ -921,22 +973,19 @@ def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tenso
     """
     lib, x, (N, H, W, C), (fy, fx, sy, sx, Ho, Wo), (D2, K), nv, KP = _prepare(x, geometry, Wl)
     dt = x.dtype
+    Wk = None
     if scores is None and background is None:
-        Wt = torch.zeros(D2, KP, dtype=dt)
-        Wt[:, :K] = Wl
-    else:   # the kernel only finishes given scores: no padded copy of a (2D, K) matrix
-        Wt = torch.zeros(KP, dtype=dt)
-    cpad = torch.full((KP,), float("-inf"), dtype=dt)   # padding lanes never win
-    cpad[:K] = c
-    gT = None
+        # The kernel pads and transposes the (K, 2D) rows itself: the layer's buffer as it is.
+        Wk = Wl.t().to(dt).contiguous()
+    c = c.to(dt).contiguous()
     if g is not None:
-        gT = torch.zeros(K, KP, dtype=dt)
-        gT[:, :K] = g.T.to(dt)
+        g = g.to(dt).contiguous()
+        assert g.shape == (K, K)
     M = N * Ho * Wo
     resp = torch.empty(M, K, dtype=dt)
     sums = torch.zeros(K, D2, dtype=dt)
-    counts = torch.zeros(K, dtype=torch.int64)
-    best = torch.zeros((), dtype=torch.float64)
+    counts = torch.empty(K, dtype=dt)
+    loss = torch.empty((), dtype=dt)
     fn = lib.dm_gmm_stats_f32 if dt == torch.float32 else lib.dm_gmm_stats_f64
     if background is not None:
         scores = background.scores
@@ -944,17 +993,17 @@ def fused_statistics(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tenso
     if scores is not None:
         scores = scores.contiguous()
         assert scores.shape == (M, K) and scores.dtype == dt
-    rc = fn(x.data_ptr(), H, W, C, fy, fx, sy, sx, Ho, Wo, M, Wt.data_ptr(), cpad.data_ptr(),
-            0 if gT is None else gT.data_ptr(), K, nv,
+    rc = fn(x.data_ptr(), H, W, C, fy, fx, sy, sx, Ho, Wo, M, 0 if Wk is None else Wk.data_ptr(),
+            c.data_ptr(), 0 if g is None else g.data_ptr(), K, nv,
             0 if scores is None else scores.data_ptr(),
             *((0, 0, 0) if background is None else (background.live.data_ptr(),
                                                       background.row.data_ptr(),
                                                       background.patch_scores.data_ptr())),
-            resp.data_ptr(), sums.data_ptr(),
-            counts.data_ptr(), best.data_ptr(), torch.get_num_threads())
+            resp.data_ptr(), sums.data_ptr(), counts.data_ptr(), float(offset), loss.data_ptr(),
+            torch.get_num_threads())
     if rc != 0:
         raise RuntimeError("fused GMM kernel rejected its arguments")
-    return sums, counts, best, resp
+    return sums, counts, loss, resp
 
 
 def background_scores(x: torch.Tensor, geometry: tuple[int, ...], Wl: torch.Tensor,

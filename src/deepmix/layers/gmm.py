@@ -428,10 +428,10 @@ class GMM(Layer):
         H, W, _ = self.input_shape
         geometry = ((fold.fy, fold.fx, fold.sy, fold.sx, H, W) if fold is not None
                     else (1, 1, 1, 1, H, W))
-        sums, counts, best, resp = fused_gmm.fused_statistics(x, geometry, Wl[0], c[0], g,
-                                                              scores=scores, background=background)
-        loss_sum = best.to(self.mu.dtype) - N * H * W * 0.5 * self.D * _LOG_2PI
-        return WinnerStatistics(sums=sums, counts=counts.to(sums.dtype), loss_sum=loss_sum,
+        sums, counts, loss_sum, resp = fused_gmm.fused_statistics(
+            x, geometry, Wl[0], c[0], g, scores=scores, background=background,
+            offset=-N * H * W * 0.5 * self.D * _LOG_2PI)
+        return WinnerStatistics(sums=sums, counts=counts, loss_sum=loss_sum,
                                 resp=resp.reshape(N, H, W, self.K))
 
     @torch.no_grad()

@@ -165,13 +165,15 @@ def test_fused_apply_statistics_equals_reference(fused_mode, independent, update
         torch.testing.assert_close(b.log_scores(x), a.log_scores(x), **score_tol)
 
 
+@pytest.mark.parametrize("winners", ["many", "few"])
 @pytest.mark.parametrize("independent", [False, True])
 @pytest.mark.parametrize("sigma", [2.0, 0.2, 1e-4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_update_equals_the_formula(fused_mode, independent, sigma, dtype):
+def test_fused_update_equals_the_formula(fused_mode, winners, independent, sigma, dtype):
     # Winners' statistics with components that never won (count 0, zero sums: the annealing
-    # skips them), an annealing matrix that is dense (sigma 2), has exact zeros (0.2) or is
-    # the identity (1e-4), and 2D = 80: a full block of columns and a tail.
+    # skips them; with few winners it is formed row by row in the update pass), an annealing
+    # matrix that is dense (sigma 2), has exact zeros (0.2) or is the identity (1e-4), and
+    # 2D = 80: a full block of columns and a tail.
     gen = torch.Generator().manual_seed(21)
     K, D = 25, 40
     layer = GMM((2, 1, D), K, independent, sigma=sigma).to(dtype)
@@ -182,6 +184,9 @@ def test_fused_update_equals_the_formula(fused_mode, independent, sigma, dtype):
         layer.xi.normal_(generator=gen)
     counts = torch.randint(0, 4, (P, K), generator=gen).to(dtype)
     counts[:, ::3] = 0
+    if winners == "few":
+        counts[:, 3:] = 0
+        counts[:, 1] = 2.0
     sums = torch.rand(P, K, 2 * D, generator=gen, dtype=dtype) * counts.unsqueeze(-1)
     g = layer.annealing_matrix()
     if sigma == 0.2:

@@ -591,15 +591,11 @@ static void linear_rows(const T* mu, const T* d, const T* xi, long P, long K, lo
 // non-zero g_jk (WEIGHT_FLOOR zeros at a small sigma). Columns go in blocks of four 64-byte
 // vectors of accumulators per output row; the rows of a block stay in L1.
 template <typename T>
-static void anneal_sums(const T* S, const T* counts, const T* g, long P, long K, long D2, T* A,
-                        int nthreads) {
+static void anneal_sums(const T* S, const std::vector<long>& act, const std::vector<long>& nact,
+                        const T* g, long P, long K, long D2, T* A, int nthreads) {
   typedef typename Vec<T>::type V;
   const long L = 64 / sizeof(T), CB = 4 * L, nb = (D2 + CB - 1) / CB;
-  std::vector<long> act(P * K), nact(P, 0);
   long work = 0;
-  for (long p = 0; p < P; ++p)
-    for (long j = 0; j < K; ++j)
-      if (counts[p * K + j] != T(0)) act[p * K + nact[p]++] = j;
   for (long p = 0; p < P; ++p) work += nact[p];
   int nt = nthreads < 1 ? 1 : nthreads;
   if (work * K * D2 < (1L << 18)) nt = 1;
@@ -651,16 +647,30 @@ static void update_step(T* mu, T* d, T* xi, const T* sums, const T* counts, cons
   std::vector<T> n(rows);
   const T* A = sums;
   static thread_local std::vector<T> abuf;
+  // The components that won (the other rows of the sums are zeros).
+  std::vector<long> act(rows), nact(P, 0);
+  bool by_row = false;
   if (g) {
+    long most = 0;
+    for (long p = 0; p < P; ++p) {
+      for (long j = 0; j < K; ++j)
+        if (counts[p * K + j] != T(0)) act[p * K + nact[p]++] = j;
+      most = std::max(most, nact[p]);
+    }
     for (long p = 0; p < P; ++p)
       for (long k = 0; k < K; ++k) {
         double s = 0.0;
         for (long j = 0; j < K; ++j) s += (double)counts[p * K + j] * (double)g[j * K + k];
         n[p * K + k] = T(s);
       }
-    if ((long)abuf.size() < rows * D2) abuf.resize(rows * D2);
-    anneal_sums(sums, counts, g, P, K, D2, abuf.data(), nthreads);
-    A = abuf.data();
+    // Few winners (a top layer early in training: one or two of 36): each row's annealed sums
+    // are formed in the update pass from those few rows (in L2), not written and read back.
+    by_row = most <= 8;
+    if (!by_row) {
+      if ((long)abuf.size() < rows * D2) abuf.resize(rows * D2);
+      anneal_sums(sums, act, nact, g, P, K, D2, abuf.data(), nthreads);
+      A = abuf.data();
+    }
   } else {
     std::copy(counts, counts + rows, n.begin());
   }
@@ -678,10 +688,25 @@ static void update_step(T* mu, T* d, T* xi, const T* sums, const T* counts, cons
   std::vector<double> lsum(lf ? rows : 0), pmmu(lf ? rows : 0);
   int nt = nthreads < 1 ? 1 : nthreads;
   if (rows * D < 32768) nt = 1;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel num_threads(nt)
+  {
+  std::vector<T> row(by_row ? D2 : 0);
+#pragma omp for schedule(static)
   for (long r = 0; r < rows; ++r) {
     const T nr = n[r];
     const T* sx = A + r * D2;
+    if (by_row) {
+      const long p = r / K, k = r % K;
+      std::fill(row.begin(), row.end(), T(0));
+      for (long q = 0; q < nact[p]; ++q) {
+        const long j = act[p * K + q];
+        const T gw = g[j * K + k];
+        const T* sj = sums + (p * K + j) * D2;
+        if (gw != T(0))
+          for (long i = 0; i < D2; ++i) row[i] += gw * sj[i];
+      }
+      sx = row.data();
+    }
     const T* sxx = sx + D;
     T* m = mu + r * D;
     T* dd = d + r * D;
@@ -698,6 +723,7 @@ static void update_step(T* mu, T* d, T* xi, const T* sums, const T* counts, cons
     // The new linear form's row and its offsets' sums sum log d, sum d^2 mu^2 while the row
     // is in L1 (torch took five passes and a log over all parameters for them).
     if (lf) LinearRow<T>::run(m, dd, D, lf + r * D2, &lsum[r], &pmmu[r]);
+  }
   }
   if (lf)
     for (long p = 0; p < P; ++p) offsets_row(xi + p * K, &lsum[p * K], &pmmu[p * K], K, c + p * K);

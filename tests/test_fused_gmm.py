@@ -43,14 +43,17 @@ def _images(shape, n, dtype, seed):
 
 # (input shape, fold (fy, fx, sy, sx) or None, K): pixel patches with strides, patches of a
 # multi-channel map, the whole-input fold (a reshape), no fold; K across one and several
-# 64-byte vectors of scores (16 floats, 8 doubles).
+# 64-byte vectors of scores (16 floats, 8 doubles). Pixel patches at most 8 wide are compacted
+# two rows at a time (an even and an odd number of rows here), and K = 25 in float32 takes the
+# separable annealing (sigma 1.5: dense g; 0.25: g with exact zeros).
 CASES = [((10, 10, 1), (4, 4, 2, 2), 9), ((6, 6, 3), (3, 3, 1, 1), 5),
-         ((3, 3, 2), (3, 3, 1, 1), 17), ((3, 3, 4), None, 33), ((9, 7, 1), (3, 1, 3, 2), 1)]
+         ((3, 3, 2), (3, 3, 1, 1), 17), ((3, 3, 4), None, 33), ((9, 7, 1), (3, 1, 3, 2), 1),
+         ((14, 12, 1), (8, 8, 2, 2), 25), ((11, 9, 1), (5, 7, 2, 1), 25)]
 
 
 @pytest.mark.parametrize("mode", [True, None])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("sigma", [1.5, 1e-4])
+@pytest.mark.parametrize("sigma", [1.5, 0.25, 1e-4])
 @pytest.mark.parametrize("shape, patch, K", CASES)
 def test_fused_winner_statistics_equal_reference(fused_mode, dtype, sigma, shape, patch, K, mode):
     # mode True: the kernel scores the patches itself; None (default): pixel input does, and a
@@ -59,7 +62,7 @@ def test_fused_winner_statistics_equal_reference(fused_mode, dtype, sigma, shape
     fold = Folding(shape, *patch).to(dtype) if patch is not None else None
     gshape = fold.output_shape if fold is not None else shape
     layer = _layer(gshape, K, dtype, seed=2, sigma=sigma)
-    assert (layer.annealing_matrix() is None) == (sigma < 1 or K == 1)
+    assert (layer.annealing_matrix() is None) == (sigma < 0.1 or K == 1)
     fused_mode(False)
     ref = layer.winner_statistics(x, fold=fold)
     fused_mode(mode)

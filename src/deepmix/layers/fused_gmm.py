@@ -53,6 +53,10 @@ _SOURCE = r"""
 #endif
 
 template <typename T> struct Vec { typedef T type __attribute__((vector_size(64))); };
+// Lane indices of a Vec (for __builtin_shuffle).
+template <typename T> struct IVec;
+template <> struct IVec<float> { typedef int32_t type __attribute__((vector_size(64))); };
+template <> struct IVec<double> { typedef int64_t type __attribute__((vector_size(64))); };
 
 // exp(d) for d <= 0 of one vector, 0 where d < -42 (the reference would cut that to 0 too).
 template <typename T, typename V> struct Exp {
@@ -145,6 +149,21 @@ template <> struct Compact<float> {
     return nnz;
   }
 };
+// Two patch rows of at most 8 floats (a pixel patch of width <= 8) compacted by one 16-lane
+// compress: half the compaction work of two single rows (0.90x a pixel layer's pass).
+static inline long compact_pair(const float* a, const float* b, long n, int base_a, int base_b,
+                                float* val, int* idx, long nnz) {
+  const __mmask8 lm = (__mmask8)((1u << n) - 1);
+  const __m512 v = _mm512_insertf32x8(_mm512_castps256_ps512(_mm256_maskz_loadu_ps(lm, a)),
+                                      _mm256_maskz_loadu_ps(lm, b), 1);
+  const __mmask16 nz = _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+  const __m512i id = _mm512_add_epi32(
+      _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7),
+      _mm512_inserti32x8(_mm512_set1_epi32(base_a), _mm256_set1_epi32(base_b), 1));
+  _mm512_storeu_ps(val + nnz, _mm512_maskz_compress_ps(nz, v));
+  _mm512_storeu_si512(idx + nnz, _mm512_maskz_compress_epi32(nz, id));
+  return nnz + __builtin_popcount((unsigned)nz);
+}
 #endif
 
 // Index of the first lane of a[0..NV) equal to the maximum m, or the first NaN lane where m is
@@ -213,6 +232,48 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
   Mask valid[NV];
   for (int v = 0; v < NV; ++v) valid[v] = apad[v] == T(0);
   const T ninf = -std::numeric_limits<T>::infinity();
+  // Separable annealing (float, two vectors: K = n^2 <= 32 on an n x n torus, the pixel layers'
+  // G(25)): g_kj = hy[(jy - ky) mod n] hx[(jx - kx) mod n], as every toroidal g is (its rows'
+  // weights exp(-(dy^2 + dx^2) / 2 sigma^2) factor, and so do their sums). Then a = g s is n
+  // lane rotations along x and n along y (2 x 2n two-vector permutes and 4n FMAs) instead of
+  // K broadcasts and 2K FMAs. Used only where g has that form to 1e-6 of its largest weight.
+  typedef typename IVec<T>::type Idx;
+  bool sep = false;
+  long sn = 0;
+  T hy[16], hx[16];
+  Idx MX[16][2], MY[16][2];
+#if defined(__AVX512F__)
+  if constexpr (std::is_same<T, float>::value && NV == 2) {
+    sn = (long)std::lround(std::sqrt((double)K));
+    if (gT && sn * sn == K && sn >= 2 && gT[0] > T(0)) {
+      // g[0][j] = gT[j * KP + 0]: row 0 gives both factors (up to a common scale).
+      const double g00 = gT[0], rt = std::sqrt(g00);
+      for (long a = 0; a < sn; ++a) { hy[a] = T(gT[a * sn * KP] / rt); hx[a] = T(gT[a * KP] / rt); }
+      // Factors below 1e-15 are dropped: a weight of g below that changes no float32 score,
+      // and products of two of them (under WEIGHT_FLOOR, 0 in g) would be denormal.
+      for (long a = 0; a < sn; ++a) {
+        if (hy[a] < T(1e-15)) hy[a] = T(0);
+        if (hx[a] < T(1e-15)) hx[a] = T(0);
+      }
+      double gmax = 0.0, err = 0.0;
+      for (long k = 0; k < K; ++k)
+        for (long j = 0; j < K; ++j) {
+          const long dy = ((j / sn - k / sn) % sn + sn) % sn, dx = ((j % sn - k % sn) % sn + sn) % sn;
+          const double gk = gT[j * KP + k];
+          gmax = std::max(gmax, gk);
+          err = std::max(err, std::fabs(gk - (double)hy[dy] * (double)hx[dx]));
+        }
+      sep = err <= 1e-6 * gmax;
+      for (long d = 0; d < sn && sep; ++d)
+        for (int v = 0; v < 2; ++v)
+          for (long l = 0; l < L; ++l) {
+            const long lane = v * L + l, y = lane / sn, x = lane % sn;
+            MX[d][v][l] = lane < K ? (int)(y * sn + (x + d) % sn) : (int)lane;
+            MY[d][v][l] = lane < K ? (int)(((y + d) % sn) * sn + x) : (int)lane;
+          }
+    }
+  }
+#endif
   // Winner, annealed best score and responsibilities of one patch from its scores. The fast
   // form (careful false) gives up (false) where a maximum or the softmax sum is not finite: a
   // NaN or infinite input. The careful form then sets the padding lanes back to -inf (an
@@ -225,7 +286,25 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     for (int v = 0; v < NV; ++v) sv[v] = careful ? (valid[v] ? sv_in[v] : ninf) : sv_in[v];
     const V* ap = sv;
     V g[NV];
-    if (gT) {
+#if defined(__AVX512F__)
+    if constexpr (std::is_same<T, float>::value && NV == 2) {
+      if (!careful && sep) {   // (the careful form keeps the dense product: NaN/inf as torch)
+        V t0 = V{}, t1 = V{}, a0 = V{}, a1 = V{};
+        for (long d = 0; d < sn; ++d) {
+          t0 += hx[d] * __builtin_shuffle(sv[0], sv[1], MX[d][0]);
+          t1 += hx[d] * __builtin_shuffle(sv[0], sv[1], MX[d][1]);
+        }
+        for (long d = 0; d < sn; ++d) {
+          a0 += hy[d] * __builtin_shuffle(t0, t1, MY[d][0]);
+          a1 += hy[d] * __builtin_shuffle(t0, t1, MY[d][1]);
+        }
+        g[0] = valid[0] ? a0 : ninf;   // padding lanes never win
+        g[1] = valid[1] ? a1 : ninf;
+        ap = g;
+      }
+    }
+#endif
+    if (gT && ap == sv) {
       T s[NV * 16];
       std::memcpy(s, sv, sizeof(V) * NV);
       // CH accumulator chains: one chain of K dependent FMAs would be latency-bound.
@@ -378,7 +457,17 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
       }
       // Gather the patch's non-zero entries (exact zeros add nothing to a score or a sum).
       long nnz = 0;
-      for (long r = 0; r < fy; ++r) {
+      long r = 0;
+#if defined(__AVX512F__)
+      if constexpr (std::is_same<T, float>::value)
+        if (run_len <= 8)
+          for (; r + 1 < fy; r += 2) {
+            const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
+            nnz = compact_pair(src, src + W * C, run_len, (int)(r * run_len),
+                               (int)((r + 1) * run_len), zval.data(), zidx.data(), nnz);
+          }
+#endif
+      for (; r < fy; ++r) {
         const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
         nnz = Compact<T>::run(src, run_len, (int)(r * run_len), zval.data(), zidx.data(), nnz);
       }

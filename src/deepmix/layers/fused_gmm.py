@@ -10,7 +10,11 @@ its winner :math:`k^* = \arg\max_k \sum_j g_{kj} s_j` (first maximum), turned in
 responsibilities :math:`\mathrm{softmax}_k(s_k)` (entries :math:`\le 10^{-18}` set to 0, as in the
 reference; an exponent below -42 is not evaluated, its result would be cut to 0 anyway), and its
 row :math:`[x, x^2]` added to the winner's sums, all while the block sits in L1. All-zero patches
-(the background of digit images) score exactly :math:`c`, so they are evaluated once.
+(the background of digit images) score exactly :math:`c`, so they are evaluated once. On a
+:math:`\sqrt K \times \sqrt K` torus g factors into two circulant matrices, and the annealing
+is done as lane rotations along each axis. :func:`fused_update` then does the layer's whole SGD
+step (annealing of the statistics, the three gradients, the update and the refill of the linear
+form) in one more call.
 
 The kernel is plain C++ (no torch headers, GCC vector extensions, OpenMP threads = torch's
 thread count) built on first use by :mod:`deepmix.utils.native` (system compiler, per-user

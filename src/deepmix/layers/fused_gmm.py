@@ -1197,9 +1197,9 @@ def fused_update(mu: torch.Tensor, d: torch.Tensor, xi: torch.Tensor, sums: torc
                  linear_form: torch.Tensor | None = None) -> torch.Tensor | None:
     r"""One SGD ascent step of a GMM layer in place, from its winners' ``sums`` (P, K, 2D) and
     ``counts`` (P, K) (before annealing; as in :class:`~deepmix.layers.gmm.WinnerStatistics`,
-    the sums of a component with count 0 are zero, and the annealing skips them). With the annealing matrix ``g`` (K, K),
-    :math:`n = c\,g` and :math:`S \leftarrow g^T S` per position; then, every term at the old
-    parameters,
+    the sums of a component with count 0 are zero, and the annealing skips them). With the
+    annealing matrix ``g`` (K, K), :math:`n = c\,g` and :math:`S \leftarrow g^T S` per
+    position; then, every term at the old parameters,
 
     .. math:: \xi \mathrel{+}= \eta\lambda_\xi (n - \pi \textstyle\sum_k n_k), \quad
               \mu \mathrel{+}= \eta\lambda_\mu d^2 (S^x - n\mu), \quad

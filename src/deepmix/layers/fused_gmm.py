@@ -384,6 +384,14 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     std::memcpy(acc, sv, sizeof(V) * NV);
     finish(acc, rb, kb, ab);
   }
+  // Finish patch m from its given scores (padding lanes from c: -inf).
+  auto finish_given = [&](long m, long& ks, T& bk) __attribute__((always_inline)) {
+    V acc[NV];
+    T sv[NV * 16];
+    for (long k = 0; k < KP; ++k) sv[k] = k < K ? given[m * K + k] : cpad[k];
+    std::memcpy(acc, sv, sizeof(V) * NV);
+    finish(acc, resp + m * K, ks, bk);
+  };
   int nt = nthreads < 1 ? 1 : nthreads;
   // Given scores for few patches with long rows (a top layer: (K, 2D) sums as large as all its
   // rows together): finish every patch first, then add the rows to the winners' sums by column
@@ -407,12 +415,8 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
     if (by_columns) {
       for (long m = m_begin; m < m_end; ++m) {
         if (live && !live[m]) { std::memcpy(resp + m * K, rb, K * sizeof(T)); win[m] = -1; ++nbg; continue; }
-        V acc[NV];
-        T sv[NV * 16];
-        for (long k = 0; k < KP; ++k) sv[k] = k < K ? given[m * K + k] : cpad[k];
-        std::memcpy(acc, sv, sizeof(V) * NV);
         long ks; T bk;
-        finish(acc, resp + m * K, ks, bk);
+        finish_given(m, ks, bk);
         best += (double)bk;
         win[m] = ks;
         ++lc[ks];
@@ -431,88 +435,84 @@ static void run(const T* x, long H, long W, long C, long fy, long fx, long sy, l
         }
       }
     } else {
-    std::vector<T> zval(D + 16);   // + 16: Compact stores whole vectors
-    std::vector<int> zidx(D + 16);
-    // Patch m's (n, oh, ow), advanced with m: three integer divisions a patch cost as much as
-    // scoring a background patch.
-    long ow = m_begin % Wo, oh = (m_begin / Wo) % Ho, n = m_begin / (Wo * Ho);
-    auto advance = [&]() { if (++ow == Wo) { ow = 0; if (++oh == Ho) { oh = 0; ++n; } } };
-    for (long m = m_begin; m < m_end; ++m, advance()) {
-      if (given) {
-        // Scores computed outside (a convolution over dense maps): finish the patch, then add
-        // its rows [x, x^2] to the winner's sums straight from the input.
-        if (live && !live[m]) { std::memcpy(resp + m * K, rb, K * sizeof(T)); ++nbg; continue; }
-        V acc[NV];
-        T sv[NV * 16];
-        for (long k = 0; k < KP; ++k) sv[k] = k < K ? given[m * K + k] : cpad[k];
-        std::memcpy(acc, sv, sizeof(V) * NV);
+      std::vector<T> zval(D + 16);   // + 16: Compact stores whole vectors
+      std::vector<int> zidx(D + 16);
+      // Patch m's (n, oh, ow), advanced with m: three integer divisions a patch cost as much as
+      // scoring a background patch.
+      long ow = m_begin % Wo, oh = (m_begin / Wo) % Ho, n = m_begin / (Wo * Ho);
+      auto advance = [&]() { if (++ow == Wo) { ow = 0; if (++oh == Ho) { oh = 0; ++n; } } };
+      for (long m = m_begin; m < m_end; ++m, advance()) {
+        if (given) {
+          // Scores computed outside (a convolution over dense maps): finish the patch, then add
+          // its rows [x, x^2] to the winner's sums straight from the input.
+          if (live && !live[m]) { std::memcpy(resp + m * K, rb, K * sizeof(T)); ++nbg; continue; }
+          long ks; T bk;
+          finish_given(m, ks, bk);
+          best += (double)bk;
+          T* dst = ls + ks * D2;
+          for (long r = 0; r < fy; ++r) {
+            const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
+            T* d1 = dst + r * run_len;
+            T* d2 = d1 + D;
+            for (long i = 0; i < run_len; ++i) { const T v = src[i]; d1[i] += v; d2[i] += v * v; }
+          }
+          ++lc[ks];
+          continue;
+        }
+        // Gather the patch's non-zero entries (exact zeros add nothing to a score or a sum).
+        long nnz = 0;
+        long r = 0;
+  #if defined(__AVX512F__)
+        if constexpr (std::is_same<T, float>::value)
+          if (run_len <= 8)
+            for (; r + 1 < fy; r += 2) {
+              const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
+              nnz = compact_pair(src, src + W * C, run_len, (int)(r * run_len),
+                                 (int)((r + 1) * run_len), zval.data(), zidx.data(), nnz);
+            }
+  #endif
+        for (; r < fy; ++r) {
+          const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
+          nnz = Compact<T>::run(src, run_len, (int)(r * run_len), zval.data(), zidx.data(), nnz);
+        }
+        T* rr = resp + m * K;
+        if (nnz == 0) { std::memcpy(rr, r0, K * sizeof(T)); ++nzero; continue; }
+        // s = c + sum_i x_i W_i + x_i^2 W_{D+i} over the non-zero x_i, in four FMA chains.
+        V acc[NV], acc2[NV], acc3[NV], acc4[NV];
+        for (int v = 0; v < NV; ++v) {
+          std::memcpy(&acc[v], cpad + v * L, sizeof(V)); acc2[v] = V{}; acc3[v] = V{}; acc4[v] = V{};
+        }
+        long q = 0;
+        for (; q + 1 < nnz; q += 2) {
+          const T zv = zval[q], zz = zv * zv, yv = zval[q + 1], yy = yv * yv;
+          const T* w1 = Wt + (long)zidx[q] * KP;
+          const T* w2 = w1 + D * KP;
+          const T* u1 = Wt + (long)zidx[q + 1] * KP;
+          const T* u2 = u1 + D * KP;
+          for (int v = 0; v < NV; ++v) {
+            V a, b, c1, c2;
+            std::memcpy(&a, w1 + v * L, sizeof(V)); std::memcpy(&b, w2 + v * L, sizeof(V));
+            std::memcpy(&c1, u1 + v * L, sizeof(V)); std::memcpy(&c2, u2 + v * L, sizeof(V));
+            acc[v] += zv * a; acc2[v] += zz * b; acc3[v] += yv * c1; acc4[v] += yy * c2;
+          }
+        }
+        for (; q < nnz; ++q) {
+          const T zv = zval[q], zz = zv * zv;
+          const T* w1 = Wt + (long)zidx[q] * KP;
+          const T* w2 = w1 + D * KP;
+          for (int v = 0; v < NV; ++v) {
+            V a, b; std::memcpy(&a, w1 + v * L, sizeof(V)); std::memcpy(&b, w2 + v * L, sizeof(V));
+            acc[v] += zv * a; acc2[v] += zz * b;
+          }
+        }
+        for (int v = 0; v < NV; ++v) acc[v] += (acc2[v] + acc3[v]) + acc4[v];
         long ks; T bk;
-        finish(acc, resp + m * K, ks, bk);
+        finish(acc, rr, ks, bk);
         best += (double)bk;
         T* dst = ls + ks * D2;
-        for (long r = 0; r < fy; ++r) {
-          const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
-          T* d1 = dst + r * run_len;
-          T* d2 = d1 + D;
-          for (long i = 0; i < run_len; ++i) { const T v = src[i]; d1[i] += v; d2[i] += v * v; }
-        }
+        for (long q = 0; q < nnz; ++q) { const T zv = zval[q]; dst[zidx[q]] += zv; dst[D + zidx[q]] += zv * zv; }
         ++lc[ks];
-        continue;
       }
-      // Gather the patch's non-zero entries (exact zeros add nothing to a score or a sum).
-      long nnz = 0;
-      long r = 0;
-#if defined(__AVX512F__)
-      if constexpr (std::is_same<T, float>::value)
-        if (run_len <= 8)
-          for (; r + 1 < fy; r += 2) {
-            const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
-            nnz = compact_pair(src, src + W * C, run_len, (int)(r * run_len),
-                               (int)((r + 1) * run_len), zval.data(), zidx.data(), nnz);
-          }
-#endif
-      for (; r < fy; ++r) {
-        const T* src = x + ((n * H + oh * sy + r) * W + ow * sx) * C;
-        nnz = Compact<T>::run(src, run_len, (int)(r * run_len), zval.data(), zidx.data(), nnz);
-      }
-      T* rr = resp + m * K;
-      if (nnz == 0) { std::memcpy(rr, r0, K * sizeof(T)); ++nzero; continue; }
-      // s = c + sum_i x_i W_i + x_i^2 W_{D+i} over the non-zero x_i, in four FMA chains.
-      V acc[NV], acc2[NV], acc3[NV], acc4[NV];
-      for (int v = 0; v < NV; ++v) {
-        std::memcpy(&acc[v], cpad + v * L, sizeof(V)); acc2[v] = V{}; acc3[v] = V{}; acc4[v] = V{};
-      }
-      long q = 0;
-      for (; q + 1 < nnz; q += 2) {
-        const T zv = zval[q], zz = zv * zv, yv = zval[q + 1], yy = yv * yv;
-        const T* w1 = Wt + (long)zidx[q] * KP;
-        const T* w2 = w1 + D * KP;
-        const T* u1 = Wt + (long)zidx[q + 1] * KP;
-        const T* u2 = u1 + D * KP;
-        for (int v = 0; v < NV; ++v) {
-          V a, b, c1, c2;
-          std::memcpy(&a, w1 + v * L, sizeof(V)); std::memcpy(&b, w2 + v * L, sizeof(V));
-          std::memcpy(&c1, u1 + v * L, sizeof(V)); std::memcpy(&c2, u2 + v * L, sizeof(V));
-          acc[v] += zv * a; acc2[v] += zz * b; acc3[v] += yv * c1; acc4[v] += yy * c2;
-        }
-      }
-      for (; q < nnz; ++q) {
-        const T zv = zval[q], zz = zv * zv;
-        const T* w1 = Wt + (long)zidx[q] * KP;
-        const T* w2 = w1 + D * KP;
-        for (int v = 0; v < NV; ++v) {
-          V a, b; std::memcpy(&a, w1 + v * L, sizeof(V)); std::memcpy(&b, w2 + v * L, sizeof(V));
-          acc[v] += zv * a; acc2[v] += zz * b;
-        }
-      }
-      for (int v = 0; v < NV; ++v) acc[v] += (acc2[v] + acc3[v]) + acc4[v];
-      long ks; T bk;
-      finish(acc, rr, ks, bk);
-      best += (double)bk;
-      T* dst = ls + ks * D2;
-      for (long q = 0; q < nnz; ++q) { const T zv = zval[q]; dst[zidx[q]] += zv; dst[D + zidx[q]] += zv * zv; }
-      ++lc[ks];
-    }
     }
     tzero[t] = nzero;
     tbg[t] = nbg;

@@ -50,3 +50,20 @@ def test_pinned_or_single_threaded_runs_are_left_alone(monkeypatch):
     assert not gov.enabled
     gov.tick()
     assert torch.get_num_threads() == 1
+
+
+def test_a_blip_at_the_start_does_not_decide(monkeypatch):
+    # The start takes the median of its samples: one sample that sees another runnable thread
+    # (a process exiting), or misses a busy neighbour, does not decide; three that agree end it.
+    for samples, expect in (([1, 0, 0, 0], 2), ([0, 1, 1, 1], 1), ([1, 1, 1], 1), ([0, 0, 0], 2)):
+        seq = iter(samples)
+        monkeypatch.setattr(threads, "other_runnable_threads", lambda: next(seq))
+        monkeypatch.setattr(threads, "available_cpus", lambda: 2)
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(2)
+            ThreadGovernor(2, interval=0.0)
+            assert torch.get_num_threads() == expect
+            assert next(seq, None) is None          # every sample used, none more
+        finally:
+            torch.set_num_threads(before)

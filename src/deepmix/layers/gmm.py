@@ -182,9 +182,12 @@ class GMM(Layer):
         return self._lf
 
     def _params_key(self) -> tuple:
-        """What the cached linear form depends on: the parameters' versions and storage."""
-        return tuple((p._version, p.data_ptr(), p.dtype, p.device)
-                     for p in (self.mu, self.d, self.xi))
+        """What the cached linear form depends on: the parameters' versions and storage (a new
+        dtype or device is new storage). Read from ``_parameters`` directly: this runs twice a
+        training step, and nn.Module's attribute lookup was most of its cost."""
+        p = self._parameters
+        mu, d, xi = p["mu"], p["d"], p["xi"]
+        return (mu._version, d._version, xi._version, mu.data_ptr(), d.data_ptr(), xi.data_ptr())
 
     def _fill_linear_form(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Write [d^2 mu, -d^2/2] into a reused (P, K, 2D) buffer: three passes, no concatenation."""
@@ -278,10 +281,11 @@ class GMM(Layer):
 
     def annealing_matrix(self, sigma: float | None = None) -> torch.Tensor | None:
         """g(sigma) for this layer (None when it is the identity to float precision)."""
-        sigma = float(self.sigma) if sigma is None else float(sigma)
-        key = (sigma, self.d.dtype, self.d.device)
+        d = self._parameters["d"]
+        sigma = float(self._buffers["sigma"]) if sigma is None else float(sigma)
+        key = (sigma, d.dtype, d.device)
         if self._g_cache is None or self._g_cache[:3] != key:
-            g = annealing_matrix(self.K, sigma, dtype=self.d.dtype, device=self.d.device)
+            g = annealing_matrix(self.K, sigma, dtype=d.dtype, device=d.device)
             eye = torch.eye(self.K, dtype=g.dtype, device=g.device)
             # Once sigma is small the off-diagonal weights underflow: skip the K x K product.
             is_eye = bool(torch.equal(g, eye))
@@ -412,12 +416,14 @@ class GMM(Layer):
         if self.use_fused is None and (fold.input_shape[2] if fold is not None else self.D) != 1:
             return False
         shape = fold.input_shape if fold is not None else self.input_shape
-        return (x.dtype == self.mu.dtype and x.device == self.mu.device
+        mu = self._parameters["mu"]
+        return (x.dtype == mu.dtype and x.device == mu.device
                 and tuple(x.shape[1:]) == tuple(shape) and fused_gmm.available(x, self.K))
 
     def _fused_finish_applies(self, x: torch.Tensor, fold: Any) -> bool:
-        return (self.use_fused is not False and x.dtype == self.mu.dtype
-                and x.device == self.mu.device and tuple(x.shape[1:]) == tuple(fold.input_shape)
+        mu = self._parameters["mu"]
+        return (self.use_fused is not False and x.dtype == mu.dtype
+                and x.device == mu.device and tuple(x.shape[1:]) == tuple(fold.input_shape)
                 and fused_gmm.available(x, self.K))
 
     def _fused_statistics(self, x: torch.Tensor, fold: Any, Wl: torch.Tensor, c: torch.Tensor,
@@ -440,25 +446,26 @@ class GMM(Layer):
         """The second half of :meth:`train_step`: the SGD update from (possibly all-reduced)
         statistics ``st`` of ``rows`` samples, at the same parameters, annealing radius and
         linear form they were computed with."""
-        P, K, D = self.mu.shape
+        params = self._parameters            # (not nn.Module's slower attribute lookup)
+        mu, d, xi = params["mu"], params["d"], params["xi"]
+        P, K, D = mu.shape
         H, W, _ = self.input_shape
         g = self.annealing_matrix()
         N = int(rows)
-        mu, d = self.mu, self.d
         step = lr / (float(N) if self.independent else float(N * H * W))
         if self.use_fused is not False and fused_gmm.available(mu, K) \
-                and d.dtype == self.xi.dtype == mu.dtype and st.sums.device == mu.device:
+                and d.dtype == xi.dtype == mu.dtype and st.sums.device == mu.device:
             # One call for annealing, the three gradients and the update (about twenty torch
             # ops and a (K, K) x (K, 2D) product otherwise); it also refills the linear-form
             # buffer for the new parameters (the same bits as _fill_linear_form).
             buf = self._lf_buf
             if buf is None or buf.shape != (P, K, 2 * D) or buf.dtype != mu.dtype \
-                    or buf.device != mu.device or not self._fused_linear_form():
+                    or buf.device != mu.device or not (mu.is_contiguous() and d.is_contiguous()):
                 buf = None
-            c = fused_gmm.fused_update(mu.data, d.data, self.xi.data, st.sums, st.counts, g,
+            c = fused_gmm.fused_update(mu.data, d.data, xi.data, st.sums, st.counts, g,
                                        step, lr_mu, lr_d, lr_xi, update_d, self.d_min,
                                        self.d_max, linear_form=buf)
-            for p in (mu, d, self.xi) if update_d else (mu, self.xi):
+            for p in (mu, d, xi) if update_d else (mu, xi):
                 increment_version(p)
             if c is not None:
                 self._lf = (buf.transpose(1, 2), c)

@@ -53,9 +53,10 @@ def test_pinned_or_single_threaded_runs_are_left_alone(monkeypatch):
 
 
 def test_a_blip_at_the_start_does_not_decide(monkeypatch):
-    # The start takes the median of its samples: one sample that sees another runnable thread
-    # (a process exiting), or misses a busy neighbour, does not decide; three that agree end it.
-    for samples, expect in (([1, 0, 0, 0], 2), ([0, 1, 1, 1], 1), ([1, 1, 1], 1), ([0, 0, 0], 2)):
+    # A start that sees another runnable thread takes the median of its samples: one sample
+    # that sees a passing process, or misses a busy neighbour, does not decide; three that
+    # agree end it; a first sample of 0 decides at once.
+    for samples, expect in (([1, 0, 0, 0], 2), ([1, 1, 0, 1], 1), ([1, 1, 1], 1), ([0], 2)):
         seq = iter(samples)
         monkeypatch.setattr(threads, "other_runnable_threads", lambda: next(seq))
         monkeypatch.setattr(threads, "available_cpus", lambda: 2)

@@ -9,11 +9,12 @@ samples the number of *other* runnable threads every few seconds and sets
 .. math:: n_\text{threads} = \max\bigl(1, \min(n_\text{requested}, n_\text{cpus} - n_\text{other})\bigr),
 
 acting at once on the start and later only when two samples in a row agree (a compile or a
-short-lived process does not flip it). The start takes the median of up to five samples two
-milliseconds apart (three that agree end it early): a busy neighbour is runnable in each, while
-a blip seen by a single sample (a process exiting, a kernel thread, this process's own threads
-going to sleep between the two reads of ``/proc``) had cost a 1.5 s epoch 40 % (one thread until
-two later samples undid it). It reads Linux's ``/proc``; elsewhere it leaves the threads alone. Changing the count
+short-lived process does not flip it). A start that sees other runnable threads takes the
+median of up to five samples two milliseconds apart (three that agree end it early): a busy
+neighbour is runnable in each, while a blip seen by a single sample (a process exiting, a kernel
+thread, this process's own threads going to sleep between the two reads of ``/proc``) had cost a
+1.5 s epoch 40 % (one thread until two later samples undid it). A start that sees none decides
+at once (no pause for short fits). It reads Linux's ``/proc``; elsewhere it leaves the threads alone. Changing the count
 changes how float sums are split over threads, so results may differ in the last bits from a
 run at a fixed count: pass an explicit thread count (``deepmix --threads N``,
 ``DEEPMIX_THREADS``) where bit-reproducibility across machines matters.
@@ -102,7 +103,7 @@ class ThreadGovernor:
         self.changes = 0
         others = other_runnable_threads() if self.requested > 1 else None
         self.enabled = others is not None
-        if others is not None:
+        if others:   # (0: free cores, the common case, decided at once; None: no /proc)
             seen = [others]
             while len(seen) < self.start_samples and max(map(seen.count, seen)) < 3:
                 time.sleep(self.start_pause)

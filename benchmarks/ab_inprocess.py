@@ -33,6 +33,8 @@ import time
 import warnings
 from pathlib import Path
 
+import torch
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -64,8 +66,6 @@ def _epoch(lib, arch: str, x_images, x_flat):
         model = lib.DCGMM(arch, seed=0)
         cfg = lib.TrainConfig(epochs=1, batch_size=100, delay=0.0)
         return lambda n: lib.train(model, x_images[:n], config=cfg, progress=False)
-    import torch
-
     objective, options, init = CIRCUITS[arch]
     models = importlib.import_module(lib.__name__ + ".models")
     training = importlib.import_module(lib.__name__ + ".training")
@@ -100,8 +100,6 @@ def main() -> None:
 
         base_rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", args.base], check=True,
                                   capture_output=True, text=True).stdout.strip()
-        import torch
-
         train = load_images("mnist", "train")
         x = train.to_tensor()[:args.n_images]
         x_flat = None
